@@ -1,0 +1,49 @@
+"""tracekit: trace and detect adversarial attacks through feature response maps.
+
+The stable Python API: `load_spec`, `run`, `create(kind, name, **params)`, `available(kind)`.
+`import tracekit` is light; torch, ART and friends load when a component is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import TracekitError
+from .plugins import hookimpl
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .engine.run import RunResult
+    from .spec import Spec
+
+
+def create(kind: str, name: str, **params: Any) -> Any:
+    """Build the component `name` of `kind` with `params` (validated against its signature)."""
+    from .plugins import registry
+
+    return registry(kind).create(name, **params)
+
+
+def available(kind: str, pattern: str = "*") -> list[str]:
+    """Names of the installed components of `kind` matching a shell-style `pattern`."""
+    from .plugins import registry
+
+    return registry(kind).names(pattern)
+
+
+def load_spec(path: Any, overrides: list[str] | None = None) -> Spec:
+    """Load, override (`a.b=value`) and fully validate a run spec."""
+    from .spec import load_spec as _load
+
+    return _load(path, overrides or [])
+
+
+def run(spec: Any, out: Any = None, device: str | None = None) -> RunResult:
+    """Run a detection spec (a `Spec`, a path, or a dict) and write its run directory."""
+    from .engine.run import run as _run
+
+    return _run(spec, out=out, device=device)
+
+
+__all__ = ["TracekitError", "available", "create", "hookimpl", "load_spec", "run", "__version__"]

@@ -1,0 +1,146 @@
+"""The plugin manager: loads the `tracekit` entry-point group and fills one registry per kind.
+
+Built-ins are registered through the same entry-point group as third-party plugins (see
+tracekit's own pyproject). A plugin that fails to import, or whose hook raises, is recorded
+with its error (`tracekit plugins` shows it) and never stops the others from loading.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata as metadata
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .registry import KINDS, Registry
+
+GROUP = "tracekit"
+hookimpl = pluggy.HookimplMarker("tracekit")
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin and what it registered."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    error: str | None = None
+    components: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    pm: pluggy.PluginManager
+    registries: dict[str, Registry]
+    plugins: list[PluginInfo]
+
+
+_lock = threading.Lock()
+_state: _State | None = None
+_extra: dict[str, Any] = {}  # plugins registered at run time (tests, notebooks)
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for ep in metadata.entry_points(group=GROUP):
+        key = (ep.dist.name if ep.dist else "", ep.name, ep.value)
+        if key not in seen:
+            seen.add(key)
+            out.append(ep)
+    return out
+
+
+def _load() -> _State:
+    pm = pluggy.PluginManager("tracekit")
+    pm.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
+
+    candidates: list[tuple[str, str, str, str, Any]] = []  # name, dist, version, module, loader
+    for ep in _entry_points():
+        dist = ep.dist.name if ep.dist else "<unknown>"
+        version = ep.dist.version if ep.dist else ""
+        candidates.append((ep.name, dist, version, ep.value, ep.load))
+    for name, obj in _extra.items():
+        candidates.append((name, "<runtime>", "", getattr(obj, "__name__", repr(obj)), lambda o=obj: o))
+
+    for name, dist, version, module, loader in candidates:
+        info = PluginInfo(name=name, distribution=dist, version=version, module=module)
+        infos.setdefault(name, info)
+        if infos[name] is not info:
+            info.name = f"{dist}:{name}"
+            infos[info.name] = info
+        try:
+            pm.register(loader(), name=info.name)
+        except Exception as exc:  # a broken plugin must not take the others down
+            info.error = f"{type(exc).__name__}: {exc}"
+
+    registries = {kind: Registry(kind) for kind in KINDS}
+    for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            info = infos[impl.plugin_name]
+            registry = registries[kind]
+
+            def register(name: str, factory: Any, _info: PluginInfo = info, _reg: Registry = registry) -> None:
+                _reg.register(name, factory, source=_info.distribution)
+                _info.components.setdefault(_reg.kind, []).append(name)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
+    return _State(pm, registries, sorted(infos.values(), key=lambda i: (i.distribution, i.name)))
+
+
+def _get() -> _State:
+    global _state
+    with _lock:
+        if _state is None:
+            _state = _load()
+        return _state
+
+
+def registry(kind: str) -> Registry:
+    """The registry of one kind (model, dataset, attack, saliency, score, detector)."""
+    if kind not in KINDS:
+        from .errors import TracekitError, did_you_mean
+
+        raise TracekitError(f"unknown component kind '{kind}'{did_you_mean(kind, KINDS)}")
+    return _get().registries[kind]
+
+
+def plugins() -> list[PluginInfo]:
+    """Every plugin found, with its distribution, what it registered, and its error if any."""
+    return list(_get().plugins)
+
+
+def register_plugin(plugin: Any, name: str) -> None:
+    """Register a plugin object at run time (for tests and notebooks) and reload registries."""
+    _extra[name] = plugin
+    reload()
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin added with `register_plugin` and reload registries."""
+    _extra.pop(name, None)
+    reload()
+
+
+def reload() -> None:
+    """Forget loaded plugins; the next lookup scans entry points again."""
+    global _state
+    with _lock:
+        _state = None
+    distribution_versions.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def distribution_versions() -> dict[str, str]:
+    """`{distribution: version}` of every plugin distribution that loaded."""
+    return {p.distribution: p.version for p in plugins() if p.error is None}

@@ -1,0 +1,64 @@
+"""Progress bars for long work (training, attacking, scoring).
+
+Off by default so that library use stays quiet; the CLI switches them on. Bars go to stderr
+and show items/s and an ETA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True)
+_enabled = False
+
+
+def enable(flag: bool = True) -> None:
+    """Show progress bars (the CLI calls this)."""
+    global _enabled
+    _enabled = flag
+
+
+class _RateColumn(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress(description: str, total: float | None, unit: str = "img") -> Iterator[Callable[[float], None]]:
+    """A bar for `total` units of work; yields `advance(n)`."""
+    if not _enabled:
+        yield lambda n=1: None
+        return
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)

@@ -1,0 +1,79 @@
+"""The one small Protocol of each component kind, and the loaded-model record.
+
+Everything works in [0, 1] pixel space: models fold their normalization into the module, so
+attacks, saliency methods and detectors never see normalized tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for tracekit: eval mode, normalization folded in, [0, 1] inputs."""
+
+    module: nn.Module
+    input_size: tuple[int, int, int]  # (channels, height, width)
+    class_names: list[str]
+    wnids: list[str] | None = None  # ImageNet WordNet ids, where the model has them
+    info: dict[str, Any] = field(default_factory=dict)  # provenance (weights file, hash, ...)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """Labelled images; `samples` yields `(sample_id, image[C,H,W] in [0,1], label)`.
+
+    `model` lets a dataset resize to the model's input and map folder names to its classes.
+    Ids are stable across runs. `info` records choices worth keeping (e.g. a class mapping).
+    """
+
+    info: dict[str, Any]
+
+    def samples(self, model: LoadedModel) -> Iterator[tuple[str, torch.Tensor, int]]: ...
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """Turns a batch of correctly classified images into adversarial images (same shape)."""
+
+    def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Saliency(Protocol):
+    """Feature response maps `Tensor[N,C,H,W]`; `target=None` means the predicted class."""
+
+    def maps(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Score(Protocol):
+    """One number per map, higher = more likely adversarial (optionally `map` for pictures)."""
+
+    def score(self, maps: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Fits on clean (and optionally adversarial) images, then scores images."""
+
+    needs_adversarial_fit: bool
+
+    def fit(
+        self,
+        model: nn.Module,
+        clean_fit_images: torch.Tensor,
+        adversarial_fit_images: torch.Tensor | None = None,
+    ) -> None: ...
+
+    def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor: ...

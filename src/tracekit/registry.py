@@ -1,0 +1,148 @@
+"""One generic registry for every component kind.
+
+A registry maps names to factories. A factory is a plain function (or class) whose keyword
+parameters, with their type annotations and defaults, *are* the component's parameter schema:
+`params_model` turns the signature into a pydantic model (extra keys forbidden), so a spec is
+checked against the component before any work starts. Factories import heavy libraries inside
+their bodies, so listing and validating stays fast.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from .errors import PluginError, SpecError, UnknownComponentError, closest, did_you_mean
+
+KINDS: tuple[str, ...] = ("model", "dataset", "attack", "saliency", "score", "detector")
+
+# Keys of a component spec that are not parameters of the factory.
+RESERVED_KEYS = ("name", "label")
+
+
+def params_model(name: str, factory: Callable[..., Any]) -> type[pydantic.BaseModel]:
+    """A pydantic model of `factory`'s keyword parameters (types, defaults, constraints)."""
+    fields: dict[str, Any] = {}
+    for pname, p in inspect.signature(factory).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in ("self", "cls"):
+            continue
+        annotation = Any if p.annotation is p.empty else p.annotation
+        default = ... if p.default is p.empty else p.default
+        fields[pname] = (annotation, default)
+    model_name = "".join(part.capitalize() for part in name.replace("_", "-").split("-")) + "Params"
+    return pydantic.create_model(  # type: ignore[call-overload]
+        model_name,
+        __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    source: str  # distribution (or plugin) that registered it
+    params: type[pydantic.BaseModel] = field(repr=False)
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Named factories of one kind: register, look up, list by pattern, create."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, factory: Callable[..., Any], *, source: str = "<local>") -> None:
+        """Add `factory` under `name`; a name already taken is refused."""
+        if name in self._entries:
+            other = self._entries[name].source
+            raise PluginError(
+                f"{self.kind} '{name}' from {source} is already registered by {other}; "
+                "rename one of them or uninstall the other plugin"
+            )
+        self._entries[name] = Entry(self.kind, name, factory, source, params_model(name, factory))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Entry:
+        """The entry called `name`, or an error naming the closest known names."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownComponentError(
+                f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
+                f"`tracekit plugins` lists what is installed"
+            ) from None
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching a shell-style pattern."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def resolve(self, spec: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+        """Validate a component spec `{name: ..., **params}`; return it with every default filled.
+
+        Errors name the location (`where`), the bad key and the closest valid parameter.
+        """
+        where = where or self.kind
+        if not isinstance(spec, Mapping):
+            raise SpecError(f"{where}: expected a mapping like {{name: ...}}, got {spec!r}")
+        if "name" not in spec:
+            raise SpecError(f"{where}: missing 'name' (one of: {', '.join(self.names())})")
+        try:
+            entry = self.get(str(spec["name"]))
+        except UnknownComponentError as exc:
+            raise UnknownComponentError(f"{where}.name: {exc}") from None
+        params = {k: v for k, v in spec.items() if k not in RESERVED_KEYS}
+        try:
+            validated = entry.params.model_validate(params)
+        except pydantic.ValidationError as exc:
+            raise SpecError(_param_error(exc, entry, where)) from None
+        out: dict[str, Any] = {"name": entry.name}
+        if "label" in spec:
+            out["label"] = spec["label"]
+        out.update(validated.model_dump(mode="python"))
+        return out
+
+    def create(self, name: str, **params: Any) -> Any:
+        """Build the component `name` with validated `params`."""
+        resolved = self.resolve({"name": name, **params}, where=f"{self.kind} '{name}'")
+        resolved.pop("name")
+        resolved.pop("label", None)
+        return self.get(name).factory(**resolved)
+
+
+def _param_error(exc: pydantic.ValidationError, entry: Entry, where: str) -> str:
+    known = list(entry.params.model_fields)
+    messages = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            hint = closest(key, known)
+            suggestion = f"did you mean '{hint[0]}'?" if hint else f"known: {', '.join(known) or 'none'}"
+            messages.append(f"{where}.{loc}: unknown parameter of {entry.kind} '{entry.name}' ({suggestion})")
+        elif err["type"] == "missing":
+            messages.append(f"{where}.{loc}: required parameter of {entry.kind} '{entry.name}' is missing")
+        else:
+            got = err.get("input")
+            messages.append(f"{where}.{loc}: {err['msg']} (got {got!r})")
+    return "; ".join(messages)

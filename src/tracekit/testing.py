@@ -1,0 +1,126 @@
+"""Small, fast stand-ins for tests: a tiny CNN, a dummy attack and a dummy score.
+
+Plugin authors can use them too: `tiny_model()` gives a `LoadedModel` in milliseconds, and
+`testing_plugin` registers `tiny-cnn` (model), `random-images` (dataset), `sign-noise` (attack)
+and `mean-abs` (score) when passed to `tracekit.plugins.register_plugin(testing_plugin, ...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from .hookspecs import Register
+from .plugins import hookimpl
+from .protocols import LoadedModel
+
+
+class TinyCNN(nn.Module):
+    """conv-ReLU(in place)-pool-conv-ReLU-pool-linear; a VGG in miniature."""
+
+    def __init__(self, channels: int = 1, size: int = 16, num_classes: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Linear(16 * (size // 4) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def tiny_model(channels: int = 1, size: int = 16, num_classes: int = 3, seed: int = 0) -> LoadedModel:
+    """A randomly initialized (seeded) `TinyCNN` ready for tracekit."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    module = TinyCNN(channels, size, num_classes).eval()
+    torch.random.set_rng_state(gen_state)
+    return LoadedModel(module, (channels, size, size), [f"class{i}" for i in range(num_classes)])
+
+
+class RandomImages:
+    """Seeded uniform-noise images labelled with the model's own predictions."""
+
+    def __init__(self, n: int = 32, seed: int = 0) -> None:
+        self.n, self.seed = n, seed
+        self.info: dict[str, Any] = {}
+
+    def samples(self, model: LoadedModel) -> Iterator[tuple[str, torch.Tensor, int]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        images = torch.rand((self.n, *model.input_size), generator=gen)
+        with torch.no_grad():
+            labels = model.module(images).argmax(1)
+        for i in range(self.n):
+            yield f"random-{i}", images[i], int(labels[i])
+
+
+class SignNoise:
+    """Adds `eps` times a seeded random sign pattern (not a real attack; fast and deterministic)."""
+
+    def __init__(self, eps: float = 0.1, seed: int = 0) -> None:
+        self.eps, self.seed = eps, seed
+
+    def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        signs = torch.randint(0, 2, images.shape, generator=gen).to(images) * 2 - 1
+        return (images + self.eps * signs).clamp(0, 1)
+
+
+class MeanAbs:
+    """Mean absolute value of the map (a trivial score)."""
+
+    def score(self, maps: torch.Tensor) -> torch.Tensor:
+        return maps.abs().flatten(1).mean(1)
+
+    def map(self, maps: torch.Tensor) -> torch.Tensor:
+        return maps.abs().sum(1)
+
+
+def _tiny_cnn(channels: int = 1, size: int = 16, num_classes: int = 3, seed: int = 0) -> LoadedModel:
+    """A tiny random CNN (tests only)."""
+    return tiny_model(channels, size, num_classes, seed)
+
+
+def _random_images(n: Annotated[int, Field(gt=0)] = 32, seed: int = 0) -> RandomImages:
+    """Uniform-noise images labelled by the model (tests only)."""
+    return RandomImages(n, seed)
+
+
+def _sign_noise(eps: Annotated[float, Field(gt=0, le=1)] = 0.1, seed: int = 0) -> SignNoise:
+    """Random sign noise of size eps (tests only)."""
+    return SignNoise(eps, seed)
+
+
+def _mean_abs() -> MeanAbs:
+    """Mean absolute map value (tests only)."""
+    return MeanAbs()
+
+
+class _TestingPlugin:
+    @hookimpl
+    def tracekit_register_models(self, register: Register) -> None:
+        register("tiny-cnn", _tiny_cnn)
+
+    @hookimpl
+    def tracekit_register_datasets(self, register: Register) -> None:
+        register("random-images", _random_images)
+
+    @hookimpl
+    def tracekit_register_attacks(self, register: Register) -> None:
+        register("sign-noise", _sign_noise)
+
+    @hookimpl
+    def tracekit_register_scores(self, register: Register) -> None:
+        register("mean-abs", _mean_abs)
+
+
+testing_plugin = _TestingPlugin()
