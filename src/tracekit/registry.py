@@ -142,6 +142,8 @@ def _param_error(exc: pydantic.ValidationError, entry: Entry, where: str) -> str
             messages.append(f"{where}.{loc}: unknown parameter of {entry.kind} '{entry.name}' ({suggestion})")
         elif err["type"] == "missing":
             messages.append(f"{where}.{loc}: required parameter of {entry.kind} '{entry.name}' is missing")
+        elif err["type"] == "value_error":
+            messages.append(f"{where}.{loc}: {err['ctx']['error']}")
         else:
             got = err.get("input")
             messages.append(f"{where}.{loc}: {err['msg']} (got {got!r})")

@@ -1,0 +1,33 @@
+"""The `tracekit` command line: built by `build_app`, one module per command group.
+
+Commands only parse, call the engine, and print. Exit codes: 0 success, 2 bad input,
+1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import plugins as plugins_cmd
+from . import run as run_cmd
+from . import validate as validate_cmd
+
+
+def build_app() -> typer.Typer:
+    """The typer application with every command registered."""
+    app = typer.Typer(
+        name="tracekit",
+        help="Trace and detect adversarial attacks on image classifiers through feature response maps.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    run_cmd.register(app)
+    validate_cmd.register(app)
+    plugins_cmd.register(app)
+    return app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    build_app()()

@@ -1,0 +1,57 @@
+"""What every command shares: consoles and turning errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import TracekitError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Bad input -> one red line, exit 2; a bug -> one line, exit 1 (TRACEKIT_DEBUG=1 shows the traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except TracekitError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("TRACEKIT_DEBUG"):
+                traceback.print_exc()
+            err_console.print(
+                f"[bold red]unexpected error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+                "(this is a bug in tracekit or a plugin; set TRACEKIT_DEBUG=1 for the traceback)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A metric for a table: numbers rounded, missing values as an en dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)

@@ -1,0 +1,54 @@
+"""`tracekit run SPEC`: one detection run, with progress bars and a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from .. import progress
+from ..engine.run import run as run_engine
+from ..spec import load_spec
+from .common import console, fmt, handle_errors
+
+SpecArg = typer.Argument(..., help="YAML spec file (see examples/quickstart.yaml).", show_default=False)
+SetOpt = typer.Option([], "--set", help="Override a spec field, e.g. --set attacks.0.eps=0.05 (repeatable).")
+DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (overrides the spec).")
+
+
+def summary_table(metrics: dict[str, Any], title: str) -> Table:
+    """Per attack: images, success rate, AUC and TPR at 1/5/10% FPR."""
+    table = Table(title=title)
+    for column in ("attack", "n_clean", "n_attacked", "success", "AUC", "TPR@1%", "TPR@5%", "TPR@10%", "FPR", "seconds"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for name, m in metrics["attacks"].items():
+        tpr = m["tpr_at_fpr"]
+        table.add_row(
+            name, str(m["n_clean"]), str(m["n_attacked"]), fmt(m["success_rate"]), fmt(m["auc"]),
+            fmt(tpr["0.01"]), fmt(tpr["0.05"]), fmt(tpr["0.1"]), fmt(m["fpr"]), fmt(m["seconds"], 1),
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    @handle_errors
+    def run_command(
+        spec: Path = SpecArg,
+        out: Path = typer.Option(None, "--out", help="Run directory (default runs/<name>-<timestamp>/)."),
+        device: str = DeviceOpt,
+        set_: list[str] = SetOpt,
+    ) -> None:
+        """Run a detection spec and write its run directory."""
+        resolved = load_spec(spec, set_)
+        progress.enable()
+        result = run_engine(resolved, out=out, device=device)
+        data = result.metrics["data"]
+        title = (
+            f"{resolved.name}: {data['n_correct']}/{data['n_images']} clean correct, "
+            f"{data['n_fit']} fit / {data['n_test']} test, threshold {result.metrics['threshold']:.4f}"
+        )
+        console.print(summary_table(result.metrics, title))
+        console.print(f"run directory: [bold]{result.out_dir}[/] ({result.metrics['seconds']:.1f} s)")

@@ -1,0 +1,70 @@
+"""The paper's detector: a saliency method composed with a score (default: guided backprop
+scored by mean 3x3 local entropy). It learns nothing; the engine calibrates its threshold
+on clean fit images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+from pydantic import AfterValidator, Field
+from torch import nn
+
+from ..errors import TracekitError
+
+
+def _component_of(kind: str) -> Any:
+    """A pydantic type for a nested component spec of `kind`, resolved against its registry."""
+
+    def resolve(value: dict[str, Any]) -> dict[str, Any]:
+        from ..plugins import registry
+
+        try:
+            return registry(kind).resolve(value, where=kind)
+        except TracekitError as exc:
+            raise ValueError(str(exc)) from None
+
+    return Annotated[dict[str, Any], AfterValidator(resolve), Field(validate_default=True)]
+
+
+SaliencySpec = _component_of("saliency")
+ScoreSpec = _component_of("score")
+
+
+class FeatureResponse:
+    """Score = `score(saliency(model, images))`; higher means more likely adversarial."""
+
+    needs_adversarial_fit = False
+
+    def __init__(self, saliency: Any, score: Any) -> None:
+        self.saliency = saliency
+        self.scorer = score
+
+    def fit(
+        self,
+        model: nn.Module,
+        clean_fit_images: torch.Tensor,
+        adversarial_fit_images: torch.Tensor | None = None,
+    ) -> None:
+        """Nothing to learn: the threshold is calibrated by the engine on clean fit scores."""
+
+    def maps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The feature response maps `[N,C,H,W]` (predicted class)."""
+        return self.saliency.maps(model, images)
+
+    def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return self.scorer.score(self.maps(model, images))
+
+
+def feature_response(
+    saliency: SaliencySpec = {"name": "guided-backprop"},  # noqa: B006 (validated copy)
+    score: ScoreSpec = {"name": "local-entropy"},  # noqa: B006
+) -> FeatureResponse:
+    """The paper's detector: saliency map -> score -> calibrated threshold."""
+    from ..plugins import registry
+
+    def build(kind: str, cfg: dict[str, Any]) -> Any:
+        params = {k: v for k, v in cfg.items() if k not in ("name", "label")}
+        return registry(kind).create(cfg["name"], **params)
+
+    return FeatureResponse(build("saliency", saliency), build("score", score))

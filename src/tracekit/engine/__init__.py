@@ -1,0 +1,1 @@
+"""The engine: plain functions that compose components of each kind into a detection run."""

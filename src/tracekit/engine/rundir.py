@@ -1,0 +1,96 @@
+"""The run directory: resolved spec with provenance, metrics.json, scores.csv."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata as metadata
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .. import __version__
+from ..cache import ensure_dir
+from ..errors import TracekitError
+from ..spec import Spec
+
+SCORE_COLUMNS = ("sample_id", "attack", "label", "pred", "success", "score")
+
+
+def make_run_dir(out: str | Path | None, name: str) -> Path:
+    """`--out DIR`, else `runs/<name>-<timestamp>/` (never reusing an existing one)."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise TracekitError(f"--out {path} exists and is not a directory")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{name}-{stamp}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = Path("runs") / f"{name}-{stamp}-{suffix}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TracekitError(f"cannot create run directory {path}: {exc.strerror}") from None
+    return ensure_dir(path)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_revision() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def provenance(spec: Spec, device: torch.device, plugin_dists: set[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """Versions, device, seed and git revision of a run."""
+    versions = {
+        "tracekit": __version__,
+        "torch": torch.__version__,
+        "adversarial-robustness-toolbox": _version("adversarial-robustness-toolbox"),
+        "python": platform.python_version(),
+    }
+    for dist in sorted(plugin_dists):
+        versions.setdefault(dist, _version(dist))
+    return {
+        "versions": versions,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "seed": spec.seed,
+        "git_revision": _git_revision(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def write_resolved_spec(run_dir: Path, spec: Spec) -> None:
+    text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    (run_dir / "spec.resolved.yaml").write_text(text, encoding="utf-8")
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def write_scores(run_dir: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = SCORE_COLUMNS) -> None:
+    with open(run_dir / "scores.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

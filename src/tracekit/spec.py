@@ -1,0 +1,201 @@
+"""The run spec: one YAML file, validated completely before any work starts.
+
+Loading goes YAML (safe loader) -> `--set` overrides -> structure (pydantic, extra keys
+forbidden) -> every component resolved against its registry (unknown names and parameters
+rejected with the closest known ones, defaults filled in). The result is a `Spec` whose
+`model_dump()` is the resolved spec written to `spec.resolved.yaml`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import SpecError, closest
+
+Component = dict[str, Any]
+
+
+class Calibration(BaseModel):
+    """How clean images are split and the detection threshold calibrated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fit_fraction: float = Field(0.5, gt=0, lt=1)
+    target_fpr: float = Field(0.05, gt=0, lt=1)
+
+
+class Spec(BaseModel):
+    """A detection run (`detector`) or a comparison (`detectors`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    model: Component
+    data: Component
+    attacks: list[Component] = Field(min_length=1)
+    detector: Component | None = None
+    detectors: list[Component] | None = Field(None, min_length=1)
+    calibration: Calibration = Calibration()
+    batch_size: int = Field(128, gt=0)
+    provenance: dict[str, Any] | None = None  # written by `run`; ignored on input
+
+    def attack_key(self, index: int) -> str:
+        """The name results of attack `index` are keyed by (its `label`, else its `name`)."""
+        attack = self.attacks[index]
+        return str(attack.get("label") or attack["name"])
+
+    def detector_key(self, index: int) -> str:
+        detector = (self.detectors or [])[index]
+        return str(detector.get("label") or detector["name"])
+
+
+def parse_yaml(path: Path) -> dict[str, Any]:
+    """Read a spec file with the safe loader; errors name the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"spec file {path} does not exist; check the path (examples/quickstart.yaml is one)")
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory, not a spec file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file; a spec is UTF-8 YAML") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec is a YAML mapping (name:, model:, data:, attacks:, ...), got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.0.c=value` override in place; the value is parsed as YAML (types coerced)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set attacks.0.eps=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not re.fullmatch(r"-?\d+", part):
+                raise SpecError(f"--set {key}: '{'.'.join(parts[:depth])}' is a list; use an index like {here.rsplit('.', 1)[0]}.0")
+            index = int(part)
+            if not -len(node) <= index < len(node):
+                raise SpecError(f"--set {key}: index {index} out of range ('{'.'.join(parts[:depth])}' has {len(node)} items)")
+            if last:
+                node[index] = value
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if part not in node or node[part] is None:
+                    _check_known_field(key, parts[: depth + 1])
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise SpecError(f"--set {key}: '{'.'.join(parts[:depth])}' is a value, not a mapping or list")
+
+
+def _check_known_field(key: str, parts: list[str]) -> None:
+    """A missing intermediate may only be created where the spec has such a field."""
+    if len(parts) == 1 and parts[0] not in Spec.model_fields:
+        hint = closest(parts[0], Spec.model_fields)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise SpecError(f"--set {key}: the spec has no field '{parts[0]}'{suggestion}")
+
+
+def validate_spec(data: Mapping[str, Any], source: str = "spec") -> Spec:
+    """Structure, then components: the fully validated `Spec` or one `SpecError`."""
+    try:
+        spec = Spec.model_validate(dict(data))
+    except pydantic.ValidationError as exc:
+        raise SpecError(f"{source}: {_structure_error(exc)}") from None
+    return _resolve_components(spec, source)
+
+
+def _structure_error(exc: pydantic.ValidationError) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(err["loc"][:-1])
+            hint = closest(str(err["loc"][-1]), parent.model_fields) if parent else []
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            messages.append(f"{loc}: unknown key{suggestion}")
+        elif err["type"] == "missing":
+            messages.append(f"{loc}: required key is missing")
+        else:
+            messages.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(messages)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Spec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _resolve_components(spec: Spec, source: str) -> Spec:
+    from .plugins import registry
+
+    if spec.detector is None and spec.detectors is None:
+        spec.detector = {"name": "feature-response"}
+    if spec.detector is not None and spec.detectors is not None:
+        raise SpecError(f"{source}: give either 'detector' (tracekit run) or 'detectors' (tracekit compare), not both")
+    spec.model = registry("model").resolve(spec.model, f"{source}: model")
+    spec.data = registry("dataset").resolve(spec.data, f"{source}: data")
+    spec.attacks = [registry("attack").resolve(a, f"{source}: attacks.{i}") for i, a in enumerate(spec.attacks)]
+    if spec.detector is not None:
+        spec.detector = registry("detector").resolve(spec.detector, f"{source}: detector")
+    if spec.detectors is not None:
+        spec.detectors = [registry("detector").resolve(d, f"{source}: detectors.{i}") for i, d in enumerate(spec.detectors)]
+    _unique(source, "attacks", [spec.attack_key(i) for i in range(len(spec.attacks))])
+    if spec.detectors is not None:
+        _unique(source, "detectors", [spec.detector_key(i) for i in range(len(spec.detectors))])
+    return spec
+
+
+def _unique(source: str, field: str, keys: list[str]) -> None:
+    seen: set[str] = set()
+    for i, key in enumerate(keys):
+        if key in seen:
+            raise SpecError(
+                f"{source}: {field}.{i}: '{key}' appears twice; give one of them a distinct `label:`"
+            )
+        seen.add(key)
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read, override and validate the spec at `path`."""
+    data = parse_yaml(Path(path))
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return validate_spec(data, source=str(path))
+
+
+def dump_spec(spec: Spec) -> str:
+    """The resolved spec as YAML (loadable again by `load_spec`)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
