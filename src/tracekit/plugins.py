@@ -16,6 +16,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .errors import PluginError
 from .registry import KINDS, Registry
 
 GROUP = "tracekit"
@@ -70,6 +71,8 @@ def _load() -> _State:
     for name, obj in _extra.items():
         candidates.append((name, "<runtime>", "", getattr(obj, "__name__", repr(obj)), lambda o=obj: o))
 
+    # Built-ins first: a third party can add components but never shadow tracekit's own.
+    candidates.sort(key=lambda c: c[1] != "tracekit")
     for name, dist, version, module, loader in candidates:
         info = PluginInfo(name=name, distribution=dist, version=version, module=module)
         infos.setdefault(name, info)
@@ -83,12 +86,17 @@ def _load() -> _State:
 
     registries = {kind: Registry(kind) for kind in KINDS}
     for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        impls = getattr(pm.hook, hook_name).get_hookimpls()
+        for impl in sorted(impls, key=lambda i: infos[i.plugin_name].distribution != "tracekit"):
             info = infos[impl.plugin_name]
             registry = registries[kind]
 
             def register(name: str, factory: Any, _info: PluginInfo = info, _reg: Registry = registry) -> None:
-                _reg.register(name, factory, source=_info.distribution)
+                try:
+                    _reg.register(name, factory, source=_info.distribution)
+                except PluginError as exc:  # refused, recorded; the plugin's other components stay
+                    _info.error = f"{_info.error}; {exc}" if _info.error else str(exc)
+                    return
                 _info.components.setdefault(_reg.kind, []).append(name)
 
             try:

@@ -28,7 +28,7 @@ RESERVED_KEYS = ("name", "label")
 def params_model(name: str, factory: Callable[..., Any]) -> type[pydantic.BaseModel]:
     """A pydantic model of `factory`'s keyword parameters (types, defaults, constraints)."""
     fields: dict[str, Any] = {}
-    for pname, p in inspect.signature(factory).parameters.items():
+    for pname, p in inspect.signature(factory, eval_str=True).parameters.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in ("self", "cls"):
             continue
         annotation = Any if p.annotation is p.empty else p.annotation

@@ -1,6 +1,7 @@
-"""The paper's single-step gradient attacks through ART's `FastGradientMethod`: FGSM (L-inf) and L2."""
+"""The paper's single-step gradient attacks through ART's `FastGradientMethod`: FGSM (L-inf) and L2.
 
-from __future__ import annotations
+No `from __future__ import annotations`: the registry reads the factories' annotations as objects.
+"""
 
 import math
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,7 +26,7 @@ class FastGradient(ArtAttack):
         super().__init__()
         self.norm, self.eps, self.minimal, self.eps_step, self.batch_size = norm, eps, minimal, eps_step, batch_size
 
-    def build(self, classifier: PyTorchClassifier) -> Any:
+    def build(self, classifier: "PyTorchClassifier") -> Any:
         from art.attacks.evasion import FastGradientMethod
 
         eps, eps_step = self.eps, self.eps

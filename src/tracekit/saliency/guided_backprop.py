@@ -1,0 +1,126 @@
+"""Guided backpropagation (Springenberg et al. 2015), the paper's feature response map.
+
+The map is the gradient of the target class's logit with respect to the input pixels, where
+every ReLU's backward pass lets through only positive gradients where its input was positive:
+`grad_in = relu(grad_out) * (x > 0)`. It agrees with Captum's `GuidedBackprop` wherever Captum
+sees every ReLU.
+
+How: during the forward pass only, a thread-local `TorchFunctionMode` swaps each ReLU call for a
+custom autograd function with the guided backward. No model mutation, no hooks, no monkey
+patching; the model, its weights, hooks, train/eval mode and parameters' `.grad` stay as they
+were, and `torch.autograd.grad` leaves `.grad` untouched.
+
+Supported: `nn.ReLU` modules (in place or not) and every Python-level ReLU spelling, which
+Captum misses: `F.relu` (including `inplace=True`, as torchvision's DenseNet uses), `F.relu_`,
+`torch.relu`, `torch.relu_`, `Tensor.relu`, `Tensor.relu_` (in-place calls stay in place).
+Not supported: ReLUs inside TorchScript or compiled graphs, custom C++ ops, and forward passes
+run on other threads (`nn.DataParallel`); their gradient passes unguided. Other activations
+(ReLU6, LeakyReLU, GELU, ...) pass the plain gradient by design. A forward pass in which no
+ReLU was seen emits a warning naming the model class.
+
+Call it on eval-mode models (the engine hands those): the maps are batched, which is exact only
+when samples do not interact (no batch statistics).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import TracekitError
+
+_OUT_OF_PLACE = frozenset({F.relu, torch.relu, torch.Tensor.relu})
+_IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})  # F.relu_ is torch.relu_
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU forward (bitwise the native one); guided backward: only positive gradients pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+        if inplace:
+            out = x.relu_()
+            ctx.mark_dirty(x)
+        else:
+            out = x.relu()
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (out,) = ctx.saved_tensors
+        return grad.masked_fill(out <= 0, 0), None
+
+
+class GuidedReLUMode(TorchFunctionMode):
+    """While active (on this thread), every ReLU call gets the guided backward; `calls` counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func not in _OUT_OF_PLACE and func not in _IN_PLACE:
+            return func(*args, **kwargs)
+        x = args[0] if args else kwargs["input"]
+        inplace = func in _IN_PLACE or (
+            func is F.relu and bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
+        )
+        self.calls += 1
+        return _GuidedReLU.apply(x, inplace)
+
+
+class GuidedBackprop:
+    """Guided-backpropagation maps of a classifier's logits, batched, on the images' device."""
+
+    def maps(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps `[N,C,H,W]` (detached) for class `target[i]` of image i; None = predicted class."""
+        if not images.is_floating_point():
+            raise TracekitError(f"guided-backprop: images must be floating point in [0, 1], got {images.dtype}")
+        # Grad on even under no_grad/inference_mode callers; the leaf is a fresh copy (works for
+        # inference tensors) and the model gets a non-leaf copy, so it may modify its input in place.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = images.detach().clone().requires_grad_(True)
+            with GuidedReLUMode() as mode:
+                logits = model(x.clone())
+            if mode.calls == 0:
+                warnings.warn(
+                    f"guided-backprop: no ReLU was seen in {type(model).__name__}'s forward pass; "
+                    "guided backprop equals the plain gradient",
+                    stacklevel=2,
+                )
+            target = _target_indices(logits, target, type(model).__name__)
+            (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
+        return grad.detach()
+
+
+def _target_indices(logits: Any, target: torch.Tensor | None, model_name: str) -> torch.Tensor:
+    """`target` as a `[N]` long tensor on the logits' device (argmax when None), checked."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TracekitError(f"guided-backprop: {model_name} returned {shape}; expected logits of shape [N, classes]")
+    if target is None:
+        return logits.argmax(1)
+    n, classes = logits.shape
+    target = torch.as_tensor(target, device=logits.device).long()
+    if target.shape != (n,):
+        raise TracekitError(
+            f"guided-backprop: target has shape {tuple(target.shape)}; expected one class index per image, ({n},)"
+        )
+    if n and (target.min() < 0 or target.max() >= classes):
+        raise TracekitError(
+            f"guided-backprop: target classes must lie in 0..{classes - 1} for {model_name}, "
+            f"got {target.min().item()}..{target.max().item()}"
+        )
+    return target
+
+
+def guided_backprop() -> GuidedBackprop:
+    """Guided-backpropagation maps (Springenberg et al.), the paper's feature response."""
+    return GuidedBackprop()
