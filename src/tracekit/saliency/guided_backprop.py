@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TracekitError
 
-_OUT_OF_PLACE = frozenset({F.relu, torch.relu, torch.Tensor.relu})
+_OUT_OF_PLACE = frozenset({torch.relu, torch.Tensor.relu})
 _IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})  # F.relu_ is torch.relu_
 
 
@@ -54,7 +54,7 @@ class _GuidedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (out,) = ctx.saved_tensors
-        return grad.masked_fill(out <= 0, 0), None
+        return grad.clamp(min=0).masked_fill(out <= 0, 0), None
 
 
 class GuidedReLUMode(TorchFunctionMode):
