@@ -55,7 +55,8 @@ def test_metrics_keys_exactly_as_designed(result):
     for m in metrics["attacks"].values():
         assert set(m) == {
             "n_clean", "n_attacked", "success_rate", "gt_confidence", "target_confidence", "auc",
-            "tpr_at_fpr", "threshold", "fpr", "precision", "recall", "seconds",
+            "tpr_at_fpr", "threshold", "fpr", "precision", "recall", "seconds",  # DESIGN.md's keys
+            "cached_batches",  # added: how many attack batches came from the cache
         }
         assert set(m["tpr_at_fpr"]) == {"0.01", "0.05", "0.1"}
         assert m["n_clean"] == metrics["data"]["n_test"]
@@ -105,9 +106,11 @@ def test_resolved_spec_has_provenance_and_reruns(result, tmp_path):
     assert prov["device"] == "cpu" and prov["seed"] == 1
     assert resolved["attacks"][0]["seed"] == 0  # defaults filled in
     again = run(result.out_dir / "spec.resolved.yaml", out=tmp_path / "again")
-    a = {k: {m: v for m, v in d.items() if m != "seconds"} for k, d in result.metrics["attacks"].items()}
-    b = {k: {m: v for m, v in d.items() if m != "seconds"} for k, d in again.metrics["attacks"].items()}
+    timing = ("seconds", "cached_batches")
+    a = {k: {m: v for m, v in d.items() if m not in timing} for k, d in result.metrics["attacks"].items()}
+    b = {k: {m: v for m, v in d.items() if m not in timing} for k, d in again.metrics["attacks"].items()}
     assert a == b  # same seed, same results
+    assert all(d["cached_batches"] > 0 for d in again.metrics["attacks"].values())  # attacks not recomputed
 
 
 def test_metrics_agree_with_scores_csv(result):

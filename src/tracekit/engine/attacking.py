@@ -1,8 +1,10 @@
-"""Running an attack over many images in batches on the device."""
+"""Running an attack over many images: device batches, per-batch seeds, the attack cache."""
 
 from __future__ import annotations
 
 import random
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 
 from ..progress import progress
 from ..protocols import Attack
+from .attack_cache import AttackCache, CacheEntry, batch_seed
 
 
 def seed_everything(seed: int) -> None:
@@ -19,24 +22,67 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Generated:
+    """Adversarials of a set of images, with the model's predictions on them (CPU tensors)."""
+
+    adversarial: torch.Tensor
+    preds: torch.Tensor
+    probs: torch.Tensor
+    seconds: float  # attack compute time (cached batches count the time they took when computed)
+    cached_batches: int
+
+
 def generate(
     attack: Attack,
     module: nn.Module,
+    ids: list[str],
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
     device: torch.device,
     seed: int,
+    cache: AttackCache,
     description: str,
-) -> torch.Tensor:
-    """Adversarial versions of `images` (on the CPU), one device batch at a time."""
-    seed_everything(seed)
-    out = []
+) -> Generated:
+    """Attack `images` batch by batch; each finished batch goes to the cache at once."""
+    entries: list[CacheEntry] = []
     with progress(description, total=len(images)) as advance:
         for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device)
-            adv = attack.generate(module, x, y).detach()
-            out.append(adv.clamp(0, 1).to("cpu", torch.float32))
-            advance(len(x))
-    return torch.cat(out) if out else images[:0].clone()
+            batch_ids = ids[start : start + batch_size]
+            entry = cache.load(batch_ids)
+            if entry is None:
+                entry = _attack_batch(
+                    attack, module, images[start : start + batch_size], labels[start : start + batch_size],
+                    device, batch_seed(seed, batch_ids),
+                )
+                cache.save(batch_ids, entry)
+            entries.append(entry)
+            advance(len(batch_ids))
+    if not entries:
+        empty = images[:0].clone()
+        return Generated(empty, labels[:0].clone(), torch.zeros(0, 0), 0.0, 0)
+    return Generated(
+        torch.cat([e.adversarial for e in entries]),
+        torch.cat([e.preds for e in entries]),
+        torch.cat([e.probs for e in entries]),
+        sum(e.seconds for e in entries),
+        cache.hits,
+    )
+
+
+def _attack_batch(
+    attack: Attack, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, seed: int
+) -> CacheEntry:
+    seed_everything(seed)
+    x, y = images.to(device), labels.to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    adversarial = attack.generate(module, x, y).detach().clamp(0, 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        probs = torch.softmax(module(adversarial).float(), dim=1)
+    return CacheEntry(adversarial.to("cpu", torch.float32), probs.argmax(1).cpu(), probs.cpu(), seconds)

@@ -22,7 +22,8 @@ from ..progress import progress
 from ..protocols import Detector, LoadedModel
 from ..spec import Spec, load_spec, validate_spec
 from . import rundir
-from .attacking import generate, seed_everything
+from .attack_cache import AttackCache, model_fingerprint
+from .attacking import Generated, generate, seed_everything
 from .data import Samples, collect, predict, split_fit_test
 from .device import resolve_device
 from .metrics import calibrate_threshold, detection_metrics
@@ -35,10 +36,19 @@ class AttackResult:
     key: str
     indices: torch.Tensor  # into the dataset's samples
     labels: torch.Tensor
-    adversarial: torch.Tensor
-    preds: torch.Tensor  # predictions on the adversarials
-    probs: torch.Tensor
-    seconds: float
+    generated: Generated
+
+    @property
+    def adversarial(self) -> torch.Tensor:
+        return self.generated.adversarial
+
+    @property
+    def preds(self) -> torch.Tensor:
+        return self.generated.preds
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.generated.probs
 
     @property
     def success(self) -> torch.Tensor:
@@ -78,21 +88,25 @@ def load_model(spec: Spec, device: torch.device) -> LoadedModel:
 
 
 def attack_all(
-    spec: Spec, model: LoadedModel, samples: Samples, indices: torch.Tensor, device: torch.device
+    spec: Spec, model: LoadedModel, samples: Samples, indices: torch.Tensor, device: torch.device, use_cache: bool = True
 ) -> list[AttackResult]:
-    """Every attack of the spec on the images at `indices` (all correctly classified)."""
+    """Every attack of the spec on the images at `indices` (all correctly classified), cached."""
     results = []
+    ids = [samples.ids[i] for i in indices.tolist()]
     images, labels = samples.images[indices], samples.labels[indices]
+    fingerprint = model_fingerprint(model.module)
     for i, cfg in enumerate(spec.attacks):
         key = spec.attack_key(i)
+        cache = AttackCache(fingerprint, dict(cfg), spec.seed, enabled=use_cache)
         attack = build("attack", cfg)
-        start = time.perf_counter()
-        adversarial = generate(
-            attack, model.module, images, labels, spec.batch_size, device, spec.seed, f"attack {key}"
+        generated = generate(
+            attack, model.module, ids, images, labels, spec.batch_size, device, spec.seed, cache, f"attack {key}"
         )
-        seconds = time.perf_counter() - start
-        preds, probs = predict(model.module, adversarial, spec.batch_size, device, f"predict {key}")
-        results.append(AttackResult(key, indices, labels, adversarial, preds, probs, seconds))
+        if cache.corrupt:
+            from ..progress import console
+
+            console.print(f"[yellow]warning:[/] {cache.corrupt} corrupt cache entr(y/ies) of {key} recomputed")
+        results.append(AttackResult(key, indices, labels, generated))
     return results
 
 
@@ -109,8 +123,16 @@ def score_images(
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
-def run(spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None = None, device: str | None = None) -> RunResult:
-    """Run the detection spec; write `spec.resolved.yaml`, `metrics.json` and `scores.csv`."""
+def run(
+    spec: Spec | str | Path | Mapping[str, Any],
+    out: str | Path | None = None,
+    device: str | None = None,
+    use_cache: bool = True,
+) -> RunResult:
+    """Run the detection spec; write `spec.resolved.yaml`, `metrics.json` and `scores.csv`.
+
+    `use_cache=False` recomputes every attack and leaves the attack cache untouched.
+    """
     spec = as_spec(spec)
     if device is not None:
         spec = validate_spec({**spec.model_dump(exclude_none=True), "device": device}, source="--device")
@@ -132,7 +154,7 @@ def run(spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None = No
 
     detector: Detector = build("detector", spec.detector)
     attacked = torch.cat([fit_idx, test_idx]).sort().values if detector.needs_adversarial_fit else test_idx
-    attacks = attack_all(spec, model, samples, attacked, dev)
+    attacks = attack_all(spec, model, samples, attacked, dev, use_cache)
 
     adversarial_fit = None
     if detector.needs_adversarial_fit:
@@ -218,5 +240,6 @@ def _attack_metrics(
         "target_confidence": float(probs.gather(1, preds[:, None]).mean()) if n_success else None,
     }
     out.update(detection_metrics(clean_scores, adv_scores[ok.numpy()], threshold))
-    out["seconds"] = result.seconds
+    out["seconds"] = result.generated.seconds
+    out["cached_batches"] = result.generated.cached_batches
     return out

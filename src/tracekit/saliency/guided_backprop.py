@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TracekitError
 
-_OUT_OF_PLACE = frozenset({torch.relu, torch.Tensor.relu})
+_OUT_OF_PLACE = frozenset({F.relu, torch.relu, torch.Tensor.relu})
 _IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})  # F.relu_ is torch.relu_
 
 
@@ -88,7 +88,7 @@ class GuidedBackprop:
         with torch.inference_mode(False), torch.enable_grad():
             x = images.detach().clone().requires_grad_(True)
             with GuidedReLUMode() as mode:
-                logits = model(x.clone())
+                logits = model(x)
             if mode.calls == 0:
                 warnings.warn(
                     f"guided-backprop: no ReLU was seen in {type(model).__name__}'s forward pass; "

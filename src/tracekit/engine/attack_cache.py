@@ -1,0 +1,137 @@
+"""The attack cache: adversarials (and predictions on them) stored per batch.
+
+Attacks are the expensive step, so every finished batch is written at once, atomically
+(temporary file + rename), under `<cache>/attacks/<key>/<batch>.pt`. The key fingerprints
+the model weights, the attack's resolved parameters and the seed; a batch file is named by
+the hash of its sample ids. A second identical run recomputes nothing; an interrupted run
+resumes at the first missing batch. Each batch is seeded from the run seed and its ids, so a
+resumed run produces exactly what an uninterrupted one would. A corrupt entry is reported
+once, recomputed and overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cache import atomic_torch_save, cache_dir, ensure_dir
+
+
+def model_fingerprint(module: nn.Module) -> str:
+    """sha256 of the module's class and every parameter and buffer (names, shapes, values)."""
+    digest = hashlib.sha256(type(module).__qualname__.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def ids_hash(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
+
+
+def batch_seed(seed: int, ids: list[str]) -> int:
+    """A seed for one batch that depends only on the run seed and the batch's ids."""
+    return int(hashlib.sha256(f"{seed}:{ids_hash(ids)}".encode()).hexdigest()[:8], 16)
+
+
+@dataclass
+class CacheEntry:
+    adversarial: torch.Tensor
+    preds: torch.Tensor
+    probs: torch.Tensor
+    seconds: float
+
+
+class AttackCache:
+    """Batches of one attack on one model; `enabled=False` bypasses reading and writing."""
+
+    def __init__(self, model_fp: str, attack: dict[str, Any], seed: int, root: Path | None = None, enabled: bool = True):
+        self.enabled = enabled
+        key = json.dumps({"model": model_fp, "attack": attack, "seed": seed}, sort_keys=True, default=str)
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:32]
+        self.dir = (root or cache_dir() / "attacks") / self.key
+        self._meta = {"attack": attack, "seed": seed, "model": model_fp}
+        self.hits = 0
+        self.corrupt = 0
+        if enabled:
+            ensure_dir(self.dir)
+            meta = self.dir / "meta.json"
+            if not meta.exists():
+                meta.write_text(json.dumps({**self._meta, "created": time.time()}, default=str, indent=1))
+
+    def _path(self, ids: list[str]) -> Path:
+        return self.dir / f"{ids_hash(ids)}.pt"
+
+    def load(self, ids: list[str]) -> CacheEntry | None:
+        """The cached batch, or None (missing, or corrupt: warned once and ignored)."""
+        if not self.enabled:
+            return None
+        path = self._path(ids)
+        if not path.exists():
+            return None
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if data["ids"] != ids or len(data["adversarial"]) != len(ids):
+                raise ValueError("ids do not match")
+            entry = CacheEntry(data["adversarial"], data["preds"], data["probs"], float(data["seconds"]))
+        except Exception as exc:  # any unreadable entry is recomputed, never trusted
+            if not self.corrupt:
+                warnings.warn(f"corrupt attack cache entry {path} ({type(exc).__name__}); recomputing it", stacklevel=2)
+            self.corrupt += 1
+            return None
+        self.hits += 1
+        return entry
+
+    def save(self, ids: list[str], entry: CacheEntry) -> None:
+        if self.enabled:
+            payload = {"ids": ids, "adversarial": entry.adversarial, "preds": entry.preds,
+                       "probs": entry.probs, "seconds": entry.seconds}
+            atomic_torch_save(payload, self._path(ids))
+
+
+def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
+    """One record per cached attack: key, attack name, batches, bytes, last modified."""
+    root = root or cache_dir() / "attacks"
+    out = []
+    for directory in sorted(root.glob("*")) if root.exists() else []:
+        if not directory.is_dir():
+            continue
+        files = list(directory.glob("*.pt"))
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        stats = [f.stat() for f in files]
+        out.append({
+            "key": directory.name,
+            "attack": (meta.get("attack") or {}).get("label") or (meta.get("attack") or {}).get("name", "?"),
+            "params": meta.get("attack", {}),
+            "batches": len(files),
+            "bytes": sum(s.st_size for s in stats),
+            "modified": max([s.st_mtime for s in stats], default=directory.stat().st_mtime),
+            "path": str(directory),
+        })
+    return out
+
+
+def clear(older_than_s: float | None = None, root: Path | None = None) -> int:
+    """Remove cached attacks (those untouched for `older_than_s` seconds); returns how many."""
+    now = time.time()
+    removed = 0
+    for entry in list_entries(root):
+        if older_than_s is None or now - entry["modified"] > older_than_s:
+            shutil.rmtree(entry["path"], ignore_errors=True)
+            removed += 1
+    return removed
