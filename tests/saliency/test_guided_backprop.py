@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 
 import pytest
@@ -191,6 +192,15 @@ def test_relu_is_plain_again_after_a_forward_that_raises() -> None:
     assert torch.equal(plain_relu_gradient(), torch.tensor([-1.0, 3.0]))  # not clamped: mode gone
 
 
+def test_other_threads_keep_plain_relu_gradients() -> None:
+    other: list[torch.Tensor] = []
+    with GuidedReLUMode() as mode:
+        thread = threading.Thread(target=lambda: other.append(plain_relu_gradient()))
+        thread.start()
+        thread.join()
+    assert torch.equal(other[0], torch.tensor([-1.0, 3.0])) and mode.calls == 0
+
+
 def test_warns_when_no_relu_is_seen_and_gives_the_plain_gradient() -> None:
     model = seeded(lambda: nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
     with pytest.warns(UserWarning, match="no ReLU was seen in Sequential"):
@@ -227,7 +237,11 @@ def test_works_under_no_grad_and_inference_mode(tiny) -> None:
         assert torch.equal(guided_backprop().maps(tiny.module, inference_images), expected)
 
 
-DEVICES = ["cpu", "meta", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+DEVICES = [
+    "cpu",
+    "meta",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -242,9 +256,19 @@ def test_output_on_the_images_device(device: str) -> None:
 
 @pytest.mark.parametrize(
     "target, message",
-    [(torch.tensor([0, 1]), "shape \\(2,\\); expected one class index per image, \\(3,\\)"),
-     (torch.tensor([0, 3, 1]), "must lie in 0..2")],
+    [
+        (torch.tensor([0, 1]), "shape \\(2,\\); expected one class index per image, \\(3,\\)"),
+        (torch.tensor([0, 3, 1]), "must lie in 0..2"),
+    ],
 )
 def test_bad_targets_are_clear_errors(tiny, target: torch.Tensor, message: str) -> None:
     with pytest.raises(TracekitError, match=message):
         guided_backprop().maps(tiny.module, torch.rand(3, 1, 16, 16), target)
+
+
+def test_bad_images_and_outputs_are_clear_errors(tiny) -> None:
+    with pytest.raises(TracekitError, match="images must be floating point"):
+        guided_backprop().maps(tiny.module, torch.zeros(1, 1, 16, 16, dtype=torch.uint8))
+    with pytest.raises(TracekitError, match=r"Flatten returned \(256,\); expected logits of shape \[N, classes\]"):
+        with pytest.warns(UserWarning, match="no ReLU was seen"):
+            guided_backprop().maps(nn.Flatten(0), torch.rand(1, 1, 16, 16))

@@ -111,8 +111,8 @@ class ArtAttack(abc.ABC):
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of `images` (in [0, 1]; same shape, device and dtype)."""
         attack = self._art_attack(model, images)
-        x = images.detach().to("cpu", torch.float32).numpy()
+        x = images.detach().to("cpu", torch.float32).numpy().copy()  # never a view of the caller's images
         y = labels.detach().cpu().numpy().astype(np.int64)
-        with model_untouched(model):
+        with model_untouched(model), torch.enable_grad():  # callers may be inside torch.no_grad()
             adversarial = attack.generate(x=x, y=y)
         return torch.from_numpy(np.asarray(adversarial, dtype=np.float32)).to(images.device, images.dtype)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from . import cache as cache_cmd
 from . import plugins as plugins_cmd
 from . import run as run_cmd
 from . import validate as validate_cmd
@@ -25,6 +26,7 @@ def build_app() -> typer.Typer:
     run_cmd.register(app)
     validate_cmd.register(app)
     plugins_cmd.register(app)
+    cache_cmd.register(app)
     return app
 
 

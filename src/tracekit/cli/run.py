@@ -40,11 +40,12 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Run directory (default runs/<name>-<timestamp>/)."),
         device: str = DeviceOpt,
         set_: list[str] = SetOpt,
+        no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),
     ) -> None:
         """Run a detection spec and write its run directory."""
         resolved = load_spec(spec, set_)
         progress.enable()
-        result = run_engine(resolved, out=out, device=device)
+        result = run_engine(resolved, out=out, device=device, use_cache=not no_cache)
         data = result.metrics["data"]
         title = (
             f"{resolved.name}: {data['n_correct']}/{data['n_images']} clean correct, "

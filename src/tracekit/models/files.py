@@ -8,6 +8,7 @@ a model came from is recorded in `info` with its SHA-256.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,14 +44,21 @@ def existing_file(path: Path | str, where: str, what: str = "file") -> Path:
 
 
 def weights_load_error(path: Path, exc: Exception, where: str) -> TracekitError:
-    """The one message for a weights file that `torch.load(weights_only=True)` refused."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+    """The one message for a weights file that could not be loaded (weights only) into a model."""
+    text = str(exc)
+    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if pickled:
         return TracekitError(
-            f"{where}: {path} holds Python objects besides tensors (for example a whole pickled "
-            "model), and tracekit only loads plain weights (torch.load weights_only=True); "
+            f"{where}: {path} holds Python objects besides tensors ({pickled.group(1)}, for example a "
+            "whole pickled model), and tracekit only loads plain weights (torch.load weights_only=True); "
             "save model.state_dict() instead, or export TorchScript (model: {name: torchscript})"
         )
+    lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+    if lines and lines[0].startswith("Error(s) in loading state_dict"):
+        detail = " ".join(lines[1:])
+        detail = detail if len(detail) <= 300 else detail[:300] + "..."
+        return TracekitError(f"{where}: weights file {path} does not fit the model ({detail}); check the architecture")
+    reason = lines[0] if lines else type(exc).__name__
     return TracekitError(f"{where}: cannot read {path} as PyTorch weights ({reason}); is it the right file?")
 
 

@@ -88,7 +88,7 @@ class GuidedBackprop:
         with torch.inference_mode(False), torch.enable_grad():
             x = images.detach().clone().requires_grad_(True)
             with GuidedReLUMode() as mode:
-                logits = model(x)
+                logits = model(x.clone())
             if mode.calls == 0:
                 warnings.warn(
                     f"guided-backprop: no ReLU was seen in {type(model).__name__}'s forward pass; "

@@ -1,0 +1,51 @@
+"""`tracekit cache ls` / `tracekit cache clear [--older-than 7d]`: the attack cache."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import typer
+from rich.table import Table
+
+from ..cache import cache_dir
+from ..engine import attack_cache
+from ..errors import TracekitError
+from .common import console, handle_errors
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not match:
+        raise TracekitError(f"--older-than {text!r}: expected a number and a unit s/m/h/d/w, e.g. 7d or 12h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Inspect or clear the attack cache.", no_args_is_help=True)
+    app.add_typer(group, name="cache")
+
+    @group.command("ls")
+    @handle_errors
+    def ls_command() -> None:
+        """List cached attacks."""
+        entries = attack_cache.list_entries()
+        table = Table(title=f"attack cache: {cache_dir() / 'attacks'}")
+        for column in ("key", "attack", "batches", "MB", "age"):
+            table.add_column(column)
+        for e in entries:
+            age_h = (time.time() - e["modified"]) / 3600
+            table.add_row(e["key"][:12], e["attack"], str(e["batches"]), f"{e['bytes'] / 1e6:.1f}", f"{age_h:.1f} h")
+        console.print(table)
+
+    @group.command("clear")
+    @handle_errors
+    def clear_command(
+        older_than: str = typer.Option(None, "--older-than", help="Only entries untouched for this long, e.g. 7d."),
+    ) -> None:
+        """Remove cached attacks."""
+        removed = attack_cache.clear(parse_age(older_than) if older_than else None)
+        console.print(f"removed {removed} cached attack(s)")

@@ -1,0 +1,185 @@
+"""Your own images (`imagefolder`): `ROOT/<class folder>/**/*.png|jpg|jpeg`.
+
+Images are prepared like ImageNet evaluation: converted to the model's channels (RGB or
+gray; alpha is dropped), the shorter side resized to `crop / crop_pct` (torchvision's `Resize`
+then `CenterCrop`, with the model's `crop_pct` and interpolation where its `info` records them,
+else 224/256 and bilinear), then center-cropped to the model's input height and width (or to
+`size` x `size`).
+
+Folder names map to the model's classes by WordNet id (`n01440764`, where the model has them)
+or by class name (case-insensitive, `_` for spaces). If no folder matches, folders are taken in
+sorted order as classes 0, 1, ... (with a warning). The mapping and its method are recorded in
+`info`. Sample ids are paths relative to ROOT (`class/file.png`); samples come round-robin over
+the sorted class folders (each folder's files sorted), so `limit` takes a balanced subset.
+Unreadable files are skipped with a warning and listed in `info["skipped"]`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from itertools import zip_longest
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..errors import TracekitError, closest
+from ..models.normalize import DEFAULT_CROP_PCT
+from ..protocols import LoadedModel
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("_", " ")
+
+
+def _class_mapping(folders: list[str], model: LoadedModel) -> tuple[dict[str, int], str]:
+    """`(folder -> class index, method)`; method is `wnid`, `name`, `wnid+name` or `sorted`."""
+    by_wnid = {w.lower(): i for i, w in enumerate(model.wnids or [])}
+    by_name: dict[str, list[int]] = {}
+    for i, name in enumerate(model.class_names):
+        by_name.setdefault(_key(name), []).append(i)
+    mapping: dict[str, int] = {}
+    methods: set[str] = set()
+    unmatched: list[str] = []
+    for folder in folders:
+        if folder.lower() in by_wnid:
+            mapping[folder] = by_wnid[folder.lower()]
+            methods.add("wnid")
+        elif _key(folder) in by_name:
+            hits = by_name[_key(folder)]
+            if len(hits) > 1:
+                raise TracekitError(
+                    f"imagefolder: folder '{folder}' names {len(hits)} classes of the model "
+                    f"({', '.join(map(str, hits))}); rename it to the WordNet id or another class name"
+                )
+            mapping[folder] = hits[0]
+            methods.add("name")
+        else:
+            unmatched.append(folder)
+    if not mapping:
+        if len(folders) > model.num_classes:
+            raise TracekitError(
+                f"imagefolder: {len(folders)} class folders but the model has {model.num_classes} classes, "
+                "and no folder is named after a class; name folders after the model's classes"
+            )
+        warnings.warn(
+            "imagefolder: no folder is named after one of the model's classes; taking folders in sorted "
+            f"order as classes 0..{len(folders) - 1}",
+            stacklevel=3,
+        )
+        return {folder: i for i, folder in enumerate(folders)}, "sorted"
+    if unmatched:
+        detail = "; ".join(f"'{f}'" + _suggest(f, model) for f in unmatched[:10])
+        raise TracekitError(
+            f"imagefolder: {len(unmatched)} folder(s) match no class of the model: {detail}; "
+            "rename them after the model's class names (or WordNet ids)"
+        )
+    return mapping, "+".join(m for m in ("wnid", "name") if m in methods)
+
+
+def _suggest(folder: str, model: LoadedModel) -> str:
+    hits = closest(folder.replace("_", " "), model.class_names)
+    return f" (closest: {', '.join(hits)})" if hits else ""
+
+
+def _load(path: Path, channels: int, crop: tuple[int, int], crop_pct: float, resample: int) -> torch.Tensor:
+    """One image as `[C, H, W]` in [0, 1]: converted, shorter side resized, center-cropped."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        image = opened.convert("RGB" if channels == 3 else "L")
+    height, width = crop
+    short = max(math.floor(max(height, width) / crop_pct + 1e-6), height, width)
+    w, h = image.size
+    if w <= h:  # torchvision's Resize(int): the shorter side to `short`, the other in proportion
+        size = (short, int(short * h / w))
+    else:
+        size = (int(short * w / h), short)
+    image = image.resize(size, resample)
+    top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
+    image = image.crop((left, top, left + width, top + height))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array.reshape(height, width, channels)).permute(2, 0, 1).contiguous()
+
+
+class ImageFolder:
+    """Images in class subfolders of `root`, prepared for the model they are given."""
+
+    def __init__(self, root: Path, size: int | None = None, limit: int | None = None) -> None:
+        self.root = Path(root).expanduser()
+        self.size, self.limit = size, limit
+        if not self.root.is_dir():
+            raise TracekitError(f"imagefolder: root {self.root} is not a directory; check the path")
+        files: dict[str, list[Path]] = {}
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found = sorted(
+                p
+                for p in folder.rglob("*")
+                if p.suffix.lower() in EXTENSIONS and p.is_file() and not p.name.startswith(".")
+            )
+            if found:
+                files[folder.name] = found
+        if not files:
+            raise TracekitError(
+                f"imagefolder: no images ({', '.join(EXTENSIONS)}) in class folders under {self.root}; "
+                "put them in ROOT/<class>/<image>"
+            )
+        self.files = files
+        self._skipped: dict[str, str] = {}
+        self.info: dict[str, Any] = {
+            "root": str(self.root),
+            "classes": len(files),
+            "files": sum(len(v) for v in files.values()),
+            "skipped": self._skipped,
+        }
+
+    def _ordered(self) -> Iterator[tuple[str, Path]]:
+        """`(folder, file)` round-robin over the sorted folders."""
+        columns = [[(folder, path) for path in paths] for folder, paths in self.files.items()]
+        for row in zip_longest(*columns):
+            yield from (item for item in row if item is not None)
+
+    def samples(self, model: LoadedModel) -> Iterator[tuple[str, torch.Tensor, int]]:
+        """Yield `(relative path, image[C,H,W], class index)`; unreadable files are skipped."""
+        from PIL import Image
+
+        channels, height, width = model.input_size
+        if channels not in (1, 3):
+            raise TracekitError(f"imagefolder: the model takes {channels}-channel input; only 1 (gray) or 3 (RGB)")
+        crop = (self.size, self.size) if self.size else (height, width)
+        crop_pct = float(model.info.get("crop_pct") or DEFAULT_CROP_PCT)
+        interpolation = str(model.info.get("interpolation", "bilinear")).upper()
+        resample = getattr(Image.Resampling, interpolation, Image.Resampling.BILINEAR)
+        mapping, method = _class_mapping(list(self.files), model)
+        self.info.update(class_mapping=mapping, mapping=method, crop=list(crop), crop_pct=crop_pct)
+        count = 0
+        for folder, path in self._ordered():
+            if self.limit is not None and count >= self.limit:
+                return
+            sample_id = path.relative_to(self.root).as_posix()
+            try:
+                image = _load(path, channels, crop, crop_pct, resample)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                if sample_id not in self._skipped:
+                    self._skipped[sample_id] = f"{type(exc).__name__}: {exc}"
+                    warnings.warn(f"imagefolder: skipping unreadable image {path} ({exc})", stacklevel=2)
+                continue
+            count += 1
+            yield sample_id, image, mapping[folder]
+        if count == 0:
+            raise TracekitError(f"imagefolder: none of the images under {self.root} could be read")
+
+
+def imagefolder(
+    root: Path,
+    size: Annotated[int, Field(gt=0)] | None = None,
+    limit: Annotated[int, Field(gt=0)] | None = None,
+) -> ImageFolder:
+    """Your images in ROOT/<class>/*.png|jpg, resized and center-cropped for the model."""
+    return ImageFolder(root, size, limit)
