@@ -57,6 +57,22 @@ class AttackResult:
 
 
 @dataclass
+class RunArtifacts:
+    """Everything a run computed, in memory, for figures and reports."""
+
+    model: LoadedModel
+    samples: Samples
+    clean_preds: torch.Tensor
+    clean_probs: torch.Tensor
+    fit_idx: torch.Tensor
+    test_idx: torch.Tensor
+    attacks: list[AttackResult]
+    detector: Detector
+    threshold: float
+    device: torch.device
+
+
+@dataclass
 class RunResult:
     """What `run` produced: the run directory, the metrics and the resolved spec."""
 
@@ -64,6 +80,7 @@ class RunResult:
     metrics: dict[str, Any]
     spec: Spec
     scores: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    artifacts: RunArtifacts | None = field(repr=False, default=None)
 
 
 def as_spec(spec: Spec | str | Path | Mapping[str, Any]) -> Spec:
@@ -202,7 +219,11 @@ def run(
     rundir.write_resolved_spec(run_dir, spec)
     rundir.write_metrics(run_dir, metrics)
     rundir.write_scores(run_dir, rows)
-    return RunResult(run_dir, metrics, spec, rows)
+    rundir.write_detector(run_dir, spec, threshold)
+    artifacts = RunArtifacts(
+        model, samples, clean_preds, clean_probs, fit_idx, test_idx, attacks, detector, threshold, dev
+    )
+    return RunResult(run_dir, metrics, spec, rows, artifacts)
 
 
 def _components(spec: Spec) -> list[tuple[str, Mapping[str, Any]]]:

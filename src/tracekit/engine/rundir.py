@@ -20,6 +20,7 @@ from ..errors import TracekitError
 from ..spec import Spec
 
 SCORE_COLUMNS = ("sample_id", "attack", "label", "pred", "success", "score")
+DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
 
 
 def make_run_dir(out: str | Path | None, name: str) -> Path:
@@ -87,6 +88,19 @@ def write_resolved_spec(run_dir: Path, spec: Spec) -> None:
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def write_detector(run_dir: Path, spec: Spec, threshold: float) -> None:
+    """`detector.json`: what `tracekit detect` needs to reuse the run's detector and threshold."""
+    state = {
+        "format": DETECTOR_FORMAT,
+        "model": spec.model,
+        "detector": spec.detector,
+        "threshold": threshold,
+        "target_fpr": spec.calibration.target_fpr,
+        "device": spec.device,
+    }
+    (run_dir / "detector.json").write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def write_scores(run_dir: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = SCORE_COLUMNS) -> None:

@@ -1,0 +1,202 @@
+"""TorchScript and state-dict checkpoint files; the shared mean/std and class-name options."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+
+import pytest
+import torch
+import torchvision
+
+from tracekit.errors import TracekitError
+from tracekit.models.files import checkpoint_model, torchscript_model
+from tracekit.models.normalize import IMAGENET_MEAN, IMAGENET_STD
+from tracekit.models.timm_models import timm_model
+from tracekit.models.torchvision_models import torchvision_model
+from tracekit.registry import params_model
+from tracekit.testing import TinyCNN
+
+
+class NotWeights:
+    """An arbitrary object: loading it needs full pickle, which tracekit refuses."""
+
+
+@pytest.fixture
+def tiny_cnn() -> TinyCNN:
+    torch.manual_seed(0)
+    return TinyCNN(channels=3, size=16, num_classes=4).eval()
+
+
+@pytest.fixture
+def scripted(tmp_path, tiny_cnn):
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(tiny_cnn), str(path))
+    return path
+
+
+def images(n: int = 3, size: int = 16) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(2))
+
+
+def test_torchscript_round_trip_without_normalization(scripted, tiny_cnn):
+    loaded = torchscript_model(scripted, input_size=(3, 16, 16), class_names=["a", "b", "c", "d"])
+
+    assert loaded.input_size == (3, 16, 16) and loaded.class_names == ["a", "b", "c", "d"]
+    assert loaded.info["mean"] is None
+    assert loaded.info["sha256"] == hashlib.sha256(scripted.read_bytes()).hexdigest()
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), tiny_cnn(x))
+
+
+def test_torchscript_with_mean_std_and_class_names_file(tmp_path, scripted, tiny_cnn):
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n\nhot dog\nbird\n")
+    loaded = torchscript_model(scripted, (3, 16, 16), mean=(0.5,), std=(0.25, 0.5, 1.0), class_names=names)
+
+    assert loaded.class_names == ["cat", "dog", "hot dog", "bird"]
+    assert loaded.info["mean"] == [0.5, 0.5, 0.5] and loaded.info["std"] == [0.25, 0.5, 1.0]
+    x = images()
+    expected = tiny_cnn((x - 0.5) / torch.tensor([0.25, 0.5, 1.0]).view(1, 3, 1, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), expected)
+
+
+def test_torchscript_without_names_gets_generic_names(scripted):
+    loaded = torchscript_model(scripted, (3, 16, 16))
+    assert loaded.class_names == ["class0", "class1", "class2", "class3"] and loaded.wnids is None
+
+
+def test_torchscript_bad_input(tmp_path, scripted, tiny_cnn):
+    with pytest.raises(TracekitError, match="fails on a 1x3x32x32 input.*set input_size"):
+        torchscript_model(scripted, (3, 32, 32))
+    with pytest.raises(TracekitError, match="3 class names given but the model has 4 outputs"):
+        torchscript_model(scripted, (3, 16, 16), class_names=["a", "b", "c"])
+    with pytest.raises(TracekitError, match="give both mean and std"):
+        torchscript_model(scripted, (3, 16, 16), mean=(0.5, 0.5, 0.5))
+    with pytest.raises(TracekitError, match="mean has 2 values but the input has 3 channel"):
+        torchscript_model(scripted, (3, 16, 16), mean=(0.5, 0.5), std=(1.0, 1.0))
+    with pytest.raises(TracekitError, match="std must be positive"):
+        torchscript_model(scripted, (3, 16, 16), mean=(0.5,), std=(0.0,))
+    state_dict = tmp_path / "state.pt"
+    torch.save(tiny_cnn.state_dict(), state_dict)
+    with pytest.raises(TracekitError, match="not a TorchScript file.*name: checkpoint"):
+        torchscript_model(state_dict, (3, 16, 16))
+    with pytest.raises(TracekitError, match="does not exist"):
+        torchscript_model(tmp_path / "missing.pt")
+    bad_json = tmp_path / "names.json"
+    bad_json.write_text(json.dumps({"0": "a"}))
+    with pytest.raises(TracekitError, match="JSON list of strings"):
+        torchscript_model(scripted, (3, 16, 16), class_names=bad_json)
+
+
+@pytest.fixture
+def resnet_checkpoint(tmp_path):
+    torch.manual_seed(4)
+    bare = torchvision.models.resnet18(num_classes=3).eval()
+    return bare, bare.state_dict()
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "dataparallel"])
+def test_checkpoint_round_trip(tmp_path, resnet_checkpoint, wrap):
+    bare, state = resnet_checkpoint
+    saved = {
+        "plain": state,
+        "state_dict": {"state_dict": state, "epoch": 7},
+        "model": {"model": state},
+        "dataparallel": {f"module.{k}": v for k, v in state.items()},
+    }[wrap]
+    path = tmp_path / "ckpt.pth"
+    torch.save(saved, path)
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps(["cat", "dog", "bird"]))
+
+    loaded = checkpoint_model(path, "resnet18", class_names=names)  # num_classes from the names
+
+    assert loaded.class_names == ["cat", "dog", "bird"]
+    assert loaded.input_size == (3, 224, 224) and loaded.info["mean"] == list(IMAGENET_MEAN)
+    assert loaded.info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    x = images(2, 32)
+    expected = bare((x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), expected)
+
+
+def test_checkpoint_overrides_and_timm_source(tmp_path):
+    import timm
+
+    torch.manual_seed(1)
+    bare = timm.create_model("test_resnet", num_classes=2).eval()
+    path = tmp_path / "timm.pth"
+    torch.save(bare.state_dict(), path)
+
+    loaded = checkpoint_model(
+        path, "test_resnet", source="timm", num_classes=2, input_size=(3, 48, 48), mean=(0.0,), std=(1.0,)
+    )
+
+    assert loaded.input_size == (3, 48, 48) and loaded.class_names == ["class0", "class1"]
+    x = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), bare(x))
+
+
+def test_checkpoint_bad_files(tmp_path, resnet_checkpoint):
+    _, state = resnet_checkpoint
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00\x01 definitely not weights")
+    with pytest.raises(TracekitError, match="cannot read .*garbage.pth as PyTorch weights"):
+        checkpoint_model(garbage, "resnet18", num_classes=3)
+
+    pickled = tmp_path / "object.pth"
+    torch.save({"weights": NotWeights()}, pickled, pickle_module=pickle)
+    with pytest.raises(TracekitError, match=r"NotWeights.*only loads plain weights \(torch.load weights_only=True\)"):
+        checkpoint_model(pickled, "resnet18", num_classes=3)
+
+    whole = tmp_path / "whole.pth"
+    torch.save(torch.nn.Linear(2, 2), whole)
+    with pytest.raises(TracekitError, match="Linear.*save model.state_dict"):
+        checkpoint_model(whole, "resnet18", num_classes=3)
+
+    no_tensors = tmp_path / "numbers.pth"
+    torch.save({"epoch": 3}, no_tensors)
+    with pytest.raises(TracekitError, match="does not hold a state dict"):
+        checkpoint_model(no_tensors, "resnet18", num_classes=3)
+
+    good = tmp_path / "good.pth"
+    torch.save(state, good)
+    with pytest.raises(TracekitError, match=r"missing keys \(layer3"):
+        checkpoint_model(good, "resnet34", num_classes=3)
+    partial = tmp_path / "partial.pth"
+    torch.save({**{k: v for k, v in state.items() if not k.startswith("fc.")}, "head.weight": torch.zeros(1)}, partial)
+    with pytest.raises(TracekitError, match=r"2 missing keys \(fc.weight, fc.bias\); 1 unexpected keys \(head.weight\)"):
+        checkpoint_model(partial, "resnet18", num_classes=3)
+    with pytest.raises(TracekitError, match="unknown torchvision architecture 'resnet1'"):
+        checkpoint_model(good, "resnet1")
+    with pytest.raises(TracekitError, match="does not exist"):
+        checkpoint_model(tmp_path / "missing.pth", "resnet18")
+
+
+def test_gray_input_needs_its_own_mean_and_std(tmp_path, resnet_checkpoint):
+    _, state = resnet_checkpoint
+    path = tmp_path / "ckpt.pth"
+    torch.save(state, path)
+    with pytest.raises(TracekitError, match="the default mean has 3 values but the input has 1 channel"):
+        checkpoint_model(path, "resnet18", num_classes=3, input_size=(1, 32, 32))
+
+
+def test_factory_signatures_are_valid_parameter_schemas():
+    """The registry turns each signature into a pydantic model; spec values must validate."""
+    spec = {"path": "m.pt", "input_size": [1, 28, 28], "mean": [0.1], "std": [0.3], "class_names": "names.txt"}
+    params = params_model("torchscript", torchscript_model).model_validate(spec)
+    assert params.input_size == (1, 28, 28) and params.mean == (0.1,) and params.class_names.name == "names.txt"
+    params = params_model("checkpoint", checkpoint_model).model_validate(
+        {"path": "c.pth", "arch": "resnet18", "class_names": ["a", "b"]}
+    )
+    assert params.class_names == ["a", "b"] and params.source == "torchvision"
+    with pytest.raises(Exception, match="source"):
+        params_model("checkpoint", checkpoint_model).model_validate({"path": "c", "arch": "x", "source": "keras"})
+    with pytest.raises(Exception, match="num_classes"):
+        params_model("torchvision", torchvision_model).model_validate({"arch": "resnet18", "num_classes": 0})
+    assert params_model("timm", timm_model).model_validate({"arch": "x", "weights": "w.pth"}).weights.name == "w.pth"
