@@ -8,7 +8,13 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_attacks(register: Register) -> None:
-    from . import fast_gradient
+    from . import autoattack, boundary, carlini, deepfool, fast_gradient, pgd, pixel
 
     register("fgsm", fast_gradient.fgsm)
     register("gradient", fast_gradient.gradient)
+    register("pixel", pixel.pixel)
+    register("deepfool", deepfool.deepfool)
+    register("boundary", boundary.boundary)
+    register("pgd", pgd.pgd)
+    register("cw-l2", carlini.cw_l2)
+    register("autoattack", autoattack.autoattack)

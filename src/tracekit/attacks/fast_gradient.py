@@ -1,14 +1,17 @@
 """The paper's single-step gradient attacks through ART's `FastGradientMethod`: FGSM (L-inf) and L2.
 
+`backend: native` runs them as `NativeFastGradient` instead (same results, whole batches on the device).
+
 No `from __future__ import annotations`: the registry reads the factories' annotations as objects.
 """
 
 import math
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
 from .art_classifier import ArtAttack
+from .native import NativeFastGradient, minimal_step_count
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -31,7 +34,7 @@ class FastGradient(ArtAttack):
 
         eps, eps_step = self.eps, self.eps
         if self.minimal:
-            eps_step = self.eps / math.ceil(self.eps / self.eps_step - 1e-9)
+            eps_step = self.eps / minimal_step_count(self.eps, self.eps_step)
             # ART stops once the running sum of steps exceeds eps; allow for float rounding of that sum.
             eps = self.eps * (1 + 1e-7)
         return FastGradientMethod(
@@ -49,9 +52,10 @@ def fgsm(
     minimal: bool = False,
     eps_step: Annotated[float, Field(gt=0, le=1)] = 0.01,
     batch_size: Annotated[int, Field(gt=0)] = 128,
-) -> FastGradient:
-    """Fast gradient sign method, L-inf (Goodfellow et al.) via ART."""
-    return FastGradient(math.inf, eps, minimal, eps_step, batch_size)
+    backend: Literal["art", "native"] = "art",
+) -> FastGradient | NativeFastGradient:
+    """Fast gradient sign method, L-inf (Goodfellow et al.) via ART (or natively)."""
+    return _fast_gradient(math.inf, eps, minimal, eps_step, batch_size, backend)
 
 
 def gradient(
@@ -59,6 +63,16 @@ def gradient(
     minimal: bool = False,
     eps_step: Annotated[float, Field(gt=0)] = 0.1,
     batch_size: Annotated[int, Field(gt=0)] = 128,
-) -> FastGradient:
-    """Single-step L2 gradient attack (the paper's): loss gradient scaled to L2 norm eps, via ART."""
-    return FastGradient(2.0, eps, minimal, eps_step, batch_size)
+    backend: Literal["art", "native"] = "art",
+) -> FastGradient | NativeFastGradient:
+    """Single-step L2 gradient attack (the paper's): loss gradient scaled to L2 norm eps, via ART (or natively)."""
+    return _fast_gradient(2.0, eps, minimal, eps_step, batch_size, backend)
+
+
+def _fast_gradient(
+    norm: float, eps: float, minimal: bool, eps_step: float, batch_size: int, backend: str
+) -> FastGradient | NativeFastGradient:
+    """The ART attack, or the native one (which takes the engine's batch whole: no `batch_size`)."""
+    if backend == "native":
+        return NativeFastGradient(norm, eps, minimal, eps_step)
+    return FastGradient(norm, eps, minimal, eps_step, batch_size)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import typer
 
 from . import cache as cache_cmd
+from . import detect as detect_cmd
+from . import explain as explain_cmd
 from . import plugins as plugins_cmd
 from . import run as run_cmd
 from . import validate as validate_cmd
@@ -27,6 +29,8 @@ def build_app() -> typer.Typer:
     validate_cmd.register(app)
     plugins_cmd.register(app)
     cache_cmd.register(app)
+    explain_cmd.register(app)
+    detect_cmd.register(app)
     return app
 
 

@@ -1,10 +1,11 @@
 """Your own images (`imagefolder`): `ROOT/<class folder>/**/*.png|jpg|jpeg`.
 
-Images are prepared like ImageNet evaluation: converted to the model's channels (RGB or
-gray; alpha is dropped), the shorter side resized to `crop / crop_pct` (torchvision's `Resize`
-then `CenterCrop`, with the model's `crop_pct` and interpolation where its `info` records them,
-else 224/256 and bilinear), then center-cropped to the model's input height and width (or to
-`size` x `size`).
+Images are prepared like ImageNet evaluation, exactly as torchvision's `Resize` + `CenterCrop`:
+converted to the model's channels (RGB or gray; alpha is dropped), the shorter side resized to
+`floor(crop / crop_pct)`, then the center cropped to the model's input height x width (or
+`size` x `size`). `crop_pct` and the interpolation come from the model's `info` where it records
+them (torchvision and timm models do), else 0.875 (= 224/256) and bilinear; a model whose
+images are whole frames can record `crop_pct: 1.0`.
 
 Folder names map to the model's classes by WordNet id (`n01440764`, where the model has them)
 or by class name (case-insensitive, `_` for spaces). If no folder matches, folders are taken in

@@ -20,6 +20,7 @@ import torch
 from ..plugins import registry
 from ..progress import progress
 from ..protocols import Detector, LoadedModel
+from ..report import write_report
 from ..spec import Spec, load_spec, validate_spec
 from . import rundir
 from .attack_cache import AttackCache, model_fingerprint
@@ -223,7 +224,9 @@ def run(
     artifacts = RunArtifacts(
         model, samples, clean_preds, clean_probs, fit_idx, test_idx, attacks, detector, threshold, dev
     )
-    return RunResult(run_dir, metrics, spec, rows, artifacts)
+    result = RunResult(run_dir, metrics, spec, rows, artifacts)
+    write_report(run_dir, result)  # figures and report.html (tracekit.report)
+    return result
 
 
 def _components(spec: Spec) -> list[tuple[str, Mapping[str, Any]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -127,15 +128,18 @@ def load_weights(module: nn.Module, path: Path | str, where: str) -> dict[str, A
     return {"weights_file": str(path), "sha256": sha256(path)}
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _num_outputs(module: nn.Module, spec: InputSpec, where: str) -> int:
     """Classes the module predicts, from one forward pass on a blank input of `spec.input_size`."""
     try:
         with torch.no_grad():
             out = module(torch.zeros(1, *spec.input_size))
     except Exception as exc:  # the user's module failed on the declared input
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TracekitError(
-            f"{where}: the model fails on a 1x{'x'.join(map(str, spec.input_size))} input ({reason}); "
+            f"{where}: the model fails on a 1x{'x'.join(map(str, spec.input_size))} input ({_first_line(exc)}); "
             "set input_size to the (channels, height, width) it takes"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
@@ -152,15 +156,16 @@ def torchscript_model(
     class_names: ClassNames = None,
 ) -> LoadedModel:
     """A TorchScript classifier file (mean/std: its normalization, if not built in)."""
-    where = f"torchscript model {path}"
+    where = "torchscript model"
     path = existing_file(path, where, "model file")
-    spec = InputSpec(input_size, mean=None, std=None).override(where, input_size, mean, std)
+    spec = InputSpec(tuple(input_size), mean=None, std=None).override(where, mean=mean, std=std)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream, yet still the common format
+            warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated", category=FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # not a TorchScript archive
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TracekitError(
-            f"{where}: not a TorchScript file ({reason}); save one with "
+            f"{where}: {path} is not a TorchScript file ({_first_line(exc)}); save one with "
             "torch.jit.save(torch.jit.script(model), path), or load a state dict with "
             "model: {name: checkpoint, path: ..., arch: ...}"
         ) from None
@@ -183,7 +188,8 @@ def checkpoint_model(
     """A state-dict file of a torchvision or timm architecture (e.g. fine-tuned weights)."""
     from . import timm_models, torchvision_models
 
-    where = f"checkpoint {path}"
+    where = f"checkpoint model '{arch}'"
+    path = existing_file(path, where, "weights file")
     names = class_names_given(class_names, where)
     if num_classes is None and names is not None:
         num_classes = len(names)

@@ -26,7 +26,10 @@ _HF_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's names, 
 
 
 def _pretrained_cfg(arch: str) -> Any:
-    """timm's pretrained config of `arch` (a name, optionally with a `.tag`); unknown names refused."""
+    """timm's pretrained config of `arch` (a name, optionally with a `.tag`; None if it has none).
+
+    Unknown names are refused with the closest known ones.
+    """
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -54,8 +57,10 @@ def _input_spec(cfg: dict[str, Any]) -> InputSpec:
 
 def _class_names(module: nn.Module, where: str) -> tuple[list[str], list[str] | None, str]:
     """ImageNet names (and WordNet ids) where the model's pretrained config says which subset."""
-    from timm.data import infer_imagenet_subset
-
+    try:
+        from timm.data import infer_imagenet_subset
+    except ImportError:  # timm before ImageNetInfo (0.9.10)
+        return class_names_for(module.num_classes, None, where)
     subset = infer_imagenet_subset(module)
     known = imagenet_classes(subset) if subset else None
     if known is not None and len(known[0]) == module.num_classes:
@@ -78,25 +83,26 @@ def cached_pretrained_file(arch: str, where: str) -> Path:
     import torch.hub
 
     cfg = _pretrained_cfg(arch)
+    hub_id, hub_file, url = (cfg.hf_hub_id, cfg.hf_hub_filename, cfg.url) if cfg else (None, None, None)
     looked: list[str] = []
-    if cfg.hf_hub_id:
+    if hub_id:
         from huggingface_hub import constants, try_to_load_from_cache
 
-        repo, _, revision = cfg.hf_hub_id.partition("@")
-        for filename in (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HF_WEIGHTS_FILES:
+        repo, _, revision = hub_id.partition("@")
+        for filename in (hub_file,) if hub_file else _HF_WEIGHTS_FILES:
             found = try_to_load_from_cache(repo, filename, revision=revision or None)
             if isinstance(found, str):
                 return Path(found)
             folder = "models--" + repo.replace("/", "--")
             looked.append(str(Path(constants.HF_HUB_CACHE) / folder / "snapshots" / "*" / filename))
-    if cfg.url:
-        file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+    if url:
+        file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
         if file.is_file():
             return file
         looked.append(str(file))
     if not looked:
         raise TracekitError(f"{where}: timm publishes no pretrained weights for it; use pretrained: false")
-    hint = f"`hf download {cfg.hf_hub_id}`" if cfg.hf_hub_id else cfg.url
+    hint = f"`hf download {hub_id}`" if hub_id else url
     raise TracekitError(
         f"{where}: pretrained weights are not in the local cache, and tracekit never downloads; "
         f"looked for {' and '.join(looked)}. Fetch them where there is network ({hint}) and copy "

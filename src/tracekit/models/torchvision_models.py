@@ -20,7 +20,7 @@ from torch import nn
 from ..datasets.imagenet_classes import imagenet_classes
 from ..errors import TracekitError, did_you_mean
 from ..protocols import LoadedModel
-from .files import load_weights, sha256, weights_load_error
+from .files import existing_file, load_weights, sha256, weights_load_error
 from .normalize import InputSpec, class_names_for, loaded_model
 
 _WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -148,17 +148,18 @@ def torchvision_model(
     names = list(enum.__members__) if enum is not None else []
     if weights is not None and weights in names:
         return _from_weights_entry(arch, enum[weights], num_classes, where)
-    module, spec, outputs = build(arch, num_classes)
-    info: dict[str, Any] = {"source": "torchvision", "arch": arch, "weights": weights}
-    if weights is None:
-        info["random_init"] = True
-    elif _is_path(weights):
-        info.update(load_weights(module, Path(weights), where))
-    else:
+    if weights is not None and not _is_path(weights):
         offer = did_you_mean(weights, names) if names else " (this architecture has no published weights)"
         raise TracekitError(
             f"{where}: unknown weights '{weights}'{offer}; give a torchvision weights name "
             "or a path to a state dict file"
         )
+    file = None if weights is None else existing_file(weights, where, "weights file")
+    module, spec, outputs = build(arch, num_classes)
+    info: dict[str, Any] = {"source": "torchvision", "arch": arch, "weights": weights}
+    if file is None:
+        info["random_init"] = True
+    else:
+        info.update(load_weights(module, file, where))
     class_names, wnids, info["class_names"] = class_names_for(outputs, None, where)
     return loaded_model(module, spec, class_names, wnids, info)

@@ -1,0 +1,79 @@
+"""The boundary attack (Brendel et al.), untargeted, through ART's `BoundaryAttack`.
+
+A decision-based (black-box) attack: it only reads the model's predicted class. It starts from a
+uniform-noise image that is already misclassified and walks along the decision boundary towards
+the original, shrinking the L2 distance. ART's default is *targeted*; the paper's is untargeted.
+Where no misclassified noise image is found in `init_size` draws, ART returns the original.
+
+One change to ART: its initial noise comes from a fresh, unseeded `np.random.RandomState()`, so
+results differed from run to run; here it is drawn from NumPy's global random state (which the
+engine seeds per batch, and which ART's walk already uses), `batch_size` candidates per prediction.
+"""
+
+import functools
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+from pydantic import Field
+
+from .art_classifier import ArtAttack
+
+if TYPE_CHECKING:
+    from art.estimators.classification import PyTorchClassifier
+
+
+@functools.cache
+def _seeded_boundary_attack() -> type:
+    """ART's `BoundaryAttack` (untargeted use only) with its initial noise drawn from NumPy's global state."""
+    from art.attacks.evasion import BoundaryAttack
+
+    class SeededBoundaryAttack(BoundaryAttack):  # type: ignore[misc]
+        def _init_sample(
+            self, x: np.ndarray, y: int, y_p: int, init_pred: int, adv_init: Any, clip_min: float, clip_max: float
+        ) -> tuple[np.ndarray, int] | None:
+            for start in range(0, self.init_size, self.batch_size):
+                shape = (min(self.batch_size, self.init_size - start), *x.shape)
+                noise = np.random.uniform(clip_min, clip_max, size=shape).astype(x.dtype)
+                preds = np.argmax(self.estimator.predict(noise, batch_size=self.batch_size), axis=1)
+                fooled = np.flatnonzero(preds != y_p)
+                if fooled.size:
+                    return noise[fooled[0]], int(preds[fooled[0]])
+            return None
+
+    return SeededBoundaryAttack
+
+
+class Boundary(ArtAttack):
+    """ART's `BoundaryAttack` with `targeted=False`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__()
+        self.params = params
+
+    def build(self, classifier: "PyTorchClassifier") -> Any:
+        return _seeded_boundary_attack()(classifier, targeted=False, **self.params, verbose=False)
+
+
+def boundary(
+    delta: Annotated[float, Field(gt=0)] = 0.01,
+    epsilon: Annotated[float, Field(gt=0)] = 0.01,
+    step_adapt: Annotated[float, Field(gt=0, lt=1)] = 0.667,
+    max_iter: Annotated[int, Field(gt=0)] = 200,
+    num_trial: Annotated[int, Field(gt=0)] = 25,
+    sample_size: Annotated[int, Field(gt=0)] = 20,
+    init_size: Annotated[int, Field(gt=0)] = 100,
+    min_epsilon: Annotated[float, Field(ge=0)] = 0.0,
+    batch_size: Annotated[int, Field(gt=0)] = 64,
+) -> Boundary:
+    """Boundary attack (Brendel et al.), untargeted and decision-based (black-box), via ART."""
+    return Boundary(
+        delta=delta,
+        epsilon=epsilon,
+        step_adapt=step_adapt,
+        max_iter=max_iter,
+        num_trial=num_trial,
+        sample_size=sample_size,
+        init_size=init_size,
+        min_epsilon=min_epsilon,
+        batch_size=batch_size,
+    )

@@ -1,0 +1,95 @@
+"""The one-pixel attack (Su et al.) through ART's `PixelAttack`, with the paper's stopping rule.
+
+In ART 1.20.1 `PixelAttack(th=k)` changes at most `k` pixels (each to any value of the 8-bit
+range, all channels of the pixel); `th=None` binary-searches k in 1..127. `pixels` is that `th`.
+
+Two changes to ART's search, both in the subclass built by `_paper_pixel_attack`:
+- ART minimizes the classifier's output for the true class, which for our models is a logit;
+  the attack runs on the model followed by a softmax, so it minimizes the true class's
+  *probability*, as Su et al. do.
+- ART stops the evolution at the first misclassification. The paper (after Su et al.) stops once
+  the true class's probability is below `stop_probability` (5%). A search that ends without
+  reaching that but with the image misclassified still counts as a success (ART would have
+  stopped there; its result is kept); `stop_probability=1` is ART's rule.
+The evolution draws from NumPy's global random state (the engine seeds it per batch).
+"""
+
+import functools
+import importlib.util
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..errors import TracekitError
+from .art_classifier import ArtAttack, art_classifier
+
+if TYPE_CHECKING:
+    from art.estimators.classification import PyTorchClassifier
+
+
+@functools.cache
+def _paper_pixel_attack() -> type:
+    """ART's `PixelAttack`, stopping once the true class's probability is below `stop_probability`."""
+    from art.attacks.evasion import PixelAttack
+
+    class PaperPixelAttack(PixelAttack):  # type: ignore[misc]
+        def __init__(self, classifier: Any, stop_probability: float, **params: Any) -> None:
+            super().__init__(classifier, **params)
+            self.stop_probability = stop_probability
+            self._fooling: np.ndarray | None = None
+
+        def _attack_success(self, adv_x: np.ndarray, x: np.ndarray, target_class: int) -> bool:
+            adv = self._perturb_image(adv_x, x)
+            probs = self.estimator.predict(self.rescale_input(adv) if self.rescale else adv)[0]
+            fooled = bool(np.argmax(probs) != target_class)
+            if fooled:
+                self._fooling = adv_x
+            return fooled and bool(probs[target_class] < self.stop_probability)
+
+        def _attack(self, image: np.ndarray, target_class: int, limit: int) -> tuple[bool, np.ndarray]:
+            self._fooling = None
+            success, result = super()._attack(image, target_class, limit)
+            if success or self._fooling is None:
+                return success, result
+            return True, self._perturb_image(self._fooling, image)[0]
+
+    return PaperPixelAttack
+
+
+class OnePixel(ArtAttack):
+    """Differential evolution (or CMA-ES) over `pixels` (row, column, value) triples per image."""
+
+    def __init__(self, pixels: int, max_iter: int, es: int, stop_probability: float) -> None:
+        super().__init__()
+        self.pixels, self.max_iter, self.es, self.stop_probability = pixels, max_iter, es, stop_probability
+
+    def build(self, classifier: "PyTorchClassifier") -> Any:
+        probabilities = art_classifier(
+            nn.Sequential(classifier.model, nn.Softmax(dim=1)),
+            torch.zeros(1, *classifier.input_shape),
+            classifier.nb_classes,
+        )
+        return _paper_pixel_attack()(
+            probabilities,
+            stop_probability=self.stop_probability,
+            th=self.pixels,
+            es=self.es,
+            max_iter=self.max_iter,
+            targeted=False,
+            verbose=False,
+        )
+
+
+def pixel(
+    pixels: Annotated[int, Field(gt=0)] = 1,
+    max_iter: Annotated[int, Field(gt=0)] = 100,
+    es: Literal["de", "cma-es"] = "de",
+    stop_probability: Annotated[float, Field(gt=0, le=1)] = 0.05,
+) -> OnePixel:
+    """One-pixel attack (Su et al.) via ART: evolve until the true class's probability is below 5%."""
+    if es == "cma-es" and importlib.util.find_spec("cma") is None:
+        raise TracekitError("attack 'pixel': es: cma-es needs the 'cma' package; pip install cma, or use es: de")
+    return OnePixel(pixels, max_iter, 0 if es == "cma-es" else 1, stop_probability)

@@ -1,0 +1,31 @@
+"""`tracekit explain IMAGE... [--model SPEC-or-RUN_DIR] [--out DIR]`: prediction, score and a
+panel (image, feature response, local-entropy map) per image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .. import progress
+from ..explaining import DEFAULT_OUT, explain
+from .common import handle_errors
+from .detect import DeviceOpt, ImagesArg, JsonOpt, print_results
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("explain")
+    @handle_errors
+    def explain_command(
+        images: list[Path] = ImagesArg,
+        model: str = typer.Option(
+            None, "--model", help="A spec file or a run directory (default: the embedded digits-cnn).", show_default=False
+        ),
+        out: Path = typer.Option(DEFAULT_OUT, "--out", help="Directory for the panel PNGs."),
+        device: str = DeviceOpt,
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Show what the network looks at: prediction, score and a feature-response panel per image."""
+        progress.enable()
+        results = explain(images, model=model, out=out, device=device)
+        print_results(results, as_json, f"explain ({model or 'embedded digits-cnn'})")

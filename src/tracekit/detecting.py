@@ -1,0 +1,136 @@
+"""`tracekit.detect`: score single images with a finished run's model, detector and threshold.
+
+`run` writes `detector.json` into the run directory (format, model, detector, calibrated
+threshold, target FPR, device); `load_run` rebuilds the model and the detector from it. An image
+is flagged `adversarial` when its score is above the threshold (as in calibration).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import TracekitError
+from .images import ImageInput, read_inputs
+from .protocols import Detector, LoadedModel
+
+BATCH_SIZE = 64
+HOW_TO_FIX = "re-run its spec with `tracekit run` to write a current run directory"
+
+
+@dataclass
+class ScoringSetup:
+    """A model and a detector ready to score images, with a threshold where one was calibrated."""
+
+    model: LoadedModel
+    detector: Detector
+    device: torch.device
+    threshold: float | None = None
+
+    def evaluate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(predicted class [N], softmax probabilities [N,K], scores [N] float64)` of `images`."""
+        from .engine.data import predict
+        from .engine.run import score_images
+
+        preds, probs = predict(self.model.module, images, BATCH_SIZE, self.device, "predict")
+        scores = score_images(self.detector, self.model, images, BATCH_SIZE, self.device, "score")
+        return preds, probs, torch.from_numpy(scores)
+
+    def results(self, inputs: list[ImageInput]) -> list[dict[str, Any]]:
+        """One dict per input: image, pred, class, confidence, score, threshold, verdict, error."""
+        readable = [item for item in inputs if item.image is not None]
+        evaluated = iter([])
+        if readable:
+            preds, probs, scores = self.evaluate(torch.stack([item.image for item in readable]))
+            evaluated = iter(zip(preds.tolist(), probs, scores.tolist()))
+        out = []
+        for item in inputs:
+            row: dict[str, Any] = {"image": item.name, "pred": None, "class": None, "confidence": None,
+                                   "score": None, "threshold": self.threshold, "verdict": None, "error": item.error}
+            if item.image is not None:
+                pred, prob, score = next(evaluated)
+                row.update(pred=pred, confidence=float(prob[pred]), score=score)
+                row["class"] = self.model.class_names[pred]
+                if self.threshold is not None:
+                    row["verdict"] = "adversarial" if score > self.threshold else "clean"
+            out.append(row)
+        return out
+
+
+def build_setup(model_cfg: dict[str, Any], detector_cfg: dict[str, Any], device: torch.device,
+                threshold: float | None = None) -> ScoringSetup:
+    """Build the model and the (fitted-nothing) detector of resolved component specs."""
+    from .engine.run import build
+
+    model: LoadedModel = build("model", model_cfg)
+    model.module.to(device).eval()
+    detector: Detector = build("detector", detector_cfg)
+    if detector.needs_adversarial_fit:
+        raise TracekitError(
+            f"detector '{detector_cfg.get('name')}' learns from data; single images can only be scored "
+            "with detectors that need no fitting (such as feature-response)"
+        )
+    return ScoringSetup(model, detector, device, threshold)
+
+
+def read_state(run_dir: str | Path) -> dict[str, Any]:
+    """`detector.json` of `run_dir`, checked: format, model, detector and threshold."""
+    from .engine.rundir import DETECTOR_FORMAT
+
+    path = Path(run_dir)
+    if not path.exists():
+        raise TracekitError(f"run directory {path} does not exist; give a directory written by `tracekit run`")
+    if not path.is_dir():
+        raise TracekitError(f"{path} is not a directory; give a run directory written by `tracekit run`")
+    state_file = path / "detector.json"
+    if not state_file.is_file():
+        raise TracekitError(
+            f"{path} has no detector.json: not a run directory, or one from an older tracekit; {HOW_TO_FIX}"
+        )
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TracekitError(f"{state_file} is not valid JSON (a broken run directory); {HOW_TO_FIX}") from None
+    if not isinstance(state, dict):
+        raise TracekitError(f"{state_file}: expected a JSON object (a broken run directory); {HOW_TO_FIX}")
+    if state.get("format") != DETECTOR_FORMAT:
+        raise TracekitError(
+            f"{state_file}: format {state.get('format')!r}, but this tracekit reads format {DETECTOR_FORMAT}; {HOW_TO_FIX}"
+        )
+    threshold = state.get("threshold")
+    valid = (
+        isinstance(state.get("model"), dict) and isinstance(state.get("detector"), dict)
+        and isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
+    )  # fmt: skip
+    if not valid:
+        raise TracekitError(
+            f"{state_file}: needs 'model' and 'detector' objects and a finite 'threshold' (a broken run directory); "
+            f"{HOW_TO_FIX}"
+        )
+    return state
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> ScoringSetup:
+    """The model, detector and calibrated threshold of a run directory (`device` overrides the run's)."""
+    from .engine.device import resolve_device
+
+    state = read_state(run_dir)
+    dev = resolve_device(device or str(state.get("device") or "auto"))
+    try:
+        return build_setup(state["model"], state["detector"], dev, float(state["threshold"]))
+    except TracekitError as exc:
+        raise TracekitError(f"run directory {run_dir}: {exc}") from None
+
+
+def detect(run_dir: str | Path, images: Any, device: str | None = None) -> list[dict[str, Any]]:
+    """Score `images` (paths, PIL images, tensors/arrays `[C,H,W]` or `[N,C,H,W]` in [0, 1]) with a
+    run's detector: one dict per image with `image`, `pred`, `class`, `confidence`, `score`,
+    `threshold`, `verdict` (`adversarial` when score > threshold, else `clean`) and `error`
+    (the reason an input could not be read, else None; its other values are then None)."""
+    setup = load_run(run_dir, device)
+    return setup.results(read_inputs(images, setup.model.input_size))

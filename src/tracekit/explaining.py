@@ -1,0 +1,71 @@
+"""`tracekit.explain`: what the network looks at in single images.
+
+For each image: the predicted class, the detector's score (and verdict, when the model comes
+from a run directory with a calibrated threshold), and a panel PNG of the image, its feature
+response (gray map) and the local-entropy map of that response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .detecting import ScoringSetup, build_setup, load_run
+from .errors import TracekitError
+from .images import read_inputs
+
+DEFAULT_MODEL: dict[str, Any] = {"name": "digits-cnn"}
+DEFAULT_DETECTOR: dict[str, Any] = {"name": "feature-response"}
+DEFAULT_OUT = Path("explain")
+
+
+def load_setup(model: Any = None, device: str | None = None) -> ScoringSetup:
+    """`model`: None (the embedded digits-cnn with the feature-response detector), a run
+    directory (its model, detector and threshold), or a spec (path, dict or `Spec`)."""
+    from .engine.device import resolve_device
+    from .engine.run import as_spec
+
+    if model is None:
+        return build_setup(DEFAULT_MODEL, DEFAULT_DETECTOR, resolve_device(device or "auto"))
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if path.is_dir():
+            return load_run(path, device)
+        if not path.exists():
+            raise TracekitError(f"model {str(model)!r}: no such spec file or run directory")
+    spec = as_spec(model)
+    if spec.detector is None:
+        raise TracekitError("the spec lists several `detectors:`; explain uses a spec with one `detector:`")
+    return build_setup(spec.model, spec.detector, resolve_device(device or spec.device))
+
+
+def explain(
+    images: Any, model: Any = None, out: str | Path | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """Predict, score and draw a panel for each of `images` (paths, PIL images, tensors/arrays).
+
+    Returns one dict per image as `tracekit.detect` does, plus `panel` (the PNG written into
+    `out`, default `./explain/`; None for unreadable inputs).
+    """
+    from .report.figures import explain_panel, feature_maps, file_stem
+
+    setup = load_setup(model, device)
+    inputs = read_inputs(images, setup.model.input_size)
+    results = setup.results(inputs)
+    readable = [(item, row) for item, row in zip(inputs, results) if item.image is not None]
+    out_dir = Path(out) if out is not None else DEFAULT_OUT
+    taken: set[str] = set()
+    if readable:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TracekitError(f"cannot create the output directory {out_dir}: {exc.strerror}") from None
+        maps = feature_maps(setup.detector, setup.model.module, [item.image for item, _ in readable], setup.device)
+        for i, (item, row) in enumerate(readable):
+            path = out_dir / f"{file_stem(Path(item.name).stem, taken)}.explain.png"
+            explain_panel(path, item.image, None if maps is None else (maps[0][i], maps[1][i]), row)
+            row["panel"] = str(path)
+    for row in results:
+        row.setdefault("panel", None)
+    return results

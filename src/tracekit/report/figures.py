@@ -1,0 +1,328 @@
+"""A run's figures (PNG, matplotlib's Agg canvas; pyplot's global state is never touched).
+
+- `roc.png`: ROC curves of every attack on the test part, AUC in the legend (the paper's Fig. 4b).
+- `score_hist.png`: score histograms, clean vs each attack, with the threshold (Fig. 4a).
+- `examples_<attack>.png`: a few test images per attack (successful adversarials first): the
+  original, the perturbation (amplified, with its scale), the adversarial, and for the clean and
+  the adversarial image the feature response (gray map) and its local-entropy map (Figs. 2-3).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..protocols import Detector
+
+ENTROPY_SIZE = 3  # the paper's 3x3 neighbourhood
+ENTROPY_MAX = math.log2(ENTROPY_SIZE * ENTROPY_SIZE)  # the largest possible 3x3 local entropy (bits)
+MAPS_BATCH = 64
+DPI = 110
+ROW_INCHES, TOP_INCHES, BOTTOM_INCHES = 2.45, 0.95, 0.6  # an image row with its title; margins
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "figure.titlesize": 11,
+    "text.parse_math": False,  # labels and class names are shown literally ('$' is not TeX)
+    "image.interpolation": "nearest",
+}
+CLEAN_COLOR, ADV_COLOR = "#1f77b4", "#d62728"
+
+
+@dataclass
+class Example:
+    """One attacked test image: the clean and adversarial predictions and scores."""
+
+    sample_id: str
+    label: str
+    clean_class: str
+    clean_confidence: float
+    clean_score: float
+    adv_class: str
+    adv_confidence: float
+    adv_score: float
+    success: bool
+
+
+@contextmanager
+def _figure(path: Path, layout: str | None = "constrained", **kwargs: Any) -> Iterator[Any]:
+    """A matplotlib `Figure` saved to `path` as PNG on exit."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(layout=layout, **kwargs)
+        yield fig
+        fig.savefig(path, dpi=DPI, facecolor="white")
+
+
+def _image_grid(fig: Any, nrows: int, ncols: int) -> Any:
+    """`nrows` x `ncols` image axes without ticks, room for two-line titles and colorbars below.
+
+    Laid out by hand: constrained layout is slow with dozens of image axes.
+    """
+    height = fig.get_size_inches()[1]
+    axes = fig.subplots(
+        nrows, ncols, squeeze=False,
+        gridspec_kw={"left": 0.01, "right": 0.99, "top": 1 - TOP_INCHES / height,
+                     "bottom": BOTTOM_INCHES / height, "wspace": 0.12, "hspace": 0.32},
+    )  # fmt: skip
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return axes
+
+
+def _colorbar(fig: Any, ax: Any, image: Any, label: str) -> None:
+    """A horizontal colorbar just below `ax`."""
+    cax = ax.inset_axes([0.08, -0.14, 0.84, 0.06])
+    fig.colorbar(image, cax=cax, orientation="horizontal", label=label)
+
+
+def feature_maps(
+    detector: Detector, module: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`(gray u8 [N,H,W], local entropy [N,H,W])` of the detector's feature response maps, on the
+    CPU; None when the detector has no `maps`. The gray map is tracekit's default conversion."""
+    from ..scores import local_entropy_map, to_gray_u8
+
+    if not hasattr(detector, "maps"):
+        return None
+    batch = torch.stack(list(images)) if not isinstance(images, torch.Tensor) else images
+    grays, entropies = [], []
+    for start in range(0, len(batch), MAPS_BATCH):
+        maps = detector.maps(module, batch[start : start + MAPS_BATCH].to(device)).detach()
+        gray = to_gray_u8(maps)
+        grays.append(gray.cpu())
+        entropies.append(local_entropy_map(gray, ENTROPY_SIZE).cpu())
+    return torch.cat(grays), torch.cat(entropies)
+
+
+def _show_image(ax: Any, image: torch.Tensor) -> None:
+    """`[C,H,W]` in [0, 1]: RGB as is, anything else as gray (mean over channels)."""
+    array = image.detach().cpu().float().numpy()
+    if array.shape[0] == 3:
+        ax.imshow(np.clip(array.transpose(1, 2, 0), 0, 1))
+    else:
+        ax.imshow(array.mean(0), cmap="gray", vmin=0, vmax=1)
+
+
+def _show_perturbation(ax: Any, delta: torch.Tensor, span: float) -> Any:
+    """The perturbation on the color scale [-span, span]: RGB as 0.5 + delta / (2 span) (returns
+    None), anything else on a diverging colormap (returns the image, for a colorbar)."""
+    array = delta.detach().cpu().float().numpy()
+    if array.shape[0] == 3:
+        ax.imshow(np.clip(0.5 + array.transpose(1, 2, 0) / (2 * span), 0, 1))
+        return None
+    return ax.imshow(array.mean(0), cmap="RdBu_r", vmin=-span, vmax=span)
+
+
+def _show_maps(ax_gray: Any, ax_entropy: Any, gray: torch.Tensor, entropy: torch.Tensor) -> Any:
+    """The gray feature response and its local-entropy map; returns the latter (for a colorbar)."""
+    ax_gray.imshow(gray.numpy(), cmap="gray", vmin=0, vmax=255)
+    return ax_entropy.imshow(entropy.numpy(), cmap="magma", vmin=0, vmax=ENTROPY_MAX)
+
+
+def roc_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.ndarray], aucs: dict[str, float | None]) -> None:
+    """ROC curves of every attack (successful adversarials vs clean test images) in one plot."""
+    from sklearn.metrics import roc_curve
+
+    with _figure(path, figsize=(5.6, 5.0)) as fig:
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
+        for name, adv in adversarial.items():
+            if len(adv) == 0 or len(clean) == 0:
+                ax.plot([], [], " ", label=f"{name}: no successful adversarials")
+                continue
+            y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+            fpr, tpr, _ = roc_curve(y, np.r_[clean, adv])
+            ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {aucs.get(name) or 0:.3f}, n={len(adv)})")
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
+               xlabel="false positive rate (clean images flagged)", ylabel="true positive rate (adversarials flagged)",
+               title=f"ROC, test part ({len(clean)} clean images)")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+
+
+def score_hist_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.ndarray], threshold: float) -> None:
+    """Histograms of the score, clean vs each attack (one panel per attack), with the threshold."""
+    names = list(adversarial)
+    ncols = min(len(names), 3)
+    nrows = math.ceil(len(names) / ncols)
+    values = np.concatenate([clean, *adversarial.values(), [threshold]])
+    bins = np.histogram_bin_edges(values, bins=30)
+    with _figure(path, figsize=(4.3 * ncols, 3.3 * nrows)) as fig:
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+        for ax, name in zip(axes, names):
+            ax.hist(clean, bins, density=True, alpha=0.55, color=CLEAN_COLOR, label=f"clean (n={len(clean)})")
+            ax.hist(adversarial[name], bins, density=True, alpha=0.55, color=ADV_COLOR,
+                    label=f"adversarial (n={len(adversarial[name])})")  # fmt: skip
+            ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.4g}")
+            ax.set(title=name, xlabel="score", ylabel="density")
+            ax.legend()
+        for ax in axes[len(names) :]:
+            ax.set_visible(False)
+        fig.suptitle("Score distributions on the test part (successful adversarials only)")
+
+
+def example_figure(
+    path: Path,
+    title: str,
+    originals: torch.Tensor,
+    adversarials: torch.Tensor,
+    examples: list[Example],
+    threshold: float,
+    maps: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
+) -> None:
+    """One row per example: original, perturbation, adversarial and, where the detector has
+    maps, the clean and adversarial feature responses and local-entropy maps. Perturbations
+    share one color scale, and so do all entropy maps (0 to log2(9) bits)."""
+    ncols = 3 if maps is None else 7
+    deltas = adversarials - originals
+    peak = float(deltas.abs().max()) if deltas.numel() else 0.0
+    span = peak if peak > 0 else 1.0
+    rows = len(examples)
+    with _figure(path, layout=None, figsize=(2.1 * ncols, ROW_INCHES * rows + TOP_INCHES + BOTTOM_INCHES)) as fig:
+        axes = _image_grid(fig, rows, ncols)
+        for row, ex in enumerate(examples):
+            ax = axes[row]
+            _show_image(ax[0], originals[row])
+            ax[0].set_title(f"{ex.sample_id} (true {ex.label})\nclean: {ex.clean_class} ({ex.clean_confidence:.0%})")
+            delta_image = _show_perturbation(ax[1], deltas[row], span)
+            ax[1].set_title(f"perturbation\nmax |δ| {float(deltas[row].abs().max()):.3g}")
+            _show_image(ax[2], adversarials[row])
+            outcome = "succeeded" if ex.success else "failed"
+            ax[2].set_title(f"adversarial ({outcome})\npred {ex.adv_class} ({ex.adv_confidence:.0%})",
+                            color=ADV_COLOR if ex.success else "black")  # fmt: skip
+            if maps is not None:
+                (clean_gray, clean_entropy), (adv_gray, adv_entropy) = maps
+                entropy_image = _show_maps(ax[3], ax[4], clean_gray[row], clean_entropy[row])
+                _show_maps(ax[5], ax[6], adv_gray[row], adv_entropy[row])
+                ax[3].set_title(f"clean response\nscore {ex.clean_score:.4g}{_flag(ex.clean_score, threshold)}")
+                ax[4].set_title(f"clean local entropy\nmean {float(clean_entropy[row].mean()):.3f} bits")
+                ax[5].set_title(f"adversarial response\nscore {ex.adv_score:.4g}{_flag(ex.adv_score, threshold)}",
+                                color=ADV_COLOR if ex.adv_score > threshold else "black")  # fmt: skip
+                ax[6].set_title(f"adversarial local entropy\nmean {float(adv_entropy[row].mean()):.3f} bits")
+        if delta_image is not None:
+            _colorbar(fig, axes[-1, 1], delta_image, "perturbation δ")
+        if maps is not None:
+            for column in (4, 6):
+                _colorbar(fig, axes[-1, column], entropy_image, "local entropy (bits)")
+        notes = [f"threshold {threshold:.4g}"]
+        if delta_image is None:
+            notes.append(f"perturbations shown ×{0.5 / span:.3g} around gray")
+        if maps is None:
+            notes.append("this detector has no feature response maps: map panels omitted")
+        fig.suptitle(f"{title}\n{'; '.join(notes)}")
+
+
+def _flag(score: float, threshold: float | None) -> str:
+    if threshold is None:
+        return ""
+    return " > thr: flagged" if score > threshold else " ≤ thr: clean"
+
+
+def explain_panel(
+    path: Path, image: torch.Tensor, maps: tuple[torch.Tensor, torch.Tensor] | None, result: dict[str, Any]
+) -> None:
+    """One image, its feature response and local-entropy map, titled with prediction and score."""
+    ncols = 1 if maps is None else 3
+    with _figure(path, layout=None, figsize=(2.6 * ncols + 0.4, ROW_INCHES + TOP_INCHES + BOTTOM_INCHES)) as fig:
+        axes = _image_grid(fig, 1, ncols)[0]
+        _show_image(axes[0], image)
+        axes[0].set_title(f"input\npred {result['class']} ({result['confidence']:.0%})")
+        if maps is not None:
+            entropy_image = _show_maps(axes[1], axes[2], *maps)
+            axes[1].set_title(f"feature response\nscore {result['score']:.4g}{_flag(result['score'], result['threshold'])}")
+            axes[2].set_title(f"local entropy\nmean {float(maps[1].mean()):.3f} bits")
+            _colorbar(fig, axes[2], entropy_image, "bits")
+        headline = result["image"]
+        if result.get("verdict"):
+            headline += f": {result['verdict']}"
+        if maps is None:
+            headline += f"\nscore {result['score']:.4g}; this detector has no feature response maps"
+        fig.suptitle(headline)
+
+
+def write_figures(run_dir: Path, result: Any, examples: int = 4) -> dict[str, Any]:
+    """Every figure of a finished run (`RunResult` with artifacts) into `run_dir`.
+
+    Returns `{"roc": file, "score_hist": file, "examples": [{"attack", "file", "examples"}]}`;
+    file names are relative to `run_dir`.
+    """
+    from ..progress import progress
+
+    art = result.artifacts
+    clean = np.array([float(r["score"]) for r in result.scores if r["attack"] == "clean"])
+    adversarial = {
+        a.key: np.array([float(r["score"]) for r in result.scores if r["attack"] == a.key and r["success"] == 1])
+        for a in art.attacks
+    }
+    aucs = {key: m.get("auc") for key, m in result.metrics["attacks"].items()}
+    out: dict[str, Any] = {"roc": "roc.png", "score_hist": "score_hist.png", "examples": []}
+    taken = {"roc", "score_hist"}
+    with progress("figures", total=2 + len(art.attacks), unit="fig") as advance:
+        roc_figure(run_dir / out["roc"], clean, adversarial, aucs)
+        advance(1)
+        score_hist_figure(run_dir / out["score_hist"], clean, adversarial, art.threshold)
+        advance(1)
+        for attack in art.attacks:
+            drawn = _attack_examples(run_dir, result, attack, examples, taken)
+            if drawn is not None:
+                out["examples"].append(drawn)
+            advance(1)
+    return out
+
+
+def _attack_examples(run_dir: Path, result: Any, attack: Any, n: int, taken: set[str]) -> dict[str, Any] | None:
+    """The example panel of one attack: up to `n` test images, successful adversarials first."""
+    art = result.artifacts
+    in_test = torch.isin(attack.indices, art.test_idx)
+    positions = torch.nonzero(in_test).flatten().tolist()
+    positions.sort(key=lambda p: not bool(attack.success[p]))  # stable: successful first
+    positions = positions[:n]
+    if not positions:
+        return None
+    scores = {(r["sample_id"], r["attack"]): float(r["score"]) for r in result.scores}
+    names = art.model.class_names
+    chosen = attack.indices[positions]
+    originals, adversarials = art.samples.images[chosen], attack.adversarial[positions]
+    examples = []
+    for pos, index in zip(positions, chosen.tolist()):
+        sample_id = art.samples.ids[index]
+        clean_pred, adv_pred = int(art.clean_preds[index]), int(attack.preds[pos])
+        examples.append(Example(
+            sample_id, names[int(attack.labels[pos])],
+            names[clean_pred], float(art.clean_probs[index, clean_pred]), scores[(sample_id, "clean")],
+            names[adv_pred], float(attack.probs[pos, adv_pred]), scores[(sample_id, attack.key)],
+            bool(attack.success[pos]),
+        ))  # fmt: skip
+    maps = feature_maps(art.detector, art.model.module, torch.cat([originals, adversarials]), art.device)
+    if maps is not None:
+        (gray, entropy), k = maps, len(positions)
+        maps = ((gray[:k], entropy[:k]), (gray[k:], entropy[k:]))
+    file = f"examples_{file_stem(attack.key, taken)}.png"
+    title = f"{attack.key}: {len(examples)} test image(s), successful adversarials first"
+    example_figure(run_dir / file, title, originals, adversarials, examples, art.threshold, maps)
+    return {"attack": attack.key, "file": file, "examples": examples}
+
+
+def file_stem(name: str, taken: set[str]) -> str:
+    """`name` made safe for a file name (letters, digits, `._-`), unique among `taken` (joined)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
+    candidate, n = stem, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}-{n}"
+    taken.add(candidate)
+    return candidate
