@@ -112,6 +112,7 @@ def test_native_equals_art(model, batch, name):
     adv = native.generate(model, images, labels)
     reference = art.generate(model, images, labels)
     assert torch.allclose(adv, reference, atol=1e-5, rtol=0), (adv - reference).abs().max()
+    assert not adv.requires_grad  # no autograd graph kept alive
     success = _predict(model, adv) != labels
     assert 0.3 < success.float().mean(), "the comparison is only meaningful if the attack flips predictions"
     assert not torch.equal(adv, images)

@@ -48,7 +48,7 @@ test_images.__test__ = False  # a helper, not a test
 def test_matches_skimage(shape, size):
     images = test_images(*shape, seed=shape[0] * 100 + shape[1])
     got = local_entropy_map(images, size)
-    assert got.shape == images.shape and got.dtype == torch.float64
+    assert got.shape == images.shape and got.dtype == torch.float64 and (got >= 0).all()
     np.testing.assert_allclose(got.numpy(), reference(images, size), rtol=0, atol=1e-6)
 
 
@@ -78,10 +78,11 @@ def test_hand_computed_values():
 def test_batch_equals_images_one_by_one_across_chunks(monkeypatch):
     images = torch.cat([test_images(19, 13, seed=s) for s in range(3)])
     whole = local_entropy_map(images, 5)
+    # equal up to float64 rounding: vectorized and scalar log2 may differ in the last bit
     monkeypatch.setattr(entropy_module, "_CHUNK_BYTES", 1)  # one image per chunk
-    assert torch.equal(local_entropy_map(images, 5), whole)
+    torch.testing.assert_close(local_entropy_map(images, 5), whole, rtol=0, atol=1e-12)
     for i in range(len(images)):
-        assert torch.equal(local_entropy_map(images[i : i + 1], 5)[0], whole[i])
+        torch.testing.assert_close(local_entropy_map(images[i : i + 1], 5)[0], whole[i], rtol=0, atol=1e-12)
 
 
 def test_integer_valued_inputs_of_other_dtypes():
@@ -121,7 +122,7 @@ def test_score_is_the_mean_of_the_map_of_the_gray_conversion():
     scores = scorer.score(maps)
     assert scores.shape == (4,)
     torch.testing.assert_close(scores, expected_map.mean(dim=(1, 2)))
-    assert scores[1] == 0 and (scores[[0, 2, 3]] > 1).all()
+    assert 0 <= scores[1] < 1e-12 and (scores[[0, 2, 3]] > 1).all()
 
 
 def test_registered_factory_validates_size():

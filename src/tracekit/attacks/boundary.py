@@ -5,9 +5,13 @@ uniform-noise image that is already misclassified and walks along the decision b
 the original, shrinking the L2 distance. ART's default is *targeted*; the paper's is untargeted.
 Where no misclassified noise image is found in `init_size` draws, ART returns the original.
 
-One change to ART: its initial noise comes from a fresh, unseeded `np.random.RandomState()`, so
-results differed from run to run; here it is drawn from NumPy's global random state (which the
-engine seeds per batch, and which ART's walk already uses), `batch_size` candidates per prediction.
+Two changes to ART 1.20.1, in the subclass built by `_seeded_boundary_attack`:
+- its initial noise comes from a fresh, unseeded `np.random.RandomState()`, so results differed
+  from run to run; here it is drawn from NumPy's global random state (which the engine seeds per
+  batch, and which ART's walk already uses), `batch_size` candidates per prediction;
+- under NumPy 2 its orthogonal step comes out float64 (a NumPy float64 scalar times a float32
+  array), which a float32 PyTorch model refuses (ART issue #2475, there for HopSkipJump); the step
+  is cast back to float32.
 """
 
 import functools
@@ -24,10 +28,13 @@ if TYPE_CHECKING:
 
 @functools.cache
 def _seeded_boundary_attack() -> type:
-    """ART's `BoundaryAttack` (untargeted use only) with its initial noise drawn from NumPy's global state."""
+    """ART's `BoundaryAttack` (untargeted use only): seeded initial noise, float32 steps."""
     from art.attacks.evasion import BoundaryAttack
 
     class SeededBoundaryAttack(BoundaryAttack):  # type: ignore[misc]
+        def _orthogonal_perturb(self, delta: float, current_sample: np.ndarray, original_sample: np.ndarray) -> np.ndarray:
+            return super()._orthogonal_perturb(delta, current_sample, original_sample).astype(current_sample.dtype)
+
         def _init_sample(
             self, x: np.ndarray, y: int, y_p: int, init_pred: int, adv_init: Any, clip_min: float, clip_max: float
         ) -> tuple[np.ndarray, int] | None:

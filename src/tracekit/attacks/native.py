@@ -16,9 +16,10 @@ Where they differ from ART, on purpose:
   with the clean prediction; the same for the correctly classified images the engine attacks);
 - DeepFool considers each image's own `nb_grads` top classes; ART takes the union of every image's
   top classes over the whole call, so its result depends on what else is in the batch. And when
-  that union is not all the classes, ART 1.20 measures each logit difference from the wrong logit
-  (`f_batch[i, labels_indices]`: the prediction's position in the union used as a class), which
-  this follows the paper in not doing. With `nb_grads` >= the number of classes the two agree.
+  that union is not all the classes, ART 1.20 measures the logit differences from the wrong logit
+  (`f_batch[i, labels_indices]`: the prediction's position in the union read as a class id); here,
+  as in the paper, they are measured from the predicted class's logit. With `nb_grads` >= the
+  number of classes the two agree.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class NativeDeepFool:
         n = len(rows)
         if others.shape[1] == 0:  # nb_grads == 1: no other class to move towards
             return torch.zeros_like(x[rows])
-        chosen = logits[rows]
+        chosen = logits.detach()[rows]
         f_diff = chosen.gather(1, others) - chosen.gather(1, original[:, None])
         grads = []
         for j in range(others.shape[1]):

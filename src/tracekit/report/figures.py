@@ -246,11 +246,11 @@ def explain_panel(
             axes[1].set_title(f"feature response\nscore {result['score']:.4g}{_flag(result['score'], result['threshold'])}")
             axes[2].set_title(f"local entropy\nmean {float(maps[1].mean()):.3f} bits")
             _colorbar(fig, axes[2], entropy_image, "bits")
-        headline = result["image"]
+        headline = f"{result['image']}: score {result['score']:.4g}"
         if result.get("verdict"):
-            headline += f": {result['verdict']}"
+            headline = f"{result['image']}: {result['verdict']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
         if maps is None:
-            headline += f"\nscore {result['score']:.4g}; this detector has no feature response maps"
+            headline += "\nthis detector has no feature response maps"
         fig.suptitle(headline)
 
 

@@ -20,7 +20,6 @@ from .gray import to_gray_u8
 
 # Bytes of equality masks per chunk of images: small enough to stay in cache on a CPU.
 _CHUNK_BYTES = 1 << 21
-_PAD = -1  # the value of positions outside the image: equal to each other, to no pixel
 
 
 def _as_u8(images: torch.Tensor) -> torch.Tensor:
@@ -52,11 +51,15 @@ def _window_sums(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return out
 
 
-def _sum_log2_counts(images: torch.Tensor, size: int) -> torch.Tensor:
-    """`sum_i log2(c_i)` over the entries of each pixel's window, outside entries included.
+def _x_log2_x(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.log2(x.clamp(min=1))
 
-    With r = size // 2 and the image padded by 3r with `_PAD`, `same[a, b](q) = [P(q) == P(q + d)]`
-    is computed once for every offset d = (a, b) - 2r in [-2r, 2r]^2 on the grid q in
+
+def _sum_log2_counts(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`sum_i log2(c_i)` over the entries of each pixel's window, with outside entries read as 0.
+
+    With r = size // 2 and the image padded by 3r, `same[a, b](q) = [P(q) == P(q + d)]` is
+    computed once for every offset d = (a, b) - 2r in [-2r, 2r]^2 on the grid q in
     [-r, H - 1 + r]^2. The count of window entry p + e is the sum of `same[d](p + e)` over the
     window's offsets d = e' - e: a size x size box sum over (a, b), evaluated at q = p + e.
     """
@@ -64,32 +67,35 @@ def _sum_log2_counts(images: torch.Tensor, size: int) -> torch.Tensor:
     r = size // 2
     span = 4 * r + 1
     hq, wq = h + 2 * r, w + 2 * r
-    padded = F.pad(images.to(torch.int16), (3 * r,) * 4, value=_PAD)
+    padded = F.pad(images, (3 * r,) * 4)
     s_n, s_h, s_w = padded.stride()
     center = padded[:, 2 * r : 2 * r + hq, 2 * r : 2 * r + wq]
     shifted = padded.as_strided((span, span, n, hq, wq), (s_h, s_w, s_n, s_h, s_w))
     same = torch.empty((span, span, n, hq, wq), dtype=torch.bool, device=images.device)
     torch.eq(center, shifted, out=same)
-    # boxes[k, l] holds the count of window entry e = (r - k, r - l), on the grid q = p + e.
+    # boxes[k, l] holds the count of window entry e = (k - r, l - r), on the grid q = p + e.
     boxes = _window_sums(_window_sums(same.view(torch.uint8), 1, size), 0, size).flip((0, 1))
     s = boxes.stride()
     counts = boxes.as_strided((size, size, n, h, w), (s[0] + s[3], s[1] + s[4], s[2], s[3], s[4]))
-    # Row products (<= (size^2)^size, below float64's range for size <= 15) then one log each.
+    # Row products (<= (size^2)^size, within float64's range for size <= 15), then one log each.
     return counts.prod(1, dtype=torch.float64).log2_().sum(0)
 
 
-def _border_terms(h: int, w: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(1/n, log2(n) + k log2(k) / n)` per pixel: n neighbours inside the image, k = size^2 - n outside."""
+def _zeros_in_window(images: torch.Tensor, size: int) -> torch.Tensor:
+    """How many pixels of value 0 each pixel's window holds (inside the image)."""
+    zeros = F.pad((images == 0).view(torch.uint8), (size // 2,) * 4)
+    return _window_sums(_window_sums(zeros, 1, size), 2, size)
+
+
+def _outside_counts(h: int, w: int, size: int, device: torch.device) -> torch.Tensor:
+    """How many entries of each pixel's window fall outside the image (float64 `[H,W]`)."""
     r = size // 2
 
     def inside(length: int) -> torch.Tensor:
         i = torch.arange(length, device=device, dtype=torch.float64)
         return (i + r).clamp(max=length - 1) - (i - r).clamp(min=0) + 1
 
-    n = inside(h)[:, None] * inside(w)[None, :]
-    k = size * size - n
-    k_log_k = torch.where(k > 1, k * torch.log2(k.clamp(min=1)), 0.0)
-    return 1 / n, torch.log2(n) + k_log_k / n
+    return size * size - inside(h)[:, None] * inside(w)[None, :]
 
 
 def local_entropy_map(u8: torch.Tensor, size: int = 3) -> torch.Tensor:
@@ -105,13 +111,19 @@ def local_entropy_map(u8: torch.Tensor, size: int = 3) -> torch.Tensor:
     out = torch.empty((n, h, w), dtype=torch.float64, device=images.device)
     if out.numel() == 0:
         return out
-    inv_n, base = _border_terms(h, w, size, images.device)
+    # The k entries outside the image read as 0, so the z zero pixels of a window and its k
+    # outside entries form one group: sum_i log2(c_i) over the inside entries is the sum over
+    # all entries - (k + z) log2(k + z) + z log2(z).
+    outside = _outside_counts(h, w, size, images.device)
+    inv_n = 1 / (size * size - outside)
     span = 4 * (size // 2) + 1
     chunk = max(1, _CHUNK_BYTES // (span * span * (h + size - 1) * (w + size - 1)))
     for start in range(0, n, chunk):
-        logs = _sum_log2_counts(images[start : start + chunk], size)
-        torch.addcmul(base, logs, inv_n, value=-1, out=out[start : start + chunk])
-    return out
+        part = images[start : start + chunk]
+        zeros = _zeros_in_window(part, size).to(torch.float64)
+        logs = _sum_log2_counts(part, size) - _x_log2_x(zeros + outside) + _x_log2_x(zeros)
+        torch.addcmul(-torch.log2(inv_n), logs, inv_n, value=-1, out=out[start : start + chunk])
+    return out.clamp_(min=0.0)  # a uniform window can round to -1e-16
 
 
 class LocalEntropy:

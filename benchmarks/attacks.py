@@ -1,0 +1,178 @@
+"""ART attacks against tracekit's native torch ones, side by side on the same model and images.
+
+For each attack (fgsm, gradient, pgd, deepfool) it prints ART's seconds, the native seconds, their
+ratio, and the native time over the *floor*: one bare forward + backward pass of the model over the
+same images (cross-entropy, gradient with respect to the input only). Every measurement is warmed up
+once, then the median of `--repeats` runs over all `--n` images in batches of `--batch-size`; ART gets
+the same batch size as its own `batch_size`, and its classifier is built once, outside the timing.
+It also prints each backend's success rate and the largest pixel difference between them.
+
+    python benchmarks/attacks.py --device cpu --model digits-cnn --n 256 --batch-size 128
+    python benchmarks/attacks.py --device cuda --model resnet18 --n 512 --batch-size 128
+
+Models: `digits-cnn` (the embedded model on correctly classified digits test images), `tiny`
+(tracekit.testing's TinyCNN, 3x32x32, random images) and `resnet18` (torchvision, randomly
+initialised, 10 classes, 3x64x64 random images); the last two attack the model's own predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tracekit
+from tracekit.attacks.art_classifier import ArtAttack
+from tracekit.attacks.fast_gradient import fgsm, gradient
+from tracekit.attacks.native import NativeDeepFool, NativePGD
+from tracekit.protocols import Attack
+
+PGD = {"eps": 0.1, "eps_step": 0.01, "max_iter": 10}
+DEEPFOOL = {"max_iter": 50, "overshoot": 0.02, "nb_grads": 10}
+
+
+class ArtBuilt(ArtAttack):
+    """An ART evasion attack made from the classifier, run the way tracekit runs ART attacks."""
+
+    def __init__(self, make: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.make = make
+
+    def build(self, classifier: Any) -> Any:
+        return self.make(classifier)
+
+
+def attacks(batch_size: int) -> dict[str, tuple[Attack, Attack]]:
+    """(ART, native) pairs with the same parameters."""
+    from art.attacks.evasion import DeepFool, ProjectedGradientDescent
+
+    art_pgd = ArtBuilt(
+        lambda c: ProjectedGradientDescent(c, norm=np.inf, batch_size=batch_size, verbose=False, **PGD)
+    )
+    art_deepfool = ArtBuilt(
+        lambda c: DeepFool(
+            c,
+            max_iter=DEEPFOOL["max_iter"],
+            epsilon=DEEPFOOL["overshoot"],
+            nb_grads=DEEPFOOL["nb_grads"],
+            batch_size=batch_size,
+            verbose=False,
+        )
+    )
+    return {
+        "fgsm": (fgsm(eps=0.1, batch_size=batch_size), fgsm(eps=0.1, backend="native")),
+        "gradient": (gradient(eps=1.0, batch_size=batch_size), gradient(eps=1.0, backend="native")),
+        "pgd": (art_pgd, NativePGD(math.inf, **PGD)),
+        "deepfool": (art_deepfool, NativeDeepFool(**DEEPFOOL)),
+    }
+
+
+def load(name: str, n: int, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The model (eval mode, on `device`), `n` images it classifies as `labels`, and those labels."""
+    gen = torch.Generator().manual_seed(0)
+    if name == "digits-cnn":
+        from tracekit.datasets.digits import digits_arrays
+
+        model = tracekit.create("model", "digits-cnn").module
+        _, images, labels = digits_arrays("test")
+        with torch.no_grad():
+            right = model(images).argmax(1) == labels
+        images, labels = images[right][:n], labels[right][:n]
+    else:
+        if name == "tiny":
+            from tracekit.testing import TinyCNN
+
+            torch.manual_seed(0)
+            model, shape = TinyCNN(channels=3, size=32, num_classes=10), (3, 32, 32)
+        else:
+            from torchvision.models import resnet18
+
+            torch.manual_seed(0)
+            model, shape = resnet18(num_classes=10), (3, 64, 64)
+        images = torch.rand((n, *shape), generator=gen)
+        with torch.no_grad():
+            labels = model.eval()(images).argmax(1)
+    if len(images) < n:
+        raise SystemExit(f"only {len(images)} images available for model {name}; use --n {len(images)} or less")
+    return model.eval().to(device), images.to(device), labels.to(device)
+
+
+def floor_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One bare forward + backward pass: the cross-entropy's gradient with respect to the input only."""
+    x = images.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), labels, reduction="sum"), x)
+    return grad
+
+
+def timed(
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    repeats: int,
+) -> tuple[float, torch.Tensor]:
+    """Median seconds of `run` over all images in batches (after one warm-up), and its last output."""
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    seconds, out = [], images
+    for i in range(repeats + 1):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        sync()
+        start = time.perf_counter()
+        out = torch.cat(
+            [run(images[j : j + batch_size], labels[j : j + batch_size]) for j in range(0, len(images), batch_size)]
+        )
+        sync()
+        if i > 0:
+            seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--n", type=int, default=256, help="images attacked (default 256)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--model", choices=["digits-cnn", "tiny", "resnet18"], default="digits-cnn")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--only", nargs="+", choices=["fgsm", "gradient", "pgd", "deepfool"], help="attacks to run")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model, images, labels = load(args.model, args.n, device)
+    floor, _ = timed(lambda x, y: floor_pass(model, x, y), images, labels, args.batch_size, args.repeats)
+
+    print(
+        f"model {args.model}  device {device}  images {len(images)}x{tuple(images.shape[1:])}  "
+        f"batch {args.batch_size}  threads {torch.get_num_threads()}  repeats {args.repeats} (median)"
+    )
+    print(f"floor (one forward+backward over all images): {floor:.4f} s")
+    header = f"{'attack':<9} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} {'success ART/nat':>16} {'max|diff|':>10}"
+    print(header)
+    print("-" * len(header))
+    for name, (art, native) in attacks(args.batch_size).items():
+        if args.only and name not in args.only:
+            continue
+        art_s, art_adv = timed(lambda x, y: art.generate(model, x, y), images, labels, args.batch_size, args.repeats)
+        nat_s, nat_adv = timed(lambda x, y: native.generate(model, x, y), images, labels, args.batch_size, args.repeats)
+        with torch.no_grad():
+            success = [float((model(adv).argmax(1) != labels).float().mean()) for adv in (art_adv, nat_adv)]
+        diff = float((art_adv - nat_adv).abs().max())
+        print(
+            f"{name:<9} {art_s:>9.4f} {nat_s:>9.4f} {art_s / nat_s:>7.1f}x {nat_s / floor:>8.2f}x "
+            f"{success[0]:>7.1%} / {success[1]:>6.1%} {diff:>10.2e}"
+        )
+
+
+if __name__ == "__main__":
+    main()
