@@ -157,7 +157,10 @@ def main() -> None:
         f"batch {args.batch_size}  threads {torch.get_num_threads()}  repeats {args.repeats} (median)"
     )
     print(f"floor (one forward+backward over all images): {floor:.4f} s")
-    header = f"{'attack':<9} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} {'success ART/nat':>16} {'max|diff|':>10}"
+    header = (
+        f"{'attack':<9} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} "
+        f"{'success ART/nat':>16} {'max|diff|':>10}"
+    )
     print(header)
     print("-" * len(header))
     for name, (art, native) in attacks(args.batch_size).items():

@@ -13,11 +13,11 @@ import fnmatch
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 
-from .errors import PluginError, SpecError, UnknownComponentError, closest, did_you_mean
+from .errors import PluginError, SpecError, TracekitError, UnknownComponentError, closest, did_you_mean
 
 KINDS: tuple[str, ...] = ("model", "dataset", "attack", "saliency", "score", "detector")
 
@@ -128,6 +128,21 @@ class Registry:
         resolved.pop("name")
         resolved.pop("label", None)
         return self.get(name).factory(**resolved)
+
+
+def component_spec(kind: str) -> Any:
+    """A parameter type for a nested component spec of `kind` (e.g. a detector's saliency),
+    resolved against that kind's registry when the spec is validated, defaults filled in."""
+
+    def resolve(value: dict[str, Any]) -> dict[str, Any]:
+        from .plugins import registry
+
+        try:
+            return registry(kind).resolve(value, where=kind)
+        except TracekitError as exc:
+            raise ValueError(str(exc)) from None
+
+    return Annotated[dict[str, Any], pydantic.AfterValidator(resolve), pydantic.Field(validate_default=True)]
 
 
 def _param_error(exc: pydantic.ValidationError, entry: Entry, where: str) -> str:

@@ -97,7 +97,10 @@ def _size(adv: torch.Tensor, images: torch.Tensor, norm: float) -> torch.Tensor:
 PAIRS = {
     "fgsm": lambda: (NativeFastGradient("inf", 0.1), FastGradient(math.inf, 0.1, False, 0.1, 128)),
     "gradient": lambda: (NativeFastGradient(2, 1.5), FastGradient(2.0, 1.5, False, 0.1, 128)),
-    "fgsm-minimal": lambda: (NativeFastGradient(math.inf, 0.08, True, 0.03), FastGradient(math.inf, 0.08, True, 0.03, 128)),
+    "fgsm-minimal": lambda: (
+        NativeFastGradient(math.inf, 0.08, True, 0.03),
+        FastGradient(math.inf, 0.08, True, 0.03, 128),
+    ),
     "gradient-minimal": lambda: (NativeFastGradient(2.0, 0.8, True, 0.3), FastGradient(2.0, 0.8, True, 0.3, 128)),
     "pgd-inf": lambda: (NativePGD("inf", 0.06, 0.02, 5), _art_pgd(math.inf, 0.06, 0.02, 5)),
     "pgd-l2": lambda: (NativePGD(2, 0.8, 0.3, 5), _art_pgd(2, 0.8, 0.3, 5)),
@@ -197,8 +200,12 @@ def test_a_batch_is_attacked_as_its_halves_are(model, batch, name):
     images, labels = batch
     attack = ATTACKS[name]()
     whole = attack.generate(model, images, labels)
-    halves = torch.cat([attack.generate(model, images[:32], labels[:32]), attack.generate(model, images[32:], labels[32:])])
+    halves = torch.cat([attack.generate(model, images[i : i + 32], labels[i : i + 32]) for i in (0, 32)])
     assert torch.allclose(whole, halves, atol=1e-5, rtol=0)
+
+
+def _hook_counts(model: nn.Module) -> list[tuple[int, int, int]]:
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()]
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -209,7 +216,7 @@ def test_images_and_model_are_left_as_they_were(model, batch, name):
     model.classifier.eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     modes = [m.training for m in model.modules()]
-    hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()]
+    hooks = _hook_counts(model)
     original = images.clone()
     with torch.no_grad():  # callers may attack inside no_grad
         adv = ATTACKS[name]().generate(model, images, labels)
@@ -218,7 +225,7 @@ def test_images_and_model_are_left_as_they_were(model, batch, name):
     assert adv.min() >= 0 and adv.max() <= 1
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert [m.training for m in model.modules()] == modes
-    assert [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()] == hooks
+    assert _hook_counts(model) == hooks
     assert torch.equal(model.features[0].weight.grad, torch.ones_like(model.features[0].weight))
     assert all(p.grad is None for p in list(model.parameters())[1:])
     assert all(p.requires_grad for p in model.parameters())
@@ -227,7 +234,9 @@ def test_images_and_model_are_left_as_they_were(model, batch, name):
 def test_a_model_in_training_mode_is_attacked_in_eval_mode_and_its_statistics_kept(batch):
     images, labels = batch
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(784, 5))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(784, CLASSES)
+    )
     with torch.no_grad():
         net.train()(images)  # non-trivial running statistics
     stats = copy.deepcopy(net[1].state_dict())
@@ -267,7 +276,8 @@ def test_the_fast_gradient_factories_dispatch_on_backend(model, batch):
     attack = fgsm(eps=0.1, backend="native")
     assert isinstance(attack, NativeFastGradient) and attack.norm == math.inf and attack.eps == 0.1
     minimal = gradient(eps=0.8, minimal=True, eps_step=0.3, backend="native")
-    assert isinstance(minimal, NativeFastGradient) and (minimal.norm, minimal.minimal, minimal.eps_step) == (2.0, True, 0.3)
+    assert isinstance(minimal, NativeFastGradient)
+    assert (minimal.norm, minimal.eps, minimal.minimal, minimal.eps_step) == (2.0, 0.8, True, 0.3)
     assert isinstance(gradient(eps=0.8), FastGradient)
     assert torch.allclose(
         attack.generate(model, images, labels), fgsm(eps=0.1).generate(model, images, labels), atol=1e-5

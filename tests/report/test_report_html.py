@@ -63,8 +63,9 @@ def result(tmp_path_factory):
 def png_stats(path):
     with Image.open(path) as image:
         assert image.format == "PNG"
-        array = np.asarray(image.convert("RGB"), dtype=np.float64)
-    return array.shape, array.std(), len(np.unique(array.reshape(-1, 3), axis=0))
+        array = np.asarray(image.convert("RGB"))
+    packed = (array.astype(np.uint32) << np.array([16, 8, 0], dtype=np.uint32)).sum(2)
+    return array.shape, array.std(), len(np.unique(packed))
 
 
 FIGURES = ["roc.png", "score_hist.png", "examples_b_x.png", "examples_sign-noise.png"]
@@ -77,8 +78,14 @@ def test_figures_exist_and_are_not_blank(result, name):
     assert std > 20 and colors > 50  # drawn content, not a blank canvas
 
 
-def test_example_panels_show_test_images_successful_first_with_run_scores(result, tmp_path):
-    figures = write_figures(tmp_path, result, examples=3)
+@pytest.fixture(scope="module")
+def figures(result, tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures")
+    return out, write_figures(out, result, examples=3)
+
+
+def test_example_panels_show_test_images_successful_first_with_run_scores(result, figures):
+    tmp_path, figures = figures
     art = result.artifacts
     test_ids = {art.samples.ids[i] for i in art.test_idx.tolist()}
     scores = {(r["sample_id"], r["attack"]): float(r["score"]) for r in result.scores}
@@ -105,7 +112,7 @@ def test_feature_maps_are_the_default_gray_conversion_and_local_entropy(result):
     assert torch.equal(entropy, local_entropy_map(expected_gray))
 
 
-def test_detector_without_maps_gets_no_map_panels(result, tmp_path):
+def test_detector_without_maps_gets_no_map_panels(result, figures, tmp_path):
     class ScoreOnly:
         needs_adversarial_fit = False
 
@@ -114,14 +121,14 @@ def test_detector_without_maps_gets_no_map_panels(result, tmp_path):
 
     art = result.artifacts
     assert feature_maps(ScoreOnly(), art.model.module, art.samples.images[:2], art.device) is None
-    figures = write_figures(tmp_path, result, examples=2)
+    figures_dir, figures = figures
     entry = figures["examples"][0]
     attack = art.attacks[0]
     chosen = torch.tensor([art.samples.ids.index(e.sample_id) for e in entry["examples"]])
     positions = [int(torch.nonzero(attack.indices == i)) for i in chosen.tolist()]
     example_figure(tmp_path / "without.png", "no maps", art.samples.images[chosen], attack.adversarial[positions],
                    entry["examples"], art.threshold, None)  # fmt: skip
-    (w_without, _), (w_with, _) = (Image.open(tmp_path / f).size for f in ("without.png", entry["file"]))
+    (w_without, _), (w_with, _) = (Image.open(path).size for path in (tmp_path / "without.png", figures_dir / entry["file"]))
     assert w_without < 0.6 * w_with  # 3 columns instead of 7
     assert png_stats(tmp_path / "without.png")[1] > 20
 

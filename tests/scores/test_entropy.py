@@ -79,7 +79,7 @@ def test_batch_equals_images_one_by_one_across_chunks(monkeypatch):
     images = torch.cat([test_images(19, 13, seed=s) for s in range(3)])
     whole = local_entropy_map(images, 5)
     # equal up to float64 rounding: vectorized and scalar log2 may differ in the last bit
-    monkeypatch.setattr(entropy_module, "_CHUNK_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(entropy_module, "_CPU_CHUNK_BYTES", 1)  # one image per chunk
     torch.testing.assert_close(local_entropy_map(images, 5), whole, rtol=0, atol=1e-12)
     for i in range(len(images)):
         torch.testing.assert_close(local_entropy_map(images[i : i + 1], 5)[0], whole[i], rtol=0, atol=1e-12)
@@ -123,6 +123,15 @@ def test_score_is_the_mean_of_the_map_of_the_gray_conversion():
     assert scores.shape == (4,)
     torch.testing.assert_close(scores, expected_map.mean(dim=(1, 2)))
     assert 0 <= scores[1] < 1e-12 and (scores[[0, 2, 3]] > 1).all()
+
+
+def test_score_in_chunks_of_maps(monkeypatch):
+    gen = torch.Generator().manual_seed(8)
+    maps = torch.randn((5, 1, 12, 12), generator=gen)
+    whole = LocalEntropy().score(maps)
+    monkeypatch.setattr(entropy_module, "_MAPS_PER_CHUNK", 2)
+    torch.testing.assert_close(LocalEntropy().score(maps), whole, rtol=0, atol=1e-12)
+    assert LocalEntropy().score(maps[:0]).shape == (0,)
 
 
 def test_registered_factory_validates_size():

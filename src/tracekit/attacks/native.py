@@ -199,11 +199,11 @@ class NativeDeepFool:
         adversarial = x.clone()
         active = torch.arange(len(x), device=x.device)
         with _evaluating(model):
-            for step in range(self.max_iter):
+            with torch.no_grad():
+                original, others = self._classes(model(x))
+            for _ in range(self.max_iter):
                 current = adversarial[active].requires_grad_(True)
                 logits = model(current)
-                if step == 0:
-                    original, others = self._classes(logits.detach())
                 keep = (logits.argmax(1) == original[active]).nonzero().squeeze(1)
                 active = active[keep]
                 if len(active) == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from . import cache as cache_cmd
+from . import compare as compare_cmd
 from . import detect as detect_cmd
 from . import explain as explain_cmd
 from . import plugins as plugins_cmd
@@ -29,6 +30,7 @@ def build_app() -> typer.Typer:
     validate_cmd.register(app)
     plugins_cmd.register(app)
     cache_cmd.register(app)
+    compare_cmd.register(app)
     explain_cmd.register(app)
     detect_cmd.register(app)
     return app

@@ -18,6 +18,24 @@ from .common import console, err_console, fmt, handle_errors
 ImagesArg = typer.Argument(..., help="Image files (PNG, JPEG; any size or mode).", show_default=False)
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: the run's or auto).")
 JsonOpt = typer.Option(False, "--json", help="One JSON object per image (JSON lines) instead of a table.")
+VERDICTS = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]"}
+
+
+def results_table(results: list[dict[str, Any]], title: str) -> Table:
+    """Image, prediction, score, and where present threshold, verdict and panel file."""
+    verdicts = any(r["threshold"] is not None for r in results)
+    panels = any(r.get("panel") for r in results)
+    columns = ["image", "prediction", "score", *(["threshold", "verdict"] if verdicts else []), *(["panel"] if panels else [])]
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("score", "threshold") else "left", overflow="fold")
+    for r in results:
+        cells = {"image": escape(r["image"]), "prediction": "[red]unreadable[/]", "panel": escape(r.get("panel") or "")}
+        if not r["error"]:
+            cells.update(prediction=f"{escape(r['class'])} ({r['confidence']:.0%})", score=fmt(r["score"], 4),
+                         threshold=fmt(r["threshold"], 4), verdict=VERDICTS.get(r["verdict"], "–"))  # fmt: skip
+        table.add_row(*(cells.get(column, "–") for column in columns))
+    return table
 
 
 def print_results(results: list[dict[str, Any]], as_json: bool, title: str) -> None:
@@ -29,21 +47,7 @@ def print_results(results: list[dict[str, Any]], as_json: bool, title: str) -> N
         for r in results:
             typer.echo(json.dumps(r))
     else:
-        with_panels = any(r.get("panel") for r in results)
-        table = Table(title=title)
-        for column in ("image", "prediction", "score", "threshold", "verdict", *(["panel"] if with_panels else [])):
-            table.add_column(column, justify="right" if column in ("score", "threshold") else "left")
-        for r in results:
-            if r["error"]:
-                table.add_row(escape(r["image"]), "[red]unreadable[/]", "–", "–", "–", *([""] if with_panels else []))
-                continue
-            verdict = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]"}.get(r["verdict"], "–")
-            prediction = f"{escape(r['class'])} ({r['confidence']:.0%})"
-            table.add_row(
-                escape(r["image"]), prediction, fmt(r["score"], 4), fmt(r["threshold"], 4), verdict,
-                *([escape(r.get("panel") or "")] if with_panels else []),
-            )  # fmt: skip
-        console.print(table)
+        console.print(results_table(results, title))
     if failed:
         raise typer.Exit(2)
 
@@ -61,4 +65,4 @@ def register(app: typer.Typer) -> None:
         progress.enable()
         setup = load_run(run_dir, device)
         results = setup.results(read_inputs(images, setup.model.input_size))
-        print_results(results, as_json, f"detect with {run_dir} (score > threshold: adversarial)")
+        print_results(results, as_json, f"detect with {run_dir} (flagged when score > threshold)")

@@ -4,31 +4,15 @@ on clean fit images."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import AfterValidator, Field
 from torch import nn
 
-from ..errors import TracekitError
+from ..registry import component_spec
 
-
-def _component_of(kind: str) -> Any:
-    """A pydantic type for a nested component spec of `kind`, resolved against its registry."""
-
-    def resolve(value: dict[str, Any]) -> dict[str, Any]:
-        from ..plugins import registry
-
-        try:
-            return registry(kind).resolve(value, where=kind)
-        except TracekitError as exc:
-            raise ValueError(str(exc)) from None
-
-    return Annotated[dict[str, Any], AfterValidator(resolve), Field(validate_default=True)]
-
-
-SaliencySpec = _component_of("saliency")
-ScoreSpec = _component_of("score")
+SaliencySpec = component_spec("saliency")
+ScoreSpec = component_spec("score")
 
 
 class FeatureResponse:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import SpecError, TracekitError
 from ..plugins import registry
 from ..progress import progress
 from ..protocols import Detector, LoadedModel
@@ -141,90 +142,147 @@ def score_images(
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
-def run(
-    spec: Spec | str | Path | Mapping[str, Any],
-    out: str | Path | None = None,
-    device: str | None = None,
-    use_cache: bool = True,
-) -> RunResult:
-    """Run the detection spec; write `spec.resolved.yaml`, `metrics.json` and `scores.csv`.
+@dataclass
+class Prepared:
+    """The shared part of a run or a comparison: model, data, honest split, attacks."""
 
-    `use_cache=False` recomputes every attack and leaves the attack cache untouched.
-    """
-    spec = as_spec(spec)
-    if device is not None:
-        spec = validate_spec({**spec.model_dump(exclude_none=True), "device": device}, source="--device")
-    if spec.detector is None:
-        from ..errors import SpecError
+    spec: Spec
+    device: torch.device
+    model: LoadedModel
+    dataset: Any
+    samples: Samples
+    clean_preds: torch.Tensor
+    clean_probs: torch.Tensor
+    correct: torch.Tensor
+    fit_idx: torch.Tensor
+    test_idx: torch.Tensor
+    attacks: list[AttackResult]
 
-        raise SpecError("this spec lists `detectors:`; run it with `tracekit compare`, or give one `detector:`")
-    dev = resolve_device(spec.device)
-    run_dir = rundir.make_run_dir(out, spec.name)
+
+@dataclass
+class Evaluation:
+    """One detector fitted on the fit part and scored on the test part."""
+
+    detector: Detector
+    threshold: float
+    per_attack: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+def prepare(spec: Spec, device: torch.device, use_cache: bool, adversarial_fit: bool) -> Prepared:
+    """Load model and data, split clean images, run (or load cached) attacks."""
     seed_everything(spec.seed)
-    started = time.perf_counter()
-
-    model = load_model(spec, dev)
+    model = load_model(spec, device)
     dataset = build("dataset", spec.data)
     samples = collect(dataset, model)
-    clean_preds, clean_probs = predict(model.module, samples.images, spec.batch_size, dev, "predict clean")
+    clean_preds, clean_probs = predict(model.module, samples.images, spec.batch_size, device, "predict clean")
     correct = torch.nonzero(clean_preds == samples.labels).flatten()
     fit_idx, test_idx = split_fit_test(correct, spec.calibration.fit_fraction, spec.seed)
+    attacked = torch.cat([fit_idx, test_idx]).sort().values if adversarial_fit else test_idx
+    attacks = attack_all(spec, model, samples, attacked, device, use_cache)
+    return Prepared(spec, device, model, dataset, samples, clean_preds, clean_probs, correct, fit_idx, test_idx, attacks)
 
-    detector: Detector = build("detector", spec.detector)
-    attacked = torch.cat([fit_idx, test_idx]).sort().values if detector.needs_adversarial_fit else test_idx
-    attacks = attack_all(spec, model, samples, attacked, dev, use_cache)
 
+def evaluate(prep: Prepared, detector: Detector, label: str = "") -> Evaluation:
+    """Fit `detector` (clean fit images, and adversarials of fit images if it needs them),
+    calibrate its threshold on the clean fit part, score the test part and every attack."""
+    spec, samples, model, dev, bs = prep.spec, prep.samples, prep.model, prep.device, prep.spec.batch_size
+    prefix = f"{label}: " if label else ""
     adversarial_fit = None
     if detector.needs_adversarial_fit:
-        in_fit = torch.isin(attacked, fit_idx)
-        adversarial_fit = torch.cat([a.adversarial[in_fit & a.success] for a in attacks])
-    detector.fit(model.module, samples.images[fit_idx], adversarial_fit)
-    fit_scores = score_images(detector, model, samples.images[fit_idx], spec.batch_size, dev, "score fit")
+        parts = [a.adversarial[torch.isin(a.indices, prep.fit_idx) & a.success] for a in prep.attacks]
+        adversarial_fit = torch.cat(parts)
+        if len(adversarial_fit) == 0:
+            raise TracekitError(
+                f"{prefix or 'detector: '}needs adversarial fit data, but no attack succeeded on a fit-part image; "
+                "use stronger attacks or more images"
+            )
+    detector.fit(model.module, samples.images[prep.fit_idx], adversarial_fit)
+    fit_scores = score_images(detector, model, samples.images[prep.fit_idx], bs, dev, f"{prefix}score fit")
     threshold = calibrate_threshold(fit_scores, spec.calibration.target_fpr)
-    test_scores = score_images(detector, model, samples.images[test_idx], spec.batch_size, dev, "score clean test")
-
+    test_scores = score_images(detector, model, samples.images[prep.test_idx], bs, dev, f"{prefix}score clean test")
     rows = [
-        _row(samples.ids[i], "clean", samples.labels[i], clean_preds[i], "", s)
-        for i, s in zip(test_idx.tolist(), test_scores)
+        _row(samples.ids[i], "clean", samples.labels[i], prep.clean_preds[i], "", s)
+        for i, s in zip(prep.test_idx.tolist(), test_scores)
     ]
     per_attack: dict[str, Any] = {}
-    for result in attacks:
-        in_test = torch.isin(result.indices, test_idx)
-        adv_scores = score_images(
-            detector, model, result.adversarial[in_test], spec.batch_size, dev, f"score {result.key}"
-        )
+    for result in prep.attacks:
+        in_test = torch.isin(result.indices, prep.test_idx)
+        adv_scores = score_images(detector, model, result.adversarial[in_test], bs, dev, f"{prefix}score {result.key}")
         success = result.success[in_test]
         rows += [
             _row(samples.ids[i], result.key, samples.labels[i], p, int(ok), s)
             for i, p, ok, s in zip(result.indices[in_test].tolist(), result.preds[in_test], success.tolist(), adv_scores)
         ]
         per_attack[result.key] = _attack_metrics(result, in_test, test_scores, adv_scores, threshold)
+    return Evaluation(detector, threshold, per_attack, rows)
 
+
+def data_summary(prep: Prepared) -> dict[str, Any]:
+    return {
+        "n_images": len(prep.samples),
+        "n_correct": len(prep.correct),
+        "clean_accuracy": len(prep.correct) / len(prep.samples),
+        "n_fit": len(prep.fit_idx),
+        "n_test": len(prep.test_idx),
+    }
+
+
+def start(
+    spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None, device: str | None
+) -> tuple[Spec, torch.device, Path]:
+    """Validate the spec (with a `--device` override), check the device, make the run directory."""
+    spec = as_spec(spec)
+    if device is not None:
+        spec = validate_spec({**spec.model_dump(exclude_none=True), "device": device}, source="--device")
+    dev = resolve_device(spec.device)
+    return spec, dev, rundir.make_run_dir(out, spec.name)
+
+
+def record_provenance(prep: Prepared) -> None:
+    spec = prep.spec
+    dists = {registry(kind).get(cfg["name"]).source for kind, cfg in _components(spec)}
+    spec.provenance = rundir.provenance(
+        spec, prep.device, dists, {"model": prep.model.info, "data": getattr(prep.dataset, "info", {})}
+    )
+
+
+def run(
+    spec: Spec | str | Path | Mapping[str, Any],
+    out: str | Path | None = None,
+    device: str | None = None,
+    use_cache: bool = True,
+) -> RunResult:
+    """Run the detection spec; write `spec.resolved.yaml`, `metrics.json`, `scores.csv`,
+    `detector.json`, figures and `report.html`.
+
+    `use_cache=False` recomputes every attack and leaves the attack cache untouched.
+    """
+    spec = as_spec(spec)
+    if spec.detector is None:
+        raise SpecError("this spec lists `detectors:`; run it with `tracekit compare`, or give one `detector:`")
+    spec, dev, run_dir = start(spec, out, device)
+    started = time.perf_counter()
+    detector: Detector = build("detector", spec.detector)
+    prep = prepare(spec, dev, use_cache, detector.needs_adversarial_fit)
+    ev = evaluate(prep, detector)
     metrics = {
-        "attacks": per_attack,
-        "data": {
-            "n_images": len(samples),
-            "n_correct": len(correct),
-            "clean_accuracy": len(correct) / len(samples),
-            "n_fit": len(fit_idx),
-            "n_test": len(test_idx),
-        },
-        "threshold": threshold,
+        "attacks": ev.per_attack,
+        "data": data_summary(prep),
+        "threshold": ev.threshold,
         "target_fpr": spec.calibration.target_fpr,
         "seconds": time.perf_counter() - started,
     }
-    dists = {registry(kind).get(cfg["name"]).source for kind, cfg in _components(spec)}
-    spec.provenance = rundir.provenance(
-        spec, dev, dists, {"model": model.info, "data": getattr(dataset, "info", {})}
-    )
+    record_provenance(prep)
     rundir.write_resolved_spec(run_dir, spec)
     rundir.write_metrics(run_dir, metrics)
-    rundir.write_scores(run_dir, rows)
-    rundir.write_detector(run_dir, spec, threshold)
+    rundir.write_scores(run_dir, ev.rows)
+    rundir.write_detector(run_dir, spec, ev.threshold)
     artifacts = RunArtifacts(
-        model, samples, clean_preds, clean_probs, fit_idx, test_idx, attacks, detector, threshold, dev
+        prep.model, prep.samples, prep.clean_preds, prep.clean_probs, prep.fit_idx, prep.test_idx,
+        prep.attacks, detector, ev.threshold, dev,
     )
-    result = RunResult(run_dir, metrics, spec, rows, artifacts)
+    result = RunResult(run_dir, metrics, spec, ev.rows, artifacts)
     write_report(run_dir, result)  # figures and report.html (tracekit.report)
     return result
 

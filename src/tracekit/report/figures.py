@@ -246,7 +246,7 @@ def explain_panel(
             axes[1].set_title(f"feature response\nscore {result['score']:.4g}{_flag(result['score'], result['threshold'])}")
             axes[2].set_title(f"local entropy\nmean {float(maps[1].mean()):.3f} bits")
             _colorbar(fig, axes[2], entropy_image, "bits")
-        headline = f"{result['image']}: score {result['score']:.4g}"
+        headline = f"{result['image']}: score {result['score']:.4g} (no threshold; a run directory as model gives a verdict)"
         if result.get("verdict"):
             headline = f"{result['image']}: {result['verdict']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
         if maps is None:

@@ -8,6 +8,9 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_saliency(register: Register) -> None:
-    from . import guided_backprop
+    from . import gradient, guided_backprop, integrated_gradients, smoothgrad
 
     register("guided-backprop", guided_backprop.guided_backprop)
+    register("gradient", gradient.gradient)
+    register("integrated-gradients", integrated_gradients.integrated_gradients)
+    register("smoothgrad", smoothgrad.smoothgrad)

@@ -9,6 +9,7 @@ operations, on whatever device the input is on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import torch
@@ -18,8 +19,11 @@ from pydantic import AfterValidator, Field
 from ..errors import TracekitError
 from .gray import to_gray_u8
 
-# Bytes of equality masks per chunk of images: small enough to stay in cache on a CPU.
-_CHUNK_BYTES = 1 << 21
+# Bytes of equality masks per chunk of images: within a CPU's cache; on an accelerator, large
+# enough to keep kernel launches few.
+_CPU_CHUNK_BYTES = 1 << 21
+_ACCELERATOR_CHUNK_BYTES = 1 << 28
+_MAPS_PER_CHUNK = 64  # bounds the float64 gray conversion's memory in `LocalEntropy`
 
 
 def _as_u8(images: torch.Tensor) -> torch.Tensor:
@@ -38,8 +42,17 @@ def _as_u8(images: torch.Tensor) -> torch.Tensor:
 
 
 def _window_sums(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """Sums of every `size` consecutive slices of uint8 `x` along `dim` (sliding, wrap-safe)."""
+    """Sums of every `size` consecutive slices of uint8 `x` along `dim` (wrap-arounds cancel).
+
+    Few windows (the offset axes): slide, adding the slice that enters and removing the one
+    that leaves. Many windows (the image axes): add `size` shifted views.
+    """
     count = x.shape[dim] - size + 1
+    if count > size:
+        out = x.narrow(dim, 0, count).clone()
+        for k in range(1, size):
+            out += x.narrow(dim, k, count)
+        return out
     shape = list(x.shape)
     shape[dim] = count
     out = torch.empty(shape, dtype=x.dtype, device=x.device)
@@ -49,10 +62,6 @@ def _window_sums(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
         torch.add(out.narrow(dim, k - 1, 1), x.narrow(dim, k + size - 1, 1), out=current)
         current.sub_(x.narrow(dim, k - 1, 1))
     return out
-
-
-def _x_log2_x(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.log2(x.clamp(min=1))
 
 
 def _sum_log2_counts(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -77,14 +86,14 @@ def _sum_log2_counts(images: torch.Tensor, size: int) -> torch.Tensor:
     boxes = _window_sums(_window_sums(same.view(torch.uint8), 1, size), 0, size).flip((0, 1))
     s = boxes.stride()
     counts = boxes.as_strided((size, size, n, h, w), (s[0] + s[3], s[1] + s[4], s[2], s[3], s[4]))
-    # Row products (<= (size^2)^size, within float64's range for size <= 15), then one log each.
-    return counts.prod(1, dtype=torch.float64).log2_().sum(0)
+    # Products of a row's counts (at most (size^2)^size: exact in int32 up to size 5, and
+    # within float64's range up to size 15), then one log each.
+    exact = torch.int32 if (size * size) ** size < 2**31 else torch.float64
+    return counts.prod(1, dtype=exact).to(torch.float64).log2_().sum(0)
 
 
-def _zeros_in_window(images: torch.Tensor, size: int) -> torch.Tensor:
-    """How many pixels of value 0 each pixel's window holds (inside the image)."""
-    zeros = F.pad((images == 0).view(torch.uint8), (size // 2,) * 4)
-    return _window_sums(_window_sums(zeros, 1, size), 2, size)
+def _x_log2_x(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.log2(x.clamp(min=1))
 
 
 def _outside_counts(h: int, w: int, size: int, device: torch.device) -> torch.Tensor:
@@ -111,30 +120,37 @@ def local_entropy_map(u8: torch.Tensor, size: int = 3) -> torch.Tensor:
     out = torch.empty((n, h, w), dtype=torch.float64, device=images.device)
     if out.numel() == 0:
         return out
-    # The k entries outside the image read as 0, so the z zero pixels of a window and its k
-    # outside entries form one group: sum_i log2(c_i) over the inside entries is the sum over
-    # all entries - (k + z) log2(k + z) + z log2(z).
+    r = size // 2
+    # The k entries outside the image read as 0, so near the border the z zero pixels of a
+    # window and its k outside entries form one group: sum_i log2(c_i) over the inside entries
+    # is the sum over all entries - (k + z) log2(k + z) + z log2(z).
     outside = _outside_counts(h, w, size, images.device)
-    inv_n = 1 / (size * size - outside)
-    span = 4 * (size // 2) + 1
-    chunk = max(1, _CHUNK_BYTES // (span * span * (h + size - 1) * (w + size - 1)))
+    inside = size * size - outside
+    log2_n, inv_n = torch.log2(inside), 1 / inside
+    border = (outside > 0).flatten().nonzero().squeeze(1)
+    k = outside.flatten()[border]
+    budget = _CPU_CHUNK_BYTES if images.device.type == "cpu" else _ACCELERATOR_CHUNK_BYTES
+    chunk = max(1, budget // ((4 * r + 1) ** 2 * (h + 2 * r) * (w + 2 * r)))
     for start in range(0, n, chunk):
         part = images[start : start + chunk]
-        zeros = _zeros_in_window(part, size).to(torch.float64)
-        logs = _sum_log2_counts(part, size) - _x_log2_x(zeros + outside) + _x_log2_x(zeros)
-        torch.addcmul(-torch.log2(inv_n), logs, inv_n, value=-1, out=out[start : start + chunk])
+        logs = _sum_log2_counts(part, size)
+        zeros = F.pad((part == 0).view(torch.uint8), (r,) * 4)
+        z = _window_sums(_window_sums(zeros, 1, size), 2, size).flatten(1)[:, border].to(torch.float64)
+        logs.flatten(1)[:, border] -= _x_log2_x(z + k) - _x_log2_x(z)
+        torch.addcmul(log2_n, logs, inv_n, value=-1, out=out[start : start + chunk])
     return out.clamp_(min=0.0)  # a uniform window can round to -1e-16
 
 
+@dataclass(frozen=True)
 class LocalEntropy:
     """The paper's score: mean local entropy of the 8-bit gray feature response map."""
 
-    def __init__(self, size: int = 3) -> None:
-        self.size = size
+    size: int = 3
 
     def map(self, maps: torch.Tensor) -> torch.Tensor:
         """`maps[N,C,H,W]` -> local entropy `Tensor[N,H,W]` of their default gray conversion."""
-        return local_entropy_map(to_gray_u8(maps), self.size)
+        parts = maps.split(_MAPS_PER_CHUNK)
+        return torch.cat([local_entropy_map(to_gray_u8(part), self.size) for part in parts])
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Mean local entropy per map, `Tensor[N]` (float64)."""

@@ -1,0 +1,179 @@
+"""Kernel density and Bayesian uncertainty (Feinman, Curtin, Shintre and Gardner, 2017).
+
+Kernel density (KD): a Gaussian kernel density estimate, bandwidth `bandwidth`, of the last
+hidden features of the clean fit images of each class (the model's predicted classes: they are
+all correctly classified); an image's KD is the log density of its features under the KDE of its
+predicted class (scikit-learn's `KernelDensity.score_samples`, computed in torch on the device).
+An image predicted as a class without clean fit images is scored against all of them. A clean
+fit image leaves itself out of its own estimate, so that the regression does not learn
+from densities inflated by the image's own kernel (the paper fits the KDEs on training data and
+the regression on other images).
+
+Bayesian uncertainty (BU): `mean_t |p_t|^2 - |mean_t p_t|^2` over `n_samples` stochastic forward
+passes with dropout on (MC dropout), `p_t` the softmax output. Models with dropout (modules of
+rate > 0) use their own dropout modules, switched to training mode during the passes only. Models
+without dropout get dropout of rate `rate` on the last hidden features (a forward hook during
+the passes only), which is what the paper's models had; a warning says so once per fit. The
+model is left as it was: eval mode, no hooks; the passes are seeded (`seed`) and leave torch's
+global random state untouched.
+
+A logistic regression on (KD, BU), trained on clean vs adversarial fit images, gives the score
+(`tracekit.detectors.logistic`). Not implemented: the paper's noisy samples (extra negatives).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from .layers import batches, flatten, forward_hooks, layer_features, model_device, resolve_layers
+from .logistic import LogisticCombiner, require_adversarial
+
+WHERE = "detector 'kd-bu'"
+
+
+def log_kde(
+    points: torch.Tensor,
+    support: torch.Tensor,
+    bandwidth: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Log density of `[N,D]` points under a Gaussian KDE on `[M,D]` support points;
+    `mask[i, j]` False leaves support point j out of point i's estimate."""
+    d2 = torch.cdist(points.double(), support.double()).square()
+    log_kernel = -d2 / (2 * bandwidth**2)
+    count = torch.full((len(points),), float(len(support)), dtype=torch.float64, device=points.device)
+    if mask is not None:
+        log_kernel = log_kernel.masked_fill(~mask, -torch.inf)
+        count = mask.sum(1).double()
+    norm = 0.5 * points.shape[1] * math.log(2 * math.pi * bandwidth**2)
+    return torch.logsumexp(log_kernel, 1) - count.log() - norm
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's dropout modules of rate > 0."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+@contextmanager
+def mc_dropout(model: nn.Module, layer: str, rate: float) -> Iterator[None]:
+    """Dropout on during the block: the model's own dropout modules (rate > 0), or else dropout of
+    `rate` on the output of `layer`; train flags and hooks restored afterwards."""
+    own = dropout_modules(model)
+    flags = [m.training for m in own]
+
+    def drop(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(output, rate, training=True)
+
+    try:
+        for m in own:
+            m.train()
+        with forward_hooks(model, {} if own else {layer: drop}):
+            yield
+    finally:
+        for m, flag in zip(own, flags):
+            m.train(flag)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's random state seeded with `seed` for the block (CPU and `device`), restored afterwards."""
+    accelerator = device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accelerator else [], device_type=device.type if accelerator else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+class KernelDensityUncertainty:
+    """(KD, BU) per image, combined by logistic regression."""
+
+    needs_adversarial_fit = True
+
+    def __init__(self, layer: str | None, bandwidth: float, n_samples: int, rate: float, batch_size: int, seed: int) -> None:
+        self.layer, self.bandwidth, self.n_samples = layer, bandwidth, n_samples
+        self.rate, self.batch_size, self.seed = rate, batch_size, seed
+        self.layer_ = ""
+        self.support = torch.zeros(0)
+        self.support_labels = torch.zeros(0, dtype=torch.long)
+        self.combiner = LogisticCombiner()
+
+    def _features(self, model: nn.Module, images: torch.Tensor, offset: int | None) -> torch.Tensor:
+        """`[N, 2]` (KD, BU) of one device batch; `offset`: its position among the support images."""
+        with torch.no_grad():
+            (hidden,), logits = layer_features(model, images, [self.layer_], flatten, WHERE)
+            preds = logits.argmax(1)
+            others = torch.ones(len(images), len(self.support), dtype=torch.bool, device=images.device)
+            if offset is not None:
+                rows = torch.arange(len(images), device=images.device)
+                others[rows, rows + offset] = False
+            mask = others & (self.support_labels[None, :] == preds[:, None])
+            mask = torch.where(mask.any(1, keepdim=True), mask, others)  # a class without fit images: all
+            density = log_kde(hidden, self.support, self.bandwidth, mask)
+            total = torch.zeros_like(logits, dtype=torch.float64)
+            squares = torch.zeros(len(images), dtype=torch.float64, device=images.device)
+            with seeded(self.seed, images.device), mc_dropout(model, self.layer_, self.rate):
+                for _ in range(self.n_samples):
+                    probs = model(images).softmax(1).double()
+                    total += probs
+                    squares += probs.square().sum(1)
+            uncertainty = squares / self.n_samples - (total / self.n_samples).square().sum(1)
+        return torch.stack([density, uncertainty], 1)
+
+    def features(self, model: nn.Module, images: torch.Tensor, support: bool = False) -> np.ndarray:
+        """`[N, 2]` (KD, BU); `support`: `images` are the KDE's own images (each leaves itself out)."""
+        out, start = [], 0
+        for batch in batches(images, self.batch_size, model_device(model)):
+            out.append(self._features(model, batch, start if support else None))
+            start += len(batch)
+        return torch.cat(out).cpu().numpy()
+
+    def fit(
+        self,
+        model: nn.Module,
+        clean_fit_images: torch.Tensor,
+        adversarial_fit_images: torch.Tensor | None = None,
+    ) -> None:
+        """KDEs of the clean fit images' last hidden features, then the (KD, BU) regression."""
+        adversarial = require_adversarial(adversarial_fit_images, WHERE)
+        device = model_device(model)
+        sample = clean_fit_images[:2].to(device)
+        layers = None if self.layer is None else [self.layer]
+        self.layer_ = resolve_layers(model, layers, sample, 1, WHERE)[0]
+        if not dropout_modules(model):
+            warnings.warn(
+                f"{WHERE}: {type(model).__name__} has no dropout; Bayesian uncertainty applies dropout of rate "
+                f"{self.rate} to the output of layer '{self.layer_}' during the Monte Carlo passes",
+                stacklevel=2,
+            )
+        hidden, labels = [], []
+        with torch.no_grad():
+            for batch in batches(clean_fit_images, self.batch_size, device):
+                (h,), logits = layer_features(model, batch, [self.layer_], flatten, WHERE)
+                hidden.append(h)
+                labels.append(logits.argmax(1))
+        self.support, self.support_labels = torch.cat(hidden), torch.cat(labels)
+        clean = self.features(model, clean_fit_images, support=True)
+        self.combiner.fit(clean, self.features(model, adversarial), WHERE)
+
+    def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return self.combiner.score(self.features(model, images))
+
+
+def kd_bu(
+    layer: str | None = None,
+    bandwidth: Annotated[float, Field(gt=0)] = 1.0,
+    n_samples: Annotated[int, Field(ge=2)] = 50,
+    rate: Annotated[float, Field(gt=0, lt=1)] = 0.5,
+    batch_size: Annotated[int, Field(gt=0)] = 128,
+    seed: int = 0,
+) -> KernelDensityUncertainty:
+    """Kernel density on last hidden features plus MC-dropout uncertainty (Feinman et al. 2017)."""
+    return KernelDensityUncertainty(layer, bandwidth, n_samples, rate, batch_size, seed)

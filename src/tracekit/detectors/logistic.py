@@ -1,0 +1,55 @@
+"""The logistic regression that turns per-image detector features into one score, as the
+supervised baselines (LID, Mahalanobis, KD+BU) do in their papers: features standardized, then
+scikit-learn's `LogisticRegressionCV` trained on clean fit (0) vs adversarial fit (1) images.
+
+Classes are weighted to balance (the papers train on pairs of clean and adversarial images; here
+the adversarials of several attacks may outnumber the clean ones). The score is the decision
+function (log-odds of adversarial), which ranks like the probability but never saturates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import TracekitError
+
+MIN_PER_CLASS = 2
+
+
+def require_adversarial(adversarial: torch.Tensor | None, where: str) -> torch.Tensor:
+    """The adversarial fit images, or a `TracekitError` when there are too few to learn from."""
+    n = 0 if adversarial is None else len(adversarial)
+    if adversarial is None or n < MIN_PER_CLASS:
+        raise TracekitError(
+            f"{where}: needs at least {MIN_PER_CLASS} adversarial fit images (successful adversarials of "
+            f"fit-part images) but got {n}; give the spec attacks that succeed, or more images"
+        )
+    return adversarial
+
+
+class LogisticCombiner:
+    """Standardize features, then a cross-validated logistic regression (clean 0, adversarial 1)."""
+
+    def __init__(self) -> None:
+        self.pipeline: Any = None
+
+    def fit(self, clean: np.ndarray, adversarial: np.ndarray, where: str) -> None:
+        """Learn from `[N,F]` clean and `[M,F]` adversarial feature rows."""
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        smallest = min(len(clean), len(adversarial))
+        if smallest < MIN_PER_CLASS:
+            raise TracekitError(f"{where}: needs at least {MIN_PER_CLASS} clean and adversarial fit images")
+        x = np.concatenate([clean, adversarial]).astype(np.float64)
+        y = np.concatenate([np.zeros(len(clean)), np.ones(len(adversarial))])
+        model = LogisticRegressionCV(cv=min(5, smallest), class_weight="balanced", max_iter=1000)
+        self.pipeline = make_pipeline(StandardScaler(), model).fit(x, y)
+
+    def score(self, features: np.ndarray) -> torch.Tensor:
+        """Log-odds of adversarial for `[N,F]` feature rows."""
+        return torch.from_numpy(self.pipeline.decision_function(features.astype(np.float64)))

@@ -1,0 +1,134 @@
+"""`tracekit compare`: several detectors on identical images, or finished runs side by side.
+
+A comparison spec lists `detectors:`; the attacks are generated once (cached) and shared, every
+detector is fitted on the same fit part and scored on the same test images and adversarials.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import SpecError, TracekitError
+from ..spec import Spec
+from . import rundir
+from .run import as_spec, build, data_summary, evaluate, prepare, record_provenance, start
+
+COMPARE_COLUMNS = ("detector", *rundir.SCORE_COLUMNS)
+
+
+@dataclass
+class CompareResult:
+    """A comparison's run directory, metrics keyed by detector then attack, and its spec."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    spec: Spec
+    scores: list[dict[str, Any]] = field(repr=False, default_factory=list)
+
+
+def compare(
+    spec: Spec | str | Path | Mapping[str, Any],
+    out: str | Path | None = None,
+    device: str | None = None,
+    use_cache: bool = True,
+) -> CompareResult:
+    """Fit and score every detector of the spec on the same images; write the run directory."""
+    spec = as_spec(spec)
+    if not spec.detectors:
+        raise SpecError("`tracekit compare` needs a spec with `detectors:` (a list); this one has a single `detector:`")
+    spec, dev, run_dir = start(spec, out, device)
+    started = time.perf_counter()
+    labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
+    detectors = [build("detector", cfg) for cfg in spec.detectors]
+    prep = prepare(spec, dev, use_cache, any(d.needs_adversarial_fit for d in detectors))
+    per_detector: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for label, detector in zip(labels, detectors):
+        t0 = time.perf_counter()
+        ev = evaluate(prep, detector, label)
+        per_detector[label] = {
+            "name": spec.detectors[labels.index(label)]["name"],
+            "attacks": ev.per_attack,
+            "threshold": ev.threshold,
+            "needs_adversarial_fit": bool(detector.needs_adversarial_fit),
+            "seconds": time.perf_counter() - t0,
+        }
+        rows += [{"detector": label, **row} for row in ev.rows]
+    metrics = {
+        "detectors": per_detector,
+        "data": data_summary(prep),
+        "target_fpr": spec.calibration.target_fpr,
+        "seconds": time.perf_counter() - started,
+    }
+    record_provenance(prep)
+    rundir.write_resolved_spec(run_dir, spec)
+    rundir.write_metrics(run_dir, metrics)
+    rundir.write_scores(run_dir, rows, COMPARE_COLUMNS)
+    return CompareResult(run_dir, metrics, spec, rows)
+
+
+@dataclass
+class RunsComparison:
+    """Finished runs side by side: `{label: {attack: metrics}}` and what differs between them."""
+
+    detectors: dict[str, dict[str, Any]]
+    warnings: list[str]
+
+
+def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
+    """Read finished runs (or comparisons); warn when their test images or attacks differ."""
+    detectors: dict[str, dict[str, Any]] = {}
+    images: dict[str, set[str]] = {}
+    attacks: dict[str, set[str]] = {}
+    for raw in run_dirs:
+        path = Path(raw)
+        metrics, spec, clean_ids = _read_run(path)
+        entries = metrics["detectors"] if "detectors" in metrics else {_detector_label(spec): {"attacks": metrics["attacks"]}}
+        for label, entry in entries.items():
+            key = f"{path.name}: {label}"
+            detectors[key] = entry["attacks"]
+            images[key] = clean_ids.get(label, clean_ids.get("", set()))
+            attacks[key] = set(entry["attacks"])
+    warnings = []
+    keys = list(detectors)
+    for key in keys[1:]:
+        if images[key] != images[keys[0]]:
+            warnings.append(f"'{key}' was tested on different clean images than '{keys[0]}' "
+                            f"({len(images[key] ^ images[keys[0]])} ids differ): its numbers are not directly comparable")
+        if attacks[key] != attacks[keys[0]]:
+            warnings.append(f"'{key}' has attacks {sorted(attacks[key])}, '{keys[0]}' has {sorted(attacks[keys[0]])}")
+    return RunsComparison(detectors, warnings)
+
+
+def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set[str]]]:
+    if not path.is_dir():
+        raise TracekitError(f"run directory {path} does not exist (or is not a directory)")
+    try:
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        spec = yaml.safe_load((path / "spec.resolved.yaml").read_text(encoding="utf-8"))
+        with open(path / "scores.csv", newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError as exc:
+        raise TracekitError(f"{path} is not a finished tracekit run: {Path(exc.filename).name} is missing") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        raise TracekitError(f"{path} holds a broken run file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(metrics, dict) or not ("attacks" in metrics or "detectors" in metrics):
+        raise TracekitError(f"{path}/metrics.json has neither 'attacks' nor 'detectors'; is it a tracekit run?")
+    clean_ids: dict[str, set[str]] = {}
+    for row in rows:
+        if row.get("attack") == "clean":
+            clean_ids.setdefault(row.get("detector", ""), set()).add(row["sample_id"])
+    return metrics, spec, clean_ids
+
+
+def _detector_label(spec: Any) -> str:
+    detector = (spec or {}).get("detector") or {}
+    return str(detector.get("label") or detector.get("name") or "detector")

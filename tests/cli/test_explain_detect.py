@@ -1,0 +1,265 @@
+"""`tracekit explain` and `tracekit detect` (CLI and Python API) on images written by the tests."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import tracekit
+from tracekit import plugins
+from tracekit.cli import build_app
+from tracekit.engine.run import run
+from tracekit.images import load_image
+from tracekit.testing import testing_plugin, tiny_model
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(build_app(), [str(a) for a in args])
+
+
+def json_lines(result):
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_plugin():
+    plugins.register_plugin(testing_plugin, "tracekit-testing")
+    yield
+    plugins.unregister_plugin("tracekit-testing")
+
+
+@pytest.fixture(scope="module")
+def uint8_images():
+    """Seeded 8-bit gray images `[N,16,16]` for tiny-cnn: lossless through PNG files."""
+    gen = np.random.default_rng(5)
+    return gen.integers(0, 256, size=(40, 16, 16), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, uint8_images):
+    """A tiny run on an npz of 8-bit images labelled by the model (so most are correct)."""
+    root = tmp_path_factory.mktemp("detect")
+    images = torch.from_numpy(uint8_images.astype(np.float32) / 255.0)[:, None]
+    with torch.no_grad():
+        labels = tiny_model().module(images).argmax(1).numpy()
+    np.savez(root / "data.npz", images=uint8_images, labels=labels)
+    spec = {
+        "name": "detect-test",
+        "seed": 2,
+        "device": "cpu",
+        "model": {"name": "tiny-cnn"},
+        "data": {"name": "npz", "path": str(root / "data.npz")},
+        "attacks": [{"name": "sign-noise", "eps": 0.2}],
+        "detector": {"name": "feature-response", "score": {"name": "local-entropy"}},
+        "calibration": {"fit_fraction": 0.5, "target_fpr": 0.2},
+        "batch_size": 8,
+    }
+    return run(spec, out=root / "run")
+
+
+def clean_rows(result):
+    with open(result.out_dir / "scores.csv") as fh:
+        return [r for r in csv.DictReader(fh) if r["attack"] == "clean"]
+
+
+def test_detect_png_files_reproduce_the_runs_scores_and_verdicts(finished, uint8_images, tmp_path):
+    rows = clean_rows(finished)
+    paths = []
+    for r in rows:
+        index = int(r["sample_id"].rsplit("-", 1)[1])  # npz ids are <file stem>-<index>
+        paths.append(tmp_path / f"{r['sample_id']}.png")
+        Image.fromarray(uint8_images[index], mode="L").save(paths[-1])
+    result = invoke("detect", "--run", finished.out_dir, "--json", *paths)
+    assert result.exit_code == 0, result.output
+    out = json_lines(result)
+    threshold = finished.metrics["threshold"]
+    assert [o["image"] for o in out] == [str(p) for p in paths]
+    assert [o["score"] for o in out] == [float(r["score"]) for r in rows]  # bit for bit
+    assert [o["pred"] for o in out] == [int(r["pred"]) for r in rows]
+    assert all(o["threshold"] == threshold and o["error"] is None for o in out)
+    assert [o["verdict"] for o in out] == ["adversarial" if float(r["score"]) > threshold else "clean" for r in rows]
+
+
+def test_detect_api_on_tensors_reproduces_clean_and_adversarial_scores(finished):
+    art = finished.artifacts
+    clean = tracekit.detect(finished.out_dir, art.samples.images[art.test_idx])
+    assert [c["score"] for c in clean] == [float(r["score"]) for r in clean_rows(finished)]
+    attack = art.attacks[0]
+    in_test = torch.isin(attack.indices, art.test_idx)
+    adversarial = tracekit.detect(finished.out_dir, attack.adversarial[in_test].numpy())  # arrays work too
+    with open(finished.out_dir / "scores.csv") as fh:
+        expected = [float(r["score"]) for r in csv.DictReader(fh) if r["attack"] == attack.key]
+    assert [a["score"] for a in adversarial] == expected
+    assert [a["pred"] for a in adversarial] == attack.preds[in_test].tolist()
+
+
+def test_detect_table_exits_0_whatever_the_verdicts(finished, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished.out_dir, run_dir)
+    scores = [float(r["score"]) for r in clean_rows(finished)]
+    state = json.loads((run_dir / "detector.json").read_text())
+    state["threshold"] = sorted(scores)[len(scores) // 2]  # about half the images flagged
+    (run_dir / "detector.json").write_text(json.dumps(state))
+    art = finished.artifacts
+    monkeypatch.chdir(tmp_path)  # short relative names fit the table
+    names = [f"img{i}.png" for i in range(len(scores))]
+    for name, image in zip(names, art.samples.images[art.test_idx]):
+        Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(name)
+    result = invoke("detect", "--run", "run", *names)
+    assert result.exit_code == 0, result.output
+    words = result.stdout.split()
+    flagged = sum(s > state["threshold"] for s in scores)
+    assert 0 < flagged < len(scores)
+    assert words.count("adversarial") == flagged and words.count("clean") == len(scores) - flagged
+    assert all(name in words for name in names)
+    assert words.count(f"{state['threshold']:.4f}") >= len(scores)  # every row (and the median image's score)
+
+
+def write_odd_images(tmp_path):
+    """RGB, gray, RGBA, palette, 16-bit and JPEG images of odd sizes."""
+    gen = np.random.default_rng(0)
+    files = {
+        "rgb.png": Image.fromarray(gen.integers(0, 256, (23, 17, 3), dtype=np.uint8), "RGB"),
+        "gray.png": Image.fromarray(gen.integers(0, 256, (40, 40), dtype=np.uint8), "L"),
+        "rgba.png": Image.fromarray(gen.integers(0, 256, (9, 31, 4), dtype=np.uint8), "RGBA"),
+        "palette.png": Image.fromarray(gen.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").convert("P"),
+        "photo.jpg": Image.fromarray(gen.integers(0, 256, (101, 64, 3), dtype=np.uint8), "RGB"),
+    }
+    paths = []
+    for name, image in files.items():
+        image.save(tmp_path / name)
+        paths.append(tmp_path / name)
+    return paths
+
+
+def test_explain_images_of_any_mode_and_size(finished, tmp_path):
+    paths = write_odd_images(tmp_path)
+    out = tmp_path / "panels"
+    result = invoke("explain", *paths, "--model", finished.out_dir, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json_lines(result)
+    assert [r["image"] for r in rows] == [str(p) for p in paths]
+    names = tiny_model().class_names
+    for r, path in zip(rows, paths):
+        assert r["class"] == names[r["pred"]] and 0 < r["confidence"] <= 1
+        expected = tracekit.detect(finished.out_dir, load_image(path, (1, 16, 16))[None])[0]
+        assert r["score"] == expected["score"] and r["verdict"] == expected["verdict"]
+        with Image.open(r["panel"]) as panel:
+            array = np.asarray(panel.convert("RGB"))
+        assert panel.format == "PNG" and array.std() > 20
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.explain.png" for p in paths)
+
+
+def test_image_loading_converts_mode_and_resizes(tmp_path):
+    Image.new("RGBA", (37, 11), (90, 90, 90, 0)).save(tmp_path / "flat.png")  # alpha is dropped
+    image = load_image(tmp_path / "flat.png", (1, 16, 16))
+    assert image.shape == (1, 16, 16) and torch.all(image == 90 / 255)
+    Image.new("L", (5, 7), 200).save(tmp_path / "small.png")
+    rgb = load_image(tmp_path / "small.png", (3, 24, 20))
+    assert rgb.shape == (3, 24, 20) and torch.all(rgb == 200 / 255)
+    pixels = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(pixels).save(tmp_path / "exact.png")  # the model's size: no resampling
+    assert torch.equal(load_image(tmp_path / "exact.png", (1, 16, 16))[0], torch.from_numpy(pixels / np.float32(255)))
+
+
+def test_explain_spec_model_has_no_verdict_and_names_panels_uniquely(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: s\nmodel: {name: tiny-cnn}\ndata: {name: random-images}\nattacks: [{name: sign-noise}]\n"
+        "detector: {name: feature-response, score: {name: mean-abs}}\n"
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    paths = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]
+    for p in paths:
+        Image.new("L", (16, 16), 30).save(p)
+    results = tracekit.explain(paths, model=spec, out=tmp_path / "out")
+    assert [r["verdict"] for r in results] == [None, None] and results[0]["threshold"] is None
+    assert results[0]["panel"] != results[1]["panel"]
+    assert all((tmp_path / "out" / name).is_file() for name in ("x.explain.png", "x-2.explain.png"))
+
+
+def test_explain_default_model_reads_handwritten_digits(tmp_path):
+    """The embedded digits-cnn: digit PNGs (8-bit) are classified as their tensors are."""
+    from tracekit.datasets.digits import digits_arrays
+
+    _, images, labels = digits_arrays("test")
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray((images[i, 0].numpy() * 255).round().astype(np.uint8)).save(paths[-1])
+    from_files = tracekit.explain(paths, out=tmp_path / "out")
+    from_tensors = tracekit.explain(images[:6], out=tmp_path / "out")  # a second call works too
+    assert [r["pred"] for r in from_files] == [r["pred"] for r in from_tensors] == labels[:6].tolist()
+    assert all(r["class"] == str(r["pred"]) and r["verdict"] is None for r in from_files)
+    assert all(abs(a["score"] - b["score"]) < 0.1 for a, b in zip(from_files, from_tensors))
+
+
+def test_unreadable_inputs_are_reported_while_the_others_are_processed(finished, tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16), dtype=np.uint8)).save(good)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:150])  # header intact, pixel data cut
+    missing = tmp_path / "missing.png"
+    for command in (["detect", "--run", finished.out_dir], ["explain", "--model", finished.out_dir, "--out", tmp_path]):
+        result = invoke(*command, "--json", text, good, missing, truncated)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        errors = " ".join(result.stderr.split())
+        assert f"{text}: not an image file" in errors
+        assert f"{missing}: no such file" in errors
+        assert f"{truncated}: cannot read the image" in errors
+        rows = json_lines(result)
+        assert [r["image"] for r in rows] == [str(p) for p in (text, good, missing, truncated)]
+        assert rows[1]["error"] is None and isinstance(rows[1]["score"], float)
+        assert all(r["error"] and r["score"] is None for i, r in enumerate(rows) if i != 1)
+
+
+def broken_run_dirs(finished, tmp_path):
+    """(run directory, expected message fragment) of missing, older and broken runs."""
+    cases = [(tmp_path / "nowhere", "does not exist")]
+    for name, content, fragment in [
+        ("no-detector", None, "no detector.json"),
+        ("older", {"format": 0}, "format 0, but this tracekit reads format 1"),
+        ("not-json", "{oops", "not valid JSON"),
+        ("no-threshold", {"format": 1, "model": {"name": "tiny-cnn"}, "detector": {"name": "feature-response"}},
+         "finite 'threshold'"),
+        ("unknown-model", {"format": 1, "model": {"name": "gone-cnn"}, "detector": {"name": "feature-response"},
+                           "threshold": 1.0}, "gone-cnn"),
+    ]:  # fmt: skip
+        run_dir = tmp_path / name
+        shutil.copytree(finished.out_dir, run_dir)
+        (run_dir / "detector.json").unlink()
+        if content is not None:
+            (run_dir / "detector.json").write_text(content if isinstance(content, str) else json.dumps(content))
+        cases.append((run_dir, fragment))
+    return cases
+
+
+def test_missing_older_or_broken_run_directory_is_a_clear_error(finished, tmp_path):
+    image = tmp_path / "img.png"
+    Image.new("L", (16, 16), 10).save(image)
+    for run_dir, fragment in broken_run_dirs(finished, tmp_path):
+        explain = [["explain", "--model", run_dir]] if run_dir.exists() else []  # else: see the next test
+        for command in [["detect", "--run", run_dir], *explain]:
+            result = invoke(*command, image)
+            assert result.exit_code == 2, (run_dir, result.output)
+            assert "Traceback" not in result.output and "error:" in result.output
+            assert fragment in " ".join(result.output.split()), result.output
+        with pytest.raises(tracekit.TracekitError, match="run directory|detector.json"):
+            tracekit.detect(run_dir, [image])
+
+
+def test_explain_missing_model_path_is_a_clear_error(tmp_path):
+    result = invoke("explain", tmp_path / "x.png", "--model", tmp_path / "nope.yaml")
+    assert result.exit_code == 2
+    assert "no such spec file or run directory" in " ".join(result.output.split())
