@@ -2,10 +2,11 @@
 
 For each attack (fgsm, gradient, pgd, deepfool) it prints ART's seconds, the native seconds, their
 ratio, and the native time over the *floor*: one bare forward + backward pass of the model over the
-same images (cross-entropy, gradient with respect to the input only). Every measurement is warmed up
-once, then the median of `--repeats` runs over all `--n` images in batches of `--batch-size`; ART gets
-the same batch size as its own `batch_size`, and its classifier is built once, outside the timing.
-It also prints each backend's success rate and the largest pixel difference between them.
+same images (cross-entropy, gradient with respect to the input only). Floor, ART and native take
+turns: one warm-up round, then the median of `--repeats` rounds, each over all `--n` images in
+batches of `--batch-size`; ART gets that batch size as its own `batch_size`, and its classifier is
+built once, in the warm-up. It also prints each backend's success rate and the largest pixel
+difference between their adversarials.
 
     python benchmarks/attacks.py --device cpu --model digits-cnn --n 256 --batch-size 128
     python benchmarks/attacks.py --device cuda --model resnet18 --n 512 --batch-size 128
@@ -18,6 +19,7 @@ initialised, 10 classes, 3x64x64 random images); the last two attack the model's
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -112,28 +114,34 @@ def floor_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
     return grad
 
 
-def timed(
-    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def measure(
+    runs: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
     repeats: int,
-) -> tuple[float, torch.Tensor]:
-    """Median seconds of `run` over all images in batches (after one warm-up), and its last output."""
+) -> dict[str, tuple[float, torch.Tensor]]:
+    """Median seconds of each run over all images in batches, and its last output.
+
+    The runs take turns (one warm-up round, then `repeats` timed rounds), so that a machine's
+    changing load affects them alike.
+    """
     sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
-    seconds, out = [], images
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    outputs: dict[str, torch.Tensor] = {}
     for i in range(repeats + 1):
-        torch.manual_seed(0)
-        np.random.seed(0)
-        sync()
-        start = time.perf_counter()
-        out = torch.cat(
-            [run(images[j : j + batch_size], labels[j : j + batch_size]) for j in range(0, len(images), batch_size)]
-        )
-        sync()
-        if i > 0:
-            seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), out
+        for name, run in runs.items():
+            torch.manual_seed(0)
+            np.random.seed(0)
+            sync()
+            start = time.perf_counter()
+            outputs[name] = torch.cat(
+                [run(images[j : j + batch_size], labels[j : j + batch_size]) for j in range(0, len(images), batch_size)]
+            )
+            sync()
+            if i > 0:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(seconds[name]), outputs[name]) for name in runs}
 
 
 def main() -> None:
@@ -150,15 +158,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model, images, labels = load(args.model, args.n, device)
-    floor, _ = timed(lambda x, y: floor_pass(model, x, y), images, labels, args.batch_size, args.repeats)
 
     print(
         f"model {args.model}  device {device}  images {len(images)}x{tuple(images.shape[1:])}  "
-        f"batch {args.batch_size}  threads {torch.get_num_threads()}  repeats {args.repeats} (median)"
+        f"batch {args.batch_size}  threads {torch.get_num_threads()}  median of {args.repeats} after a warm-up"
     )
-    print(f"floor (one forward+backward over all images): {floor:.4f} s")
+    print("floor: one forward+backward pass (input gradient only) over the same images, timed alongside each attack")
     header = (
-        f"{'attack':<9} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} "
+        f"{'attack':<9} {'floor s':>8} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} "
         f"{'success ART/nat':>16} {'max|diff|':>10}"
     )
     print(header)
@@ -166,14 +173,20 @@ def main() -> None:
     for name, (art, native) in attacks(args.batch_size).items():
         if args.only and name not in args.only:
             continue
-        art_s, art_adv = timed(lambda x, y: art.generate(model, x, y), images, labels, args.batch_size, args.repeats)
-        nat_s, nat_adv = timed(lambda x, y: native.generate(model, x, y), images, labels, args.batch_size, args.repeats)
+        runs = {
+            "floor": functools.partial(floor_pass, model),
+            "art": functools.partial(art.generate, model),
+            "native": functools.partial(native.generate, model),
+        }
+        result = measure(runs, images, labels, args.batch_size, args.repeats)
+        (floor, _), (art_s, art_adv), (nat_s, nat_adv) = result["floor"], result["art"], result["native"]
         with torch.no_grad():
             success = [float((model(adv).argmax(1) != labels).float().mean()) for adv in (art_adv, nat_adv)]
         diff = float((art_adv - nat_adv).abs().max())
         print(
-            f"{name:<9} {art_s:>9.4f} {nat_s:>9.4f} {art_s / nat_s:>7.1f}x {nat_s / floor:>8.2f}x "
-            f"{success[0]:>7.1%} / {success[1]:>6.1%} {diff:>10.2e}"
+            f"{name:<9} {floor:>8.4f} {art_s:>9.4f} {nat_s:>9.4f} {art_s / nat_s:>7.1f}x {nat_s / floor:>8.2f}x "
+            f"{success[0]:>7.1%} / {success[1]:>6.1%} {diff:>10.2e}",
+            flush=True,
         )
 
 

@@ -1,6 +1,7 @@
 """tracekit: trace and detect adversarial attacks through feature response maps.
 
-The stable Python API: `load_spec`, `run`, `create(kind, name, **params)`, `available(kind)`.
+The stable Python API: `load_spec`, `run`, `create(kind, name, **params)`, `available(kind)`,
+`explain(images)` and `detect(run_dir, images)`.
 `import tracekit` is light; torch, ART and friends load when a component is built.
 """
 

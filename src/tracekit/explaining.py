@@ -7,7 +7,6 @@ response (gray map) and the local-entropy map of that response.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

@@ -31,6 +31,15 @@ class Calibration(BaseModel):
     target_fpr: float = Field(0.05, gt=0, lt=1)
 
 
+class Evaluation(BaseModel):
+    """Uncertainty of the reported metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap: int = Field(1000, ge=0, le=100_000)  # resamples for confidence intervals; 0 = none
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
 class Spec(BaseModel):
     """A detection run (`detector`) or a comparison (`detectors`)."""
 
@@ -45,6 +54,7 @@ class Spec(BaseModel):
     detector: Component | None = None
     detectors: list[Component] | None = Field(None, min_length=1)
     calibration: Calibration = Calibration()
+    evaluation: Evaluation = Evaluation()
     batch_size: int = Field(128, gt=0)
     provenance: dict[str, Any] | None = None  # written by `run`; ignored on input
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_score, recall_score, roc_auc_score, roc_curve
 
-from tracekit.engine.metrics import calibrate_threshold, detection_metrics, tpr_at_fpr
+from tracekit.engine.metrics import _auc, bootstrap_ci, calibrate_threshold, detection_metrics, tpr_at_fpr
 
 
 @pytest.fixture
@@ -23,13 +23,46 @@ def test_auc_precision_recall_match_sklearn(scores):
     assert m["fpr"] == pytest.approx(np.mean(clean > threshold))
 
 
-def test_tpr_at_fpr_matches_roc_curve(scores):
+@pytest.mark.parametrize("seed", range(6))
+def test_tpr_at_fpr_matches_full_roc_curve(seed):
+    rng = np.random.default_rng(seed)
+    n0, n1 = rng.integers(5, 300, 2)
+    # few distinct values on some seeds, to exercise ties
+    clean = rng.normal(0, 1, n0).round(seed % 3)
+    adv = rng.normal(1, 1, n1).round(seed % 3)
+    fpr, tpr, _ = roc_curve(np.r_[np.zeros(n0), np.ones(n1)], np.r_[clean, adv], drop_intermediate=False)
+    out = tpr_at_fpr(clean, adv, levels=(0.0, 0.01, 0.05, 0.1, 0.5, 1.0))
+    for level in (0.0, 0.01, 0.05, 0.1, 0.5, 1.0):
+        assert out[str(level)] == pytest.approx(tpr[fpr <= level + 1e-12].max())
+
+
+def test_batched_auc_matches_sklearn(scores):
     clean, adv = scores
-    fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(clean)), np.ones(len(adv))], np.r_[clean, adv])
-    out = tpr_at_fpr(clean, adv)
-    for level in (0.01, 0.05, 0.1):
-        assert out[str(level)] == pytest.approx(tpr[fpr <= level].max())
-    assert out["0.01"] <= out["0.05"] <= out["0.1"]
+    y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+    assert _auc(clean, adv) == pytest.approx(roc_auc_score(y, np.r_[clean, adv]))
+    assert _auc(clean.round(), adv.round()) == pytest.approx(roc_auc_score(y, np.r_[clean.round(), adv.round()]))
+
+
+def test_bootstrap_ci_covers_estimate_and_shrinks_with_more_samples():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (50, 800):
+        clean, adv = rng.normal(0, 1, n), rng.normal(0.8, 1, n)
+        m = detection_metrics(clean, adv, calibrate_threshold(clean, 0.05))
+        ci = bootstrap_ci(clean, adv, samples=500, confidence=0.95, seed=0)
+        lo, hi = ci["auc_ci"]
+        assert lo <= m["auc"] <= hi
+        for level, (tlo, thi) in ci["tpr_at_fpr_ci"].items():
+            assert tlo <= m["tpr_at_fpr"][level] <= thi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+
+
+def test_bootstrap_is_seeded():
+    rng = np.random.default_rng(2)
+    clean, adv = rng.normal(0, 1, 100), rng.normal(1, 1, 100)
+    assert bootstrap_ci(clean, adv, 200, 0.95, 7) == bootstrap_ci(clean, adv, 200, 0.95, 7)
+    assert bootstrap_ci(clean, adv, 200, 0.95, 7) != bootstrap_ci(clean, adv, 200, 0.95, 8)
 
 
 @pytest.mark.parametrize("target", [0.01, 0.05, 0.1, 0.3])

@@ -56,8 +56,13 @@ def test_metrics_keys_exactly_as_designed(result):
         assert set(m) == {
             "n_clean", "n_attacked", "success_rate", "gt_confidence", "target_confidence", "auc",
             "tpr_at_fpr", "threshold", "fpr", "precision", "recall", "seconds",  # DESIGN.md's keys
-            "cached_batches",  # added: how many attack batches came from the cache
+            # added beyond DESIGN.md:
+            "cached_batches", "auc_ci", "tpr_at_fpr_ci", "perturbation", "failed",
         }
+        assert set(m["perturbation"]) == {"l2", "linf"} and set(m["failed"]) == {"n", "auc", "flag_rate"}
+        assert m["failed"]["n"] + m["n_attacked"] == m["n_clean"]
+        if m["auc"] is not None:
+            assert m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1]
         assert set(m["tpr_at_fpr"]) == {"0.01", "0.05", "0.1"}
         assert m["n_clean"] == metrics["data"]["n_test"]
 
@@ -130,3 +135,10 @@ def test_no_gpu_device_is_bad_input(tmp_path):
         pytest.skip("a GPU is present")
     with pytest.raises(tracekit.TracekitError, match="no CUDA GPU"):
         run(tiny_spec(), out=tmp_path / "r", device="cuda")
+
+
+def test_perturbation_sizes_measured(result):
+    m = result.metrics["attacks"]["sign-noise"]
+    if m["n_attacked"]:
+        assert m["perturbation"]["linf"] == pytest.approx(0.3, abs=1e-5)  # sign noise of eps 0.3
+        assert 0 < m["perturbation"]["l2"] <= 0.3 * 16 + 1e-5  # sqrt(256 pixels) * eps

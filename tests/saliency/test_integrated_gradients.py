@@ -15,8 +15,10 @@ def images(n: int = 6, channels: int = 1, seed: int = 1) -> torch.Tensor:
     return torch.rand(n, channels, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("steps", [2, 7, 32])
-@pytest.mark.parametrize("chunk", [1, 20, 1000], ids=["one-step-per-pass", "3-steps-per-pass", "all-steps"])
+@pytest.mark.parametrize(
+    "steps, chunk",  # chunk = images per forward pass: 6 images, so 1 step, 3 steps, or every step
+    [(2, 1000), (7, 1), (7, 20), (32, 20), (32, 1000)],
+)
 def test_matches_captum_riemann_right(tiny, steps: int, chunk: int) -> None:
     from captum.attr import IntegratedGradients as CaptumIG
 

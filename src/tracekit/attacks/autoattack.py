@@ -2,15 +2,17 @@
 
 Croce & Hein's standard AutoAttack runs APGD-CE, *targeted* APGD-DLR (APGD-T), FAB-T and Square
 (5000 queries). ART 1.20.1's `AutoAttack`, by default, runs APGD-CE and *untargeted* APGD-DLR
-(100 iterations, 5 random restarts each), DeepFool (100 iterations, overshoot 1e-3, which ignores
-`eps` and is kept only where it lands inside the ball) and Square (5000 iterations, 5 restarts),
-each on the images still correctly classified, keeping a result only if it is misclassified and
-within `eps`. Only images that resist the cheaper attacks reach the costly ones, so a large
-enough `eps` keeps it cheap.
+(100 iterations, 5 random restarts each), DeepFool (100 iterations, overshoot 1e-3; it ignores
+`eps`, so its results count only where they land inside the ball) and Square (5000 iterations,
+5 restarts), each on the images still correctly classified, keeping a result only where it is
+misclassified and within `eps`.
 
-The attacks are ART's own default list; they are run by ART's `run_attack` in the order ART's
-`AutoAttack.generate` runs them (untargeted, no pool), because that method imports `multiprocess`,
-which ART does not depend on. The inner attacks' progress bars are switched off.
+Here: the same four attacks with the same settings, run in that order by ART's own `run_attack`
+(as `AutoAttack.generate` does untargeted, without a pool; that method itself imports
+`multiprocess`, which ART does not depend on), without progress bars, and with a cheaper default
+budget: `restarts=1` and `square_max_iter=1000` (ART: 5 and 5000); `max_iter` sets APGD's and
+DeepFool's iterations (ART: 100 both). Square on images that resist the gradient attacks dominates
+the cost (minutes per batch at ART's budget on a CPU).
 """
 
 import contextlib
@@ -24,57 +26,76 @@ from .art_classifier import ArtAttack
 from .pgd import Eps, Norm, art_norm
 
 if TYPE_CHECKING:
-    from art.attacks.evasion import AutoAttack as ArtAutoAttack
     from art.estimators.classification import PyTorchClassifier
 
 
-class _Untargeted:
-    """ART `AutoAttack.generate`'s untargeted, sequential pass over `auto.attacks`."""
+class _Sequential:
+    """ART `AutoAttack.generate`'s untargeted pass: each attack on the images still robust."""
 
-    def __init__(self, auto: "ArtAutoAttack") -> None:
-        self.auto = auto
+    def __init__(self, classifier: "PyTorchClassifier", attacks: list[Any], norm: float, eps: float) -> None:
+        self.classifier, self.attacks, self.norm, self.eps = classifier, attacks, norm, eps
 
     def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         from art.attacks.evasion.auto_attack import run_attack
         from art.utils import to_categorical
 
-        estimator, x_adv = self.auto.estimator, x.copy()
-        y = to_categorical(y, estimator.nb_classes)
-        robust = np.argmax(estimator.predict(x, batch_size=self.auto.batch_size), axis=1) == np.argmax(y, axis=1)
-        for attack in self.auto.attacks:
+        y = to_categorical(y, self.classifier.nb_classes)
+        robust = np.argmax(self.classifier.predict(x), axis=1) == np.argmax(y, axis=1)
+        x_adv = x.copy()
+        for attack in self.attacks:
             if not robust.any():
                 break
             x_adv, robust = run_attack(
                 x=x_adv, y=y, sample_is_robust=robust, attack=attack,
-                estimator_orig=estimator, norm=self.auto.norm, eps=self.auto.eps,
+                estimator_orig=self.classifier, norm=self.norm, eps=self.eps,
             )  # fmt: skip
         return x_adv
 
 
 class AutoAttack(ArtAttack):
-    """ART's `AutoAttack` with its default attack list, untargeted, without progress bars."""
+    """ART's default AutoAttack list (APGD-CE, APGD-DLR, DeepFool, Square) with a configurable budget."""
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(
+        self, norm: float, eps: float, eps_step: float, batch_size: int, max_iter: int, restarts: int, square_max_iter: int
+    ) -> None:
         super().__init__()
-        self.params = params
+        self.norm, self.eps, self.eps_step, self.batch_size = norm, eps, eps_step, batch_size
+        self.max_iter, self.restarts, self.square_max_iter = max_iter, restarts, square_max_iter
 
     def build(self, classifier: "PyTorchClassifier") -> Any:
-        from art.attacks.evasion import AutoAttack as ArtAutoAttack
+        from art.attacks.evasion import AutoProjectedGradientDescent, DeepFool, SquareAttack
 
         # ART's APGD wraps the model in a new classifier, which moves it to cuda:{current_device()}.
         device = classifier.device
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            auto = ArtAutoAttack(classifier, **self.params, targeted=False)
-        for attack in auto.attacks:
-            attack.set_params(verbose=False)
-        return _Untargeted(auto)
+            attacks: list[Any] = [
+                AutoProjectedGradientDescent(
+                    classifier, norm=self.norm, eps=self.eps, eps_step=self.eps_step, max_iter=self.max_iter,
+                    targeted=False, nb_random_init=self.restarts, batch_size=self.batch_size, loss_type=loss,
+                    verbose=False,
+                )  # fmt: skip
+                for loss in ("cross_entropy", "difference_logits_ratio")
+            ]
+        attacks.append(
+            DeepFool(classifier, max_iter=self.max_iter, epsilon=1e-3, nb_grads=10, batch_size=self.batch_size, verbose=False)
+        )
+        attacks.append(
+            SquareAttack(
+                classifier, norm=self.norm, max_iter=self.square_max_iter, eps=self.eps, p_init=0.8,
+                nb_restarts=self.restarts, batch_size=self.batch_size, verbose=False,
+            )  # fmt: skip
+        )
+        return _Sequential(classifier, attacks, self.norm, self.eps)
 
 
 def autoattack(
     norm: Norm = "inf",
     eps: Eps = 0.1,
     eps_step: Annotated[float, Field(gt=0)] = 0.03,
+    max_iter: Annotated[int, Field(gt=0)] = 100,
+    restarts: Annotated[int, Field(gt=0)] = 1,
+    square_max_iter: Annotated[int, Field(gt=0)] = 1000,
     batch_size: Annotated[int, Field(gt=0)] = 128,
 ) -> AutoAttack:
     """AutoAttack as ART runs it (APGD-CE, APGD-DLR, DeepFool, Square), not Croce & Hein's APGD-T/FAB-T set."""
-    return AutoAttack(norm=art_norm(norm), eps=eps, eps_step=eps_step, batch_size=batch_size)
+    return AutoAttack(art_norm(norm), eps, eps_step, batch_size, max_iter, restarts, square_max_iter)

@@ -42,8 +42,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(data, indent=2))
             return
         table = Table(title="tracekit components")
-        for column in ("kind", "name", "distribution", "parameters", "summary"):
-            table.add_column(column)
+        for column in ("kind", "name", "distribution"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("parameters", overflow="fold")
+        table.add_column("summary", overflow="fold", ratio=1)
         for kind, entries in data["components"].items():
             for e in entries:
                 table.add_row(kind, e["name"], e["distribution"], ", ".join(e["parameters"]), escape(e["summary"]))

@@ -24,7 +24,7 @@ from torch import nn
 
 from .layers import model_device
 
-PAPER_BITS = {1: 1, 3: 5}  # channels -> bits of the paper's joint detector (MNIST, CIFAR/ImageNet)
+GRAY_BITS, COLOR_BITS = 1, 5  # the paper's joint detectors: MNIST; CIFAR-10 and ImageNet
 
 
 def reduce_bit_depth(images: torch.Tensor, bits: int) -> torch.Tensor:
@@ -72,7 +72,7 @@ class FeatureSqueezing:
 
     def squeezed(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The squeezed versions of a batch, one per squeezer."""
-        bits = self.bits if self.bits is not None else PAPER_BITS[1 if images.shape[1] == 1 else 3]
+        bits = self.bits or (GRAY_BITS if images.shape[1] == 1 else COLOR_BITS)
         return [reduce_bit_depth(images, bits)] + [median_filter(images, s) for s in self.median_sizes]
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -86,8 +86,8 @@ def mc_dropout(model: nn.Module, layer: str, rate: float) -> Iterator[None]:
 @contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Torch's random state seeded with `seed` for the block (CPU and `device`), restored afterwards."""
-    accelerator = device.type != "cpu"
-    with torch.random.fork_rng(devices=[device] if accelerator else [], device_type=device.type if accelerator else "cuda"):
+    devices, kind = ([device], device.type) if device.type != "cpu" else ([], "cuda")
+    with torch.random.fork_rng(devices=devices, device_type=kind):
         torch.manual_seed(seed)
         yield
 
@@ -97,7 +97,9 @@ class KernelDensityUncertainty:
 
     needs_adversarial_fit = True
 
-    def __init__(self, layer: str | None, bandwidth: float, n_samples: int, rate: float, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, layer: str | None, bandwidth: float, n_samples: int, rate: float, batch_size: int, seed: int
+    ) -> None:
         self.layer, self.bandwidth, self.n_samples = layer, bandwidth, n_samples
         self.rate, self.batch_size, self.seed = rate, batch_size, seed
         self.layer_ = ""

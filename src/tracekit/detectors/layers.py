@@ -47,11 +47,11 @@ def model_device(model: nn.Module) -> torch.device:
 
 def check_layers(model: nn.Module, layers: Sequence[str], where: str) -> list[str]:
     """`layers` as a list, or a `TracekitError` naming an unknown one and the closest module names."""
-    known = dict(model.named_modules())
+    known = [name for name, _ in model.named_modules() if name]
     for name in layers:
-        if name not in known or name == "":
+        if name not in known:
             raise TracekitError(
-                f"{where}: model {type(model).__name__} has no layer '{name}'{did_you_mean(name, [n for n in known if n])}; "
+                f"{where}: model {type(model).__name__} has no layer '{name}'{did_you_mean(name, known)}; "
                 "layer names are module names as listed by `model.named_modules()`"
             )
     return list(layers)

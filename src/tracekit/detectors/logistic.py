@@ -1,6 +1,9 @@
 """The logistic regression that turns per-image detector features into one score, as the
 supervised baselines (LID, Mahalanobis, KD+BU) do in their papers: features standardized, then
-scikit-learn's `LogisticRegressionCV` trained on clean fit (0) vs adversarial fit (1) images.
+a logistic regression trained on clean fit (0) vs adversarial fit (1) images. The papers tune the
+regularization by cross-validation (`LogisticRegressionCV`); with a handful of standardized
+features and hundreds of images it barely matters, so the default `C=1` is kept (faster, and
+free of that estimator's changing defaults).
 
 Classes are weighted to balance (the papers train on pairs of clean and adversarial images; here
 the adversarials of several attacks may outnumber the clean ones). The score is the decision
@@ -31,23 +34,22 @@ def require_adversarial(adversarial: torch.Tensor | None, where: str) -> torch.T
 
 
 class LogisticCombiner:
-    """Standardize features, then a cross-validated logistic regression (clean 0, adversarial 1)."""
+    """Standardize features, then a logistic regression (clean 0, adversarial 1)."""
 
     def __init__(self) -> None:
         self.pipeline: Any = None
 
     def fit(self, clean: np.ndarray, adversarial: np.ndarray, where: str) -> None:
         """Learn from `[N,F]` clean and `[M,F]` adversarial feature rows."""
-        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        smallest = min(len(clean), len(adversarial))
-        if smallest < MIN_PER_CLASS:
+        if min(len(clean), len(adversarial)) < MIN_PER_CLASS:
             raise TracekitError(f"{where}: needs at least {MIN_PER_CLASS} clean and adversarial fit images")
         x = np.concatenate([clean, adversarial]).astype(np.float64)
         y = np.concatenate([np.zeros(len(clean)), np.ones(len(adversarial))])
-        model = LogisticRegressionCV(cv=min(5, smallest), class_weight="balanced", max_iter=1000)
+        model = LogisticRegression(class_weight="balanced", max_iter=1000)
         self.pipeline = make_pipeline(StandardScaler(), model).fit(x, y)
 
     def score(self, features: np.ndarray) -> torch.Tensor:

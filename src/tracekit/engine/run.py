@@ -28,7 +28,7 @@ from .attack_cache import AttackCache, model_fingerprint
 from .attacking import Generated, generate, seed_everything
 from .data import Samples, collect, predict, split_fit_test
 from .device import resolve_device
-from .metrics import calibrate_threshold, detection_metrics
+from .metrics import bootstrap_ci, calibrate_threshold, detection_metrics
 
 
 @dataclass
@@ -56,6 +56,11 @@ class AttackResult:
     def success(self) -> torch.Tensor:
         """The prediction changed (originals were all correctly classified)."""
         return self.preds != self.labels
+
+    def perturbation(self, originals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image L2 and L-inf norms of `adversarial - originals`."""
+        delta = (self.adversarial - originals).flatten(1)
+        return delta.norm(dim=1), delta.abs().amax(dim=1)
 
 
 @dataclass
@@ -214,7 +219,10 @@ def evaluate(prep: Prepared, detector: Detector, label: str = "") -> Evaluation:
             _row(samples.ids[i], result.key, samples.labels[i], p, int(ok), s)
             for i, p, ok, s in zip(result.indices[in_test].tolist(), result.preds[in_test], success.tolist(), adv_scores)
         ]
-        per_attack[result.key] = _attack_metrics(result, in_test, test_scores, adv_scores, threshold)
+        l2, linf = result.perturbation(samples.images[result.indices])
+        per_attack[result.key] = _attack_metrics(
+            result, in_test, test_scores, adv_scores, threshold, (l2[in_test], linf[in_test]), spec
+        )
     return Evaluation(detector, threshold, per_attack, rows)
 
 
@@ -308,12 +316,20 @@ def _row(sample_id: str, attack: str, label: Any, pred: Any, success: Any, score
 
 
 def _attack_metrics(
-    result: AttackResult, in_test: torch.Tensor, clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: float
+    result: AttackResult,
+    in_test: torch.Tensor,
+    clean_scores: np.ndarray,
+    adv_scores: np.ndarray,
+    threshold: float,
+    norms: tuple[torch.Tensor, torch.Tensor],
+    spec: Spec,
 ) -> dict[str, Any]:
-    """DESIGN.md's per-attack metrics on the test part; only successful adversarials count."""
+    """DESIGN.md's per-attack metrics on the test part (only successful adversarials count),
+    plus bootstrap intervals, perturbation sizes and the failed adversarials' numbers."""
     ok = result.success[in_test]
     labels, preds, probs = result.labels[in_test][ok], result.preds[in_test][ok], result.probs[in_test][ok]
     n_success, n_attacked_images = int(ok.sum()), int(in_test.sum())
+    ok_np = ok.numpy()
     out: dict[str, Any] = {
         "n_clean": len(clean_scores),
         "n_attacked": n_success,
@@ -321,7 +337,23 @@ def _attack_metrics(
         "gt_confidence": float(probs.gather(1, labels[:, None]).mean()) if n_success else None,
         "target_confidence": float(probs.gather(1, preds[:, None]).mean()) if n_success else None,
     }
-    out.update(detection_metrics(clean_scores, adv_scores[ok.numpy()], threshold))
+    out.update(detection_metrics(clean_scores, adv_scores[ok_np], threshold))
+    out.update(
+        bootstrap_ci(
+            clean_scores, adv_scores[ok_np], spec.evaluation.bootstrap, spec.evaluation.confidence, spec.seed
+        )
+    )
+    l2, linf = norms
+    out["perturbation"] = {
+        "l2": float(l2[ok].mean()) if n_success else None,
+        "linf": float(linf[ok].mean()) if n_success else None,
+    }
+    failed = adv_scores[~ok_np]
+    out["failed"] = {
+        "n": int(len(failed)),
+        "auc": detection_metrics(clean_scores, failed, threshold)["auc"],
+        "flag_rate": float(np.mean(failed > threshold)) if len(failed) else None,
+    }
     out["seconds"] = result.generated.seconds
     out["cached_batches"] = result.generated.cached_batches
     return out

@@ -27,7 +27,8 @@ ENTROPY_SIZE = 3  # the paper's 3x3 neighbourhood
 ENTROPY_MAX = math.log2(ENTROPY_SIZE * ENTROPY_SIZE)  # the largest possible 3x3 local entropy (bits)
 MAPS_BATCH = 64
 DPI = 110
-ROW_INCHES, TOP_INCHES, BOTTOM_INCHES = 2.45, 0.95, 0.6  # an image row with its title; margins
+# Image figures: a row (image and its title), the room for titles above and colorbars below.
+ROW_INCHES, AXES_TITLE_INCHES, SUPTITLE_LINE_INCHES, BOTTOM_INCHES = 2.45, 0.45, 0.22, 0.6
 STYLE = {
     "font.size": 9,
     "axes.titlesize": 9,
@@ -36,6 +37,7 @@ STYLE = {
     "figure.titlesize": 11,
     "text.parse_math": False,  # labels and class names are shown literally ('$' is not TeX)
     "image.interpolation": "nearest",
+    "axes.titley": 1.0,  # fixed title position: automatic placement measures every tick (slow)
 }
 CLEAN_COLOR, ADV_COLOR = "#1f77b4", "#d62728"
 
@@ -67,20 +69,25 @@ def _figure(path: Path, layout: str | None = "constrained", **kwargs: Any) -> It
         fig.savefig(path, dpi=DPI, facecolor="white")
 
 
-def _image_grid(fig: Any, nrows: int, ncols: int) -> Any:
-    """`nrows` x `ncols` image axes without ticks, room for two-line titles and colorbars below.
+@contextmanager
+def _image_figure(path: Path, nrows: int, ncols: int, width: float, suptitle: str) -> Iterator[tuple[Any, Any]]:
+    """A figure of `nrows` x `ncols` image axes without ticks under `suptitle`, with room for
+    two-line axes titles and colorbars below; yields `(figure, axes[nrows, ncols])`.
 
     Laid out by hand: constrained layout is slow with dozens of image axes.
     """
-    height = fig.get_size_inches()[1]
-    axes = fig.subplots(
-        nrows, ncols, squeeze=False,
-        gridspec_kw={"left": 0.01, "right": 0.99, "top": 1 - TOP_INCHES / height,
-                     "bottom": BOTTOM_INCHES / height, "wspace": 0.12, "hspace": 0.32},
-    )  # fmt: skip
-    for ax in axes.flat:
-        ax.set_axis_off()
-    return axes
+    top = AXES_TITLE_INCHES + SUPTITLE_LINE_INCHES * (suptitle.count("\n") + 1)
+    height = ROW_INCHES * nrows + top + BOTTOM_INCHES
+    with _figure(path, layout=None, figsize=(width, height)) as fig:
+        axes = fig.subplots(
+            nrows, ncols, squeeze=False,
+            gridspec_kw={"left": 0.01, "right": 0.99, "top": 1 - top / height,
+                         "bottom": BOTTOM_INCHES / height, "wspace": 0.12, "hspace": 0.32},
+        )  # fmt: skip
+        for ax in axes.flat:
+            ax.set_axis_off()
+        fig.suptitle(suptitle, y=1 - 0.1 / height, va="top")
+        yield fig, axes
 
 
 def _colorbar(fig: Any, ax: Any, image: Any, label: str) -> None:
@@ -165,8 +172,11 @@ def score_hist_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.n
         axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
         for ax, name in zip(axes, names):
             ax.hist(clean, bins, density=True, alpha=0.55, color=CLEAN_COLOR, label=f"clean (n={len(clean)})")
-            ax.hist(adversarial[name], bins, density=True, alpha=0.55, color=ADV_COLOR,
-                    label=f"adversarial (n={len(adversarial[name])})")  # fmt: skip
+            if len(adversarial[name]):
+                ax.hist(adversarial[name], bins, density=True, alpha=0.55, color=ADV_COLOR,
+                        label=f"adversarial (n={len(adversarial[name])})")  # fmt: skip
+            else:
+                ax.text(0.5, 0.5, "no successful adversarials", transform=ax.transAxes, ha="center", color=ADV_COLOR)
             ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.4g}")
             ax.set(title=name, xlabel="score", ylabel="density")
             ax.legend()
@@ -191,9 +201,12 @@ def example_figure(
     deltas = adversarials - originals
     peak = float(deltas.abs().max()) if deltas.numel() else 0.0
     span = peak if peak > 0 else 1.0
-    rows = len(examples)
-    with _figure(path, layout=None, figsize=(2.1 * ncols, ROW_INCHES * rows + TOP_INCHES + BOTTOM_INCHES)) as fig:
-        axes = _image_grid(fig, rows, ncols)
+    notes = [title, f"threshold {threshold:.4g}"]
+    if deltas.shape[1] == 3:
+        notes[-1] += f"; perturbations shown ×{0.5 / span:.3g} around gray"
+    if maps is None:
+        notes.append("this detector has no feature response maps: map panels omitted")
+    with _image_figure(path, len(examples), ncols, 2.1 * ncols, "\n".join(notes)) as (fig, axes):
         for row, ex in enumerate(examples):
             ax = axes[row]
             _show_image(ax[0], originals[row])
@@ -218,12 +231,6 @@ def example_figure(
         if maps is not None:
             for column in (4, 6):
                 _colorbar(fig, axes[-1, column], entropy_image, "local entropy (bits)")
-        notes = [f"threshold {threshold:.4g}"]
-        if delta_image is None:
-            notes.append(f"perturbations shown ×{0.5 / span:.3g} around gray")
-        if maps is None:
-            notes.append("this detector has no feature response maps: map panels omitted")
-        fig.suptitle(f"{title}\n{'; '.join(notes)}")
 
 
 def _flag(score: float, threshold: float | None) -> str:
@@ -237,8 +244,13 @@ def explain_panel(
 ) -> None:
     """One image, its feature response and local-entropy map, titled with prediction and score."""
     ncols = 1 if maps is None else 3
-    with _figure(path, layout=None, figsize=(2.6 * ncols + 0.4, ROW_INCHES + TOP_INCHES + BOTTOM_INCHES)) as fig:
-        axes = _image_grid(fig, 1, ncols)[0]
+    headline = f"{result['image']}: score {result['score']:.4g} (no threshold; a run directory as model gives a verdict)"
+    if result.get("verdict"):
+        headline = f"{result['image']}: {result['verdict']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
+    if maps is None:
+        headline += "\nthis detector has no feature response maps"
+    with _image_figure(path, 1, ncols, 2.6 * ncols + 0.4, headline) as (fig, axes):
+        axes = axes[0]
         _show_image(axes[0], image)
         axes[0].set_title(f"input\npred {result['class']} ({result['confidence']:.0%})")
         if maps is not None:
@@ -246,12 +258,6 @@ def explain_panel(
             axes[1].set_title(f"feature response\nscore {result['score']:.4g}{_flag(result['score'], result['threshold'])}")
             axes[2].set_title(f"local entropy\nmean {float(maps[1].mean()):.3f} bits")
             _colorbar(fig, axes[2], entropy_image, "bits")
-        headline = f"{result['image']}: score {result['score']:.4g} (no threshold; a run directory as model gives a verdict)"
-        if result.get("verdict"):
-            headline = f"{result['image']}: {result['verdict']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
-        if maps is None:
-            headline += "\nthis detector has no feature response maps"
-        fig.suptitle(headline)
 
 
 def write_figures(run_dir: Path, result: Any, examples: int = 4) -> dict[str, Any]:

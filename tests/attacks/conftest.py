@@ -1,0 +1,43 @@
+"""Fixtures shared by the attack tests: a tiny CNN trained briefly on a separable problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tracekit.testing import tiny_model
+
+
+def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise in [0.25, 0.75] plus a brighter band of rows whose position is the class."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    images = 0.25 + 0.5 * torch.rand(n, 1, 16, 16, generator=gen)
+    for c in range(3):
+        images[labels == c, :, 5 * c : 5 * c + 5, :] += 0.15
+    return images.clamp(0, 1), labels
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    """The tiny CNN trained for a few steps on `_separable` images, so attacks have something to flip."""
+    model = tiny_model().module
+    images, labels = _separable(128, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(20):
+        opt.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def batch(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctly classified images, all in [0.25, 0.9], as the engine would pass them."""
+    images, labels = _separable(160, seed=1)
+    with torch.no_grad():
+        right = model(images).argmax(1) == labels
+    assert right.sum() >= 100, "the test model did not learn the synthetic problem"
+    return images[right][:100], labels[right][:100]

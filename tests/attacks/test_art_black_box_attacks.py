@@ -1,0 +1,135 @@
+"""The paper's black-box attacks through ART: one-pixel (differential evolution) and the untargeted boundary attack."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tracekit.errors import TracekitError
+from tracekit.plugins import registry
+from tracekit.testing import tiny_model
+
+
+def _attack(name: str, **params):
+    return registry("attack").create(name, **params)
+
+
+def _probs(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(images).softmax(1)
+
+
+def _bright_pixel(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """1x32x32 noise in [0, 0.5] with one pixel at 1, in the top, middle or bottom third of rows (the class)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    images = 0.5 * torch.rand(n, 1, 32, 32, generator=gen)
+    rows = labels * 10 + torch.randint(0, 10, (n,), generator=gen)
+    images[torch.arange(n), 0, rows, torch.randint(0, 32, (n,), generator=gen)] = 1.0
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def pixel_model() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A 1x32x32 tiny CNN that learned to look at single pixels, and 6 images it classifies right."""
+    model = tiny_model(size=32).module
+    images, labels = _bright_pixel(128, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    images, labels = _bright_pixel(64, seed=1)
+    right = _probs(model, images).argmax(1) == labels
+    assert right.sum() >= 6, "the test model did not learn the bright-pixel problem"
+    return model, images[right][:6], labels[right][:6]
+
+
+def _changed_pixels(adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return ((adv - images).abs() > 1e-5).flatten(1).sum(1)
+
+
+def _pixel_run(model, images, labels, **params) -> torch.Tensor:
+    np.random.seed(0)  # ART's differential evolution draws from NumPy's global state
+    return _attack("pixel", **params).generate(model, images, labels)
+
+
+def test_one_pixel_changes_one_pixel_and_flips_predictions(pixel_model, capfd):
+    model, images, labels = pixel_model
+    adv = _pixel_run(model, images, labels, max_iter=5, stop_probability=1.0)  # ART's stopping rule
+    assert adv.shape == images.shape == (6, 1, 32, 32) and adv.dtype == images.dtype
+    assert adv.min() >= 0 and adv.max() <= 1
+    fooled = _probs(model, adv).argmax(1) != labels
+    changed = _changed_pixels(adv, images)
+    assert fooled.float().mean() >= 0.5
+    assert (changed[fooled] == 1).all() and (changed[~fooled] == 0).all()
+    new_values = adv[(adv - images).abs() > 1e-5] * 255  # ART sets a pixel to an 8-bit value
+    assert torch.allclose(new_values, new_values.round(), atol=1e-3)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_pixels_is_the_most_pixels_changed(pixel_model):
+    model, images, labels = pixel_model
+    adv = _pixel_run(model, images[:3], labels[:3], pixels=3, max_iter=2, stop_probability=1.0)
+    assert (_changed_pixels(adv, images[:3]) <= 3).all()
+    assert (_changed_pixels(adv, images[:3]) > 1).any()
+
+
+def test_the_papers_stopping_rule_pushes_the_true_class_below_five_percent(pixel_model):
+    model, images, labels = pixel_model
+    idx = torch.arange(len(labels))
+    first_flip = _probs(model, _pixel_run(model, images, labels, max_iter=30, stop_probability=1.0))[idx, labels]
+    paper = _probs(model, _pixel_run(model, images, labels, max_iter=30))[idx, labels]
+    fooled = first_flip < 0.5
+    assert fooled.float().mean() >= 0.5
+    # the same seeded search, continued past the first misclassification, only lowers the true class
+    assert (paper <= first_flip + 1e-5).all()
+    assert (paper[fooled] < 0.05).float().mean() >= 0.5 > (first_flip[fooled] < 0.05).float().mean()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cma") is not None, reason="cma is installed")
+def test_cma_es_without_cma_is_a_clear_error():
+    with pytest.raises(TracekitError, match="pip install cma"):
+        _attack("pixel", es="cma-es")
+
+
+def _boundary_run(model, images, labels, **params) -> torch.Tensor:
+    np.random.seed(0)
+    return _attack("boundary", **params).generate(model, images, labels)
+
+
+def test_boundary_is_untargeted_and_returns_adversarials_or_originals(model, batch, capfd):
+    images, labels = batch[0][:8], batch[1][:8]
+    adv = _boundary_run(model, images, labels, max_iter=20)
+    assert adv.shape == images.shape and adv.dtype == images.dtype and adv.min() >= 0 and adv.max() <= 1
+    fooled = _probs(model, adv).argmax(1) != labels
+    unchanged = (adv == images).flatten(1).all(1)
+    assert fooled.float().mean() >= 0.75  # a targeted attack with the true labels as targets fools none
+    assert (fooled | unchanged).all()
+    assert capfd.readouterr() == ("", "")
+
+
+def test_boundary_walks_towards_the_original_and_is_seeded(model, batch):
+    images, labels = batch[0][:8], batch[1][:8]
+    start = _boundary_run(model, images, labels, max_iter=1)
+    walked = _boundary_run(model, images, labels, max_iter=20)
+    assert torch.equal(walked, _boundary_run(model, images, labels, max_iter=20))  # ART alone is not reproducible
+    distance = (walked - images).flatten(1).norm(dim=1)
+    assert (distance < 0.5 * (start - images).flatten(1).norm(dim=1)).float().mean() >= 0.75
+
+
+def test_boundary_gives_the_original_back_when_no_noise_image_is_misclassified(batch):
+    images, labels = batch[0][:2], batch[1][:2]
+    constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 3))
+    torch.nn.init.zeros_(constant[1].weight)
+    with torch.no_grad():
+        constant[1].bias.copy_(torch.tensor([0.0, 1.0, 0.0]))  # always class 1
+    labels = torch.ones_like(labels)
+    adv = _boundary_run(constant, images, labels, max_iter=2, init_size=10)
+    assert torch.equal(adv, images)
