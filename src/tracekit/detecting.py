@@ -122,9 +122,19 @@ def load_run(run_dir: str | Path, device: str | None = None) -> ScoringSetup:
     state = read_state(run_dir)
     dev = resolve_device(device or str(state.get("device") or "auto"))
     try:
-        return build_setup(state["model"], state["detector"], dev, float(state["threshold"]))
+        setup = build_setup(state["model"], state["detector"], dev, float(state["threshold"]))
     except TracekitError as exc:
         raise TracekitError(f"run directory {run_dir}: {exc}") from None
+    expected = state.get("model_fingerprint")
+    if expected:
+        from .engine.attack_cache import model_fingerprint
+
+        if model_fingerprint(setup.model.module) != expected:
+            raise TracekitError(
+                f"run directory {run_dir}: the model rebuilt from its spec is not the one the run used "
+                "(its weights changed since); its threshold does not apply to this model"
+            )
+    return setup
 
 
 def detect(run_dir: str | Path, images: Any, device: str | None = None) -> list[dict[str, Any]]:

@@ -263,3 +263,21 @@ def test_explain_missing_model_path_is_a_clear_error(tmp_path):
     result = invoke("explain", tmp_path / "x.png", "--model", tmp_path / "nope.yaml")
     assert result.exit_code == 2
     assert "no such spec file or run directory" in " ".join(result.output.split())
+
+
+def test_detect_refuses_a_model_whose_weights_changed(tmp_path):
+    """detector.json records the model fingerprint; a different model is refused."""
+    import json
+
+    from tracekit.detecting import load_run
+    from tracekit.errors import TracekitError
+
+    run_dir = tmp_path / "fake-run"
+    run_dir.mkdir()
+    state = {
+        "format": 1, "model": {"name": "digits-cnn"}, "model_fingerprint": "0" * 64,
+        "detector": {"name": "feature-response"}, "threshold": 1.0, "device": "cpu",
+    }
+    (run_dir / "detector.json").write_text(json.dumps(state))
+    with pytest.raises(TracekitError, match="not the one the run used"):
+        load_run(run_dir)

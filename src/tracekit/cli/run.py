@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import progress
@@ -20,16 +21,23 @@ DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (ove
 
 def summary_table(metrics: dict[str, Any], title: str) -> Table:
     """Per attack: images, success rate, AUC and TPR at 1/5/10% FPR."""
-    table = Table(title=title)
+    table = Table(title=title, caption="AUC and TPR with bootstrap confidence intervals")
     for column in ("attack", "n_clean", "n_attacked", "success", "AUC", "TPR@1%", "TPR@5%", "TPR@10%", "FPR", "seconds"):
         table.add_column(column, justify="left" if column == "attack" else "right")
     for name, m in metrics["attacks"].items():
-        tpr = m["tpr_at_fpr"]
+        tpr, tpr_ci = m["tpr_at_fpr"], m.get("tpr_at_fpr_ci") or {}
         table.add_row(
-            name, str(m["n_clean"]), str(m["n_attacked"]), fmt(m["success_rate"]), fmt(m["auc"]),
-            fmt(tpr["0.01"]), fmt(tpr["0.05"]), fmt(tpr["0.1"]), fmt(m["fpr"]), fmt(m["seconds"], 1),
+            escape(name), str(m["n_clean"]), str(m["n_attacked"]), fmt(m["success_rate"]),
+            with_ci(m["auc"], m.get("auc_ci")),
+            *(with_ci(tpr[level], tpr_ci.get(level)) for level in ("0.01", "0.05", "0.1")),
+            fmt(m["fpr"]), fmt(m["seconds"], 1),
         )
     return table
+
+
+def with_ci(value: Any, ci: list[float] | None) -> str:
+    """`0.912 [0.880, 0.940]`, or just the value when there is no interval."""
+    return fmt(value) if not ci else f"{fmt(value)}\n[dim][{ci[0]:.3f}, {ci[1]:.3f}][/]"
 
 
 def register(app: typer.Typer) -> None:

@@ -90,11 +90,12 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def write_detector(run_dir: Path, spec: Spec, threshold: float) -> None:
+def write_detector(run_dir: Path, spec: Spec, threshold: float, model_fingerprint: str) -> None:
     """`detector.json`: what `tracekit detect` needs to reuse the run's detector and threshold."""
     state = {
         "format": DETECTOR_FORMAT,
         "model": spec.model,
+        "model_fingerprint": model_fingerprint,
         "detector": spec.detector,
         "threshold": threshold,
         "target_fpr": spec.calibration.target_fpr,
