@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import yaml
@@ -38,6 +38,7 @@ class Evaluation(BaseModel):
 
     bootstrap: int = Field(1000, ge=0, le=100_000)  # resamples for confidence intervals; 0 = none
     confidence: float = Field(0.95, gt=0, lt=1)
+    transfer: bool = True  # learned detectors: fit on one attack, test on each other
 
 
 class Spec(BaseModel):
@@ -55,6 +56,7 @@ class Spec(BaseModel):
     detectors: list[Component] | None = Field(None, min_length=1)
     calibration: Calibration = Calibration()
     evaluation: Evaluation = Evaluation()
+    controls: list[Literal["noise", "randomized-model"]] = []
     batch_size: int = Field(128, gt=0)
     provenance: dict[str, Any] | None = None  # written by `run`; ignored on input
 

@@ -256,13 +256,15 @@ def test_float64_images_keep_their_dtype_and_match_float32(model, batch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_results_stay_on_cuda_and_match_cpu(model, batch):
+def test_cuda_results_stay_on_cuda_and_match_cpu(model, batch, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32, as on the CPU
     images, labels = batch
     gpu_model = copy.deepcopy(model).cuda()
     for make in ATTACKS.values():
         adv = make().generate(gpu_model, images.cuda(), labels.cuda())
-        assert adv.device.type == "cuda"
-        assert torch.allclose(adv.cpu(), make().generate(model, images, labels), atol=1e-4)
+        assert adv.device.type == "cuda" and adv.dtype == images.dtype
+        differs = (adv.cpu() - make().generate(model, images, labels)).abs() > 1e-4
+        assert differs.float().mean() < 1e-3  # only where a gradient is ~0 may a sign differ
 
 
 @pytest.mark.parametrize("norm", [1, "l2", None])

@@ -57,7 +57,7 @@ def test_metrics_keys_exactly_as_designed(result):
             "n_clean", "n_attacked", "success_rate", "gt_confidence", "target_confidence", "auc",
             "tpr_at_fpr", "threshold", "fpr", "precision", "recall", "seconds",  # DESIGN.md's keys
             # added beyond DESIGN.md:
-            "cached_batches", "auc_ci", "tpr_at_fpr_ci", "perturbation", "failed",
+            "cached_batches", "auc_ci", "tpr_at_fpr_ci", "perturbation", "failed", "evasion_rate",
         }
         assert set(m["perturbation"]) == {"l2", "linf"} and set(m["failed"]) == {"n", "auc", "flag_rate"}
         assert m["failed"]["n"] + m["n_attacked"] == m["n_clean"]

@@ -35,8 +35,8 @@ def test_gradient_matches_captum_saliency(tiny, given: bool) -> None:
     from captum.attr import Saliency
 
     x, target = images(), torch.tensor([0, 1, 2, 0, 1, 2])
-    reference = Saliency(tiny.module).attribute(x.clone().requires_grad_(), target=target if given else tiny.module(x).argmax(1),
-                                                abs=False)
+    explained = target if given else tiny.module(x).argmax(1)
+    reference = Saliency(tiny.module).attribute(x.clone().requires_grad_(), target=explained, abs=False)
     ours = gradient().maps(tiny.module, x, target if given else None)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
     assert not torch.equal(ours, ours.abs())  # signed, unlike Captum's default abs=True

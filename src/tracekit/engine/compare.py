@@ -53,12 +53,13 @@ def compare(
     rows: list[dict[str, Any]] = []
     for label, detector in zip(labels, detectors):
         t0 = time.perf_counter()
-        ev = evaluate(prep, detector, label)
+        ev = evaluate(prep, detector, spec.detectors[labels.index(label)], label)
         per_detector[label] = {
             "name": spec.detectors[labels.index(label)]["name"],
             "attacks": ev.per_attack,
             "threshold": ev.threshold,
             "needs_adversarial_fit": bool(detector.needs_adversarial_fit),
+            **ev.extra,
             "seconds": time.perf_counter() - t0,
         }
         rows += [{"detector": label, **row} for row in ev.rows]

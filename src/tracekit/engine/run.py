@@ -8,6 +8,7 @@ fit images are attacked only when the detector needs adversarial fit data.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ..spec import Spec, load_spec, validate_spec
 from . import rundir
 from .attack_cache import AttackCache, model_fingerprint
 from .attacking import Generated, generate, seed_everything
+from .controls import noise_like, noise_metrics, randomized_copy
 from .data import Samples, collect, predict, split_fit_test
 from .device import resolve_device
 from .metrics import bootstrap_ci, calibrate_threshold, detection_metrics
@@ -111,27 +113,43 @@ def load_model(spec: Spec, device: torch.device) -> LoadedModel:
     return model
 
 
-def attack_all(
-    spec: Spec, model: LoadedModel, samples: Samples, indices: torch.Tensor, device: torch.device, use_cache: bool = True
-) -> list[AttackResult]:
-    """Every attack of the spec on the images at `indices` (all correctly classified), cached."""
-    results = []
+def needs_detector(cfg: Mapping[str, Any]) -> bool:
+    """Adaptive attacks target a fitted, calibrated detector; they run after calibration."""
+    return bool(getattr(build("attack", cfg), "needs_detector", False))
+
+
+def run_attack(
+    prep_spec: Spec,
+    index: int,
+    model: LoadedModel,
+    samples: Samples,
+    indices: torch.Tensor,
+    device: torch.device,
+    use_cache: bool,
+    bind: tuple[Detector, dict[str, Any], float] | None = None,
+) -> AttackResult:
+    """Attack `spec.attacks[index]` on the images at `indices` (all correctly classified), cached.
+
+    `bind` = (detector, its spec, threshold) for adaptive attacks; it becomes part of the cache key.
+    """
+    cfg, key = prep_spec.attacks[index], prep_spec.attack_key(index)
     ids = [samples.ids[i] for i in indices.tolist()]
     images, labels = samples.images[indices], samples.labels[indices]
-    fingerprint = model_fingerprint(model.module)
-    for i, cfg in enumerate(spec.attacks):
-        key = spec.attack_key(i)
-        cache = AttackCache(fingerprint, dict(cfg), spec.seed, enabled=use_cache)
-        attack = build("attack", cfg)
-        generated = generate(
-            attack, model.module, ids, images, labels, spec.batch_size, device, spec.seed, cache, f"attack {key}"
-        )
-        if cache.corrupt:
-            from ..progress import console
+    attack = build("attack", cfg)
+    cache_key = dict(cfg)
+    if bind is not None:
+        detector, detector_cfg, threshold = bind
+        attack.bind(detector, threshold)
+        cache_key.update(detector=detector_cfg, threshold=threshold)
+    cache = AttackCache(model_fingerprint(model.module), cache_key, prep_spec.seed, enabled=use_cache)
+    generated = generate(
+        attack, model.module, ids, images, labels, prep_spec.batch_size, device, prep_spec.seed, cache, f"attack {key}"
+    )
+    if cache.corrupt:
+        from ..progress import console
 
-            console.print(f"[yellow]warning:[/] {cache.corrupt} corrupt cache entr(y/ies) of {key} recomputed")
-        results.append(AttackResult(key, indices, labels, generated))
-    return results
+        console.print(f"[yellow]warning:[/] {cache.corrupt} corrupt cache entr(y/ies) of {key} recomputed")
+    return AttackResult(key, indices, labels, generated)
 
 
 def score_images(
@@ -161,7 +179,8 @@ class Prepared:
     correct: torch.Tensor
     fit_idx: torch.Tensor
     test_idx: torch.Tensor
-    attacks: list[AttackResult]
+    attacks: list[AttackResult]  # attacks that need no detector, on the attacked images
+    use_cache: bool = True
 
 
 @dataclass
@@ -172,6 +191,7 @@ class Evaluation:
     threshold: float
     per_attack: dict[str, Any]
     rows: list[dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)  # controls beyond per-attack numbers
 
 
 def prepare(spec: Spec, device: torch.device, use_cache: bool, adversarial_fit: bool) -> Prepared:
@@ -184,46 +204,128 @@ def prepare(spec: Spec, device: torch.device, use_cache: bool, adversarial_fit: 
     correct = torch.nonzero(clean_preds == samples.labels).flatten()
     fit_idx, test_idx = split_fit_test(correct, spec.calibration.fit_fraction, spec.seed)
     attacked = torch.cat([fit_idx, test_idx]).sort().values if adversarial_fit else test_idx
-    attacks = attack_all(spec, model, samples, attacked, device, use_cache)
-    return Prepared(spec, device, model, dataset, samples, clean_preds, clean_probs, correct, fit_idx, test_idx, attacks)
+    attacks = [
+        run_attack(spec, i, model, samples, attacked, device, use_cache)
+        for i, cfg in enumerate(spec.attacks)
+        if not needs_detector(cfg)
+    ]
+    return Prepared(
+        spec, device, model, dataset, samples, clean_preds, clean_probs, correct, fit_idx, test_idx, attacks, use_cache
+    )
 
 
-def evaluate(prep: Prepared, detector: Detector, label: str = "") -> Evaluation:
+def _adversarial_fit(prep: Prepared, attacks: list[AttackResult], prefix: str) -> torch.Tensor:
+    """Successful adversarials of fit-part images (for detectors that learn from them)."""
+    parts = [a.adversarial[torch.isin(a.indices, prep.fit_idx) & a.success] for a in attacks]
+    adversarial_fit = torch.cat(parts) if parts else prep.samples.images[:0]
+    if len(adversarial_fit) == 0:
+        raise TracekitError(
+            f"{prefix or 'detector: '}needs adversarial fit data, but no attack succeeded on a fit-part image; "
+            "use stronger attacks or more images"
+        )
+    return adversarial_fit
+
+
+def _fit_and_calibrate(
+    prep: Prepared, detector: Detector, model: LoadedModel, attacks: list[AttackResult], prefix: str
+) -> float:
+    """Fit on the fit part; the threshold at the spec's target FPR on clean fit scores."""
+    adversarial_fit = _adversarial_fit(prep, attacks, prefix) if detector.needs_adversarial_fit else None
+    detector.fit(model.module, prep.samples.images[prep.fit_idx], adversarial_fit)
+    fit_scores = score_images(
+        detector, model, prep.samples.images[prep.fit_idx], prep.spec.batch_size, prep.device, f"{prefix}score fit"
+    )
+    return calibrate_threshold(fit_scores, prep.spec.calibration.target_fpr)
+
+
+def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any], label: str = "") -> Evaluation:
     """Fit `detector` (clean fit images, and adversarials of fit images if it needs them),
-    calibrate its threshold on the clean fit part, score the test part and every attack."""
+    calibrate its threshold on the clean fit part, run the adaptive attacks against it, score
+    the test part and every attack, and run the spec's controls."""
     spec, samples, model, dev, bs = prep.spec, prep.samples, prep.model, prep.device, prep.spec.batch_size
     prefix = f"{label}: " if label else ""
-    adversarial_fit = None
-    if detector.needs_adversarial_fit:
-        parts = [a.adversarial[torch.isin(a.indices, prep.fit_idx) & a.success] for a in prep.attacks]
-        adversarial_fit = torch.cat(parts)
-        if len(adversarial_fit) == 0:
-            raise TracekitError(
-                f"{prefix or 'detector: '}needs adversarial fit data, but no attack succeeded on a fit-part image; "
-                "use stronger attacks or more images"
-            )
-    detector.fit(model.module, samples.images[prep.fit_idx], adversarial_fit)
-    fit_scores = score_images(detector, model, samples.images[prep.fit_idx], bs, dev, f"{prefix}score fit")
-    threshold = calibrate_threshold(fit_scores, spec.calibration.target_fpr)
-    test_scores = score_images(detector, model, samples.images[prep.test_idx], bs, dev, f"{prefix}score clean test")
+
+    def score(images: torch.Tensor, what: str, on: LoadedModel = model, det: Detector = detector) -> np.ndarray:
+        return score_images(det, on, images, bs, dev, f"{prefix}score {what}")
+
+    threshold = _fit_and_calibrate(prep, detector, model, prep.attacks, prefix)
+    test_scores = score(samples.images[prep.test_idx], "clean test")
     rows = [
         _row(samples.ids[i], "clean", samples.labels[i], prep.clean_preds[i], "", s)
         for i, s in zip(prep.test_idx.tolist(), test_scores)
     ]
+    adaptive = [
+        run_attack(spec, i, model, samples, prep.test_idx, dev, prep.use_cache, (detector, dict(detector_cfg), threshold))
+        for i, cfg in enumerate(spec.attacks)
+        if needs_detector(cfg)
+    ]
+    order = {spec.attack_key(i): i for i in range(len(spec.attacks))}
+    attacks = sorted(prep.attacks + adaptive, key=lambda r: order[r.key])
     per_attack: dict[str, Any] = {}
-    for result in prep.attacks:
+    for result in attacks:
         in_test = torch.isin(result.indices, prep.test_idx)
-        adv_scores = score_images(detector, model, result.adversarial[in_test], bs, dev, f"{prefix}score {result.key}")
+        adv_scores = score(result.adversarial[in_test], result.key)
         success = result.success[in_test]
         rows += [
             _row(samples.ids[i], result.key, samples.labels[i], p, int(ok), s)
             for i, p, ok, s in zip(result.indices[in_test].tolist(), result.preds[in_test], success.tolist(), adv_scores)
         ]
         l2, linf = result.perturbation(samples.images[result.indices])
-        per_attack[result.key] = _attack_metrics(
-            result, in_test, test_scores, adv_scores, threshold, (l2[in_test], linf[in_test]), spec
-        )
-    return Evaluation(detector, threshold, per_attack, rows)
+        m = _attack_metrics(result, in_test, test_scores, adv_scores, threshold, (l2[in_test], linf[in_test]), spec)
+        if "noise" in spec.controls:
+            noisy = noise_like(samples.images[result.indices[in_test]], l2[in_test], linf[in_test], spec.seed)
+            m["noise"] = noise_metrics(
+                test_scores, noisy, threshold, lambda x, kind, key=result.key: score(x, f"{key} {kind} noise"),
+                lambda x: predict(model.module, x, bs, dev)[0], result.labels[in_test],
+            )
+        per_attack[result.key] = m
+    extra: dict[str, Any] = {}
+    if "randomized-model" in spec.controls:
+        extra["randomized_model"] = _randomized_model(prep, detector_cfg, attacks, per_attack, prefix)
+    if detector.needs_adversarial_fit and spec.evaluation.transfer and len(prep.attacks) > 1:
+        extra["transfer"] = _transfer(prep, detector_cfg, prefix)
+    return Evaluation(detector, threshold, per_attack, rows, extra)
+
+
+def _randomized_model(
+    prep: Prepared, detector_cfg: Mapping[str, Any], attacks: list[AttackResult], per_attack: dict[str, Any], prefix: str
+) -> dict[str, Any]:
+    """Fit, calibrate and score a fresh detector on a cascading-randomized copy of the model;
+    each attack's AUC goes beside the real one (`per_attack[key]["randomized_model"]`)."""
+    module, layers = randomized_copy(prep.model.module, prep.spec.seed)
+    model = dataclasses.replace(prep.model, module=module)
+    detector: Detector = build("detector", detector_cfg)
+    prefix = f"{prefix}randomized model: "
+    threshold = _fit_and_calibrate(prep, detector, model, prep.attacks, prefix)
+    bs, dev = prep.spec.batch_size, prep.device
+    clean = score_images(detector, model, prep.samples.images[prep.test_idx], bs, dev, f"{prefix}score clean test")
+    for result in attacks:
+        keep = torch.isin(result.indices, prep.test_idx) & result.success
+        adv = score_images(detector, model, result.adversarial[keep], bs, dev, f"{prefix}score {result.key}")
+        m = detection_metrics(clean, adv, threshold)
+        per_attack[result.key]["randomized_model"] = {"auc": m["auc"], "tpr_at_fpr": m["tpr_at_fpr"]}
+    return {"layers": layers, "threshold": threshold}
+
+
+def _transfer(prep: Prepared, detector_cfg: Mapping[str, Any], prefix: str) -> dict[str, dict[str, float | None]]:
+    """AUC of a learned detector fitted on one attack's adversarials and tested on each attack's."""
+    bs, dev, model = prep.spec.batch_size, prep.device, prep.model
+    matrix: dict[str, dict[str, float | None]] = {}
+    for source in prep.attacks:
+        detector: Detector = build("detector", detector_cfg)
+        here = f"{prefix}fit on {source.key}: "
+        try:
+            threshold = _fit_and_calibrate(prep, detector, model, [source], here)
+        except TracekitError:
+            matrix[source.key] = {target.key: None for target in prep.attacks}  # no fit adversarials
+            continue
+        clean = score_images(detector, model, prep.samples.images[prep.test_idx], bs, dev, f"{here}score clean test")
+        matrix[source.key] = {}
+        for target in prep.attacks:
+            keep = torch.isin(target.indices, prep.test_idx) & target.success
+            adv = score_images(detector, model, target.adversarial[keep], bs, dev, f"{here}score {target.key}")
+            matrix[source.key][target.key] = detection_metrics(clean, adv, threshold)["auc"]
+    return matrix
 
 
 def data_summary(prep: Prepared) -> dict[str, Any]:
@@ -273,12 +375,13 @@ def run(
     started = time.perf_counter()
     detector: Detector = build("detector", spec.detector)
     prep = prepare(spec, dev, use_cache, detector.needs_adversarial_fit)
-    ev = evaluate(prep, detector)
+    ev = evaluate(prep, detector, spec.detector)
     metrics = {
         "attacks": ev.per_attack,
         "data": data_summary(prep),
         "threshold": ev.threshold,
         "target_fpr": spec.calibration.target_fpr,
+        **ev.extra,
         "seconds": time.perf_counter() - started,
     }
     record_provenance(prep)
@@ -348,6 +451,9 @@ def _attack_metrics(
         "l2": float(l2[ok].mean()) if n_success else None,
         "linf": float(linf[ok].mean()) if n_success else None,
     }
+    out["evasion_rate"] = (
+        float(np.mean(ok_np & (adv_scores <= threshold))) if n_attacked_images else None
+    )  # prediction changed AND not flagged: success against model and detector together
     failed = adv_scores[~ok_np]
     out["failed"] = {
         "n": int(len(failed)),

@@ -25,6 +25,7 @@ when samples do not interact (no batch statistics).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,10 +59,15 @@ class _GuidedReLU(torch.autograd.Function):
 
 
 class GuidedReLUMode(TorchFunctionMode):
-    """While active (on this thread), every ReLU call gets the guided backward; `calls` counts them."""
+    """While active (on this thread), every ReLU call gets the guided backward; `calls` counts them.
 
-    def __init__(self) -> None:
+    `relu(x, inplace)` replaces each call (default: the exact guided ReLU); the entropy surrogate
+    passes a smoothed one.
+    """
+
+    def __init__(self, relu: Callable[[torch.Tensor, bool], torch.Tensor] = _GuidedReLU.apply) -> None:
         super().__init__()
+        self.relu = relu
         self.calls = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -73,7 +79,7 @@ class GuidedReLUMode(TorchFunctionMode):
             func is F.relu and bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
         )
         self.calls += 1
-        return _GuidedReLU.apply(x, inplace)
+        return self.relu(x, inplace)
 
 
 class GuidedBackprop:

@@ -53,7 +53,7 @@ class SmoothGrad:
                 noisy = copies + noise * (self.noise * span).repeat_interleave(n).view(-1, 1, 1, 1)
                 maps = self.base.maps(model, noisy, part_target.repeat_interleave(n))
                 out.append(maps.detach().view(len(part), n, *maps.shape[1:]).mean(1))
-            return torch.cat(out) if out else torch.zeros_like(images)
+            return torch.cat(out)  # split() gives at least one part, even of an empty batch
 
 
 def smoothgrad(

@@ -1,0 +1,165 @@
+"""`adaptive-entropy`: white-box PGD against the classifier AND the paper's detector (Tramer et al. 2020).
+
+Each step descends `margin + lambda * surrogate`, where `margin = max(z_true - max_other z, -confidence)`
+(C&W's margin on the logits: pushes the prediction off the true class, and stops pulling once it
+is `confidence` past the boundary) and `surrogate` is `tracekit.scores.entropy_surrogate`'s
+differentiable stand-in for the detector's score (guided backprop of a softplus-smoothed network,
+soft gray conversion, kernel estimate of the local entropy; see that module). Decisions use the
+REAL detector (BPDA style: surrogate for gradients, real score for decisions): after every step,
+an image's iterate is kept when it is misclassified and its real score is the lowest seen so far,
+and an image is done once that score is at most the bound threshold (a success: it changed the
+prediction and evades). `lambdas` is searched in the given order, each value a fresh PGD run on
+the images not yet done; images never misclassified keep the first run's last iterate.
+
+The engine builds it after the detector is fitted and calibrated: `needs_detector = True`, then
+`bind(detector, threshold)`, then `generate` in batches.
+No `from __future__ import annotations`: the registry reads the factory's annotations as objects.
+"""
+
+import math
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..errors import TracekitError
+from ..scores.entropy_surrogate import DEFAULT_BETA, DEFAULT_SIGMA, surrogate_score
+from .native import _evaluating, _norm_order, _on_model, _project, _random_ball, _unit
+from .pgd import Eps, Norm
+
+DEFAULT_LAMBDAS = (0.0, 3.0, 10.0, 30.0, 100.0)  # the surrogate's input gradient is ~1/25 of the margin's
+
+
+class AdaptiveEntropy:
+    """PGD on `margin + lambda * entropy surrogate`, judged by the bound detector's real score."""
+
+    needs_detector = True
+
+    def __init__(
+        self,
+        norm: float | str,
+        eps: float,
+        eps_step: float,
+        max_iter: int,
+        lambdas: list[float],
+        beta: float = DEFAULT_BETA,
+        sigma: float = DEFAULT_SIGMA,
+        confidence: float = 1.0,
+        random_init: bool = False,
+        batch_size: int = 64,
+    ) -> None:
+        self.norm, self.eps, self.eps_step, self.max_iter = _norm_order(norm), eps, eps_step, max_iter
+        self.lambdas, self.beta, self.sigma, self.confidence = list(lambdas), beta, sigma, confidence
+        self.random_init, self.batch_size = random_init, batch_size
+        self.detector: Any = None
+        self.threshold = math.nan
+
+    def bind(self, detector: Any, threshold: float) -> None:
+        """Attack `detector` (guided backprop scored by local entropy) at its calibrated `threshold`."""
+        from ..detectors.feature_response import FeatureResponse
+        from ..saliency.guided_backprop import GuidedBackprop
+        from ..scores.entropy import LocalEntropy
+
+        parts = (detector.saliency, detector.scorer) if isinstance(detector, FeatureResponse) else ()
+        if not (
+            parts and isinstance(parts[0], GuidedBackprop) and isinstance(parts[1], LocalEntropy)
+        ):
+            got = " + ".join(type(p).__name__ for p in parts) or type(detector).__name__
+            raise TracekitError(
+                f"attack 'adaptive-entropy' can only attack the feature-response detector with saliency "
+                f"guided-backprop and score local-entropy (its surrogate models exactly that), got {got}; "
+                "use that detector, or a detector-agnostic attack such as pgd"
+            )
+        if not math.isfinite(threshold):
+            raise TracekitError(f"attack 'adaptive-entropy': the detector's threshold must be finite, got {threshold}")
+        self.detector, self.threshold = detector, float(threshold)
+
+    def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial versions of `images` in [0, 1] (same shape, device and dtype)."""
+        if self.detector is None:
+            raise TracekitError(
+                "attack 'adaptive-entropy' needs the detector it attacks: call bind(detector, threshold) "
+                "before generate (a run spec's engine does this after calibration)"
+            )
+        x = _on_model(model, images)
+        labels = labels.to(x.device)
+        with _evaluating(model):
+            parts = [self._attack(model, xs, ys) for xs, ys in zip(x.split(self.batch_size), labels.split(self.batch_size))]
+        return torch.cat(parts).to(images) if parts else images.clone()
+
+    def _attack(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The lambda search on one batch: per image the misclassified iterate of lowest real score."""
+        kept = x.clone()
+        best = torch.full((len(x),), math.inf, dtype=torch.float64, device=x.device)
+        for i, lam in enumerate(self.lambdas):
+            rows = (best > self.threshold).nonzero().squeeze(1)
+            if len(rows) == 0:
+                break
+            last = self._run(model, x, labels, lam, rows, kept, best)
+            if i == 0:
+                never = best[rows] == math.inf
+                kept[rows[never]] = last[never]
+        return kept
+
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, lam: float,
+        rows: torch.Tensor, kept: torch.Tensor, best: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """One PGD run on `x[rows]`, updating `kept`/`best` in place; returns the run's last iterates."""
+        clean = x[rows]
+        adversarial = clean.clone()
+        if self.random_init:
+            adversarial = (clean + _random_ball(clean, self.eps, self.norm)).clamp(0, 1)
+        active = torch.arange(len(rows), device=x.device)  # positions in `rows` still attacked
+        for step in range(self.max_iter + 1):
+            current = adversarial[active]
+            predicted, scores = self._judge(model, current)
+            better = (predicted != labels[rows[active]]) & (scores < best[rows[active]])
+            kept[rows[active[better]]] = current[better]
+            best[rows[active[better]]] = scores[better]
+            pending = best[rows[active]] > self.threshold
+            active, predicted = active[pending], predicted[pending]
+            if step == self.max_iter or len(active) == 0:
+                break
+            grad = self._gradient(model, adversarial[active], labels[rows[active]], predicted, lam)
+            moved = (adversarial[active] - self.eps_step * _unit(grad, self.norm)).clamp(0, 1)
+            adversarial[active] = clean[active] + _project(moved - clean[active], self.eps, self.norm)
+        return adversarial
+
+    def _judge(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's predictions and the detector's real scores."""
+        with torch.no_grad():
+            predicted = model(images).argmax(1)
+        return predicted, self.detector.score(model, images).to(torch.float64)
+
+    def _gradient(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None, lam: float
+    ) -> torch.Tensor:
+        """Input gradient of `margin + lam * surrogate` (surrogate of the map of class `target`)."""
+        images = images.detach().requires_grad_(True)
+        logits = model(images)
+        true = logits.gather(1, labels[:, None]).squeeze(1)
+        other = logits.scatter(1, labels[:, None], -math.inf).amax(1)
+        loss = (true - other).clamp(min=-self.confidence).sum()
+        if lam > 0:
+            size = self.detector.scorer.size
+            loss = loss + lam * surrogate_score(model, images, target, size, self.beta, self.sigma).sum()
+        (grad,) = torch.autograd.grad(loss, images)
+        return grad
+
+
+def adaptive_entropy(
+    norm: Norm = "inf",
+    eps: Eps = 0.1,
+    eps_step: Annotated[float, Field(gt=0)] = 0.01,
+    max_iter: Annotated[int, Field(gt=0)] = 20,
+    lambdas: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1, max_length=8)] = list(DEFAULT_LAMBDAS),  # noqa: B006
+    beta: Annotated[float, Field(gt=0)] = DEFAULT_BETA,
+    sigma: Annotated[float, Field(gt=0)] = DEFAULT_SIGMA,
+    confidence: Annotated[float, Field(ge=0)] = 1.0,
+    random_init: bool = False,
+    batch_size: Annotated[int, Field(gt=0)] = 64,
+) -> AdaptiveEntropy:
+    """Adaptive PGD against the feature-response detector via a differentiable local-entropy surrogate."""
+    return AdaptiveEntropy(norm, eps, eps_step, max_iter, lambdas, beta, sigma, confidence, random_init, batch_size)

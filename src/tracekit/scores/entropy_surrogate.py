@@ -1,0 +1,120 @@
+"""A differentiable surrogate of the paper's score, mean local entropy of the gray guided-backprop map.
+
+The real score is piecewise constant in the input (guided backprop's ReLU masks, the 8-bit
+quantization and the histogram counts have no gradient), so an adaptive attacker differentiates
+this surrogate instead, three smoothings of the real pipeline:
+
+1. Map: guided backprop of a smoothed network. While the map is taken, every ReLU computes
+   `softplus(x; beta)` forward (the "softplus trick" of Dombrowski et al. 2019, "Explanations can
+   be manipulated and geometry is to blame") with a guided backward, `relu(grad) * sigmoid(beta x)`
+   (softplus's own derivative times the positive part of the incoming gradient). The map comes from
+   `torch.autograd.grad(..., create_graph=True)`, so it is differentiable in the input. As beta
+   grows it tends to the real guided-backprop map. The interception is `GuidedReLUMode`'s.
+2. Gray: `g = sum_c |map_c|`, then `255 * clip((g - min g) / (p99(g) - min g), 0, 1)`, the real
+   conversion without the final floor. The normalizer (min and p99, the same linear-interpolation
+   percentile as the real one) is NOT detached: making the map peaky (a few large values that
+   raise p99, the rest squeezed into the lowest 8-bit values) is one way an attacker lowers the
+   entropy, and the surrogate should see it. `|.|` needs no smoothing: its gradient is defined
+   everywhere and a softplus network's map has no exact zeros.
+3. Entropy: the real window entropy is `-(1/n) sum_i log2(c_i / n)` with `c_i` the number of the
+   window's `n` inside entries equal to entry i. The surrogate replaces equality by a Gaussian
+   kernel of width `sigma` (8-bit units): `c_i = sum_j exp(-(v_i - v_j)^2 / (2 sigma^2))`
+   (pairwise kernel density estimate; an indicator kernel gives back the real formula).
+   Neighbours outside the image are not counted, as in the real score.
+
+Memory: a batch of N maps of H x W pixels holds a few `[N, size^2, size^2, H*W]` float tensors
+(and the model's second-order graph); keep batches small for large images.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import TracekitError
+from ..saliency.guided_backprop import GuidedReLUMode, _target_indices
+from .gray import PERCENTILE, percentile_rows
+
+DEFAULT_BETA = 10.0
+DEFAULT_SIGMA = 1.0
+
+
+class _PositiveGradient(torch.autograd.Function):
+    """Identity forward; backward passes only positive gradients (guided backprop's rule).
+
+    The backward is made of differentiable ops, so a `create_graph=True` pass can be differentiated.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
+
+
+def _smooth_guided_relu(x: torch.Tensor, inplace: bool, beta: float) -> torch.Tensor:
+    """softplus(x; beta) forward, `relu(grad) * sigmoid(beta x)` backward; in place where the call was."""
+    out = _PositiveGradient.apply(F.softplus(x.clone() if inplace else x, beta=beta))
+    return x.copy_(out) if inplace else out
+
+
+def smooth_guided_maps(
+    model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None, beta: float = DEFAULT_BETA
+) -> torch.Tensor:
+    """Guided-backprop maps `[N,C,H,W]` of the softplus-smoothed `model`, differentiable in `images`.
+
+    `target` None means the smoothed network's predicted class.
+    """
+    if not images.is_floating_point():
+        raise TracekitError(f"entropy surrogate: images must be floating point in [0, 1], got {images.dtype}")
+    with torch.inference_mode(False), torch.enable_grad():
+        x = images if images.requires_grad else images.detach().clone().requires_grad_(True)
+        with GuidedReLUMode(functools.partial(_smooth_guided_relu, beta=beta)):
+            logits = model(x.clone())
+        target = _target_indices(logits, target, type(model).__name__)
+        (maps,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x, create_graph=True)
+    return maps
+
+
+def soft_gray(maps: torch.Tensor) -> torch.Tensor:
+    """`maps[N,C,H,W]` -> gray `[N,H,W]` in 8-bit units [0, 255], the real conversion without the floor."""
+    if maps.ndim != 4:
+        raise TracekitError(f"entropy surrogate: expected maps of shape [N,C,H,W], got {tuple(maps.shape)}")
+    n, _, h, w = maps.shape
+    g = maps.abs().sum(1).flatten(1)
+    low = g.amin(1, keepdim=True)
+    span = (percentile_rows(g, PERCENTILE)[:, None] - low).clamp(min=torch.finfo(g.dtype).tiny)
+    return (255 * (g - low) / span).clamp(0, 255).view(n, h, w)
+
+
+def soft_local_entropy_map(gray: torch.Tensor, size: int = 3, sigma: float = DEFAULT_SIGMA) -> torch.Tensor:
+    """Kernel estimate of each pixel's `size` x `size` local entropy (bits) of `gray[N,H,W]` (8-bit units)."""
+    n, h, w = gray.shape
+    r = size // 2
+    values = F.unfold(gray[:, None], size, padding=r)  # [N, k, H*W], outside entries read 0
+    inside = F.unfold(gray.new_ones(1, 1, h, w), size, padding=r)  # [1, k, H*W]
+    kernel = torch.exp(-0.5 * ((values[:, :, None] - values[:, None]) / sigma) ** 2)  # [N, k, k, H*W]
+    # Soft count of the inside entries equal to entry i; outside entries get 1 (their log2 is masked).
+    counts = (kernel * inside[:, None]).sum(2) + (1 - inside)
+    n_inside = inside.sum(1, keepdim=True)
+    entropy = -(inside * torch.log2(counts / n_inside)).sum(1) / n_inside[:, 0]
+    return entropy.view(n, h, w)
+
+
+def surrogate_score(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: torch.Tensor | None = None,
+    size: int = 3,
+    beta: float = DEFAULT_BETA,
+    sigma: float = DEFAULT_SIGMA,
+) -> torch.Tensor:
+    """Differentiable surrogate `Tensor[N]` of the mean `size` x `size` local entropy of the gray guided map."""
+    maps = smooth_guided_maps(model, images, target, beta)
+    return soft_local_entropy_map(soft_gray(maps), size, sigma).mean(dim=(1, 2))
