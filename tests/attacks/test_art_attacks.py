@@ -87,16 +87,16 @@ def test_deepfool_flips_nearly_all_with_a_minimal_perturbation(model, batch, cap
     assert capfd.readouterr() == ("", "")
 
 
-def test_carlini_l2_returns_adversarials_or_the_original(model, batch):
+def test_carlini_l2_returns_small_adversarials_or_the_original(model, batch):
     images, labels = batch[0][:16], batch[1][:16]
-    adv = _attack("cw-l2", binary_search_steps=4, max_iter=5).generate(model, images, labels)
+    adv = _attack("cw-l2", binary_search_steps=3, max_iter=5, initial_const=1.0).generate(model, images, labels)
     _check_images(adv, images)
     fooled = _predict(model, adv) != labels
     unchanged = _size(adv, images, math.inf) == 0
-    assert fooled.float().mean() >= 0.5
+    assert fooled.float().mean() >= 0.75
     assert (fooled | unchanged).all()
-    # smaller than a one-step L2 attack that fools as often
-    assert _size(adv, images, 2)[fooled].mean() < 1.0
+    # close to the boundary: half the perturbation does not cross it
+    assert (_predict(model, images + 0.5 * (adv - images)) == labels).float().mean() >= 0.9
 
 
 def test_autoattack_keeps_only_misclassified_results_within_eps(model, batch, capfd):
@@ -155,40 +155,46 @@ def test_the_users_model_is_left_as_it_was(model, batch, name, params):
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
+NORM = "norm must be inf \\(L-inf\\) or 2 \\(L2\\)"
+LINF = "eps must be at most 1 for the L-inf norm"
+POSITIVE, NON_NEGATIVE = "greater than 0", "greater than or equal to 0"
+
+
 @pytest.mark.parametrize(
     "name,bad,message",
     [
-        ("pgd", {"norm": 1}, "norm must be inf .* or 2"),
-        ("pgd", {"norm": "l2"}, "norm must be inf .* or 2"),
-        ("pgd", {"eps": 1.5}, "eps must be at most 1 for the L-inf norm"),
-        ("pgd", {"eps": -0.1}, "eps"),
-        ("pgd", {"eps_step": 0}, "eps_step"),
-        ("pgd", {"max_iter": 0}, "max_iter"),
-        ("pgd", {"num_random_init": -1}, "num_random_init"),
-        ("pgd", {"backend": "jax"}, "backend"),
-        ("deepfool", {"overshoot": -0.1}, "overshoot"),
-        ("deepfool", {"max_iter": 0}, "max_iter"),
-        ("deepfool", {"nb_grads": 0}, "nb_grads"),
-        ("deepfool", {"batch_size": 0}, "batch_size"),
-        ("cw-l2", {"confidence": -1}, "confidence"),
-        ("cw-l2", {"binary_search_steps": 0}, "binary_search_steps"),
-        ("cw-l2", {"learning_rate": 0}, "learning_rate"),
-        ("autoattack", {"norm": 1}, "norm must be inf .* or 2"),
-        ("autoattack", {"eps": 2.0}, "eps must be at most 1 for the L-inf norm"),
-        ("autoattack", {"restarts": 0}, "restarts"),
-        ("boundary", {"step_adapt": 1.0}, "step_adapt"),
-        ("boundary", {"delta": 0}, "delta"),
-        ("boundary", {"max_iter": 0}, "max_iter"),
-        ("boundary", {"min_epsilon": -1}, "min_epsilon"),
-        ("pixel", {"pixels": 0}, "pixels"),
-        ("pixel", {"stop_probability": 0}, "stop_probability"),
-        ("pixel", {"stop_probability": 1.5}, "stop_probability"),
-        ("pixel", {"es": 1}, "es"),
-        ("pixel", {"max_iter": 0}, "max_iter"),
+        ("pgd", {"norm": 1}, NORM),
+        ("pgd", {"norm": "l2"}, NORM),
+        ("pgd", {"eps": 1.5}, LINF),
+        ("pgd", {"eps": -0.1}, POSITIVE),
+        ("pgd", {"eps_step": 0}, POSITIVE),
+        ("pgd", {"max_iter": 0}, POSITIVE),
+        ("pgd", {"num_random_init": -1}, NON_NEGATIVE),
+        ("pgd", {"backend": "jax"}, "'art' or 'native'"),
+        ("deepfool", {"overshoot": -0.1}, NON_NEGATIVE),
+        ("deepfool", {"max_iter": 0}, POSITIVE),
+        ("deepfool", {"nb_grads": 0}, POSITIVE),
+        ("deepfool", {"batch_size": 0}, POSITIVE),
+        ("cw-l2", {"confidence": -1}, NON_NEGATIVE),
+        ("cw-l2", {"binary_search_steps": 0}, POSITIVE),
+        ("cw-l2", {"learning_rate": 0}, POSITIVE),
+        ("autoattack", {"norm": 1}, NORM),
+        ("autoattack", {"eps": 2.0}, LINF),
+        ("autoattack", {"restarts": 0}, POSITIVE),
+        ("boundary", {"step_adapt": 1.0}, "less than 1"),
+        ("boundary", {"delta": 0}, POSITIVE),
+        ("boundary", {"max_iter": 0}, POSITIVE),
+        ("boundary", {"min_epsilon": -1}, NON_NEGATIVE),
+        ("pixel", {"pixels": 0}, POSITIVE),
+        ("pixel", {"stop_probability": 0}, POSITIVE),
+        ("pixel", {"stop_probability": 1.5}, "less than or equal to 1"),
+        ("pixel", {"es": 1}, "'de' or 'cma-es'"),
+        ("pixel", {"max_iter": 0}, POSITIVE),
     ],
 )
 def test_bad_parameters_are_refused_when_the_spec_loads(name, bad, message):
-    with pytest.raises(SpecError, match=f"attacks.0.{next(iter(bad))}: .*{message}"):
+    key = next(iter(bad))
+    with pytest.raises(SpecError, match=f"^attacks\\.0\\.{key}: .*{message}"):
         registry("attack").resolve({"name": name, **bad}, where="attacks.0")
 
 

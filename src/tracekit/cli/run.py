@@ -22,15 +22,38 @@ DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (ove
 def summary_table(metrics: dict[str, Any], title: str) -> Table:
     """Per attack: images, success rate, AUC and TPR at 1/5/10% FPR."""
     table = Table(title=title, caption="AUC and TPR with bootstrap confidence intervals")
-    for column in ("attack", "n_clean", "n_attacked", "success", "AUC", "TPR@1%", "TPR@5%", "TPR@10%", "FPR", "seconds"):
+    columns = ("attack", "n_clean", "n_attacked", "success", "AUC", "TPR@1%", "TPR@5%", "TPR@10%", "FPR", "evades",
+               "L2", "Linf", "seconds")
+    for column in columns:
         table.add_column(column, justify="left" if column == "attack" else "right")
     for name, m in metrics["attacks"].items():
         tpr, tpr_ci = m["tpr_at_fpr"], m.get("tpr_at_fpr_ci") or {}
+        size = m.get("perturbation") or {}
         table.add_row(
             escape(name), str(m["n_clean"]), str(m["n_attacked"]), fmt(m["success_rate"]),
             with_ci(m["auc"], m.get("auc_ci")),
             *(with_ci(tpr[level], tpr_ci.get(level)) for level in ("0.01", "0.05", "0.1")),
-            fmt(m["fpr"]), fmt(m["seconds"], 1),
+            fmt(m["fpr"]), fmt(m.get("evasion_rate")), fmt(size.get("l2"), 2), fmt(size.get("linf"), 3),
+            fmt(m["seconds"], 1),
+        )
+    return table
+
+
+def controls_table(metrics: dict[str, Any]) -> Table | None:
+    """Per attack: its AUC beside the noise controls' and the randomized model's."""
+    rows = [(name, m) for name, m in metrics["attacks"].items() if "noise" in m or "randomized_model" in m]
+    if not rows:
+        return None
+    table = Table(title="controls: is it detecting the attack, or noise / an untrained model?")
+    for column in ("attack", "AUC", "flagged", "sign-noise AUC", "sign flagged", "gauss-noise AUC", "gauss flagged",
+                   "random-model AUC"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for name, m in rows:
+        noise = m.get("noise") or {}
+        sign, gauss = noise.get("sign") or {}, noise.get("gaussian") or {}
+        table.add_row(
+            escape(name), fmt(m["auc"]), fmt(m["recall"]), fmt(sign.get("auc")), fmt(sign.get("flag_rate")),
+            fmt(gauss.get("auc")), fmt(gauss.get("flag_rate")), fmt((m.get("randomized_model") or {}).get("auc")),
         )
     return table
 
@@ -60,4 +83,7 @@ def register(app: typer.Typer) -> None:
             f"{data['n_fit']} fit / {data['n_test']} test, threshold {result.metrics['threshold']:.4f}"
         )
         console.print(summary_table(result.metrics, title))
+        controls = controls_table(result.metrics)
+        if controls is not None:
+            console.print(controls)
         console.print(f"run directory: [bold]{result.out_dir}[/] ({result.metrics['seconds']:.1f} s)")
