@@ -1,6 +1,7 @@
 """ART attacks against tracekit's native torch ones, side by side on the same model and images.
 
-For each attack (fgsm, gradient, pgd, deepfool) it prints ART's seconds, the native seconds, their
+For each attack (fgsm, gradient, pgd, deepfool; built with `tracekit.create` and `backend: art` or
+`backend: native`, parameters in `ATTACKS`) it prints ART's seconds, the native seconds, their
 ratio, and the native time over the *floor*: one bare forward + backward pass of the model over the
 same images (cross-entropy, gradient with respect to the input only). Floor, ART and native take
 turns: one warm-up round, then the median of `--repeats` rounds, each over all `--n` images in
@@ -20,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,48 +31,24 @@ import torch.nn.functional as F
 from torch import nn
 
 import tracekit
-from tracekit.attacks.art_classifier import ArtAttack
-from tracekit.attacks.fast_gradient import fgsm, gradient
-from tracekit.attacks.native import NativeDeepFool, NativePGD
 from tracekit.protocols import Attack
 
-PGD = {"eps": 0.1, "eps_step": 0.01, "max_iter": 10}
-DEEPFOOL = {"max_iter": 50, "overshoot": 0.02, "nb_grads": 10}
-
-
-class ArtBuilt(ArtAttack):
-    """An ART evasion attack made from the classifier, run the way tracekit runs ART attacks."""
-
-    def __init__(self, make: Callable[[Any], Any]) -> None:
-        super().__init__()
-        self.make = make
-
-    def build(self, classifier: Any) -> Any:
-        return self.make(classifier)
+ATTACKS: dict[str, dict[str, object]] = {
+    "fgsm": {"eps": 0.1},
+    "gradient": {"eps": 1.0},
+    "pgd": {"norm": "inf", "eps": 0.1, "eps_step": 0.01, "max_iter": 10},
+    "deepfool": {"max_iter": 50, "overshoot": 0.02, "nb_grads": 10},
+}
 
 
 def attacks(batch_size: int) -> dict[str, tuple[Attack, Attack]]:
-    """(ART, native) pairs with the same parameters."""
-    from art.attacks.evasion import DeepFool, ProjectedGradientDescent
-
-    art_pgd = ArtBuilt(
-        lambda c: ProjectedGradientDescent(c, norm=np.inf, batch_size=batch_size, verbose=False, **PGD)
-    )
-    art_deepfool = ArtBuilt(
-        lambda c: DeepFool(
-            c,
-            max_iter=DEEPFOOL["max_iter"],
-            epsilon=DEEPFOOL["overshoot"],
-            nb_grads=DEEPFOOL["nb_grads"],
-            batch_size=batch_size,
-            verbose=False,
-        )
-    )
+    """(ART, native) pairs with the same parameters, built as a spec builds them."""
     return {
-        "fgsm": (fgsm(eps=0.1, batch_size=batch_size), fgsm(eps=0.1, backend="native")),
-        "gradient": (gradient(eps=1.0, batch_size=batch_size), gradient(eps=1.0, backend="native")),
-        "pgd": (art_pgd, NativePGD(math.inf, **PGD)),
-        "deepfool": (art_deepfool, NativeDeepFool(**DEEPFOOL)),
+        name: (
+            tracekit.create("attack", name, **params, backend="art", batch_size=batch_size),
+            tracekit.create("attack", name, **params, backend="native"),
+        )
+        for name, params in ATTACKS.items()
     }
 
 
@@ -156,6 +131,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch finds no CUDA device here; use --device cpu")
     device = torch.device(args.device)
     model, images, labels = load(args.model, args.n, device)
 

@@ -58,3 +58,8 @@ def test_names_by_pattern(reg):
 def test_unknown_kind():
     with pytest.raises(ValueError):
         Registry("widget")
+
+
+def test_unknown_component_of_a_known_plugin_names_the_plugin():
+    with pytest.raises(UnknownComponentError, match=r"plugin 'tracekit-gradcam', which is not installed.*pip install"):
+        Registry("saliency").get("grad-cam")

@@ -21,6 +21,12 @@ from .errors import PluginError, SpecError, TracekitError, UnknownComponentError
 
 KINDS: tuple[str, ...] = ("model", "dataset", "attack", "saliency", "score", "detector")
 
+# Components of plugin distributions people are likely to name before installing them.
+KNOWN_PLUGINS: dict[tuple[str, str], str] = {
+    ("saliency", "grad-cam"): "tracekit-gradcam",
+    ("score", "cam-spread"): "tracekit-gradcam",
+}
+
 # Keys of a component spec that are not parameters of the factory.
 RESERVED_KEYS = ("name", "label")
 
@@ -85,9 +91,15 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
+            plugin = KNOWN_PLUGINS.get((self.kind, name))
+            if plugin:
+                raise UnknownComponentError(
+                    f"unknown {self.kind} '{name}': it comes from the plugin '{plugin}', which is not installed; "
+                    f"install it (`pip install {plugin}`, or `pip install plugins/{plugin}` in a tracekit checkout)"
+                ) from None
             raise UnknownComponentError(
                 f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
-                f"`tracekit plugins` lists what is installed"
+                f"`tracekit plugins` lists what is installed (a plugin's components appear once it is installed)"
             ) from None
 
     def names(self, pattern: str = "*") -> list[str]:
@@ -102,15 +114,14 @@ class Registry:
 
         Errors name the location (`where`), the bad key and the closest valid parameter.
         """
-        where = where or self.kind
         if not isinstance(spec, Mapping):
-            raise SpecError(f"{where}: expected a mapping like {{name: ...}}, got {spec!r}")
+            raise SpecError(f"{where or self.kind}: expected a mapping like {{name: ...}}, got {spec!r}")
         if "name" not in spec:
-            raise SpecError(f"{where}: missing 'name' (one of: {', '.join(self.names())})")
+            raise SpecError(f"{where or self.kind}: missing 'name' (one of: {', '.join(self.names())})")
         try:
             entry = self.get(str(spec["name"]))
         except UnknownComponentError as exc:
-            raise UnknownComponentError(f"{where}.name: {exc}") from None
+            raise UnknownComponentError(f"{_at(where, 'name')}: {exc}") from None
         params = {k: v for k, v in spec.items() if k not in RESERVED_KEYS}
         try:
             validated = entry.params.model_validate(params)
@@ -138,11 +149,16 @@ def component_spec(kind: str) -> Any:
         from .plugins import registry
 
         try:
-            return registry(kind).resolve(value, where=kind)
+            return registry(kind).resolve(value)
         except TracekitError as exc:
             raise ValueError(str(exc)) from None
 
     return Annotated[dict[str, Any], pydantic.AfterValidator(resolve), pydantic.Field(validate_default=True)]
+
+
+def _at(where: str, key: str) -> str:
+    """`where.key`, or just `key` at the top (nested specs get their location from pydantic)."""
+    return f"{where}.{key}" if where else key
 
 
 def _param_error(exc: pydantic.ValidationError, entry: Entry, where: str) -> str:
@@ -154,12 +170,12 @@ def _param_error(exc: pydantic.ValidationError, entry: Entry, where: str) -> str
             key = str(err["loc"][-1])
             hint = closest(key, known)
             suggestion = f"did you mean '{hint[0]}'?" if hint else f"known: {', '.join(known) or 'none'}"
-            messages.append(f"{where}.{loc}: unknown parameter of {entry.kind} '{entry.name}' ({suggestion})")
+            messages.append(f"{_at(where, loc)}: unknown parameter of {entry.kind} '{entry.name}' ({suggestion})")
         elif err["type"] == "missing":
-            messages.append(f"{where}.{loc}: required parameter of {entry.kind} '{entry.name}' is missing")
+            messages.append(f"{_at(where, loc)}: required parameter of {entry.kind} '{entry.name}' is missing")
         elif err["type"] == "value_error":
-            messages.append(f"{where}.{loc}: {err['ctx']['error']}")
+            messages.append(f"{_at(where, loc)}: {err['ctx']['error']}")
         else:
             got = err.get("input")
-            messages.append(f"{where}.{loc}: {err['msg']} (got {got!r})")
+            messages.append(f"{_at(where, loc)}: {err['msg']} (got {got!r})")
     return "; ".join(messages)

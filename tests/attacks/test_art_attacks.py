@@ -213,15 +213,15 @@ def test_l2_eps_may_exceed_one_and_defaults_are_batched():
         assert registry("attack").resolve({"name": name})["batch_size"] > 1
 
 
-def test_native_backends(model, batch):
+def test_native_backends_get_the_same_parameters(model, batch):
     native = pytest.importorskip("tracekit.attacks.native")
-    images, labels = batch
-    pgd = _attack("pgd", eps=0.05, eps_step=0.01, max_iter=10, backend="native")
+    images, labels = batch[0][:32], batch[1][:32]
+    params = {"eps": 0.05, "eps_step": 0.01, "max_iter": 5}
+    pgd = _attack("pgd", **params, backend="native")
     assert isinstance(pgd, native.NativePGD)
-    adv = pgd.generate(model, images, labels)
-    assert torch.allclose(adv, _attack("pgd", eps=0.05, eps_step=0.01, max_iter=10).generate(model, images, labels), atol=1e-5)
-    deepfool = _attack("deepfool", backend="native", max_iter=50)
+    assert torch.allclose(pgd.generate(model, images, labels), _attack("pgd", **params).generate(model, images, labels), atol=1e-5)
+    params = {"max_iter": 20, "overshoot": 0.1}
+    deepfool = _attack("deepfool", **params, backend="native")
     assert isinstance(deepfool, native.NativeDeepFool)
-    reference = _attack("deepfool", max_iter=50).generate(model, images, labels)
+    reference = _attack("deepfool", **params).generate(model, images, labels)
     assert torch.allclose(deepfool.generate(model, images, labels), reference, atol=1e-4)
-

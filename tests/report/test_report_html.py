@@ -1,11 +1,10 @@
-"""A run's figures and report.html: written, not blank, self-contained, escaped, and offline in Chromium."""
+"""A run's figures and report.html: written, not blank, self-contained, escaped, every metric (intervals,
+perturbations, failed adversarials, controls) shown as in metrics.json, and offline in Chromium."""
 
 import base64
+import dataclasses
 import json
 import re
-import shutil
-import subprocess
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from tracekit.engine.run import run
 from tracekit.hookspecs import Register
 from tracekit.plugins import hookimpl
 from tracekit.report.figures import example_figure, feature_maps, write_figures
+from tracekit.report.html import render_report
 from tracekit.scores import local_entropy_map, to_gray_u8
 from tracekit.testing import testing_plugin, tiny_model
 
@@ -51,6 +51,8 @@ def result(tmp_path_factory):
             "attacks": [{"name": "sign-noise", "eps": 0.3, "label": EVIL_LABEL}, {"name": "sign-noise", "eps": 0.1}],
             "detector": {"name": "feature-response", "score": {"name": "local-entropy"}},
             "calibration": {"fit_fraction": 0.5, "target_fpr": 0.1},
+            "evaluation": {"bootstrap": 200, "confidence": 0.9},
+            "controls": ["noise", "randomized-model"],
             "batch_size": 8,
         }
         yield run(spec, out=tmp_path_factory.mktemp("run"))
@@ -59,19 +61,11 @@ def result(tmp_path_factory):
         plugins.unregister_plugin("tracekit-testing")
 
 
-def png_stats(path):
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        array = np.asarray(image.convert("RGB"))
-    packed = (array.astype(np.uint32) << np.array([16, 8, 0], dtype=np.uint32)).sum(2)
-    return array.shape, array.std(), len(np.unique(packed))
-
-
 FIGURES = ["roc.png", "score_hist.png", "examples_b_x.png", "examples_sign-noise.png"]
 
 
 @pytest.mark.parametrize("name", FIGURES)
-def test_figures_exist_and_are_not_blank(result, name):
+def test_figures_exist_and_are_not_blank(result, name, png_stats):
     shape, std, colors = png_stats(result.out_dir / name)
     assert shape[0] > 300 and shape[1] > 300
     assert std > 20 and colors > 50  # drawn content, not a blank canvas
@@ -111,7 +105,7 @@ def test_feature_maps_are_the_default_gray_conversion_and_local_entropy(result):
     assert torch.equal(entropy, local_entropy_map(expected_gray))
 
 
-def test_detector_without_maps_gets_no_map_panels(result, figures, tmp_path):
+def test_detector_without_maps_gets_no_map_panels(result, figures, tmp_path, png_stats):
     class ScoreOnly:
         needs_adversarial_fit = False
 
@@ -132,106 +126,120 @@ def test_detector_without_maps_gets_no_map_panels(result, figures, tmp_path):
     assert png_stats(tmp_path / "without.png")[1] > 20
 
 
-class _Page(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.images, self.tags, self.rows, self._row = [], [], [], None
 
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
-        if tag == "tr":
-            self._row = []
-
-    def handle_endtag(self, tag):
-        if tag == "tr" and self._row is not None:
-            self.rows.append(self._row)
-            self._row = None
-
-    def handle_data(self, data):
-        if self._row is not None and data.strip():
-            self._row.append(data.strip())
+def shown(value, spec, interval=None):
+    """A metric as the page shows it: formatted (None as an en dash), its interval below it."""
+    text = ["–" if value is None else format(value, spec)]
+    return text + ([f"[{format(interval[0], spec)}, {format(interval[1], spec)}]"] if interval else [])
 
 
 @pytest.fixture(scope="module")
-def page(result):
-    text = (result.out_dir / "report.html").read_text(encoding="utf-8")
-    parser = _Page()
-    parser.feed(text)
-    return text, parser
+def metrics(result):
+    return json.loads((result.out_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def page(result, parse_page):
+    return parse_page((result.out_dir / "report.html").read_text(encoding="utf-8"))
+
+
+def rerender(result, parse_page, metrics):
+    """The report page of `result` with other metrics (figures as written by the run)."""
+    figures = {"roc": "roc.png", "score_hist": "score_hist.png", "examples": []}
+    return parse_page(render_report(dataclasses.replace(result, metrics=metrics), result.out_dir, figures))
 
 
 def test_report_is_self_contained(result, page):
-    text, parser = page
-    assert not re.search(r"https?://|src=\"/|href=|url\(|@import", text)
-    assert {"script", "link", "iframe", "object"}.isdisjoint(parser.tags)
+    assert not re.search(r"https?://|src=\"/|href=|url\(|@import", page.text)
+    assert {"script", "link", "iframe", "object"}.isdisjoint(page.tags)
     inlined = {"roc.png", "score_hist.png", "examples_b_x.png", "examples_sign-noise.png"}
-    assert len(parser.images) == len(inlined)
+    assert len(page.images) == len(inlined)
     prefix = "data:image/png;base64,"
-    assert all(src.startswith(prefix) for src in parser.images)
-    decoded = {base64.b64decode(src[len(prefix) :]) for src in parser.images}
+    assert all(src.startswith(prefix) for src in page.images)
+    decoded = {base64.b64decode(src[len(prefix) :]) for src in page.images}
     assert decoded == {(result.out_dir / name).read_bytes() for name in inlined}
 
 
 def test_report_escapes_every_user_string(page):
-    text, parser = page
     for raw in [EVIL_LABEL, *EVIL_CLASSES]:
-        assert raw not in text
-    assert "&lt;b&gt;&amp;&#34;x" in text
-    assert "b" not in parser.tags and "i" not in parser.tags  # no markup was injected
-    cells = [cell for row in parser.rows for cell in row]
+        assert raw not in page.text
+    assert "&lt;b&gt;&amp;&#34;x" in page.text
+    assert "b" not in page.tags and "i" not in page.tags  # no markup was injected
+    cells = [cell for table in page.tables for row in table["rows"] for cell in row]
     assert EVIL_LABEL in cells  # the label reads back exactly as written
     assert any(name in cell for cell in cells for name in EVIL_CLASSES)  # so do the class names
 
 
-def test_report_metrics_table_matches_metrics_json(result, page):
-    _, parser = page
-    metrics = json.loads((result.out_dir / "metrics.json").read_text())
+def test_report_tables_match_metrics_json(page, metrics):
+    attacks = page.rows_by_label(page.table_with("L2", "L∞", "success rate"))
+    detection = page.rows_by_label(page.table_with("AUC", "TPR@1% FPR", "evasion rate", "flagged"))
+    assert list(attacks) == list(detection) == list(metrics["attacks"]) == [EVIL_LABEL, "sign-noise"]
     for attack, m in metrics["attacks"].items():
-        row = next(r for r in parser.rows if r[0] == attack)
-        assert row[1:3] == [str(m["n_clean"]), str(m["n_attacked"])]
-        assert f"{m['success_rate']:.1%}" in row
-        assert f"{m['auc']:.3f}" in row and f"{m['tpr_at_fpr']['0.05']:.3f}" in row
-        assert f"{m['threshold']:.4g}" in row
-    assert "report-test" in page[0] and "tracekit" in page[0]
+        assert m["auc_ci"] is not None and m["n_attacked"] > 0
+        assert attacks[attack] == [
+            *shown(m["n_clean"], "d"), *shown(m["n_attacked"], "d"), *shown(m["success_rate"], ".1%"),
+            *shown(m["gt_confidence"], ".3f"), *shown(m["target_confidence"], ".3f"),
+            *shown(m["perturbation"]["l2"], ".3g"), *shown(m["perturbation"]["linf"], ".3g"),
+            *shown(m["seconds"], ".1f"), *shown(m["cached_batches"], "d"),
+        ]  # fmt: skip
+        tprs = [cell for level in ("0.01", "0.05", "0.1")
+                for cell in shown(m["tpr_at_fpr"][level], ".3f", m["tpr_at_fpr_ci"][level])]  # fmt: skip
+        assert detection[attack] == [
+            *shown(m["auc"], ".3f", m["auc_ci"]), *tprs,
+            *shown(m["threshold"], ".4g"), *shown(m["fpr"], ".3f"), *shown(m["precision"], ".3f"),
+            *shown(m["recall"], ".3f"), *shown(m["evasion_rate"], ".1%"),
+            *shown(m["failed"]["n"], "d"), *shown(m["failed"]["auc"], ".3f"), *shown(m["failed"]["flag_rate"], ".1%"),
+        ]  # fmt: skip
+    assert "90% bootstrap intervals (200 resamples)" in page.text
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+def test_controls_section_matches_metrics_json(page, metrics):
+    assert "<h2>Controls</h2>" in page.text
+    noise = page.rows_by_label(page.table_with("prediction changed", "flagged"))
+    randomized = page.rows_by_label(page.table_with("trained", "randomized"))
+    assert list(noise) == list(randomized) == list(metrics["attacks"])
+    for attack, m in metrics["attacks"].items():
+        expected = [*shown(m["auc"], ".3f", m["auc_ci"]), *shown(m["tpr_at_fpr"]["0.05"], ".3f", m["tpr_at_fpr_ci"]["0.05"]),
+                    *shown(m["recall"], ".1%")]  # fmt: skip
+        for kind in ("sign", "gaussian"):
+            n = m["noise"][kind]
+            expected += [*shown(n["auc"], ".3f"), *shown(n["flag_rate"], ".1%"), *shown(n["prediction_changed"], ".1%")]
+        assert noise[attack] == expected
+        r = m["randomized_model"]
+        assert randomized[attack] == [*shown(m["auc"], ".3f"), *shown(r["auc"], ".3f"),
+                                      *shown(m["tpr_at_fpr"]["0.05"], ".3f"), *shown(r["tpr_at_fpr"]["0.05"], ".3f")]  # fmt: skip
+    assert metrics["randomized_model"]["layers"] == ["classifier", "features.3", "features.0"]
+    assert "classifier, features.3, features.0" in page.text
+    assert format(metrics["randomized_model"]["threshold"], ".4g") in page.text
 
 
-def _render(tmp_path, html_path, name):
-    """Screenshot `html_path` in headless Chromium; return (screenshot, URLs the page requested)."""
-    shot, netlog = tmp_path / f"{name}.png", tmp_path / f"{name}.netlog.json"
-    command = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-        f"--user-data-dir={tmp_path / f'{name}-profile'}", "--host-resolver-rules=MAP * ~NOTFOUND",
-        f"--log-net-log={netlog}", f"--screenshot={shot}", "--window-size=1200,2000", html_path.as_uri(),
-    ]  # fmt: skip
-    subprocess.run(command, capture_output=True, timeout=120, check=False)
-    assert shot.is_file(), f"chromium wrote no screenshot of {html_path}"
-    log = json.loads(netlog.read_text())
-    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    # Requests the page made carry the file:// page as their network isolation key; Chromium's
-    # own background requests (time sync, accounts) carry other keys.
-    requested = [
-        e["params"]["url"]
-        for e in log["events"]
-        if e["type"] == start_job and "url" in e.get("params", {})
-        and "file://" in e["params"].get("network_isolation_key", "")
-    ]  # fmt: skip
-    return shot, requested
+def test_transfer_matrix_is_a_table_of_attacks(result, parse_page, metrics):
+    matrix = {EVIL_LABEL: {EVIL_LABEL: 0.91, "sign-noise": 0.62}, "sign-noise": {EVIL_LABEL: None, "sign-noise": 0.875}}
+    page = rerender(result, parse_page, {**metrics, "transfer": matrix})
+    table = page.table_with("fitted on \\ tested on")
+    assert table["head"] == ["fitted on \\ tested on", EVIL_LABEL, "sign-noise"]
+    assert page.rows_by_label(table) == {EVIL_LABEL: ["0.910", "0.620"], "sign-noise": ["–", "0.875"]}
+    assert [text for tag, cls, text in page.classes if cls == "diag"] == ["0.910", "0.875"]  # the diagonal
+    assert EVIL_LABEL not in page.text
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
-def test_report_renders_offline_in_headless_chromium(result, tmp_path):
-    control = tmp_path / "control.html"
-    control.write_text('<html><body><img src="http://tracekit-control.invalid/x.png"></body></html>')
-    _, control_requests = _render(tmp_path, control, "control")
-    assert control_requests == ["http://tracekit-control.invalid/x.png"]  # the net log does see page requests
+def test_no_controls_section_and_no_intervals_when_the_run_has_none(result, parse_page, metrics):
+    plain = {key: value for key, value in metrics.items() if key not in ("randomized_model", "transfer")}
+    plain["attacks"] = {
+        attack: {k: v for k, v in m.items() if k not in ("noise", "randomized_model", "auc_ci", "tpr_at_fpr_ci")}
+        for attack, m in metrics["attacks"].items()
+    }
+    page = rerender(result, parse_page, plain)
+    assert "<h2>Controls</h2>" not in page.text
+    assert not [t for t in page.tables if {"prediction changed", "randomized", "fitted on \\ tested on"} & set(t["head"])]
+    assert not [cls for _, cls, _ in page.classes if cls == "ci"]
+    detection = page.rows_by_label(page.table_with("AUC", "evasion rate"))
+    assert detection["sign-noise"][0] == f"{metrics['attacks']['sign-noise']['auc']:.3f}"
+    assert detection["sign-noise"][1] == f"{metrics['attacks']['sign-noise']['tpr_at_fpr']['0.01']:.3f}"
 
-    shot, requests = _render(tmp_path, result.out_dir / "report.html", "report")
+
+def test_report_renders_offline_in_headless_chromium(result, chromium, png_stats):
+    shot, requests = chromium(result.out_dir / "report.html")
     assert requests == []
     shape, std, colors = png_stats(shot)
     assert shape[:2] == (2000, 1200)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .art_classifier import ArtAttack
+from .art_classifier import ArtAttack, model_untouched
 from .pgd import Eps, Norm, art_norm
 
 if TYPE_CHECKING:
@@ -65,9 +65,11 @@ class AutoAttack(ArtAttack):
     def build(self, classifier: "PyTorchClassifier") -> Any:
         from art.attacks.evasion import AutoProjectedGradientDescent, DeepFool, SquareAttack
 
-        # ART's APGD wraps the model in a new classifier, which moves it to cuda:{current_device()}.
+        # ART's APGD wraps the model in a new classifier, which moves it to cuda:{current_device()}
+        # and switches it to eval mode.
         device = classifier.device
-        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        cuda = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with model_untouched(classifier.model), cuda:
             attacks: list[Any] = [
                 AutoProjectedGradientDescent(
                     classifier, norm=self.norm, eps=self.eps, eps_step=self.eps_step, max_iter=self.max_iter,

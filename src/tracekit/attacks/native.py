@@ -89,11 +89,11 @@ def _loss_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> t
 
 
 def _unit(grad: torch.Tensor, norm: float) -> torch.Tensor:
-    """The step of norm 1 that most increases the loss to first order: sign, or direction (0 for a 0 gradient)."""
+    """`grad` turned in place into the unit step that most increases the loss to first order (0 for a 0 gradient)."""
     if norm == math.inf:
-        return grad.sign()
+        return grad.sign_()
     length = grad.flatten(1).norm(dim=1).view(-1, *[1] * (grad.dim() - 1))
-    return grad / length.where(length > 0, 1.0)
+    return grad.div_(length.where(length > 0, 1.0))
 
 
 def _project(delta: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
@@ -132,7 +132,7 @@ class NativeFastGradient:
         with _evaluating(model):
             unit = _unit(_loss_gradient(model, x, labels), self.norm)
             if not self.minimal:
-                return (x + self.eps * unit).clamp(0, 1).to(images)
+                return x.add(unit, alpha=self.eps).clamp_(0, 1).to(images)
             adversarial = x.clone()
             active = torch.arange(len(x), device=x.device)
             steps = minimal_step_count(self.eps, self.eps_step)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import SpecError, TracekitError
+from ..report import write_compare_report
 from ..spec import Spec
 from . import rundir
 from .run import as_spec, build, data_summary, evaluate, prepare, record_provenance, start
@@ -73,7 +74,9 @@ def compare(
     rundir.write_resolved_spec(run_dir, spec)
     rundir.write_metrics(run_dir, metrics)
     rundir.write_scores(run_dir, rows, COMPARE_COLUMNS)
-    return CompareResult(run_dir, metrics, spec, rows)
+    result = CompareResult(run_dir, metrics, spec, rows)
+    write_compare_report(run_dir, result)  # ROC overlays, AUC heatmap and report.html (tracekit.report)
+    return result
 
 
 @dataclass

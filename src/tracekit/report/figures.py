@@ -5,13 +5,16 @@
 - `examples_<attack>.png`: a few test images per attack (successful adversarials first): the
   original, the perturbation (amplified, with its scale), the adversarial, and for the clean and
   the adversarial image the feature response (gray map) and its local-entropy map (Figs. 2-3).
+
+A comparison (`tracekit compare SPEC`) gets `roc_<attack>.png` (one curve per detector) and
+`auc_heatmap.png` (detectors x attacks).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,25 +143,66 @@ def _show_maps(ax_gray: Any, ax_entropy: Any, gray: torch.Tensor, entropy: torch
     return ax_entropy.imshow(entropy.numpy(), cmap="magma", vmin=0, vmax=ENTROPY_MAX)
 
 
-def roc_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.ndarray], aucs: dict[str, float | None]) -> None:
-    """ROC curves of every attack (successful adversarials vs clean test images) in one plot."""
+def split_scores(
+    rows: Iterable[Mapping[str, Any]], attacks: Iterable[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The clean test scores and, per attack of `attacks`, its successful adversarials' scores,
+    from score rows (a run's or one detector's rows of a comparison; in memory or `scores.csv`)."""
+    clean: list[float] = []
+    adversarial: dict[str, list[float]] = {attack: [] for attack in attacks}
+    for row in rows:
+        if row["attack"] == "clean":
+            clean.append(float(row["score"]))
+        elif row["attack"] in adversarial and str(row["success"]) == "1":
+            adversarial[row["attack"]].append(float(row["score"]))
+    return np.array(clean), {attack: np.array(scores) for attack, scores in adversarial.items()}
+
+
+def roc_figure(
+    path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, float | None], title: str
+) -> None:
+    """ROC curves in one plot, one per `name: (clean scores, successful adversarials' scores)`."""
     from sklearn.metrics import roc_curve
 
     with _figure(path, figsize=(5.6, 5.0)) as fig:
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
-        for name, adv in adversarial.items():
+        for name, (clean, adv) in curves.items():
             if len(adv) == 0 or len(clean) == 0:
                 ax.plot([], [], " ", label=f"{name}: no successful adversarials")
                 continue
             y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
             fpr, tpr, _ = roc_curve(y, np.r_[clean, adv])
-            ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {aucs.get(name) or 0:.3f}, n={len(adv)})")
-        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
-               xlabel="false positive rate (clean images flagged)", ylabel="true positive rate (adversarials flagged)",
-               title=f"ROC, test part ({len(clean)} clean images)")  # fmt: skip
+            ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {aucs[name]:.3f}, n={len(adv)})")
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
+               xlabel="false positive rate (clean images flagged)", ylabel="true positive rate (adversarials flagged)")  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
+
+
+def auc_heatmap_figure(path: Path, aucs: dict[str, dict[str, float | None]]) -> None:
+    """ROC AUC of every detector (rows) on every attack (columns), 0.5 (chance) in the middle of
+    the color scale; undefined AUCs (no successful adversarials) in gray."""
+    import matplotlib
+
+    detectors = list(aucs)
+    attacks = list(dict.fromkeys(a for row in aucs.values() for a in row))
+    values = np.ma.masked_invalid(
+        np.array([[np.nan if aucs[d].get(a) is None else aucs[d][a] for a in attacks] for d in detectors], dtype=float)
+    )
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="0.85")
+    width, height = 3.2 + 1.15 * len(attacks), 1.6 + 0.5 * len(detectors)
+    with _figure(path, figsize=(width, height)) as fig:
+        ax = fig.add_subplot()
+        image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        for (i, j), value in np.ndenumerate(values.filled(np.nan)):
+            text = "–" if np.isnan(value) else f"{value:.3f}"
+            ax.text(j, i, text, ha="center", va="center", color="white" if abs(value - 0.5) > 0.4 else "black")
+        tilt = len(attacks) > 3 or max(map(len, attacks), default=0) > 12
+        ax.set_xticks(range(len(attacks)), attacks, rotation=25 if tilt else 0, ha="right" if tilt else "center")
+        ax.set_yticks(range(len(detectors)), detectors)
+        ax.set(xlabel="attack", ylabel="detector", title="ROC AUC on the test part")
+        fig.colorbar(image, ax=ax, label="AUC (0.5 = chance)", shrink=0.9)
 
 
 def score_hist_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.ndarray], threshold: float) -> None:
@@ -269,16 +313,13 @@ def write_figures(run_dir: Path, result: Any, examples: int = 4) -> dict[str, An
     from ..progress import progress
 
     art = result.artifacts
-    clean = np.array([float(r["score"]) for r in result.scores if r["attack"] == "clean"])
-    adversarial = {
-        a.key: np.array([float(r["score"]) for r in result.scores if r["attack"] == a.key and r["success"] == 1])
-        for a in art.attacks
-    }
-    aucs = {key: m.get("auc") for key, m in result.metrics["attacks"].items()}
+    clean, adversarial = split_scores(result.scores, result.metrics["attacks"])
+    aucs = {key: m["auc"] for key, m in result.metrics["attacks"].items()}
     out: dict[str, Any] = {"roc": "roc.png", "score_hist": "score_hist.png", "examples": []}
     taken = {"roc", "score_hist"}
     with progress("figures", total=2 + len(art.attacks), unit="fig") as advance:
-        roc_figure(run_dir / out["roc"], clean, adversarial, aucs)
+        curves = {attack: (clean, adv) for attack, adv in adversarial.items()}
+        roc_figure(run_dir / out["roc"], curves, aucs, f"ROC, test part ({len(clean)} clean images)")
         advance(1)
         score_hist_figure(run_dir / out["score_hist"], clean, adversarial, art.threshold)
         advance(1)
@@ -321,6 +362,39 @@ def _attack_examples(run_dir: Path, result: Any, attack: Any, n: int, taken: set
     title = f"{attack.key}: {len(examples)} test image(s), successful adversarials first"
     example_figure(run_dir / file, title, originals, adversarials, examples, art.threshold, maps)
     return {"attack": attack.key, "file": file, "examples": examples}
+
+
+def write_compare_figures(run_dir: Path, result: Any) -> dict[str, Any]:
+    """The figures of a comparison (`CompareResult`) into `run_dir`: per attack the ROC curves of
+    every detector (clean test vs successful adversarial rows of that detector), and the AUC heatmap.
+
+    Returns `{"heatmap": file, "rocs": [{"attack", "file"}]}`; file names relative to `run_dir`.
+    """
+    from ..progress import progress
+
+    detectors = result.metrics["detectors"]
+    attacks = list(dict.fromkeys(a for entry in detectors.values() for a in entry["attacks"]))
+    per_detector = {
+        label: split_scores((r for r in result.scores if r["detector"] == label), entry["attacks"])
+        for label, entry in detectors.items()
+    }
+    out: dict[str, Any] = {"heatmap": "auc_heatmap.png", "rocs": []}
+    taken: set[str] = set()
+    with progress("figures", total=1 + len(attacks), unit="fig") as advance:
+        auc_heatmap_figure(
+            run_dir / out["heatmap"],
+            {label: {a: m["auc"] for a, m in entry["attacks"].items()} for label, entry in detectors.items()},
+        )
+        advance(1)
+        for attack in attacks:
+            curves = {label: (clean, adv[attack]) for label, (clean, adv) in per_detector.items() if attack in adv}
+            aucs = {label: detectors[label]["attacks"][attack]["auc"] for label in curves}
+            n_clean = max((len(clean) for clean, _ in curves.values()), default=0)
+            file = f"roc_{file_stem(attack, taken)}.png"
+            roc_figure(run_dir / file, curves, aucs, f"{attack}: ROC per detector, test part ({n_clean} clean images)")
+            out["rocs"].append({"attack": attack, "file": file})
+            advance(1)
+    return out
 
 
 def file_stem(name: str, taken: set[str]) -> str:

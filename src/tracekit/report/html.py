@@ -1,32 +1,60 @@
-"""`report.html`: one self-contained page per run (figures inlined as data URIs, inline CSS,
-no scripts, no external requests). Rendered by Jinja2 with autoescaping on: every string from
-the user (spec, labels, class names, sample ids, paths) is HTML-escaped."""
+"""`report.html`: one self-contained page per run or comparison (figures inlined as data URIs,
+inline CSS, no scripts, no external requests). Rendered by Jinja2 with autoescaping on: every
+string from the user (spec, labels, class names, sample ids, paths) is HTML-escaped."""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engine.metrics import FPR_LEVELS
 
-# (column header, metrics.json key, number format); tpr_at_fpr is expanded per FPR level.
-METRIC_COLUMNS = [
-    ("clean", "n_clean", "d"),
-    ("attacked", "n_attacked", "d"),
-    ("success rate", "success_rate", ".1%"),
-    ("GT conf.", "gt_confidence", ".3f"),
-    ("target conf.", "target_confidence", ".3f"),
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+    from ..engine.compare import CompareResult
+    from ..spec import Spec
+
+Column = tuple[str, str, str]  # (header, metrics.json key, number format); "a.b" = m["a"]["b"]
+Group = tuple[str, list[Column]]  # columns under one spanning header
+
+HEADLINE_FPR = 0.05  # the FPR level of the comparison table and the controls
+ROC_COLUMNS: list[Column] = [
     ("AUC", "auc", ".3f"),
     *[(f"TPR@{level:.0%} FPR", f"tpr_at_fpr.{level}", ".3f") for level in FPR_LEVELS],
-    ("threshold", "threshold", ".4g"),
-    ("FPR", "fpr", ".3f"),
-    ("precision", "precision", ".3f"),
-    ("recall", "recall", ".3f"),
-    ("seconds", "seconds", ".1f"),
 ]
+SUCCESS_COLUMNS: list[Column] = [("successful", "n_attacked", "d"), ("success rate", "success_rate", ".1%")]
+ATTACK_GROUPS: list[Group] = [
+    ("adversarials (test part)", [
+        ("clean images", "n_clean", "d"), *SUCCESS_COLUMNS,
+        ("GT conf.", "gt_confidence", ".3f"), ("target conf.", "target_confidence", ".3f"),
+    ]),
+    ("mean perturbation", [("L2", "perturbation.l2", ".3g"), ("L∞", "perturbation.linf", ".3g")]),
+    ("attack cost", [("seconds", "seconds", ".1f"), ("cached batches", "cached_batches", "d")]),
+]  # fmt: skip
+REALIZED_COLUMNS: list[Column] = [
+    ("FPR", "fpr", ".3f"), ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
+    ("evasion rate", "evasion_rate", ".1%"),
+]  # fmt: skip
+FAILED_GROUP: Group = (
+    "failed adversarials", [("n", "failed.n", "d"), ("AUC", "failed.auc", ".3f"), ("flagged", "failed.flag_rate", ".1%")]
+)
+DETECTION_GROUPS: list[Group] = [
+    ("ROC, test part", ROC_COLUMNS),
+    ("calibrated threshold, test part", [("threshold", "threshold", ".4g"), *REALIZED_COLUMNS]),
+    FAILED_GROUP,
+]
+COMPARE_DETAIL_GROUPS: list[Group] = [  # each detector's threshold is in the main table
+    ("adversarials", SUCCESS_COLUMNS),
+    ("ROC, test part", ROC_COLUMNS),
+    ("at the calibrated threshold", REALIZED_COLUMNS),
+    FAILED_GROUP,
+]
+NOISE_TITLES = {"sign": "sign noise, L∞ size", "gaussian": "Gaussian noise, L2 size"}
 
 
 def fmt(value: Any, spec: str = "") -> str:
@@ -38,11 +66,18 @@ def fmt(value: Any, spec: str = "") -> str:
     return str(value)
 
 
-def metric(metrics: dict[str, Any], dotted: str) -> Any:
+def metric(metrics: Mapping[str, Any], dotted: str) -> Any:
     """`metrics["a"]["b"]` for `"a.b"` (the first dot only: FPR levels contain one)."""
     head, _, rest = dotted.partition(".")
     value = metrics.get(head)
-    return value.get(rest) if rest and isinstance(value, dict) else value
+    return value.get(rest) if rest and isinstance(value, Mapping) else value
+
+
+def interval(metrics: Mapping[str, Any], dotted: str) -> list[float] | None:
+    """The confidence interval of a metric (`auc` -> `auc_ci`, `tpr_at_fpr.0.05` ->
+    `tpr_at_fpr_ci.0.05`); None where there is none."""
+    head, dot, rest = dotted.partition(".")
+    return metric(metrics, f"{head}_ci{dot}{rest}")
 
 
 def data_uri(path: Path) -> str:
@@ -55,11 +90,23 @@ def _plain(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def render_report(result: Any, run_dir: Path, figures: dict[str, Any]) -> str:
-    """The report page of a finished run, with the PNGs of `figures` (from `write_figures`) inlined."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined
+def controls(per_attack: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any] | None:
+    """One detector's controls for the page: the attacks with noise and with randomized-model
+    numbers, the run-level randomized model (`layers`, `threshold`) and the transfer matrix;
+    None where it ran none."""
+    transfer = extra.get("transfer") or {}
+    out = {
+        "noise": {attack: m for attack, m in per_attack.items() if m.get("noise")},
+        "randomized": {attack: m for attack, m in per_attack.items() if m.get("randomized_model")},
+        "randomized_model": extra.get("randomized_model"),
+        "transfer": transfer,
+        "transfer_attacks": list(dict.fromkeys(t for row in transfer.values() for t in row)),
+    }
+    return out if out["noise"] or out["randomized"] or out["transfer"] else None
 
-    from ..spec import dump_spec
+
+def _environment() -> Environment:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(
         loader=PackageLoader("tracekit.report", "templates"),
@@ -69,24 +116,51 @@ def render_report(result: Any, run_dir: Path, figures: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     env.filters["fmt"] = fmt
-    env.globals["metric"] = metric
-    provenance = dict(result.spec.provenance or {})
+    env.globals.update(
+        metric=metric,
+        interval=interval,
+        noise_titles=NOISE_TITLES,
+        headline=str(HEADLINE_FPR),  # its key in `tpr_at_fpr`
+        headline_pct=f"{HEADLINE_FPR:.0%}",
+    )
+    return env
+
+
+def _page(template: str, spec: Spec, run_dir: Path, **context: Any) -> str:
+    """Render `template` with what every page shows: name, spec, provenance, interval settings."""
+    from ..spec import dump_spec
+
+    provenance = dict(spec.provenance or {})
     versions = provenance.pop("versions", {}) or {}
+    ev = spec.evaluation
+    return _environment().get_template(template).render(
+        name=spec.name,
+        spec_yaml=dump_spec(spec.model_copy(update={"provenance": None})),
+        versions={k: _plain(v) for k, v in versions.items()},
+        provenance={k: _plain(v) for k, v in provenance.items()},
+        run_dir=str(run_dir),
+        intervals=f"{ev.confidence:.0%} bootstrap intervals ({ev.bootstrap} resamples)" if ev.bootstrap else None,
+        **context,
+    )
+
+
+def render_report(result: Any, run_dir: Path, figures: dict[str, Any]) -> str:
+    """The report page of a finished run, with the PNGs of `figures` (from `write_figures`) inlined."""
     examples = [
         {**entry, "uri": data_uri(run_dir / entry["file"]), "examples": [asdict(e) for e in entry["examples"]]}
         for entry in figures.get("examples", [])
     ]
-    return env.get_template("report.html.j2").render(
-        name=result.spec.name,
-        spec_yaml=dump_spec(result.spec.model_copy(update={"provenance": None})),
+    return _page(
+        "report.html.j2",
+        result.spec,
+        run_dir,
         metrics=result.metrics,
-        columns=METRIC_COLUMNS,
-        versions={k: _plain(v) for k, v in versions.items()},
-        provenance={k: _plain(v) for k, v in provenance.items()},
+        attack_groups=ATTACK_GROUPS,
+        detection_groups=DETECTION_GROUPS,
+        controls=controls(result.metrics["attacks"], result.metrics),
         roc_uri=data_uri(run_dir / figures["roc"]),
         hist_uri=data_uri(run_dir / figures["score_hist"]),
         examples=examples,
-        run_dir=str(run_dir),
     )
 
 
@@ -98,4 +172,39 @@ def write_report(run_dir: Path, result: Any, examples: int = 4) -> Path:
     figures = write_figures(run_dir, result, examples)
     path = run_dir / "report.html"
     path.write_text(render_report(result, run_dir, figures), encoding="utf-8")
+    return path
+
+
+def render_compare_report(result: CompareResult, run_dir: Path, figures: dict[str, Any]) -> str:
+    """The report page of a comparison, with the PNGs of `figures` (from `write_compare_figures`) inlined."""
+    detectors = result.metrics["detectors"]
+    attacks = list(dict.fromkeys(a for entry in detectors.values() for a in entry["attacks"]))
+    by_attack = {
+        attack: {label: entry["attacks"][attack] for label, entry in detectors.items() if attack in entry["attacks"]}
+        for attack in attacks
+    }
+    per_detector = {label: controls(entry["attacks"], entry) for label, entry in detectors.items()}
+    return _page(
+        "compare.html.j2",
+        result.spec,
+        run_dir,
+        metrics=result.metrics,
+        detectors=detectors,
+        attacks=attacks,
+        by_attack=by_attack,
+        detail_groups=COMPARE_DETAIL_GROUPS,
+        controls={label: c for label, c in per_detector.items() if c},
+        heatmap_uri=data_uri(run_dir / figures["heatmap"]),
+        rocs=[{**entry, "uri": data_uri(run_dir / entry["file"])} for entry in figures["rocs"]],
+    )
+
+
+def write_compare_report(run_dir: Path, result: CompareResult) -> Path:
+    """Figures (ROC overlays per attack, AUC heatmap) and `report.html` of a comparison in `run_dir`."""
+    from .figures import write_compare_figures
+
+    run_dir = Path(run_dir)
+    figures = write_compare_figures(run_dir, result)
+    path = run_dir / "report.html"
+    path.write_text(render_compare_report(result, run_dir, figures), encoding="utf-8")
     return path

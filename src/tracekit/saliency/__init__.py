@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..hookspecs import Register
 from ..plugins import hookimpl
+from .targets import check_images, target_classes
 
 
 @hookimpl
@@ -14,3 +15,6 @@ def tracekit_register_saliency(register: Register) -> None:
     register("gradient", gradient.gradient)
     register("integrated-gradients", integrated_gradients.integrated_gradients)
     register("smoothgrad", smoothgrad.smoothgrad)
+
+
+__all__ = ["check_images", "target_classes"]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import TracekitError
+from .targets import check_images, target_classes
 
 _OUT_OF_PLACE = frozenset({F.relu, torch.relu, torch.Tensor.relu})
 _IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})  # F.relu_ is torch.relu_
@@ -87,8 +87,7 @@ class GuidedBackprop:
 
     def maps(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Maps `[N,C,H,W]` (detached) for class `target[i]` of image i; None = predicted class."""
-        if not images.is_floating_point():
-            raise TracekitError(f"guided-backprop: images must be floating point in [0, 1], got {images.dtype}")
+        check_images(images, "guided-backprop")
         # Grad on even under no_grad/inference_mode callers; the leaf is a fresh copy (works for
         # inference tensors) and the model gets a non-leaf copy, so it may modify its input in place.
         with torch.inference_mode(False), torch.enable_grad():
@@ -101,30 +100,9 @@ class GuidedBackprop:
                     "guided backprop equals the plain gradient",
                     stacklevel=2,
                 )
-            target = _target_indices(logits, target, type(model).__name__)
+            target = target_classes(logits, target, "guided-backprop", type(model).__name__)
             (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
         return grad.detach()
-
-
-def _target_indices(logits: Any, target: torch.Tensor | None, model_name: str) -> torch.Tensor:
-    """`target` as a `[N]` long tensor on the logits' device (argmax when None), checked."""
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise TracekitError(f"guided-backprop: {model_name} returned {shape}; expected logits of shape [N, classes]")
-    if target is None:
-        return logits.argmax(1)
-    n, classes = logits.shape
-    target = torch.as_tensor(target, device=logits.device).long()
-    if target.shape != (n,):
-        raise TracekitError(
-            f"guided-backprop: target has shape {tuple(target.shape)}; expected one class index per image, ({n},)"
-        )
-    if n and (target.min() < 0 or target.max() >= classes):
-        raise TracekitError(
-            f"guided-backprop: target classes must lie in 0..{classes - 1} for {model_name}, "
-            f"got {target.min().item()}..{target.max().item()}"
-        )
-    return target
 
 
 def guided_backprop() -> GuidedBackprop:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TracekitError
-from ..saliency.guided_backprop import GuidedReLUMode, _target_indices
+from ..saliency.guided_backprop import GuidedReLUMode
+from ..saliency.targets import check_images, target_classes
 from .gray import PERCENTILE, percentile_rows
 
 DEFAULT_BETA = 10.0
@@ -71,13 +72,12 @@ def smooth_guided_maps(
 
     `target` None means the smoothed network's predicted class.
     """
-    if not images.is_floating_point():
-        raise TracekitError(f"entropy surrogate: images must be floating point in [0, 1], got {images.dtype}")
+    check_images(images, "entropy surrogate")
     with torch.inference_mode(False), torch.enable_grad():
         x = images if images.requires_grad else images.detach().clone().requires_grad_(True)
         with GuidedReLUMode(functools.partial(_smooth_guided_relu, beta=beta)):
             logits = model(x.clone())
-        target = _target_indices(logits, target, type(model).__name__)
+        target = target_classes(logits, target, "entropy surrogate", type(model).__name__)
         (maps,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x, create_graph=True)
     return maps
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tracekit.errors import TracekitError, did_you_mean
-from tracekit.saliency.gradient import check_images, target_classes
+from tracekit.saliency import check_images, target_classes
 
 METHOD = "grad-cam"
 
