@@ -94,17 +94,33 @@ def soft_gray(maps: torch.Tensor) -> torch.Tensor:
 
 
 def soft_local_entropy_map(gray: torch.Tensor, size: int = 3, sigma: float = DEFAULT_SIGMA) -> torch.Tensor:
-    """Kernel estimate of each pixel's `size` x `size` local entropy (bits) of `gray[N,H,W]` (8-bit units)."""
+    """Kernel estimate of each pixel's `size` x `size` local entropy (bits) of `gray[N,H,W]` (8-bit units).
+
+    With r = size // 2, `near[d](q) = k(v(q) - v(q + d)) * inside(q + d)` is computed once for every
+    offset d in [-2r, 2r]^2 on the grid q in [-r, H - 1 + r]^2. Window entry e's soft count at
+    pixel p is `sum_{e'} near[e' - e](p + e)`: a fixed sum over offsets (one matrix product),
+    then read at q = p + e.
+    """
     n, h, w = gray.shape
-    r = size // 2
-    values = F.unfold(gray[:, None], size, padding=r)  # [N, k, H*W], outside entries read 0
-    inside = F.unfold(gray.new_ones(1, 1, h, w), size, padding=r)  # [1, k, H*W]
-    kernel = torch.exp(-0.5 * ((values[:, :, None] - values[:, None]) / sigma) ** 2)  # [N, k, k, H*W]
-    # Soft count of the inside entries equal to entry i; outside entries get 1 (their log2 is masked).
-    counts = (kernel * inside[:, None]).sum(2) + (1 - inside)
-    n_inside = inside.sum(1, keepdim=True)
-    entropy = -(inside * torch.log2(counts / n_inside)).sum(1) / n_inside[:, 0]
-    return entropy.view(n, h, w)
+    r, reach = size // 2, 4 * (size // 2) + 1
+    values = F.unfold(F.pad(gray[:, None], (3 * r,) * 4), reach)  # [N, reach^2, Q]: v(q + d)
+    inside = F.unfold(F.pad(gray.new_ones(1, 1, h, w), (3 * r,) * 4), reach)
+    center = values[:, reach * reach // 2 : reach * reach // 2 + 1]
+    near = torch.exp(-0.5 * ((center - values) / sigma) ** 2) * inside
+    window = [(a, b) for a in range(-r, r + 1) for b in range(-r, r + 1)]
+    offsets = gray.new_zeros(len(window), reach, reach)  # offsets[e, d] = 1 where e + d is in the window
+    for i, (a, b) in enumerate(window):
+        offsets[i, r - a : r - a + size, r - b : r - b + size] = 1
+    counts = torch.einsum("ndq,ed->neq", near, offsets.flatten(1)).view(n, len(window), h + 2 * r, w + 2 * r)
+    entropy = gray.new_zeros(n, h, w)
+    masks = F.pad(gray.new_ones(h, w), (r,) * 4)
+    n_inside = F.conv2d(masks[None, None], gray.new_ones(1, 1, size, size))[0, 0]
+    for i, (a, b) in enumerate(window):
+        mask = masks[r + a : r + a + h, r + b : r + b + w]
+        count = counts[:, i, r + a : r + a + h, r + b : r + b + w]
+        # Outside entries get a count of 1, so their (masked) log is finite.
+        entropy = entropy - mask * torch.log2((count + 1 - mask) / n_inside)
+    return entropy / n_inside
 
 
 def surrogate_score(
