@@ -191,6 +191,7 @@ class Evaluation:
     threshold: float
     per_attack: dict[str, Any]
     rows: list[dict[str, Any]]
+    attacks: list[AttackResult]  # every attack, detector-bound (adaptive) ones included
     extra: dict[str, Any] = field(default_factory=dict)  # controls beyond per-attack numbers
 
 
@@ -284,7 +285,7 @@ def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any]
         extra["randomized_model"] = _randomized_model(prep, detector_cfg, attacks, per_attack, prefix)
     if detector.needs_adversarial_fit and spec.evaluation.transfer and len(prep.attacks) > 1:
         extra["transfer"] = _transfer(prep, detector_cfg, prefix)
-    return Evaluation(detector, threshold, per_attack, rows, extra)
+    return Evaluation(detector, threshold, per_attack, rows, attacks, extra)
 
 
 def _randomized_model(
@@ -391,7 +392,7 @@ def run(
     rundir.write_detector(run_dir, spec, ev.threshold, model_fingerprint(prep.model.module))
     artifacts = RunArtifacts(
         prep.model, prep.samples, prep.clean_preds, prep.clean_probs, prep.fit_idx, prep.test_idx,
-        prep.attacks, detector, ev.threshold, dev,
+        ev.attacks, detector, ev.threshold, dev,
     )
     result = RunResult(run_dir, metrics, spec, ev.rows, artifacts)
     write_report(run_dir, result)  # figures and report.html (tracekit.report)

@@ -69,7 +69,8 @@ def provenance(spec: Spec, device: torch.device, plugin_dists: set[str], extra: 
         "python": platform.python_version(),
     }
     for dist in sorted(plugin_dists):
-        versions.setdefault(dist, _version(dist))
+        if _version(dist) is not None:  # plugins registered at run time have no distribution
+            versions.setdefault(dist, _version(dist))
     return {
         "versions": versions,
         "device": str(device),
