@@ -44,8 +44,11 @@ class _RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress(description: str, total: float | None, unit: str = "img") -> Iterator[Callable[[float], None]]:
-    """A bar for `total` units of work; yields `advance(n)`."""
+def progress(
+    description: str, total: float | None, unit: str = "img", keep: bool = False
+) -> Iterator[Callable[[float], None]]:
+    """A bar for `total` units of work; yields `advance(n)`. Short steps' bars vanish when done;
+    `keep=True` leaves the finished bar on screen (training, attacks: the long work)."""
     if not _enabled:
         yield lambda n=1: None
         return
@@ -59,6 +62,6 @@ def progress(description: str, total: float | None, unit: str = "img") -> Iterat
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, transient=not keep) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)

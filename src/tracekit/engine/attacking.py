@@ -47,7 +47,7 @@ def generate(
 ) -> Generated:
     """Attack `images` batch by batch; each finished batch goes to the cache at once."""
     entries: list[CacheEntry] = []
-    with progress(description, total=len(images)) as advance:
+    with progress(description, total=len(images), keep=True) as advance:
         for start in range(0, len(images), batch_size):
             batch_ids = ids[start : start + batch_size]
             entry = cache.load(batch_ids)

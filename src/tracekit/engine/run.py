@@ -277,7 +277,8 @@ def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any]
             noisy = noise_like(samples.images[result.indices[in_test]], l2[in_test], linf[in_test], spec.seed)
             m["noise"] = noise_metrics(
                 test_scores, noisy, threshold, lambda x, kind, key=result.key: score(x, f"{key} {kind} noise"),
-                lambda x: predict(model.module, x, bs, dev)[0], result.labels[in_test],
+                lambda x: predict(model.module, x, bs, dev, f"{prefix}predict {result.key} noise")[0],
+                result.labels[in_test],
             )
         per_attack[result.key] = m
     extra: dict[str, Any] = {}

@@ -79,7 +79,7 @@ def train() -> Normalized:
         optimizer = torch.optim.Adam(model.parameters(), lr=MAX_LR)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=MAX_LR, total_steps=EPOCHS * batches)
         model.train()
-        with progress("training digits-cnn", total=EPOCHS * batches, unit="batch") as advance:
+        with progress("training digits-cnn", total=EPOCHS * batches, unit="batch", keep=True) as advance:
             for _ in range(EPOCHS):
                 for batch in torch.randperm(len(labels), generator=shuffle).split(BATCH_SIZE):
                     loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
