@@ -219,7 +219,8 @@ def test_native_backends_get_the_same_parameters(model, batch):
     params = {"eps": 0.05, "eps_step": 0.01, "max_iter": 5}
     pgd = _attack("pgd", **params, backend="native")
     assert isinstance(pgd, native.NativePGD)
-    assert torch.allclose(pgd.generate(model, images, labels), _attack("pgd", **params).generate(model, images, labels), atol=1e-5)
+    reference = _attack("pgd", **params).generate(model, images, labels)
+    assert torch.allclose(pgd.generate(model, images, labels), reference, atol=1e-5)
     params = {"max_iter": 20, "overshoot": 0.1}
     deepfool = _attack("deepfool", **params, backend="native")
     assert isinstance(deepfool, native.NativeDeepFool)

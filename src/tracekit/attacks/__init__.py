@@ -8,7 +8,7 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_attacks(register: Register) -> None:
-    from . import autoattack, boundary, carlini, deepfool, fast_gradient, pgd, pixel
+    from . import adaptive_entropy, autoattack, boundary, carlini, deepfool, fast_gradient, pgd, pixel
 
     register("fgsm", fast_gradient.fgsm)
     register("gradient", fast_gradient.gradient)
@@ -18,3 +18,4 @@ def tracekit_register_attacks(register: Register) -> None:
     register("pgd", pgd.pgd)
     register("cw-l2", carlini.cw_l2)
     register("autoattack", autoattack.autoattack)
+    register("adaptive-entropy", adaptive_entropy.adaptive_entropy)

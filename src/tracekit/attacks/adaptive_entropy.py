@@ -1,18 +1,23 @@
 """`adaptive-entropy`: white-box PGD against the classifier AND the paper's detector (Tramer et al. 2020).
 
-Each step descends `margin + lambda * surrogate`, where `margin = max(z_true - max_other z, -confidence)`
-(C&W's margin on the logits: pushes the prediction off the true class, and stops pulling once it
-is `confidence` past the boundary) and `surrogate` is `tracekit.scores.entropy_surrogate`'s
-differentiable stand-in for the detector's score (guided backprop of a softplus-smoothed network,
-soft gray conversion, kernel estimate of the local entropy; see that module). Decisions use the
-REAL detector (BPDA style: surrogate for gradients, real score for decisions): after every step,
-an image's iterate is kept when it is misclassified and its real score is the lowest seen so far,
-and an image is done once that score is at most the bound threshold (a success: it changed the
-prediction and evades). `lambdas` is searched in the given order, each value a fresh PGD run on
-the images not yet done; images never misclassified keep the first run's last iterate.
+Each step (sign step for L-inf, normalized for L2, projected into the eps ball and [0, 1]) descends
+`margin + lambda * surrogate`: `margin = max(z_true - max_other z, -confidence)` is C&W's margin on
+the logits (pushes the prediction off the true class and stops pulling `confidence` past the
+boundary; its gradient does not vanish when the softmax saturates, so the two terms stay
+comparable), and `surrogate` is `tracekit.scores.entropy_surrogate`'s differentiable stand-in for
+the detector's score (guided backprop of a softplus-smoothed network, soft gray conversion, kernel
+estimate of the local entropy; see that module). `lambda = 0` is plain PGD on the cross-entropy
+(as `pgd`), so the search always contains the detector-blind attack.
+
+Decisions use the REAL detector (BPDA style: surrogate for gradients, real score for decisions).
+At every iterate an image's candidate is kept when it is misclassified and its real score is the
+lowest seen so far; an image is done once that score is at most the bound threshold (a success:
+prediction changed and not flagged). `lambdas` are tried in the given order, each a fresh PGD run
+on the images not yet done; an image never misclassified gets the first run's last iterate.
 
 The engine builds it after the detector is fitted and calibrated: `needs_detector = True`, then
-`bind(detector, threshold)`, then `generate` in batches.
+`bind(detector, threshold)`, then `generate` in batches. Cost per step and image: one real score
+(guided backprop + entropy) and, for lambda > 0, a second-order backward through the model.
 No `from __future__ import annotations`: the registry reads the factory's annotations as objects.
 """
 
@@ -20,6 +25,7 @@ import math
 from typing import Annotated, Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -28,7 +34,7 @@ from ..scores.entropy_surrogate import DEFAULT_BETA, DEFAULT_SIGMA, surrogate_sc
 from .native import _evaluating, _norm_order, _on_model, _project, _random_ball, _unit
 from .pgd import Eps, Norm
 
-DEFAULT_LAMBDAS = (0.0, 3.0, 10.0, 30.0, 100.0)  # the surrogate's input gradient is ~1/25 of the margin's
+DEFAULT_LAMBDAS = (0.0, 3.0, 10.0, 30.0)  # on digits-cnn the surrogate's input gradient is ~1/25 of the margin's
 
 
 class AdaptiveEntropy:
@@ -85,7 +91,8 @@ class AdaptiveEntropy:
         x = _on_model(model, images)
         labels = labels.to(x.device)
         with _evaluating(model):
-            parts = [self._attack(model, xs, ys) for xs, ys in zip(x.split(self.batch_size), labels.split(self.batch_size))]
+            batches = zip(x.split(self.batch_size), labels.split(self.batch_size))
+            parts = [self._attack(model, xs, ys) for xs, ys in batches]
         return torch.cat(parts).to(images) if parts else images.clone()
 
     def _attack(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -136,15 +143,16 @@ class AdaptiveEntropy:
     def _gradient(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None, lam: float
     ) -> torch.Tensor:
-        """Input gradient of `margin + lam * surrogate` (surrogate of the map of class `target`)."""
+        """Input gradient of `margin + lam * surrogate` (map of class `target`); of `-CE` when `lam` is 0."""
         images = images.detach().requires_grad_(True)
         logits = model(images)
-        true = logits.gather(1, labels[:, None]).squeeze(1)
-        other = logits.scatter(1, labels[:, None], -math.inf).amax(1)
-        loss = (true - other).clamp(min=-self.confidence).sum()
-        if lam > 0:
-            size = self.detector.scorer.size
-            loss = loss + lam * surrogate_score(model, images, target, size, self.beta, self.sigma).sum()
+        if lam == 0:
+            loss = -F.cross_entropy(logits, labels, reduction="sum")
+        else:
+            true = logits.gather(1, labels[:, None]).squeeze(1)
+            other = logits.scatter(1, labels[:, None], -math.inf).amax(1)
+            surrogate = surrogate_score(model, images, target, self.detector.scorer.size, self.beta, self.sigma)
+            loss = ((true - other).clamp(min=-self.confidence) + lam * surrogate).sum()
         (grad,) = torch.autograd.grad(loss, images)
         return grad
 

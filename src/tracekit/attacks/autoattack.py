@@ -56,7 +56,14 @@ class AutoAttack(ArtAttack):
     """ART's default AutoAttack list (APGD-CE, APGD-DLR, DeepFool, Square) with a configurable budget."""
 
     def __init__(
-        self, norm: float, eps: float, eps_step: float, batch_size: int, max_iter: int, restarts: int, square_max_iter: int
+        self,
+        norm: float,
+        eps: float,
+        eps_step: float,
+        batch_size: int,
+        max_iter: int,
+        restarts: int,
+        square_max_iter: int,
     ) -> None:
         super().__init__()
         self.norm, self.eps, self.eps_step, self.batch_size = norm, eps, eps_step, batch_size
@@ -79,7 +86,9 @@ class AutoAttack(ArtAttack):
                 for loss in ("cross_entropy", "difference_logits_ratio")
             ]
         attacks.append(
-            DeepFool(classifier, max_iter=self.max_iter, epsilon=1e-3, nb_grads=10, batch_size=self.batch_size, verbose=False)
+            DeepFool(
+                classifier, max_iter=self.max_iter, epsilon=1e-3, nb_grads=10, batch_size=self.batch_size, verbose=False
+            )
         )
         attacks.append(
             SquareAttack(

@@ -28,12 +28,12 @@ if TYPE_CHECKING:
 
 @functools.cache
 def _seeded_boundary_attack() -> type:
-    """ART's `BoundaryAttack` (untargeted use only): seeded initial noise, float32 steps."""
+    """ART's `BoundaryAttack` (untargeted use only, no `x_adv_init`): seeded initial noise, float32 steps."""
     from art.attacks.evasion import BoundaryAttack
 
     class SeededBoundaryAttack(BoundaryAttack):  # type: ignore[misc]
-        def _orthogonal_perturb(self, delta: float, current_sample: np.ndarray, original_sample: np.ndarray) -> np.ndarray:
-            return super()._orthogonal_perturb(delta, current_sample, original_sample).astype(current_sample.dtype)
+        def _orthogonal_perturb(self, delta: float, current: np.ndarray, original: np.ndarray) -> np.ndarray:
+            return super()._orthogonal_perturb(delta, current, original).astype(current.dtype)
 
         def _init_sample(
             self, x: np.ndarray, y: int, y_p: int, init_pred: int, adv_init: Any, clip_min: float, clip_max: float

@@ -8,7 +8,7 @@ this surrogate instead, three smoothings of the real pipeline:
    `softplus(x; beta)` forward (the "softplus trick" of Dombrowski et al. 2019, "Explanations can
    be manipulated and geometry is to blame") with a guided backward, `relu(grad) * sigmoid(beta x)`
    (softplus's own derivative times the positive part of the incoming gradient). The map comes from
-   `torch.autograd.grad(..., create_graph=True)`, so it is differentiable in the input. As beta
+   `torch.autograd.grad(..., create_graph=True)`, so it is differentiable in the input; as beta
    grows it tends to the real guided-backprop map. The interception is `GuidedReLUMode`'s.
 2. Gray: `g = sum_c |map_c|`, then `255 * clip((g - min g) / (p99(g) - min g), 0, 1)`, the real
    conversion without the final floor. The normalizer (min and p99, the same linear-interpolation
@@ -22,14 +22,16 @@ this surrogate instead, three smoothings of the real pipeline:
    (pairwise kernel density estimate; an indicator kernel gives back the real formula).
    Neighbours outside the image are not counted, as in the real score.
 
-Memory: a batch of N maps of H x W pixels holds a few `[N, size^2, size^2, H*W]` float tensors
-(and the model's second-order graph); keep batches small for large images.
+Defaults beta = 10 (pre-activation units), sigma = 1 (8-bit units): on the embedded digits-cnn
+the surrogate's Spearman rank correlation with the real score is about 0.95 over clean, FGSM and
+noisy images, and descending it lowers the real score. Larger beta and smaller sigma track the
+real score more closely but give a less informative gradient.
+
+Memory: a batch of N maps of H x W pixels holds a few `[N, (4r+1)^2, (H+2r)(W+2r)]` float tensors
+(r = size // 2) and the model's second-order graph; keep batches small for large images.
 """
 
 from __future__ import annotations
-
-import functools
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,42 +46,40 @@ DEFAULT_BETA = 10.0
 DEFAULT_SIGMA = 1.0
 
 
-class _PositiveGradient(torch.autograd.Function):
-    """Identity forward; backward passes only positive gradients (guided backprop's rule).
-
-    The backward is made of differentiable ops, so a `create_graph=True` pass can be differentiated.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0)
-
-
-def _smooth_guided_relu(x: torch.Tensor, inplace: bool, beta: float) -> torch.Tensor:
-    """softplus(x; beta) forward, `relu(grad) * sigmoid(beta x)` backward; in place where the call was."""
-    out = _PositiveGradient.apply(F.softplus(x.clone() if inplace else x, beta=beta))
-    return x.copy_(out) if inplace else out
-
-
 def smooth_guided_maps(
     model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None, beta: float = DEFAULT_BETA
 ) -> torch.Tensor:
     """Guided-backprop maps `[N,C,H,W]` of the softplus-smoothed `model`, differentiable in `images`.
 
-    `target` None means the smoothed network's predicted class.
+    `target` None means the smoothed network's predicted class. The guided rule (only positive
+    gradients pass) is a gradient hook on each smoothed ReLU's output, removed once the map is
+    taken: differentiating the map then follows the true derivative of the forward pass (a custom
+    autograd function would apply the guided rule to the second-order pass too).
     """
     check_images(images, "entropy surrogate")
+    hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def smooth_relu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
+        out = F.softplus(x.clone() if inplace else x, beta=beta)
+        out = x.copy_(out) if inplace else out
+        hooks.append(out.register_hook(_positive))
+        return out
+
     with torch.inference_mode(False), torch.enable_grad():
         x = images if images.requires_grad else images.detach().clone().requires_grad_(True)
-        with GuidedReLUMode(functools.partial(_smooth_guided_relu, beta=beta)):
-            logits = model(x.clone())
-        target = target_classes(logits, target, "entropy surrogate", type(model).__name__)
-        (maps,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x, create_graph=True)
+        try:
+            with GuidedReLUMode(smooth_relu):
+                logits = model(x.clone())
+            target = target_classes(logits, target, "entropy surrogate", type(model).__name__)
+            (maps,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x, create_graph=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
     return maps
+
+
+def _positive(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
 
 
 def soft_gray(maps: torch.Tensor) -> torch.Tensor:
