@@ -35,6 +35,13 @@ class _BoundNoise:
         return (images + 0.2 * torch.sign(torch.randn_like(images))).clamp(0, 1)
 
 
+class _Identity:
+    """An attack that never succeeds."""
+
+    def generate(self, model, images, labels):
+        return images.clone()
+
+
 class _Plugin:
     @hookimpl
     def tracekit_register_detectors(self, register):
@@ -43,6 +50,7 @@ class _Plugin:
     @hookimpl
     def tracekit_register_attacks(self, register):
         register("bound-noise", lambda: _BoundNoise())
+        register("identity", lambda: _Identity())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,3 +123,10 @@ def test_transfer_matrix_for_learned_detectors(tmp_path):
     matrix = result.metrics["transfer"]
     assert set(matrix) == {"sign-noise", "weak"} and all(set(row) == {"sign-noise", "weak"} for row in matrix.values())
     assert matrix["sign-noise"]["sign-noise"] == pytest.approx(result.metrics["attacks"]["sign-noise"]["auc"], abs=0.2)
+
+
+def test_learned_detector_without_adversarial_fit_data_is_bad_input(tmp_path):
+    from tracekit.errors import TracekitError
+
+    with pytest.raises(TracekitError, match="needs adversarial fit data, but no attack succeeded"):
+        run(spec(detector={"name": "distance"}, attacks=[{"name": "identity"}]), out=tmp_path / "r")

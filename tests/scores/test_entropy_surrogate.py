@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from scipy.stats import spearmanr
 import tracekit
 from tracekit.attacks.native import NativeFastGradient
 from tracekit.datasets.digits import digits_arrays
+from tracekit.errors import TracekitError
 from tracekit.models.digits_cnn import _one_thread
 from tracekit.saliency.guided_backprop import GuidedBackprop
 from tracekit.scores.entropy import local_entropy_map
@@ -42,11 +44,16 @@ def test_narrow_kernel_gives_the_real_local_entropy(size: int) -> None:
     torch.testing.assert_close(soft, local_entropy_map(u8, size), rtol=0, atol=1e-12)
 
 
+def test_even_window_is_refused() -> None:
+    with pytest.raises(TracekitError, match="odd"):
+        soft_local_entropy_map(torch.zeros(1, 4, 4), size=2)
+
+
 def test_wider_kernel_counts_close_values_as_equal() -> None:
     # A 3x3 image of values 0, 0.1, ..., 0.8: nine distinct bytes (entropy log2 9 at the centre)
     # that a kernel of width 10 sees as nearly one value (entropy near 0).
     gray = torch.arange(9, dtype=torch.float64).view(1, 3, 3) / 10
-    assert soft_local_entropy_map(gray, 3, sigma=0.01)[0, 1, 1].item() == pytest.approx(torch.log2(torch.tensor(9.0)).item())
+    assert soft_local_entropy_map(gray, 3, sigma=0.01)[0, 1, 1].item() == pytest.approx(math.log2(9))
     assert soft_local_entropy_map(gray, 3, sigma=10.0)[0, 1, 1].item() < 0.01
 
 
@@ -74,9 +81,8 @@ def test_surrogate_gradient_matches_finite_differences() -> None:
     model = tiny_model(size=8).module.double()
     images = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     target = torch.tensor([2])
-    assert torch.autograd.gradcheck(
-        lambda x: surrogate_score(model, x, target, beta=5.0, sigma=2.0), images.requires_grad_(True), eps=1e-6, atol=1e-5
-    )
+    score = lambda x: surrogate_score(model, x, target, beta=5.0, sigma=2.0)  # noqa: E731
+    assert torch.autograd.gradcheck(score, images.requires_grad_(True), eps=1e-6, atol=1e-5)
 
 
 def test_model_is_left_untouched() -> None:

@@ -10,10 +10,11 @@ estimate of the local entropy; see that module). `lambda = 0` is plain PGD on th
 (as `pgd`), so the search always contains the detector-blind attack.
 
 Decisions use the REAL detector (BPDA style: surrogate for gradients, real score for decisions).
-At every iterate an image's candidate is kept when it is misclassified and its real score is the
-lowest seen so far; an image is done once that score is at most the bound threshold (a success:
-prediction changed and not flagged). `lambdas` are tried in the given order, each a fresh PGD run
-on the images not yet done; an image never misclassified gets the first run's last iterate.
+Every iterate of a run is judged; an image's candidate is its misclassified iterate of lowest
+real score. `lambdas` are tried in the given order, each a fresh PGD run on the images whose
+candidate does not yet evade (misclassified with real score at most the bound threshold, the
+engine's success); a later run replaces a candidate only with a lower score. An image never
+misclassified gets the first run's last iterate.
 
 The engine builds it after the detector is fitted and calibrated: `needs_detector = True`, then
 `bind(detector, threshold)`, then `generate` in batches. Cost per step and image: one real score
@@ -31,10 +32,11 @@ from torch import nn
 
 from ..errors import TracekitError
 from ..scores.entropy_surrogate import DEFAULT_BETA, DEFAULT_SIGMA, surrogate_score
-from .native import _evaluating, _norm_order, _on_model, _project, _random_ball, _unit
+from .native import evaluating, norm_order, to_model_device, project, random_in_ball, unit_step
 from .pgd import Eps, Norm
 
 DEFAULT_LAMBDAS = (0.0, 3.0, 10.0, 30.0)  # on digits-cnn the surrogate's input gradient is ~1/25 of the margin's
+Lambdas = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1, max_length=8)]
 
 
 class AdaptiveEntropy:
@@ -55,7 +57,7 @@ class AdaptiveEntropy:
         random_init: bool = False,
         batch_size: int = 64,
     ) -> None:
-        self.norm, self.eps, self.eps_step, self.max_iter = _norm_order(norm), eps, eps_step, max_iter
+        self.norm, self.eps, self.eps_step, self.max_iter = norm_order(norm), eps, eps_step, max_iter
         self.lambdas, self.beta, self.sigma, self.confidence = list(lambdas), beta, sigma, confidence
         self.random_init, self.batch_size = random_init, batch_size
         self.detector: Any = None
@@ -88,9 +90,9 @@ class AdaptiveEntropy:
                 "attack 'adaptive-entropy' needs the detector it attacks: call bind(detector, threshold) "
                 "before generate (a run spec's engine does this after calibration)"
             )
-        x = _on_model(model, images)
+        x = to_model_device(model, images)
         labels = labels.to(x.device)
-        with _evaluating(model):
+        with evaluating(model):
             batches = zip(x.split(self.batch_size), labels.split(self.batch_size))
             parts = [self._attack(model, xs, ys) for xs, ys in batches]
         return torch.cat(parts).to(images) if parts else images.clone()
@@ -100,39 +102,37 @@ class AdaptiveEntropy:
         kept = x.clone()
         best = torch.full((len(x),), math.inf, dtype=torch.float64, device=x.device)
         for i, lam in enumerate(self.lambdas):
-            rows = (best > self.threshold).nonzero().squeeze(1)
+            rows = (best > self.threshold).nonzero().squeeze(1)  # not yet evading
             if len(rows) == 0:
                 break
-            last = self._run(model, x, labels, lam, rows, kept, best)
+            found, scores, last = self._run(model, x[rows], labels[rows], lam)
+            better = scores < best[rows]
+            kept[rows[better]], best[rows[better]] = found[better], scores[better]
             if i == 0:
                 never = best[rows] == math.inf
                 kept[rows[never]] = last[never]
         return kept
 
     def _run(
-        self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, lam: float,
-        rows: torch.Tensor, kept: torch.Tensor, best: torch.Tensor,
-    ) -> torch.Tensor:  # fmt: skip
-        """One PGD run on `x[rows]`, updating `kept`/`best` in place; returns the run's last iterates."""
-        clean = x[rows]
-        adversarial = clean.clone()
+        self, model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, lam: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One PGD run: each image's misclassified iterate of lowest real score (score inf where
+        none was misclassified), those scores, and the last iterates."""
+        adversarial = clean
         if self.random_init:
-            adversarial = (clean + _random_ball(clean, self.eps, self.norm)).clamp(0, 1)
-        active = torch.arange(len(rows), device=x.device)  # positions in `rows` still attacked
+            adversarial = (clean + random_in_ball(clean, self.eps, self.norm)).clamp(0, 1)
+        found = clean.clone()
+        lowest = torch.full((len(clean),), math.inf, dtype=torch.float64, device=clean.device)
         for step in range(self.max_iter + 1):
-            current = adversarial[active]
-            predicted, scores = self._judge(model, current)
-            better = (predicted != labels[rows[active]]) & (scores < best[rows[active]])
-            kept[rows[active[better]]] = current[better]
-            best[rows[active[better]]] = scores[better]
-            pending = best[rows[active]] > self.threshold
-            active, predicted = active[pending], predicted[pending]
-            if step == self.max_iter or len(active) == 0:
+            predicted, scores = self._judge(model, adversarial)
+            better = (predicted != labels) & (scores < lowest)
+            found[better], lowest[better] = adversarial[better], scores[better]
+            if step == self.max_iter:
                 break
-            grad = self._gradient(model, adversarial[active], labels[rows[active]], predicted, lam)
-            moved = (adversarial[active] - self.eps_step * _unit(grad, self.norm)).clamp(0, 1)
-            adversarial[active] = clean[active] + _project(moved - clean[active], self.eps, self.norm)
-        return adversarial
+            grad = self._gradient(model, adversarial, labels, predicted, lam)
+            moved = (adversarial - self.eps_step * unit_step(grad, self.norm)).clamp(0, 1)
+            adversarial = clean + project(moved - clean, self.eps, self.norm)
+        return found, lowest, adversarial
 
     def _judge(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's predictions and the detector's real scores."""
@@ -162,7 +162,7 @@ def adaptive_entropy(
     eps: Eps = 0.1,
     eps_step: Annotated[float, Field(gt=0)] = 0.01,
     max_iter: Annotated[int, Field(gt=0)] = 20,
-    lambdas: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1, max_length=8)] = list(DEFAULT_LAMBDAS),  # noqa: B006
+    lambdas: Lambdas = list(DEFAULT_LAMBDAS),  # noqa: B006 (validated copy)
     beta: Annotated[float, Field(gt=0)] = DEFAULT_BETA,
     sigma: Annotated[float, Field(gt=0)] = DEFAULT_SIGMA,
     confidence: Annotated[float, Field(ge=0)] = 1.0,

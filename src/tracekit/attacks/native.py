@@ -38,7 +38,7 @@ from ..errors import TracekitError
 _DEEPFOOL_TOL = 1e-7
 
 
-def _norm_order(norm: float | str) -> float:
+def norm_order(norm: float | str) -> float:
     try:
         order = math.inf if norm == "inf" else float(norm)
     except (TypeError, ValueError):
@@ -56,7 +56,7 @@ def minimal_step_count(eps: float, eps_step: float) -> int:
 
 
 @contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def evaluating(model: nn.Module) -> Iterator[None]:
     """Eval mode for the block (as ART computes), touching nothing when the model is already in eval mode."""
     training = [m for m in model.modules() if m.training]
     for m in training:
@@ -69,7 +69,7 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
             m.training = True
 
 
-def _on_model(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def to_model_device(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """`images`, detached, on the device and in the floating dtype of the model (its own when it has none)."""
     tensor = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), images)
     return images.detach().to(tensor.device, tensor.dtype)
@@ -88,7 +88,7 @@ def _loss_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> t
     return grad
 
 
-def _unit(grad: torch.Tensor, norm: float) -> torch.Tensor:
+def unit_step(grad: torch.Tensor, norm: float) -> torch.Tensor:
     """`grad` turned in place into the unit step that most increases the loss to first order (0 for a 0 gradient)."""
     if norm == math.inf:
         return grad.sign_()
@@ -96,7 +96,7 @@ def _unit(grad: torch.Tensor, norm: float) -> torch.Tensor:
     return grad.div_(length.where(length > 0, 1.0))
 
 
-def _project(delta: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
+def project(delta: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
     """`delta` moved into the `norm` ball of radius `eps` (L2: rescaled, as ART does)."""
     if norm == math.inf:
         return delta.clamp(-eps, eps)
@@ -104,7 +104,7 @@ def _project(delta: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
     return delta * (eps / length.where(length > 0, 1.0)).clamp(max=1.0)
 
 
-def _random_ball(like: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
+def random_in_ball(like: torch.Tensor, eps: float, norm: float) -> torch.Tensor:
     """One point per image drawn uniformly from the `norm` ball of radius `eps` (torch's generator)."""
     if norm == math.inf:
         return (torch.rand_like(like) * 2 - 1) * eps
@@ -123,14 +123,14 @@ class NativeFastGradient:
     """
 
     def __init__(self, norm: float | str, eps: float, minimal: bool = False, eps_step: float = 0.01) -> None:
-        self.norm, self.eps, self.minimal, self.eps_step = _norm_order(norm), eps, minimal, eps_step
+        self.norm, self.eps, self.minimal, self.eps_step = norm_order(norm), eps, minimal, eps_step
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of `images` in [0, 1] (same shape, device and dtype)."""
-        x = _on_model(model, images)
+        x = to_model_device(model, images)
         labels = labels.to(x.device)
-        with _evaluating(model):
-            unit = _unit(_loss_gradient(model, x, labels), self.norm)
+        with evaluating(model):
+            unit = unit_step(_loss_gradient(model, x, labels), self.norm)
             if not self.minimal:
                 return x.add(unit, alpha=self.eps).clamp_(0, 1).to(images)
             adversarial = x.clone()
@@ -156,14 +156,14 @@ class NativePGD:
     """
 
     def __init__(self, norm: float | str, eps: float, eps_step: float, max_iter: int, num_random_init: int = 0) -> None:
-        self.norm, self.eps, self.eps_step = _norm_order(norm), eps, eps_step
+        self.norm, self.eps, self.eps_step = norm_order(norm), eps, eps_step
         self.max_iter, self.num_random_init = max_iter, num_random_init
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of `images` in [0, 1] (same shape, device and dtype)."""
-        x = _on_model(model, images)
+        x = to_model_device(model, images)
         labels = labels.to(x.device)
-        with _evaluating(model):
+        with evaluating(model):
             kept = self._run(model, x, labels)
             for _ in range(1, self.num_random_init):
                 adversarial = self._run(model, x, labels)
@@ -175,9 +175,9 @@ class NativePGD:
         adversarial = x
         for i in range(self.max_iter):
             if i == 0 and self.num_random_init > 0:
-                adversarial = (x + _random_ball(x, self.eps, self.norm)).clamp(0, 1)
-            step = self.eps_step * _unit(_loss_gradient(model, adversarial, labels), self.norm)
-            adversarial = x + _project((adversarial + step).clamp(0, 1) - x, self.eps, self.norm)
+                adversarial = (x + random_in_ball(x, self.eps, self.norm)).clamp(0, 1)
+            step = self.eps_step * unit_step(_loss_gradient(model, adversarial, labels), self.norm)
+            adversarial = x + project((adversarial + step).clamp(0, 1) - x, self.eps, self.norm)
         return adversarial.clone() if adversarial is x else adversarial
 
 
@@ -195,10 +195,10 @@ class NativeDeepFool:
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of `images` in [0, 1] (same shape, device and dtype)."""
-        x = _on_model(model, images)
+        x = to_model_device(model, images)
         adversarial = x.clone()
         active = torch.arange(len(x), device=x.device)
-        with _evaluating(model):
+        with evaluating(model):
             with torch.no_grad():
                 original, others = self._classes(model(x))
             for _ in range(self.max_iter):

@@ -2,7 +2,7 @@
 
 Attacks are the expensive step, so every finished batch is written at once, atomically
 (temporary file + rename), under `<cache>/attacks/<key>/<batch>.pt`. The key fingerprints
-the model weights, the attack's resolved parameters and the seed; a batch file is named by
+the model weights, the attack's resolved parameters, the seed and the attack's code; a batch file is named by
 the hash of its sample ids. A second identical run recomputes nothing; an interrupted run
 resumes at the first missing batch. Each batch is seeded from the run seed and its ids, so a
 resumed run produces exactly what an uninterrupted one would. A corrupt entry is reported
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,6 +36,22 @@ def model_fingerprint(module: nn.Module) -> str:
         digest.update(str((t.dtype, tuple(t.shape))).encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def code_version(obj: object) -> str:
+    """sha256 of the source file that defines `obj`'s class (plus tracekit's version), so a
+    changed attack implementation never reuses adversarials cached by the old one."""
+    from .. import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    module = sys.modules.get(type(obj).__module__)
+    path = getattr(module, "__file__", None)
+    if path:
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            pass
+    return digest.hexdigest()[:16]
 
 
 def ids_hash(ids: list[str]) -> str:

@@ -25,7 +25,7 @@ from ..protocols import Detector, LoadedModel
 from ..report import write_report
 from ..spec import Spec, load_spec, validate_spec
 from . import rundir
-from .attack_cache import AttackCache, model_fingerprint
+from .attack_cache import AttackCache, code_version, model_fingerprint
 from .attacking import Generated, generate, seed_everything
 from .controls import noise_like, noise_metrics, randomized_copy
 from .data import Samples, collect, predict, split_fit_test
@@ -136,7 +136,7 @@ def run_attack(
     ids = [samples.ids[i] for i in indices.tolist()]
     images, labels = samples.images[indices], samples.labels[indices]
     attack = build("attack", cfg)
-    cache_key = dict(cfg)
+    cache_key = {**cfg, "code": code_version(attack)}
     if bind is not None:
         detector, detector_cfg, threshold = bind
         attack.bind(detector, threshold)

@@ -23,9 +23,9 @@ this surrogate instead, three smoothings of the real pipeline:
    Neighbours outside the image are not counted, as in the real score.
 
 Defaults beta = 10 (pre-activation units), sigma = 1 (8-bit units): on the embedded digits-cnn
-the surrogate's Spearman rank correlation with the real score is about 0.95 over clean, FGSM and
-noisy images, and descending it lowers the real score. Larger beta and smaller sigma track the
-real score more closely but give a less informative gradient.
+the surrogate's Spearman rank correlation with the real score is 0.97 over 64 clean, FGSM and
+sign-noise images (0.94 with beta 5 or sigma 2), and descending it lowers the real score. Larger
+beta and smaller sigma track the real score more closely but give a less informative gradient.
 
 Memory: a batch of N maps of H x W pixels holds a few `[N, (4r+1)^2, (H+2r)(W+2r)]` float tensors
 (r = size // 2) and the model's second-order graph; keep batches small for large images.
@@ -101,6 +101,10 @@ def soft_local_entropy_map(gray: torch.Tensor, size: int = 3, sigma: float = DEF
     pixel p is `sum_{e'} near[e' - e](p + e)`: a fixed sum over offsets (one matrix product),
     then read at q = p + e.
     """
+    if not (isinstance(size, int) and size >= 1 and size % 2 == 1):
+        raise TracekitError(
+            f"entropy surrogate: size must be a positive odd integer (3, 5, 7, ...), got {size!r}"
+        )
     n, h, w = gray.shape
     r, reach = size // 2, 4 * (size // 2) + 1
     values = F.unfold(F.pad(gray[:, None], (3 * r,) * 4), reach)  # [N, reach^2, Q]: v(q + d)
