@@ -1,0 +1,127 @@
+"""The attack cache: resume after an interruption, corrupt entries, management."""
+
+import os
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tracekit import hookimpl, plugins
+from tracekit.cli import build_app
+from tracekit.engine import attack_cache
+from tracekit.engine.run import run
+from tracekit.errors import TracekitError
+from tracekit.testing import testing_plugin
+
+
+class _GlobalNoise:
+    """Draws from torch's global RNG (as ART draws from NumPy's); can be told to crash mid-run."""
+
+    calls = 0
+    crash_on_call: int | None = None
+
+    def generate(self, model, images, labels):
+        _GlobalNoise.calls += 1
+        if _GlobalNoise.crash_on_call == _GlobalNoise.calls:
+            raise KeyboardInterrupt
+        return (images + 0.3 * torch.sign(torch.randn_like(images))).clamp(0, 1)
+
+
+class _Plugin:
+    @hookimpl
+    def tracekit_register_attacks(self, register):
+        register("global-noise", lambda: _GlobalNoise())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_plugins():
+    plugins.register_plugin(testing_plugin, "tracekit-testing")
+    plugins.register_plugin(_Plugin(), "cache-test")
+    yield
+    plugins.unregister_plugin("cache-test")
+    plugins.unregister_plugin("tracekit-testing")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEKIT_CACHE", str(tmp_path / "cache"))
+    _GlobalNoise.calls, _GlobalNoise.crash_on_call = 0, None
+
+
+def spec():
+    return {
+        "name": "cache",
+        "device": "cpu",
+        "model": {"name": "tiny-cnn"},
+        "data": {"name": "random-images", "n": 64},
+        "attacks": [{"name": "global-noise"}],
+        "detector": {"name": "feature-response", "score": {"name": "mean-abs"}},
+        "batch_size": 8,
+        "evaluation": {"bootstrap": 0},
+    }
+
+
+def test_interrupted_run_resumes_to_identical_scores(tmp_path):
+    reference = run(spec(), out=tmp_path / "reference", use_cache=False)
+    assert _GlobalNoise.calls == 4  # 32 test images in batches of 8
+    _GlobalNoise.calls, _GlobalNoise.crash_on_call = 0, 3
+    with pytest.raises(KeyboardInterrupt):
+        run(spec(), out=tmp_path / "interrupted")
+    _GlobalNoise.calls, _GlobalNoise.crash_on_call = 0, None
+    resumed = run(spec(), out=tmp_path / "resumed")
+    assert _GlobalNoise.calls == 2  # only the two batches that never finished
+    assert resumed.metrics["attacks"]["global-noise"]["cached_batches"] == 2
+    assert (tmp_path / "resumed" / "scores.csv").read_text() == (tmp_path / "reference" / "scores.csv").read_text()
+
+
+def test_second_run_recomputes_nothing(tmp_path):
+    first = run(spec(), out=tmp_path / "a")
+    calls = _GlobalNoise.calls
+    second = run(spec(), out=tmp_path / "b")
+    assert _GlobalNoise.calls == calls
+    assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
+    assert second.metrics["attacks"]["global-noise"]["cached_batches"] == 4
+    assert first.metrics["attacks"]["global-noise"]["cached_batches"] == 0
+
+
+def test_no_cache_bypasses_reading_and_writing(tmp_path):
+    run(spec(), out=tmp_path / "a", use_cache=False)
+    assert attack_cache.list_entries() == []
+
+
+def test_corrupt_entry_detected_recomputed_and_reported_once(tmp_path):
+    run(spec(), out=tmp_path / "a")
+    (entry,) = attack_cache.list_entries()
+    files = sorted(p for p in os.listdir(entry["path"]) if p.endswith(".pt"))
+    for name in files[:2]:
+        with open(os.path.join(entry["path"], name), "wb") as fh:
+            fh.write(b"not a torch file")
+    calls = _GlobalNoise.calls
+    with pytest.warns(UserWarning, match="corrupt attack cache entry") as record:
+        again = run(spec(), out=tmp_path / "b")
+    assert sum("corrupt attack cache entry" in str(w.message) for w in record) == 1  # reported once
+    assert _GlobalNoise.calls == calls + 2  # exactly the two corrupt batches recomputed
+    assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
+    assert again.metrics["attacks"]["global-noise"]["cached_batches"] == 2
+
+
+def test_unwritable_cache_directory_is_bad_input(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("TRACEKIT_CACHE", str(blocker / "cache"))
+    with pytest.raises(TracekitError, match="TRACEKIT_CACHE"):
+        run(spec(), out=tmp_path / "a")
+
+
+def test_cache_ls_and_clear(tmp_path):
+    run(spec(), out=tmp_path / "a")
+    runner = CliRunner()
+    listed = runner.invoke(build_app(), ["cache", "ls"])
+    assert listed.exit_code == 0 and "global-noise" in listed.output
+    kept = runner.invoke(build_app(), ["cache", "clear", "--older-than", "7d"])
+    assert kept.exit_code == 0 and "removed 0" in kept.output
+    cleared = runner.invoke(build_app(), ["cache", "clear"])
+    assert cleared.exit_code == 0 and "removed 1" in cleared.output
+    assert attack_cache.list_entries() == []
+    bad = runner.invoke(build_app(), ["cache", "clear", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "7d" in bad.output
