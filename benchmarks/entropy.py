@@ -9,9 +9,6 @@ maps are checked to agree before anything is timed. Prints one row per image siz
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,23 +17,10 @@ from skimage.morphology import footprint_rectangle
 
 from tracekit.scores import local_entropy_map
 
+from timing import median_seconds  # benchmarks/timing.py
+
 # (side, number of images) timed by default
 CASES = ((32, 256), (224, 32))
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of `fn` over `repeats` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

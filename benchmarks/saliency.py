@@ -10,9 +10,6 @@ functional ReLUs, so the check uses models built from `nn.ReLU` modules.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torchvision
@@ -20,20 +17,7 @@ from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 
 import tracekit
 
-
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of `fn` over `repeats` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds  # benchmarks/timing.py
 
 
 def cases(device: torch.device) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:

@@ -47,6 +47,17 @@ def tiny_model(channels: int = 1, size: int = 16, num_classes: int = 3, seed: in
     return LoadedModel(module, (channels, size, size), [f"class{i}" for i in range(num_classes)])
 
 
+def train_briefly(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 20) -> nn.Module:
+    """A few full-batch Adam steps, so attacks and detectors have a decision to work on; eval mode."""
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(module(images), labels).backward()
+        opt.step()
+    module.zero_grad(set_to_none=True)
+    return module.eval()
+
+
 class RandomImages:
     """Seeded uniform-noise images labelled with the model's own predictions."""
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from tracekit.testing import tiny_model
+from tracekit.testing import tiny_model, train_briefly
 
 
 def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,15 +21,8 @@ def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
     """The tiny CNN trained for a few steps on `_separable` images, so attacks have something to flip."""
-    model = tiny_model().module
     images, labels = _separable(128, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(20):
-        opt.zero_grad()
-        F.cross_entropy(model(images), labels).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
+    return train_briefly(tiny_model().module, images, labels, steps=20)
 
 
 @pytest.fixture(scope="module")

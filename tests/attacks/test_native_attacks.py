@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tracekit.attacks.art_classifier import ArtAttack
 from tracekit.attacks.fast_gradient import FastGradient, fgsm, gradient
 from tracekit.attacks.native import NativeDeepFool, NativeFastGradient, NativePGD
 from tracekit.errors import TracekitError
-from tracekit.testing import tiny_model
+from tracekit.testing import tiny_model, train_briefly
 
 CLASSES = 5
 
@@ -34,15 +33,8 @@ def _banded(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     """The tiny CNN (5 classes) trained briefly on `_banded` images, so attacks have something to flip."""
-    model = tiny_model(num_classes=CLASSES).module
     images, labels = _banded(256, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(model(images), labels).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
+    return train_briefly(tiny_model(num_classes=CLASSES).module, images, labels, steps=40)
 
 
 @pytest.fixture(scope="module")
