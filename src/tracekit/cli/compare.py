@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
             title = f"{spec.name}: {data['n_fit']} fit / {data['n_test']} test images, same for every detector"
             console.print(compare_table(detectors, title))
             console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
+            console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")
             return
         if set_ or out or device or no_cache:
             raise TracekitError("--set, --out, --device and --no-cache apply to a comparison spec, not to run directories")

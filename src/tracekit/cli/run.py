@@ -86,4 +86,5 @@ def register(app: typer.Typer) -> None:
         controls = controls_table(result.metrics)
         if controls is not None:
             console.print(controls)
-        console.print(f"run directory: [bold]{result.out_dir}[/] ({result.metrics['seconds']:.1f} s)")
+        console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
+        console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")
