@@ -36,7 +36,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .layers import batches, flatten, forward_hooks, layer_features, model_device, resolve_layers
+from .layers import batches, flatten, forward_hooks, layer_features, map_batches, model_device, resolve_layers
 from .logistic import LogisticCombiner, require_adversarial
 
 WHERE = "detector 'kd-bu'"
@@ -135,11 +135,10 @@ class KernelDensityUncertainty:
 
     def features(self, model: nn.Module, images: torch.Tensor, support: bool = False) -> np.ndarray:
         """`[N, 2]` (KD, BU); `support`: `images` are the KDE's own images (each leaves itself out)."""
-        out, start = [], 0
-        for batch in batches(images, self.batch_size, model_device(model)):
-            out.append(self._features(model, batch, start if support else None))
-            start += len(batch)
-        return torch.cat(out).cpu().numpy()
+        return map_batches(
+            lambda batch, start: self._features(model, batch, start if support else None),
+            images, self.batch_size, model_device(model),
+        )
 
     def fit(
         self,

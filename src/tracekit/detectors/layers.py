@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -153,4 +154,13 @@ def batches(images: torch.Tensor, batch_size: int, device: torch.device) -> Iter
     """`images` in chunks of `batch_size`, each moved to `device`."""
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size].to(device)
+
+
+def map_batches(
+    fn: Callable[[torch.Tensor, int], torch.Tensor], images: torch.Tensor, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """`fn(batch, start)` over device batches of `images` (`start`: the batch's first index),
+    concatenated into one array on the CPU."""
+    out = [fn(images[s : s + batch_size].to(device), s) for s in range(0, len(images), batch_size)]
+    return torch.cat(out).cpu().numpy()
 

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import TracekitError
-from .layers import batches, flatten, layer_features, model_device, resolve_layers
+from .layers import flatten, layer_features, map_batches, model_device, resolve_layers
 from .logistic import LogisticCombiner, require_adversarial
 
 WHERE = "detector 'lid'"
@@ -65,13 +65,13 @@ class LocalIntrinsicDimensionality:
 
     def lids(self, model: nn.Module, images: torch.Tensor, slot: torch.Tensor | None = None) -> np.ndarray:
         """`[N, layers]` LIDs of `images` against the reference (`slot`: index in it, or -1)."""
-        out, start = [], 0
-        for batch in batches(images, self.batch_size, model_device(model)):
+
+        def batch_lids(batch: torch.Tensor, start: int) -> torch.Tensor:
             exclude = None if slot is None else slot[start : start + len(batch)].to(batch.device)
             acts = self._activations(model, batch)
-            out.append(torch.stack([lid_mle(a, r, self.k, exclude) for a, r in zip(acts, self.reference)], 1))
-            start += len(batch)
-        return torch.cat(out).cpu().numpy()
+            return torch.stack([lid_mle(a, r, self.k, exclude) for a, r in zip(acts, self.reference)], 1)
+
+        return map_batches(batch_lids, images, self.batch_size, model_device(model))
 
     def fit(
         self,

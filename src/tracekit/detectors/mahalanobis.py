@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .layers import batches, layer_features, model_device, resolve_layers, spatial_mean
+from .layers import batches, layer_features, map_batches, model_device, resolve_layers, spatial_mean
 from .logistic import LogisticCombiner, require_adversarial
 
 WHERE = "detector 'mahalanobis'"
@@ -84,9 +84,7 @@ class Mahalanobis:
 
     def confidences(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
         """`[N, layers]` pre-processed Mahalanobis confidences of `images`."""
-        device = model_device(model)
-        out = [self._confidences(model, b) for b in batches(images, self.batch_size, device)]
-        return torch.cat(out).cpu().numpy()
+        return map_batches(lambda batch, _: self._confidences(model, batch), images, self.batch_size, model_device(model))
 
     def fit(
         self,

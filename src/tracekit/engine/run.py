@@ -119,20 +119,22 @@ def needs_detector(cfg: Mapping[str, Any]) -> bool:
 
 
 def run_attack(
-    prep_spec: Spec,
+    spec: Spec,
     index: int,
     model: LoadedModel,
+    fingerprint: str,
     samples: Samples,
     indices: torch.Tensor,
     device: torch.device,
     use_cache: bool,
     bind: tuple[Detector, dict[str, Any], float] | None = None,
 ) -> AttackResult:
-    """Attack `spec.attacks[index]` on the images at `indices` (all correctly classified), cached.
+    """Attack `spec.attacks[index]` on the images at `indices` (all correctly classified), cached
+    under the model's `fingerprint`.
 
     `bind` = (detector, its spec, threshold) for adaptive attacks; it becomes part of the cache key.
     """
-    cfg, key = prep_spec.attacks[index], prep_spec.attack_key(index)
+    cfg, key = spec.attacks[index], spec.attack_key(index)
     ids = [samples.ids[i] for i in indices.tolist()]
     images, labels = samples.images[indices], samples.labels[indices]
     attack = build("attack", cfg)
@@ -141,9 +143,9 @@ def run_attack(
         detector, detector_cfg, threshold = bind
         attack.bind(detector, threshold)
         cache_key.update(detector=detector_cfg, threshold=threshold)
-    cache = AttackCache(model_fingerprint(model.module), cache_key, prep_spec.seed, enabled=use_cache)
+    cache = AttackCache(fingerprint, cache_key, spec.seed, enabled=use_cache)
     generated = generate(
-        attack, model.module, ids, images, labels, prep_spec.batch_size, device, prep_spec.seed, cache, f"attack {key}"
+        attack, model.module, ids, images, labels, spec.batch_size, device, spec.seed, cache, f"attack {key}"
     )
     if cache.corrupt:
         from ..progress import console
@@ -180,6 +182,8 @@ class Prepared:
     fit_idx: torch.Tensor
     test_idx: torch.Tensor
     attacks: list[AttackResult]  # attacks that need no detector, on the attacked images
+    fingerprint: str  # of the model weights: keys the attack cache, recorded in detector.json
+    bound: list[int]  # indices of the spec's detector-bound (adaptive) attacks
     use_cache: bool = True
 
 
@@ -205,13 +209,16 @@ def prepare(spec: Spec, device: torch.device, use_cache: bool, adversarial_fit: 
     correct = torch.nonzero(clean_preds == samples.labels).flatten()
     fit_idx, test_idx = split_fit_test(correct, spec.calibration.fit_fraction, spec.seed)
     attacked = torch.cat([fit_idx, test_idx]).sort().values if adversarial_fit else test_idx
+    fingerprint = model_fingerprint(model.module)
+    bound = [i for i, cfg in enumerate(spec.attacks) if needs_detector(cfg)]
     attacks = [
-        run_attack(spec, i, model, samples, attacked, device, use_cache)
-        for i, cfg in enumerate(spec.attacks)
-        if not needs_detector(cfg)
+        run_attack(spec, i, model, fingerprint, samples, attacked, device, use_cache)
+        for i in range(len(spec.attacks))
+        if i not in bound
     ]
     return Prepared(
-        spec, device, model, dataset, samples, clean_preds, clean_probs, correct, fit_idx, test_idx, attacks, use_cache
+        spec, device, model, dataset, samples, clean_preds, clean_probs, correct, fit_idx, test_idx, attacks,
+        fingerprint, bound, use_cache,
     )
 
 
@@ -256,9 +263,11 @@ def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any]
         for i, s in zip(prep.test_idx.tolist(), test_scores)
     ]
     adaptive = [
-        run_attack(spec, i, model, samples, prep.test_idx, dev, prep.use_cache, (detector, dict(detector_cfg), threshold))
-        for i, cfg in enumerate(spec.attacks)
-        if needs_detector(cfg)
+        run_attack(
+            spec, i, model, prep.fingerprint, samples, prep.test_idx, dev, prep.use_cache,
+            (detector, dict(detector_cfg), threshold),
+        )
+        for i in prep.bound
     ]
     order = {spec.attack_key(i): i for i in range(len(spec.attacks))}
     attacks = sorted(prep.attacks + adaptive, key=lambda r: order[r.key])
@@ -390,7 +399,7 @@ def run(
     rundir.write_resolved_spec(run_dir, spec)
     rundir.write_metrics(run_dir, metrics)
     rundir.write_scores(run_dir, ev.rows)
-    rundir.write_detector(run_dir, spec, ev.threshold, model_fingerprint(prep.model.module))
+    rundir.write_detector(run_dir, spec, ev.threshold, prep.fingerprint)
     artifacts = RunArtifacts(
         prep.model, prep.samples, prep.clean_preds, prep.clean_probs, prep.fit_idx, prep.test_idx,
         ev.attacks, detector, ev.threshold, dev,

@@ -69,8 +69,9 @@ def provenance(spec: Spec, device: torch.device, plugin_dists: set[str], extra: 
         "python": platform.python_version(),
     }
     for dist in sorted(plugin_dists):
-        if _version(dist) is not None:  # plugins registered at run time have no distribution
-            versions.setdefault(dist, _version(dist))
+        version = _version(dist)
+        if version is not None:  # plugins registered at run time have no distribution
+            versions.setdefault(dist, version)
     return {
         "versions": versions,
         "device": str(device),
