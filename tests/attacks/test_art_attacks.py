@@ -190,6 +190,7 @@ POSITIVE, NON_NEGATIVE = "greater than 0", "greater than or equal to 0"
         ("pixel", {"stop_probability": 1.5}, "less than or equal to 1"),
         ("pixel", {"es": 1}, "'de' or 'cma-es'"),
         ("pixel", {"max_iter": 0}, POSITIVE),
+        ("pixel", {"scale": 0}, POSITIVE),
     ],
 )
 def test_bad_parameters_are_refused_when_the_spec_loads(name, bad, message):

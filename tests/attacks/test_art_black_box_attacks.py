@@ -98,6 +98,41 @@ def test_the_papers_stopping_rule_pushes_the_true_class_below_five_percent(pixel
     assert (paper < 0.05).sum() > (first_flip < 0.05).sum()
 
 
+def _changed_box(adv: torch.Tensor, image: torch.Tensor) -> tuple[int, int]:
+    """Height and width of the bounding box of the pixels `adv` changed in `image` ([C,H,W])."""
+    rows, cols = ((adv - image).abs() > 1e-6).any(0).nonzero(as_tuple=True)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def test_scale_changes_one_pixel_of_the_coarse_scan_and_flips_real_digits():
+    import tracekit
+    from tracekit.datasets.digits import digits_arrays
+
+    model = tracekit.create("model", "digits-cnn").module.eval()
+    _, images, labels = digits_arrays("test")
+    right = _probs(model, images).argmax(1) == labels
+    images, labels = images[right][:32], labels[right][:32]
+    adv = _pixel_run(model, images, labels, scale=4, max_iter=5)
+    assert adv.shape == images.shape and adv.min() >= 0 and adv.max() <= 1
+    fooled = _probs(model, adv).argmax(1) != labels
+    assert fooled.sum() >= 5  # 9 of these 32 flip with one 8x8 pixel (seeds 0 and 1)
+    unchanged = (adv == images).flatten(1).all(1)
+    assert (fooled | unchanged).all()
+    for i in fooled.nonzero().flatten():
+        # one 8x8 pixel reaches the 32x32 input through bilinear upsampling: at most 8x8 input pixels
+        height, width = _changed_box(adv[i], images[i])
+        assert 2 <= height <= 8 and 2 <= width <= 8
+    # scale 1 is the attack on the input's own pixels: a single changed pixel flips none of these digits
+    single = _pixel_run(model, images[:4], labels[:4], max_iter=2)
+    assert (_changed_pixels(single, images[:4]) <= 1).all()
+
+
+def test_scale_must_divide_the_image(pixel_model):
+    model, images, labels = pixel_model
+    with pytest.raises(TracekitError, match="scale 5 does not divide the 32x32 images"):
+        _attack("pixel", scale=5).generate(model, images[:1], labels[:1])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("cma") is not None, reason="cma is installed")
 def test_cma_es_without_cma_is_a_clear_error():
     with pytest.raises(TracekitError, match="pip install cma"):

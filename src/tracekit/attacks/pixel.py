@@ -14,6 +14,14 @@ Two changes to ART's search, both in the subclass built by `_paper_pixel_attack`
 The evolution draws from NumPy's global random state (the engine seeds it per batch). Each
 generation evaluates about 400 candidates per image, so the cost is about `max_iter` times 400
 forward passes for every image that resists.
+
+`scale` (tracekit's, not ART's) searches pixels of the image at 1/`scale` of its resolution: for
+images that were upsampled from a coarser grid, such as the embedded digits (8x8 scans shown at
+32x32), a pixel of the input is a fraction of one real pixel, and one pixel *of the scan* is the
+faithful unit. The low-resolution image is the input's area average; a change of one of its pixels
+reaches the input upsampled bilinearly (the way the digits were made), added to the input and
+clipped to [0, 1], so the input is unchanged wherever the search changed nothing. ART's search runs
+unmodified on that low-resolution view, one image at a time (as it does anyway).
 """
 
 import functools
@@ -22,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -67,12 +76,54 @@ def _paper_pixel_attack() -> type:
     return PaperPixelAttack
 
 
+def _upsample(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+
+
+class _LowResolution(nn.Module):
+    """`model` seen through a coarse view of one image `base`: input = clip(base + upsample(z - low))."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.base = self.low = torch.empty(0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        change = _upsample(z - self.low, tuple(self.base.shape[-2:]))
+        return self.model((self.base + change).clamp(0.0, 1.0))
+
+
 class OnePixel(ArtAttack):
     """Differential evolution (or CMA-ES) over `pixels` (row, column, value) triples per image."""
 
-    def __init__(self, pixels: int, max_iter: int, es: int, stop_probability: float) -> None:
+    def __init__(self, pixels: int, max_iter: int, es: int, stop_probability: float, scale: int) -> None:
         super().__init__()
         self.pixels, self.max_iter, self.es, self.stop_probability = pixels, max_iter, es, stop_probability
+        self.scale = scale
+        self._view: _LowResolution | None = None
+
+    def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial versions of `images`; with `scale` > 1, found among changes of the coarse view's pixels."""
+        if self.scale == 1:
+            return super().generate(model, images, labels)
+        height, width = images.shape[-2:]
+        if height % self.scale or width % self.scale:
+            raise TracekitError(
+                f"attack 'pixel': scale {self.scale} does not divide the {height}x{width} images; "
+                "use a scale that divides both sides (scale: 1 searches the input's own pixels)"
+            )
+        if self._view is None or self._view.model is not model:
+            self._view = _LowResolution(model)
+        view = self._view
+        lows = F.avg_pool2d(images, self.scale)
+        changes = []
+        for image, low, label in zip(images, lows, labels):
+            view.base, view.low = image[None], low[None]
+            found = super().generate(view, low[None], label[None])
+            # ART returns a pixel it did not change through an 8-bit round trip: keep only real changes.
+            change = (found - low[None]).masked_fill((found - low[None]).abs() < 1e-5, 0.0)
+            changes.append(change)
+        return (images + _upsample(torch.cat(changes), (height, width))).clamp(0.0, 1.0)
 
     def build(self, classifier: "PyTorchClassifier") -> Any:
         probabilities = art_classifier(
@@ -96,8 +147,12 @@ def pixel(
     max_iter: Annotated[int, Field(gt=0)] = 100,
     es: Literal["de", "cma-es"] = "de",
     stop_probability: Annotated[float, Field(gt=0, le=1)] = 0.05,
+    scale: Annotated[int, Field(gt=0)] = 1,
 ) -> OnePixel:
-    """One-pixel attack (Su et al.) via ART: evolve until the true class's probability is below 5%."""
+    """One-pixel attack (Su et al.) via ART: evolve until the true class's probability is below 5%.
+
+    `scale` > 1 searches the pixels of the image at 1/`scale` resolution (e.g. 4 for the 8x8 digits).
+    """
     if es == "cma-es" and importlib.util.find_spec("cma") is None:
         raise TracekitError("attack 'pixel': es: cma-es needs the 'cma' package; pip install cma, or use es: de")
-    return OnePixel(pixels, max_iter, 0 if es == "cma-es" else 1, stop_probability)
+    return OnePixel(pixels, max_iter, 0 if es == "cma-es" else 1, stop_probability, scale)
