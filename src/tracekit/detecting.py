@@ -143,4 +143,4 @@ def detect(run_dir: str | Path, images: Any, device: str | None = None) -> list[
     `threshold`, `verdict` (`adversarial` when score > threshold, else `clean`) and `error`
     (the reason an input could not be read, else None; its other values are then None)."""
     setup = load_run(run_dir, device)
-    return setup.results(read_inputs(images, setup.model.input_size))
+    return setup.results(read_inputs(images, setup.model))

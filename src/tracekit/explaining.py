@@ -50,7 +50,7 @@ def explain(
     from .report.figures import explain_panel, feature_maps, file_stem
 
     setup = load_setup(model, device)
-    inputs = read_inputs(images, setup.model.input_size)
+    inputs = read_inputs(images, setup.model)
     results = setup.results(inputs)
     readable = [(item, row) for item, row in zip(inputs, results) if item.image is not None]
     out_dir = Path(out) if out is not None else DEFAULT_OUT

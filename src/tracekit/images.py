@@ -1,10 +1,14 @@
 """Images for a model from files, PIL images, tensors or arrays: `[C,H,W]` in [0, 1].
 
-Files (PNG, JPEG, anything Pillow reads, any size or mode) are converted to the model's
-channels (gray `L` or `RGB`; alpha is dropped) and resized to its input height and width
-(bilinear; the aspect ratio is not kept). Tensors and arrays are taken as they are: float
-values in [0, 1], `[C,H,W]` or a batch `[N,C,H,W]` of exactly the model's input size, so that
-they score bit for bit as they would inside a run.
+Files (PNG, JPEG, anything Pillow reads, any size or mode) are prepared exactly as the
+`imagefolder` dataset prepares them inside a run (one loader for both, so a file scores as it
+would in the run that calibrated the threshold), which is torchvision's `Resize` + `CenterCrop`:
+converted to the model's channels (gray `L` or `RGB`; alpha is dropped), the shorter side resized
+to `floor(crop / crop_pct)` with the model's interpolation, the centre cropped to the model's
+input height x width. `crop_pct` and the interpolation come from the model's `info` (1.0 for the
+embedded digits-cnn: the whole frame, no border cut). Tensors and arrays are taken as they are:
+float values in [0, 1], `[C,H,W]` or a batch `[N,C,H,W]` of exactly the model's input size, so
+that they score bit for bit as they would inside a run.
 
 A file that cannot be read does not stop the others: each input becomes an `ImageInput` that
 holds either the image or the reason it could not be used.
@@ -12,6 +16,7 @@ holds either the image or the reason it could not be used.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +27,8 @@ import numpy as np
 import torch
 
 from .errors import TracekitError
+from .models.normalize import DEFAULT_CROP_PCT
+from .protocols import LoadedModel
 
 
 @dataclass
@@ -33,8 +40,58 @@ class ImageInput:
     error: str | None = None
 
 
-def load_image(path: str | os.PathLike[str], input_size: tuple[int, int, int]) -> torch.Tensor:
-    """The image file at `path` as `[C,H,W]` in [0, 1], converted and resized to `input_size`."""
+@dataclass(frozen=True)
+class Preparation:
+    """How image files become a model's inputs: channels, crop (height, width), `crop_pct`, resampling."""
+
+    channels: int
+    crop: tuple[int, int]
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def for_model(cls, model: LoadedModel, size: int | None = None) -> Preparation:
+        """The model's own preparation (from its `info`), optionally cropping `size` x `size` instead."""
+        channels, height, width = model.input_size
+        if channels not in (1, 3):
+            raise TracekitError(f"the model takes {channels}-channel input; image files give 1 (gray) or 3 (RGB)")
+        return cls(
+            channels,
+            (size, size) if size else (height, width),
+            float(model.info.get("crop_pct") or DEFAULT_CROP_PCT),
+            str(model.info.get("interpolation", "bilinear")),
+        )
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        """A PIL image as `[C,H,W]` in [0, 1]: converted, shorter side resized, centre-cropped."""
+        from PIL import Image
+
+        resample = getattr(Image.Resampling, self.interpolation.upper(), Image.Resampling.BILINEAR)
+        image = image.convert("RGB" if self.channels == 3 else "L")
+        height, width = self.crop
+        short = max(math.floor(max(height, width) / self.crop_pct + 1e-6), height, width)
+        w, h = image.size
+        if w <= h:  # torchvision's Resize(int): the shorter side to `short`, the other in proportion
+            size = (short, int(short * h / w))
+        else:
+            size = (int(short * w / h), short)
+        if size != image.size:
+            image = image.resize(size, resample)
+        top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
+        image = image.crop((left, top, left + width, top + height))
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        return torch.from_numpy(array.reshape(height, width, self.channels)).permute(2, 0, 1).contiguous()
+
+    def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
+        """The image file at `path`, prepared; unreadable files raise `OSError`/`ValueError` (Pillow's)."""
+        from PIL import Image
+
+        with Image.open(path) as opened:
+            return self(opened)
+
+
+def load_image(path: str | os.PathLike[str], preparation: Preparation) -> torch.Tensor:
+    """The image file at `path` as `[C,H,W]` in [0, 1], prepared; a clear `TracekitError` if unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -43,26 +100,11 @@ def load_image(path: str | os.PathLike[str], input_size: tuple[int, int, int]) -
     if path.is_dir():
         raise TracekitError(f"{path}: is a directory, not an image file")
     try:
-        with Image.open(path) as opened:
-            return pil_to_tensor(opened, input_size)
+        return preparation.load(path)
     except UnidentifiedImageError:
         raise TracekitError(f"{path}: not an image file Pillow can read (PNG or JPEG expected)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise TracekitError(f"{path}: cannot read the image ({exc}); is the file complete?") from None
-
-
-def pil_to_tensor(image: Any, input_size: tuple[int, int, int]) -> torch.Tensor:
-    """A PIL image as `[C,H,W]` in [0, 1]: converted to the model's channels, resized to its input."""
-    from PIL import Image
-
-    channels, height, width = input_size
-    if channels not in (1, 3):
-        raise TracekitError(f"the model takes {channels}-channel input; image files give 1 (gray) or 3 (RGB)")
-    converted = image.convert("L" if channels == 1 else "RGB")
-    if converted.size != (width, height):
-        converted = converted.resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(converted, dtype=np.float32) / 255.0
-    return torch.from_numpy(array.reshape(height, width, channels)).permute(2, 0, 1).contiguous()
 
 
 def _check_tensor(image: torch.Tensor, input_size: tuple[int, int, int], name: str) -> torch.Tensor:
@@ -75,18 +117,19 @@ def _check_tensor(image: torch.Tensor, input_size: tuple[int, int, int], name: s
     return image.float()
 
 
-def read_inputs(images: Any, input_size: tuple[int, int, int]) -> list[ImageInput]:
+def read_inputs(images: Any, model: LoadedModel) -> list[ImageInput]:
     """Each of `images` (a path, PIL image, `[C,H,W]`/`[N,C,H,W]` tensor or array, or a list of
-    them) as an `ImageInput`; unreadable inputs carry their error message instead of an image."""
+    them) as an `ImageInput` for `model`; unreadable inputs carry their error message instead."""
     out: list[ImageInput] = []
+    preparation: Preparation | None = None
     for name, item in _named(images):
         try:
             if isinstance(item, torch.Tensor):
-                image = _check_tensor(item.detach().cpu(), input_size, name)
-            elif isinstance(item, (str, os.PathLike)):
-                image = load_image(item, input_size)
+                image = _check_tensor(item.detach().cpu(), model.input_size, name)
             else:
-                image = pil_to_tensor(item, input_size)
+                preparation = preparation or Preparation.for_model(model)
+                is_path = isinstance(item, (str, os.PathLike))
+                image = load_image(item, preparation) if is_path else preparation(item)
         except TracekitError as exc:
             out.append(ImageInput(name, error=str(exc)))
         else:

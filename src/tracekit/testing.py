@@ -39,12 +39,14 @@ class TinyCNN(nn.Module):
 
 
 def tiny_model(channels: int = 1, size: int = 16, num_classes: int = 3, seed: int = 0) -> LoadedModel:
-    """A randomly initialized (seeded) `TinyCNN` ready for tracekit."""
+    """A randomly initialized (seeded) `TinyCNN` ready for tracekit; image files are taken whole
+    (`crop_pct` 1.0: resized to the input, no border cropped), as for the embedded digits-cnn."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     module = TinyCNN(channels, size, num_classes).eval()
     torch.random.set_rng_state(gen_state)
-    return LoadedModel(module, (channels, size, size), [f"class{i}" for i in range(num_classes)])
+    names = [f"class{i}" for i in range(num_classes)]
+    return LoadedModel(module, (channels, size, size), names, info={"crop_pct": 1.0})
 
 
 def train_briefly(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 20) -> nn.Module:

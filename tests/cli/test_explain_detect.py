@@ -14,7 +14,7 @@ import tracekit
 from tracekit import plugins
 from tracekit.cli import build_app
 from tracekit.engine.run import run
-from tracekit.images import load_image
+from tracekit.images import Preparation, load_image
 from tracekit.testing import testing_plugin, tiny_model
 
 runner = CliRunner()
@@ -149,7 +149,7 @@ def test_explain_images_of_any_mode_and_size(finished, tmp_path):
     names = tiny_model().class_names
     for r, path in zip(rows, paths):
         assert r["class"] == names[r["pred"]] and 0 < r["confidence"] <= 1
-        expected = tracekit.detect(finished.out_dir, load_image(path, (1, 16, 16))[None])[0]
+        expected = tracekit.detect(finished.out_dir, load_image(path, Preparation(1, (16, 16)))[None])[0]
         assert r["score"] == expected["score"] and r["verdict"] == expected["verdict"]
         with Image.open(r["panel"]) as panel:
             array = np.asarray(panel.convert("RGB"))
@@ -157,16 +157,21 @@ def test_explain_images_of_any_mode_and_size(finished, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.explain.png" for p in paths)
 
 
-def test_image_loading_converts_mode_and_resizes(tmp_path):
+def test_image_loading_converts_mode_resizes_and_crops(tmp_path):
     Image.new("RGBA", (37, 11), (90, 90, 90, 0)).save(tmp_path / "flat.png")  # alpha is dropped
-    image = load_image(tmp_path / "flat.png", (1, 16, 16))
+    image = load_image(tmp_path / "flat.png", Preparation(1, (16, 16)))
     assert image.shape == (1, 16, 16) and torch.all(image == 90 / 255)
     Image.new("L", (5, 7), 200).save(tmp_path / "small.png")
-    rgb = load_image(tmp_path / "small.png", (3, 24, 20))
+    rgb = load_image(tmp_path / "small.png", Preparation(3, (24, 20)))
     assert rgb.shape == (3, 24, 20) and torch.all(rgb == 200 / 255)
     pixels = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
     Image.fromarray(pixels).save(tmp_path / "exact.png")  # the model's size: no resampling
-    assert torch.equal(load_image(tmp_path / "exact.png", (1, 16, 16))[0], torch.from_numpy(pixels / np.float32(255)))
+    exact = torch.from_numpy(pixels / np.float32(255))
+    assert torch.equal(load_image(tmp_path / "exact.png", Preparation(1, (16, 16)))[0], exact)
+    wide = np.zeros((16, 32), dtype=np.uint8)
+    wide[:, 8:24] = pixels
+    Image.fromarray(wide).save(tmp_path / "wide.png")  # the aspect ratio is kept: the centre is cropped
+    assert torch.equal(load_image(tmp_path / "wide.png", Preparation(1, (16, 16)))[0], exact)
 
 
 def test_explain_spec_model_has_no_verdict_and_names_panels_uniquely(tmp_path):

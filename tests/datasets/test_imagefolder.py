@@ -159,3 +159,15 @@ def test_bad_roots(tmp_path):
     (tmp_path / "bad" / "cls" / "x.png").write_bytes(b"garbage")
     with pytest.raises(TracekitError, match="none of the images .* could be read"):
         collect(imagefolder(tmp_path / "bad"), model())
+
+
+def test_explain_and_detect_read_files_as_the_dataset_does(root):
+    """One loader: a file given to `explain`/`detect` is the tensor the run's dataset made of it."""
+    from tracekit.images import read_inputs
+
+    for info in ({}, {"crop_pct": 0.5, "interpolation": "bicubic"}, {"crop_pct": 1.0}):
+        m = model(info=info)
+        samples, _ = collect(imagefolder(root), m)
+        inputs = read_inputs([root / sample_id for sample_id, _, _ in samples], m)
+        for (sample_id, image, _), item in zip(samples, inputs):
+            assert item.error is None and torch.equal(item.image, image), (info, sample_id)

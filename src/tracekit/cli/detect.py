@@ -64,5 +64,5 @@ def register(app: typer.Typer) -> None:
         """Score images with a finished run's model, detector and calibrated threshold."""
         progress.enable()
         setup = load_run(run_dir, device)
-        results = setup.results(read_inputs(images, setup.model.input_size))
+        results = setup.results(read_inputs(images, setup.model))
         print_results(results, as_json, f"detect with {run_dir} (flagged when score > threshold)")

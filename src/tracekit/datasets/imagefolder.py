@@ -1,7 +1,8 @@
 """Your own images (`imagefolder`): `ROOT/<class folder>/**/*.png|jpg|jpeg`.
 
-Images are prepared like ImageNet evaluation, exactly as torchvision's `Resize` + `CenterCrop`:
-converted to the model's channels (RGB or gray; alpha is dropped), the shorter side resized to
+Images are prepared like ImageNet evaluation, exactly as torchvision's `Resize` + `CenterCrop`
+(`tracekit.images.Preparation`, the loader `explain` and `detect` use too): converted to the
+model's channels (RGB or gray; alpha is dropped), the shorter side resized to
 `floor(crop / crop_pct)`, then the center cropped to the model's input height x width (or
 `size` x `size`). `crop_pct` and the interpolation come from the model's `info` where it records
 them (torchvision and timm models do), else 0.875 (= 224/256) and bilinear; a model whose
@@ -17,19 +18,17 @@ Unreadable files are skipped with a warning and listed in `info["skipped"]`.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator
 from itertools import zip_longest
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from ..errors import TracekitError, closest
-from ..models.normalize import DEFAULT_CROP_PCT
+from ..images import Preparation
 from ..protocols import LoadedModel
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -89,26 +88,6 @@ def _suggest(folder: str, model: LoadedModel) -> str:
     return f" (closest: {', '.join(hits)})" if hits else ""
 
 
-def _load(path: Path, channels: int, crop: tuple[int, int], crop_pct: float, resample: int) -> torch.Tensor:
-    """One image as `[C, H, W]` in [0, 1]: converted, shorter side resized, center-cropped."""
-    from PIL import Image
-
-    with Image.open(path) as opened:
-        image = opened.convert("RGB" if channels == 3 else "L")
-    height, width = crop
-    short = max(math.floor(max(height, width) / crop_pct + 1e-6), height, width)
-    w, h = image.size
-    if w <= h:  # torchvision's Resize(int): the shorter side to `short`, the other in proportion
-        size = (short, int(short * h / w))
-    else:
-        size = (int(short * w / h), short)
-    image = image.resize(size, resample)
-    top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
-    image = image.crop((left, top, left + width, top + height))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array.reshape(height, width, channels)).permute(2, 0, 1).contiguous()
-
-
 class ImageFolder:
     """Images in class subfolders of `root`, prepared for the model they are given."""
 
@@ -150,22 +129,19 @@ class ImageFolder:
         """Yield `(relative path, image[C,H,W], class index)`; unreadable files are skipped."""
         from PIL import Image
 
-        channels, height, width = model.input_size
-        if channels not in (1, 3):
-            raise TracekitError(f"imagefolder: the model takes {channels}-channel input; only 1 (gray) or 3 (RGB)")
-        crop = (self.size, self.size) if self.size else (height, width)
-        crop_pct = float(model.info.get("crop_pct") or DEFAULT_CROP_PCT)
-        interpolation = str(model.info.get("interpolation", "bilinear")).upper()
-        resample = getattr(Image.Resampling, interpolation, Image.Resampling.BILINEAR)
+        try:
+            prepare = Preparation.for_model(model, self.size)
+        except TracekitError as exc:
+            raise TracekitError(f"imagefolder: {exc}") from None
         mapping, method = _class_mapping(list(self.files), model)
-        self.info.update(class_mapping=mapping, mapping=method, crop=list(crop), crop_pct=crop_pct)
+        self.info.update(class_mapping=mapping, mapping=method, crop=list(prepare.crop), crop_pct=prepare.crop_pct)
         count = 0
         for folder, path in self._ordered():
             if self.limit is not None and count >= self.limit:
                 return
             sample_id = path.relative_to(self.root).as_posix()
             try:
-                image = _load(path, channels, crop, crop_pct, resample)
+                image = prepare.load(path)
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 if sample_id not in self._skipped:
                     self._skipped[sample_id] = f"{type(exc).__name__}: {exc}"
