@@ -1,7 +1,9 @@
 """`tracekit.detect`: score single images with a finished run's model, detector and threshold.
 
 `run` writes `detector.json` into the run directory (format, model, detector, calibrated
-threshold, target FPR, device); `load_run` rebuilds the model and the detector from it. An image
+threshold, target FPR, device) and, for a detector that learns (`StatefulDetector`: LID,
+Mahalanobis, KD+BU), `detector_state.pt` with what it learned; `load_run` rebuilds the model and
+the fitted detector from them. An image
 is flagged `adversarial` when its score is above the threshold (as in calibration).
 """
 
@@ -17,7 +19,7 @@ import torch
 
 from .errors import TracekitError
 from .images import ImageInput, read_inputs
-from .protocols import Detector, LoadedModel
+from .protocols import Detector, LoadedModel, StatefulDetector
 
 BATCH_SIZE = 64
 HOW_TO_FIX = "re-run its spec with `tracekit run` to write a current run directory"
@@ -63,19 +65,39 @@ class ScoringSetup:
 
 
 def build_setup(model_cfg: dict[str, Any], detector_cfg: dict[str, Any], device: torch.device,
-                threshold: float | None = None) -> ScoringSetup:
-    """Build the model and the (fitted-nothing) detector of resolved component specs."""
+                threshold: float | None = None, fitted: dict[str, Any] | None = None) -> ScoringSetup:
+    """Build the model and the detector of resolved component specs; `fitted`: the detector's
+    learned state (`StatefulDetector.state_dict()`), which a detector that learns needs."""
     from .engine.run import build
 
     model: LoadedModel = build("model", model_cfg)
     model.module.to(device).eval()
     detector: Detector = build("detector", detector_cfg)
-    if detector.needs_adversarial_fit:
+    if isinstance(detector, StatefulDetector) and fitted is not None:
+        detector.load_state_dict(fitted)
+    elif isinstance(detector, StatefulDetector) or detector.needs_adversarial_fit:
         raise TracekitError(
-            f"detector '{detector_cfg.get('name')}' learns from data; single images can only be scored "
-            "with detectors that need no fitting (such as feature-response)"
+            f"detector '{detector_cfg.get('name')}' learns from data, so it scores images only as fitted in a run; "
+            "give a run directory (written by `tracekit run`) instead of a spec"
         )
     return ScoringSetup(model, detector, device, threshold)
+
+
+def read_fitted(run_dir: Path, state: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """The detector's learned state named by `detector.json` (None when it names none)."""
+    name = state.get("state_file")
+    if name is None:
+        return None
+    path = run_dir / str(name)
+    if not isinstance(name, str) or path.name != name or not path.is_file():
+        raise TracekitError(f"{run_dir}: the fitted detector {path.name} is missing (a broken run directory); {HOW_TO_FIX}")
+    try:
+        fitted = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a broken file
+        raise TracekitError(f"{path}: cannot read the fitted detector ({type(exc).__name__}); {HOW_TO_FIX}") from None
+    if not isinstance(fitted, dict):
+        raise TracekitError(f"{path}: expected a dict of the fitted detector's state; {HOW_TO_FIX}")
+    return fitted
 
 
 def read_state(run_dir: str | Path) -> dict[str, Any]:
@@ -121,8 +143,9 @@ def load_run(run_dir: str | Path, device: str | None = None) -> ScoringSetup:
 
     state = read_state(run_dir)
     dev = resolve_device(device or str(state.get("device") or "auto"))
+    fitted = read_fitted(Path(run_dir), state, dev)
     try:
-        setup = build_setup(state["model"], state["detector"], dev, float(state["threshold"]))
+        setup = build_setup(state["model"], state["detector"], dev, float(state["threshold"]), fitted)
     except TracekitError as exc:
         raise TracekitError(f"run directory {run_dir}: {exc}") from None
     expected = state.get("model_fingerprint")

@@ -77,3 +77,14 @@ class Detector(Protocol):
     ) -> None: ...
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class StatefulDetector(Detector, Protocol):
+    """A detector that learns in `fit` and can hand over what it learned, so that `tracekit detect`
+    scores new images with the run's fitted detector (saved as `detector_state.pt`, loaded with
+    `torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts only)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

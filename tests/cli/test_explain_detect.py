@@ -286,3 +286,55 @@ def test_detect_refuses_a_model_whose_weights_changed(tmp_path):
     (run_dir / "detector.json").write_text(json.dumps(state))
     with pytest.raises(TracekitError, match="not the one the run used"):
         load_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory, uint8_images):
+    """A tiny run whose detector learns (Mahalanobis on tiny-cnn, from sign-noise adversarials)."""
+    root = tmp_path_factory.mktemp("learned")
+    images = torch.from_numpy(uint8_images.astype(np.float32) / 255.0)[:, None]
+    with torch.no_grad():
+        labels = tiny_model().module(images).argmax(1).numpy()
+    np.savez(root / "data.npz", images=uint8_images, labels=labels)
+    spec = {
+        "name": "learned", "seed": 0, "device": "cpu", "model": {"name": "tiny-cnn"},
+        "data": {"name": "npz", "path": str(root / "data.npz")},
+        "attacks": [{"name": "sign-noise", "eps": 0.5}],
+        "detector": {"name": "mahalanobis", "batch_size": 8},
+        "calibration": {"fit_fraction": 0.5, "target_fpr": 0.2}, "batch_size": 8,
+    }  # fmt: skip
+    (root / "spec.yaml").write_text(json.dumps(spec))
+    return run(spec, out=root / "run")
+
+
+def test_detect_scores_with_the_runs_fitted_learned_detector(learned):
+    """`detector_state.pt` holds what the detector learned; `detect` reproduces the run's scores
+    (to float rounding: it scores in other batches) and verdicts."""
+    assert json.loads((learned.out_dir / "detector.json").read_text())["state_file"] == "detector_state.pt"
+    art = learned.artifacts
+    rows = clean_rows(learned)
+    results = tracekit.detect(learned.out_dir, art.samples.images[art.test_idx])
+    expected = np.array([float(r["score"]) for r in rows])
+    np.testing.assert_allclose([r["score"] for r in results], expected, rtol=1e-9, atol=1e-9)
+    threshold = learned.metrics["threshold"]
+    assert [r["verdict"] for r in results] == ["adversarial" if s > threshold else "clean" for s in expected]
+    attack = art.attacks[0]
+    in_test = torch.isin(attack.indices, art.test_idx) & attack.success
+    flagged = tracekit.detect(learned.out_dir, attack.adversarial[in_test])
+    assert len(flagged) > 0 and all(r["score"] is not None for r in flagged)
+
+
+def test_learned_detector_needs_its_fitted_state(learned, tmp_path):
+    image = tmp_path / "img.png"
+    Image.new("L", (16, 16), 10).save(image)
+    run_dir = tmp_path / "run"
+    shutil.copytree(learned.out_dir, run_dir)
+    (run_dir / "detector_state.pt").write_bytes(b"not a torch file")
+    result = invoke("detect", "--run", run_dir, image)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "cannot read the fitted detector" in " ".join(result.output.split())
+    (run_dir / "detector_state.pt").unlink()
+    result = invoke("detect", "--run", run_dir, image)
+    assert result.exit_code == 2 and "detector_state.pt is missing" in " ".join(result.output.split())
+    with pytest.raises(tracekit.TracekitError, match="learns from data.*give a run directory"):
+        tracekit.explain([image], model=learned.out_dir.parent / "spec.yaml", out=tmp_path)

@@ -22,7 +22,7 @@ from tracekit.detectors.kd_bu import log_kde
 from tracekit.detectors.lid import lid_mle
 from tracekit.detectors.mahalanobis import TiedGaussian
 from tracekit.errors import SpecError, TracekitError
-from tracekit.protocols import Detector
+from tracekit.protocols import Detector, StatefulDetector
 from tracekit.testing import tiny_model
 
 BASELINES = ["feature-squeezing", "lid", "mahalanobis", "kd-bu"]
@@ -121,6 +121,43 @@ def test_baseline_is_a_detector(fitted: dict[str, dict[str, Any]], name: str) ->
     detector = fitted[name]["detector"]
     assert isinstance(detector, Detector)
     assert detector.needs_adversarial_fit == (name != "feature-squeezing")
+
+
+@pytest.mark.parametrize("name", ["lid", "mahalanobis", "kd-bu"])
+def test_learned_state_survives_a_weights_only_round_trip(
+    fitted: dict[str, dict[str, Any]], digits: dict[str, Any], name: str, tmp_path
+) -> None:
+    """What a baseline learned, saved and loaded with weights_only=True into a fresh (unfitted)
+    detector, scores as the fitted one does."""
+    detector, model = fitted[name]["detector"], digits["model"]
+    assert isinstance(detector, StatefulDetector)
+    torch.save(detector.state_dict(), tmp_path / "state.pt")
+    fresh = tracekit.create("detector", name, **FAST.get(name, {}))
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    images = torch.cat([digits["test"][:20], digits["test-adv0.3"][:20]])
+    assert torch.equal(fresh.score(model, images), detector.score(model, images))
+
+
+def test_feature_squeezing_learns_nothing_to_save(fitted: dict[str, dict[str, Any]]) -> None:
+    assert not isinstance(fitted["feature-squeezing"]["detector"], StatefulDetector)
+
+
+def test_logistic_combiner_equals_sklearns_pipeline() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tracekit.detectors.logistic import LogisticCombiner
+
+    rng = np.random.default_rng(0)
+    clean, adversarial = rng.normal(size=(60, 3)) * [1, 5, 0.1], rng.normal(size=(40, 3)) * [1, 5, 0.1] + 0.5
+    combiner = LogisticCombiner()
+    combiner.fit(clean, adversarial, "test")
+    x = np.concatenate([clean, adversarial])
+    y = np.r_[np.zeros(60), np.ones(40)]
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000)).fit(x, y)
+    points = rng.normal(size=(25, 3)) * 3
+    np.testing.assert_allclose(combiner.score(points).numpy(), pipeline.decision_function(points), rtol=1e-12, atol=1e-12)
 
 
 def test_kd_bu_warns_how_it_handles_a_model_without_dropout(fitted: dict[str, dict[str, Any]]) -> None:
@@ -244,7 +281,7 @@ def test_mahalanobis_confidence_equals_numpy_reference() -> None:
     precision = np.linalg.inv(centred.T @ centred / len(features))
     diffs = points[:, None, :] - means[None]
     expected = (-np.einsum("ncd,de,nce->nc", diffs, precision, diffs)).max(1)
-    gaussian = TiedGaussian(features, labels, torch.device("cpu"))
+    gaussian = TiedGaussian.fit(features, labels, torch.device("cpu"))
     np.testing.assert_allclose(gaussian.confidence(torch.from_numpy(points)).numpy(), expected, rtol=1e-8)
 
 

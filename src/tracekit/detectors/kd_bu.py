@@ -171,6 +171,18 @@ class KernelDensityUncertainty:
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return self.combiner.score(self.features(model, images))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer_,
+            "support": self.support,
+            "support_labels": self.support_labels,
+            "combiner": self.combiner.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.layer_, self.support, self.support_labels = str(state["layer"]), state["support"], state["support_labels"]
+        self.combiner.load_state_dict(state["combiner"])
+
 
 def kd_bu(
     layer: str | None = None,

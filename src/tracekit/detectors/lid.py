@@ -19,7 +19,7 @@ of the logistic regression).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -98,6 +98,13 @@ class LocalIntrinsicDimensionality:
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return self.combiner.score(self.lids(model, images))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"layers": list(self.layers_), "reference": list(self.reference), "combiner": self.combiner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.layers_, self.reference = list(state["layers"]), list(state["reference"])
+        self.combiner.load_state_dict(state["combiner"])
 
 
 def lid(

@@ -7,7 +7,9 @@ free of that estimator's changing defaults).
 
 Classes are weighted to balance (the papers train on pairs of clean and adversarial images; here
 the adversarials of several attacks may outnumber the clean ones). The score is the decision
-function (log-odds of adversarial), which ranks like the probability but never saturates.
+function (log-odds of adversarial), which ranks like the probability but never saturates; it is
+computed from the fitted scaler's and regression's arrays (equal to the pipeline's
+`decision_function`), which are all a fitted combiner holds, so its state is four arrays.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class LogisticCombiner:
     """Standardize features, then a logistic regression (clean 0, adversarial 1)."""
 
     def __init__(self) -> None:
-        self.pipeline: Any = None
+        self.mean = self.scale = self.coef = np.zeros(0)
+        self.intercept = 0.0
 
     def fit(self, clean: np.ndarray, adversarial: np.ndarray, where: str) -> None:
         """Learn from `[N,F]` clean and `[M,F]` adversarial feature rows."""
@@ -50,8 +53,19 @@ class LogisticCombiner:
         x = np.concatenate([clean, adversarial]).astype(np.float64)
         y = np.concatenate([np.zeros(len(clean)), np.ones(len(adversarial))])
         model = LogisticRegression(class_weight="balanced", max_iter=1000)
-        self.pipeline = make_pipeline(StandardScaler(), model).fit(x, y)
+        scaler, regression = make_pipeline(StandardScaler(), model).fit(x, y)
+        self.mean, self.scale = scaler.mean_, scaler.scale_
+        self.coef, self.intercept = regression.coef_[0], float(regression.intercept_[0])
 
     def score(self, features: np.ndarray) -> torch.Tensor:
         """Log-odds of adversarial for `[N,F]` feature rows."""
-        return torch.from_numpy(self.pipeline.decision_function(features.astype(np.float64)))
+        standardized = (features.astype(np.float64) - self.mean) / self.scale
+        return torch.from_numpy(standardized @ self.coef + self.intercept)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: torch.from_numpy(np.asarray(getattr(self, name), dtype=np.float64).copy())
+                for name in ("mean", "scale", "coef", "intercept")}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.scale, self.coef = (state[k].cpu().numpy() for k in ("mean", "scale", "coef"))
+        self.intercept = float(state["intercept"])

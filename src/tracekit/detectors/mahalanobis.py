@@ -19,7 +19,7 @@ smaller, by a fraction of about features / images).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -36,16 +36,20 @@ DEFAULT_LAYER_COUNT = 4
 class TiedGaussian:
     """Class means and one shared precision matrix; confidence = max_c of minus the Mahalanobis distance."""
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
+    def __init__(self, means: torch.Tensor, precision: torch.Tensor) -> None:
+        self.means, self.precision = means.double(), precision.double()
+        self.mean_norms = ((self.means @ self.precision) * self.means).sum(1)  # mu_c^T P mu_c
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray, device: torch.device) -> TiedGaussian:
+        """Means of each class's `[N,D]` features and the precision of the class-centred features."""
         from sklearn.covariance import EmpiricalCovariance
 
         classes = np.unique(labels)
         means = np.stack([features[labels == c].mean(0) for c in classes])
         centred = features - means[np.searchsorted(classes, labels)]
         precision = EmpiricalCovariance(assume_centered=False).fit(centred).precision_
-        self.means = torch.as_tensor(means, dtype=torch.float64, device=device)
-        self.precision = torch.as_tensor(precision, dtype=torch.float64, device=device)
-        self.mean_norms = ((self.means @ self.precision) * self.means).sum(1)  # mu_c^T P mu_c
+        return cls(torch.as_tensor(means, device=device), torch.as_tensor(precision, device=device))
 
     def confidence(self, features: torch.Tensor) -> torch.Tensor:
         """`[N,D] -> [N]`: `max_c -(f - mu_c)^T P (f - mu_c)` (differentiable; float64, expanded
@@ -105,11 +109,24 @@ class Mahalanobis:
                 for store, f in zip(per_layer, features):
                     store.append(f.double().cpu())
         y = torch.cat(labels).numpy()
-        self.gaussians = [TiedGaussian(torch.cat(f).numpy(), y, device) for f in per_layer]
+        self.gaussians = [TiedGaussian.fit(torch.cat(f).numpy(), y, device) for f in per_layer]
         self.combiner.fit(self.confidences(model, clean_fit_images), self.confidences(model, adversarial), WHERE)
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return self.combiner.score(self.confidences(model, images))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "layers": list(self.layers_),
+            "means": [g.means for g in self.gaussians],
+            "precisions": [g.precision for g in self.gaussians],
+            "combiner": self.combiner.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.layers_ = list(state["layers"])
+        self.gaussians = [TiedGaussian(m, p) for m, p in zip(state["means"], state["precisions"])]
+        self.combiner.load_state_dict(state["combiner"])
 
 
 def mahalanobis(

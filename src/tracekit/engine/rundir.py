@@ -1,4 +1,4 @@
-"""The run directory: resolved spec with provenance, metrics.json, scores.csv."""
+"""The run directory: resolved spec with provenance, metrics.json, scores.csv, the fitted detector."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ import yaml
 from .. import __version__
 from ..cache import ensure_dir
 from ..errors import TracekitError
+from ..protocols import Detector, StatefulDetector
 from ..spec import Spec
 
 SCORE_COLUMNS = ("sample_id", "attack", "label", "pred", "success", "score")
 DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
+STATE_FILE = "detector_state.pt"
 
 
 def make_run_dir(out: str | Path | None, name: str) -> Path:
@@ -92,8 +94,9 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def write_detector(run_dir: Path, spec: Spec, threshold: float, model_fingerprint: str) -> None:
-    """`detector.json`: what `tracekit detect` needs to reuse the run's detector and threshold."""
+def write_detector(run_dir: Path, spec: Spec, threshold: float, model_fingerprint: str, detector: Detector) -> None:
+    """`detector.json`: what `tracekit detect` needs to reuse the run's detector and threshold; and
+    `detector_state.pt` (named in it) with what a `StatefulDetector` learned in `fit`."""
     state = {
         "format": DETECTOR_FORMAT,
         "model": spec.model,
@@ -103,6 +106,9 @@ def write_detector(run_dir: Path, spec: Spec, threshold: float, model_fingerprin
         "target_fpr": spec.calibration.target_fpr,
         "device": spec.device,
     }
+    if isinstance(detector, StatefulDetector):
+        torch.save(detector.state_dict(), run_dir / STATE_FILE)
+        state["state_file"] = STATE_FILE
     (run_dir / "detector.json").write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
 
 
