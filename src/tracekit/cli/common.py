@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,7 +15,10 @@ from rich.markup import escape
 
 from ..errors import TracekitError
 
-console = Console()
+# Piped into a file or another program there is no terminal width to honour, and Rich would assume
+# 80 columns and cut the summary tables' cells to "…"; such output gets room (COLUMNS still wins).
+PIPED_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
