@@ -84,3 +84,11 @@ def test_perfect_and_random_separation():
 def test_no_adversarials_gives_nulls():
     m = detection_metrics(np.arange(10.0), np.zeros(0), 5.0)
     assert m["auc"] is None and m["tpr_at_fpr"]["0.05"] is None and m["fpr"] == pytest.approx(0.4)
+
+
+def test_headline_level_is_the_reported_level_nearest_the_target() -> None:
+    from tracekit.engine.metrics import headline_level
+
+    assert [headline_level(t) for t in (0.001, 0.01, 0.02, 0.05, 0.075, 0.08, 0.1, 0.5)] == [
+        0.01, 0.01, 0.01, 0.05, 0.05, 0.1, 0.1, 0.1,
+    ]  # fmt: skip

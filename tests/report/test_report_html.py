@@ -198,8 +198,10 @@ def test_controls_section_matches_metrics_json(page, metrics):
     noise = page.rows_by_label(page.table_with("prediction changed", "flagged"))
     randomized = page.rows_by_label(page.table_with("trained", "randomized"))
     assert list(noise) == list(randomized) == list(metrics["attacks"])
+    level = str(metrics["target_fpr"])  # the headline level is the calibration's target (10% here)
+    assert level == "0.1"
     for attack, m in metrics["attacks"].items():
-        expected = [*shown(m["auc"], ".3f", m["auc_ci"]), *shown(m["tpr_at_fpr"]["0.05"], ".3f", m["tpr_at_fpr_ci"]["0.05"]),
+        expected = [*shown(m["auc"], ".3f", m["auc_ci"]), *shown(m["tpr_at_fpr"][level], ".3f", m["tpr_at_fpr_ci"][level]),
                     *shown(m["recall"], ".1%")]  # fmt: skip
         for kind in ("sign", "gaussian"):
             n = m["noise"][kind]
@@ -207,7 +209,7 @@ def test_controls_section_matches_metrics_json(page, metrics):
         assert noise[attack] == expected
         r = m["randomized_model"]
         assert randomized[attack] == [*shown(m["auc"], ".3f"), *shown(r["auc"], ".3f"),
-                                      *shown(m["tpr_at_fpr"]["0.05"], ".3f"), *shown(r["tpr_at_fpr"]["0.05"], ".3f")]  # fmt: skip
+                                      *shown(m["tpr_at_fpr"][level], ".3f"), *shown(r["tpr_at_fpr"][level], ".3f")]  # fmt: skip
     assert metrics["randomized_model"]["layers"] == ["classifier", "features.3", "features.0"]
     assert "classifier, features.3, features.0" in page.text
     assert format(metrics["randomized_model"]["threshold"], ".4g") in page.text

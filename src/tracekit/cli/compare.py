@@ -11,14 +11,15 @@ from rich.table import Table
 
 from .. import progress
 from ..engine.compare import compare, compare_runs
+from ..engine.metrics import headline_level
 from ..errors import TracekitError
 from ..spec import load_spec
 from .common import console, err_console, fmt, handle_errors
 from .run import DeviceOpt, SetOpt
 
 
-def compare_table(detectors: dict[str, dict[str, Any]], title: str) -> Table:
-    """Detectors x attacks: AUC and TPR at 5% FPR."""
+def compare_table(detectors: dict[str, dict[str, Any]], title: str, level: float) -> Table:
+    """Detectors x attacks: AUC and TPR at the FPR `level`."""
     attacks: list[str] = []
     for per_attack in detectors.values():
         attacks += [a for a in per_attack if a not in attacks]
@@ -26,12 +27,12 @@ def compare_table(detectors: dict[str, dict[str, Any]], title: str) -> Table:
     table.add_column("detector")
     for attack in attacks:
         table.add_column(f"{attack}\nAUC", justify="right")
-        table.add_column(f"{attack}\nTPR@5%", justify="right")
+        table.add_column(f"{attack}\nTPR@{level:.0%}", justify="right")
     for label, per_attack in detectors.items():
         cells = []
         for attack in attacks:
             m = per_attack.get(attack)
-            cells += [fmt(m["auc"]), fmt(m["tpr_at_fpr"]["0.05"])] if m else ["n/a", "n/a"]
+            cells += [fmt(m["auc"]), fmt(m["tpr_at_fpr"][str(level)])] if m else ["n/a", "n/a"]
         table.add_row(escape(label), *cells)
     return table
 
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
             detectors = {label: d["attacks"] for label, d in result.metrics["detectors"].items()}
             data = result.metrics["data"]
             title = f"{spec.name}: {data['n_fit']} fit / {data['n_test']} test images, same for every detector"
-            console.print(compare_table(detectors, title))
+            console.print(compare_table(detectors, title, headline_level(spec.calibration.target_fpr)))
             console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
             console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")
             return
@@ -63,4 +64,4 @@ def register(app: typer.Typer) -> None:
         comparison = compare_runs(list(targets))
         for warning in comparison.warnings:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-        console.print(compare_table(comparison.detectors, "finished runs"))
+        console.print(compare_table(comparison.detectors, "finished runs", headline_level(comparison.target_fpr)))

@@ -18,11 +18,12 @@ import yaml
 
 from ..errors import SpecError, TracekitError
 from ..report import write_compare_report
-from ..spec import Spec
+from ..spec import Calibration, Spec
 from . import rundir
 from .run import as_spec, build, data_summary, evaluate, prepare, record_provenance, start
 
 COMPARE_COLUMNS = ("detector", *rundir.SCORE_COLUMNS)
+DEFAULT_TARGET_FPR = Calibration().target_fpr
 
 
 @dataclass
@@ -85,6 +86,7 @@ class RunsComparison:
 
     detectors: dict[str, dict[str, Any]]
     warnings: list[str]
+    target_fpr: float  # the first run's calibration target
 
 
 def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
@@ -92,6 +94,7 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
     detectors: dict[str, dict[str, Any]] = {}
     images: dict[str, set[str]] = {}
     attacks: dict[str, set[str]] = {}
+    targets: dict[str, float] = {}
     for raw in run_dirs:
         path = Path(raw)
         metrics, spec, clean_ids = _read_run(path)
@@ -101,6 +104,7 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
             detectors[key] = entry["attacks"]
             images[key] = clean_ids.get(label, clean_ids.get("", set()))
             attacks[key] = set(entry["attacks"])
+            targets[key] = float(metrics.get("target_fpr", DEFAULT_TARGET_FPR))
     warnings = []
     keys = list(detectors)
     for key in keys[1:]:
@@ -109,7 +113,9 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
                             f"({len(images[key] ^ images[keys[0]])} ids differ): its numbers are not directly comparable")
         if attacks[key] != attacks[keys[0]]:
             warnings.append(f"'{key}' has attacks {sorted(attacks[key])}, '{keys[0]}' has {sorted(attacks[keys[0]])}")
-    return RunsComparison(detectors, warnings)
+        if targets[key] != targets[keys[0]]:
+            warnings.append(f"'{key}' calibrated its threshold at {targets[key]:.1%} FPR, '{keys[0]}' at {targets[keys[0]]:.1%}")
+    return RunsComparison(detectors, warnings, targets[keys[0]] if keys else DEFAULT_TARGET_FPR)
 
 
 def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set[str]]]:

@@ -15,6 +15,12 @@ from sklearn.metrics import precision_score, recall_score, roc_auc_score
 FPR_LEVELS: tuple[float, ...] = (0.01, 0.05, 0.1)
 
 
+def headline_level(target_fpr: float) -> float:
+    """The reported FPR level closest to the calibration's target (the lower one on a tie): the
+    level that summary tables headline."""
+    return min(FPR_LEVELS, key=lambda level: (abs(level - target_fpr), level))
+
+
 def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
     """The smallest threshold flagging (score > threshold) at most `target_fpr` of `clean_scores`."""
     scores = np.sort(np.asarray(clean_scores, dtype=np.float64))

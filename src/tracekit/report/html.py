@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engine.metrics import FPR_LEVELS
+from ..engine.metrics import FPR_LEVELS, headline_level
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 Column = tuple[str, str, str]  # (header, metrics.json key, number format); "a.b" = m["a"]["b"]
 Group = tuple[str, list[Column]]  # columns under one spanning header
 
-HEADLINE_FPR = 0.05  # the FPR level of the comparison table and the controls
 ROC_COLUMNS: list[Column] = [
     ("AUC", "auc", ".3f"),
     *[(f"TPR@{level:.0%} FPR", f"tpr_at_fpr.{level}", ".3f") for level in FPR_LEVELS],
@@ -105,7 +104,8 @@ def controls(per_attack: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[st
     return out if out["noise"] or out["randomized"] or out["transfer"] else None
 
 
-def _environment() -> Environment:
+def _environment(headline: float) -> Environment:
+    """Jinja with autoescaping; `headline`: the FPR level of the comparison table and the controls."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(
@@ -120,8 +120,8 @@ def _environment() -> Environment:
         metric=metric,
         interval=interval,
         noise_titles=NOISE_TITLES,
-        headline=str(HEADLINE_FPR),  # its key in `tpr_at_fpr`
-        headline_pct=f"{HEADLINE_FPR:.0%}",
+        headline=str(headline),  # its key in `tpr_at_fpr`
+        headline_pct=f"{headline:.0%}",
     )
     return env
 
@@ -133,7 +133,8 @@ def _page(template: str, spec: Spec, run_dir: Path, **context: Any) -> str:
     provenance = dict(spec.provenance or {})
     versions = provenance.pop("versions", {}) or {}
     ev = spec.evaluation
-    return _environment().get_template(template).render(
+    env = _environment(headline_level(spec.calibration.target_fpr))
+    return env.get_template(template).render(
         name=spec.name,
         spec_yaml=dump_spec(spec.model_copy(update={"provenance": None})),
         versions={k: _plain(v) for k, v in versions.items()},
