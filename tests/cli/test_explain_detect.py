@@ -42,26 +42,30 @@ def uint8_images():
     return gen.integers(0, 256, size=(40, 16, 16), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, uint8_images):
-    """A tiny run on an npz of 8-bit images labelled by the model (so most are correct)."""
-    root = tmp_path_factory.mktemp("detect")
+def tiny_run(root, uint8_images, **spec):
+    """Run tiny-cnn on an npz of 8-bit images labelled by the model (so most are correct); `spec`
+    completes the run spec (name, seed, attacks, detector, calibration)."""
     images = torch.from_numpy(uint8_images.astype(np.float32) / 255.0)[:, None]
     with torch.no_grad():
         labels = tiny_model().module(images).argmax(1).numpy()
     np.savez(root / "data.npz", images=uint8_images, labels=labels)
     spec = {
-        "name": "detect-test",
-        "seed": 2,
-        "device": "cpu",
-        "model": {"name": "tiny-cnn"},
-        "data": {"name": "npz", "path": str(root / "data.npz")},
-        "attacks": [{"name": "sign-noise", "eps": 0.2}],
-        "detector": {"name": "feature-response", "score": {"name": "local-entropy"}},
-        "calibration": {"fit_fraction": 0.5, "target_fpr": 0.2},
-        "batch_size": 8,
-    }
+        "device": "cpu", "model": {"name": "tiny-cnn"}, "data": {"name": "npz", "path": str(root / "data.npz")},
+        "batch_size": 8, **spec,
+    }  # fmt: skip
+    (root / "spec.yaml").write_text(json.dumps(spec))  # YAML reads JSON
     return run(spec, out=root / "run")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, uint8_images):
+    """A tiny run with the paper's detector."""
+    return tiny_run(
+        tmp_path_factory.mktemp("detect"), uint8_images, name="detect-test", seed=2,
+        attacks=[{"name": "sign-noise", "eps": 0.2}],
+        detector={"name": "feature-response", "score": {"name": "local-entropy"}},
+        calibration={"fit_fraction": 0.5, "target_fpr": 0.2},
+    )  # fmt: skip
 
 
 def clean_rows(result):
@@ -291,20 +295,11 @@ def test_detect_refuses_a_model_whose_weights_changed(tmp_path):
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory, uint8_images):
     """A tiny run whose detector learns (Mahalanobis on tiny-cnn, from sign-noise adversarials)."""
-    root = tmp_path_factory.mktemp("learned")
-    images = torch.from_numpy(uint8_images.astype(np.float32) / 255.0)[:, None]
-    with torch.no_grad():
-        labels = tiny_model().module(images).argmax(1).numpy()
-    np.savez(root / "data.npz", images=uint8_images, labels=labels)
-    spec = {
-        "name": "learned", "seed": 0, "device": "cpu", "model": {"name": "tiny-cnn"},
-        "data": {"name": "npz", "path": str(root / "data.npz")},
-        "attacks": [{"name": "sign-noise", "eps": 0.5}],
-        "detector": {"name": "mahalanobis", "batch_size": 8},
-        "calibration": {"fit_fraction": 0.5, "target_fpr": 0.2}, "batch_size": 8,
-    }  # fmt: skip
-    (root / "spec.yaml").write_text(json.dumps(spec))
-    return run(spec, out=root / "run")
+    return tiny_run(
+        tmp_path_factory.mktemp("learned"), uint8_images, name="learned", seed=0,
+        attacks=[{"name": "sign-noise", "eps": 0.5}], detector={"name": "mahalanobis", "batch_size": 8},
+        calibration={"fit_fraction": 0.5, "target_fpr": 0.2},
+    )  # fmt: skip
 
 
 def test_detect_scores_with_the_runs_fitted_learned_detector(learned):
