@@ -29,13 +29,24 @@ def test_matches_captum_noise_tunnel_with_the_same_seed(tiny, base: str) -> None
     ours = tracekit.create("saliency", "smoothgrad", base={"name": base}, n_samples=5, noise=0.2, seed=7)
     maps = ours.maps(tiny.module, x, target)
     captum_base, kwargs = (Saliency, {"abs": False}) if base == "gradient" else (GuidedBackprop, {})
-    torch.manual_seed(7)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Captum warns about hooks on activations
-        reference = NoiseTunnel(captum_base(tiny.module)).attribute(
-            x, nt_type="smoothgrad", nt_samples=5, stdevs=0.2, target=target, **kwargs
-        )
+    references = []
+    for i in range(len(x)):  # each image as Captum explains it alone, after the same seed
+        torch.manual_seed(7)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Captum warns about hooks on activations
+            references.append(NoiseTunnel(captum_base(tiny.module)).attribute(
+                x[i : i + 1], nt_type="smoothgrad", nt_samples=5, stdevs=0.2, target=target[i : i + 1], **kwargs
+            ))  # fmt: skip
+    reference = torch.cat(references)
     torch.testing.assert_close(maps, reference, rtol=1e-5, atol=1e-6 * float(reference.abs().max()))
+
+
+def test_an_images_map_does_not_depend_on_its_batch(tiny) -> None:
+    x = images()
+    smooth = SmoothGrad(Gradient(), n_samples=4, noise=0.2, seed=3, chunk=8)
+    together = smooth.maps(tiny.module, x)
+    alone = torch.cat([smooth.maps(tiny.module, x[i : i + 1]) for i in reversed(range(len(x)))]).flip(0)
+    torch.testing.assert_close(alone, together, rtol=1e-6, atol=1e-7)
 
 
 def test_without_noise_one_sample_is_the_base_method(tiny) -> None:

@@ -7,12 +7,14 @@ in the paper and Captum). The base explains the class predicted for the clean `x
 given target) in every copy. The maps are signed averages; the gray conversion takes their
 absolute value afterwards, as the paper's visualizations do.
 
-Noise is drawn from a generator seeded with `seed` at every call, image by image (the `n`
-copies of image 0, then of image 1, ...), so a call is reproducible, but an image's noise
-depends on its position in the batch. The noisy copies go to the base method `chunk` images per
-call (at least the `n` copies of one image). On the CPU, when all copies fit in one call, this
-is exactly Captum's `NoiseTunnel(base).attribute(x, nt_type="smoothgrad", nt_samples=n,
-stdevs=s)` run after `torch.manual_seed(seed)`.
+Noise: `n` standard normal draws `z_1..z_n` (each the image's shape) come from a generator
+seeded with `seed` at every call, and every image gets the same draws, `e_k = s * z_k` (common
+random numbers). So an image's map depends on the image alone, never on the batch it is in (a
+file scored by `tracekit detect` gets the map it got in the run), and images are compared
+under the same noise. The noisy copies go to the base method `chunk` images per call (at least
+the `n` copies of one image). On the CPU each image's map is exactly Captum's
+`NoiseTunnel(base).attribute(x[i:i+1], nt_type="smoothgrad", nt_samples=n, stdevs=s)` run after
+`torch.manual_seed(seed)`.
 """
 
 from __future__ import annotations
@@ -45,12 +47,11 @@ class SmoothGrad:
         with torch.inference_mode(False):  # plain tensors, even for an inference-mode caller
             targets = resolve_target(model, images, target, METHOD).split(per_call)
             gen = torch.Generator(device=images.device).manual_seed(self.seed)
+            draws = torch.randn((n, *images.shape[1:]), generator=gen, device=images.device, dtype=images.dtype)
             out = []
             for part, part_target in zip(images.detach().clone().split(per_call), targets):
                 span = part.amax(dim=(1, 2, 3)) - part.amin(dim=(1, 2, 3))
-                copies = part.repeat_interleave(n, dim=0)
-                noise = torch.randn(copies.shape, generator=gen, device=part.device, dtype=part.dtype)
-                noisy = copies + noise * (self.noise * span).repeat_interleave(n).view(-1, 1, 1, 1)
+                noisy = (part[:, None] + draws[None] * (self.noise * span).view(-1, 1, 1, 1, 1)).flatten(0, 1)
                 maps = self.base.maps(model, noisy, part_target.repeat_interleave(n))
                 out.append(maps.detach().view(len(part), n, *maps.shape[1:]).mean(1))
             return torch.cat(out)  # split() gives at least one part, even of an empty batch
