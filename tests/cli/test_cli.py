@@ -141,3 +141,23 @@ def test_run_writes_run_directory_and_table(testing_plugin, tmp_path):
         assert (tmp_path / "run" / name).exists()
     assert "sign-noise" in result.output and "AUC" in result.output
     assert yaml.safe_load((tmp_path / "run" / "spec.resolved.yaml").read_text())["seed"] == 2
+
+
+def test_commands_show_each_warning_once_as_one_line(capsys):
+    import warnings
+
+    from tracekit.cli.common import handle_errors
+
+    @handle_errors
+    def noisy() -> str:
+        for _ in range(3):
+            with warnings.catch_warnings():  # libraries do this; it resets Python's once-per-place memory
+                pass
+            warnings.warn("detector 'x': something to know", UserWarning, stacklevel=1)
+        warnings.warn("another thing", UserWarning, stacklevel=1)
+        return "done"
+
+    assert noisy() == "done"
+    err = capsys.readouterr().err
+    assert err.count("warning: detector 'x': something to know") == 1 and err.count("warning: another thing") == 1
+    assert "UserWarning" not in err

@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,13 +25,33 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _warn_once() -> Callable[..., None]:
+    """A `warnings.showwarning` that prints each distinct message once, as one yellow line.
+
+    Python's own once-per-place filter forgets what it showed whenever any library enters
+    `warnings.catch_warnings()`, so a warning raised per fit or per batch would repeat.
+    """
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            err_console.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True)
+
+    return show
+
+
 def handle_errors(func: F) -> F:
-    """Bad input -> one red line, exit 2; a bug -> one line, exit 1 (TRACEKIT_DEBUG=1 shows the traceback)."""
+    """Bad input -> one red line, exit 2; a bug -> one line, exit 1 (TRACEKIT_DEBUG=1 shows the
+    traceback); warnings as single yellow lines, each shown once."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warn_once()
+                return func(*args, **kwargs)
         except TracekitError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
