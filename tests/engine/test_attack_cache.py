@@ -125,3 +125,13 @@ def test_cache_ls_and_clear(tmp_path):
     assert attack_cache.list_entries() == []
     bad = runner.invoke(build_app(), ["cache", "clear", "--older-than", "soon"])
     assert bad.exit_code == 2 and "7d" in bad.output
+
+
+def test_fingerprint_covers_zero_dimensional_buffers():
+    """BatchNorm's `num_batches_tracked` is a 0-d tensor (every torchvision ResNet has them)."""
+    from tracekit.engine.attack_cache import model_fingerprint
+
+    norm = torch.nn.BatchNorm2d(3)
+    before = model_fingerprint(norm)
+    norm.num_batches_tracked += 1
+    assert model_fingerprint(norm) != before and len(before) == 64

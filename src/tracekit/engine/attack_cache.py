@@ -34,7 +34,7 @@ def model_fingerprint(module: nn.Module) -> str:
         digest.update(name.encode())
         t = tensor.detach().to("cpu").contiguous()
         digest.update(str((t.dtype, tuple(t.shape))).encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d buffers (BatchNorm's) too
     return digest.hexdigest()
 
 
