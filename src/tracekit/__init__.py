@@ -47,22 +47,26 @@ def run(spec: Any, out: Any = None, device: str | None = None) -> RunResult:
     return _run(spec, out=out, device=device)
 
 
-def explain(images: Any, model: Any = None, out: Any = None, device: str | None = None) -> list[dict[str, Any]]:
+def explain(
+    images: Any, model: Any = None, out: Any = None, device: str | None = None, detector: str | None = None
+) -> list[dict[str, Any]]:
     """Predicted class, score and a panel PNG (image, feature response, local entropy) per image.
 
     `model`: None (the embedded digits-cnn with the feature-response detector), a run directory
-    or a spec. Images: paths, PIL images, or tensors/arrays `[C,H,W]`/`[N,C,H,W]` in [0, 1].
+    (a comparison's: with `detector`, a label) or a spec. Images: paths, PIL images, or
+    tensors/arrays `[C,H,W]`/`[N,C,H,W]` in [0, 1].
     """
     from .explaining import explain as _explain
 
-    return _explain(images, model=model, out=out, device=device)
+    return _explain(images, model=model, out=out, device=device, detector=detector)
 
 
-def detect(run_dir: Any, images: Any, device: str | None = None) -> list[dict[str, Any]]:
-    """Score images with a finished run's model, detector and calibrated threshold (one dict each)."""
+def detect(run_dir: Any, images: Any, device: str | None = None, detector: str | None = None) -> list[dict[str, Any]]:
+    """Score images with a finished run's model, detector and calibrated threshold (one dict each);
+    for a comparison's directory, with its detector labelled `detector`."""
     from .detecting import detect as _detect
 
-    return _detect(run_dir, images, device=device)
+    return _detect(run_dir, images, device=device, detector=detector)
 
 
 __all__ = [

@@ -2,9 +2,10 @@
 
 `run` writes `detector.json` into the run directory (format, model, detector, calibrated
 threshold, target FPR, device) and, for a detector that learns (`StatefulDetector`: LID,
-Mahalanobis, KD+BU), `detector_state.pt` with what it learned; `load_run` rebuilds the model and
-the fitted detector from them. An image
-is flagged `adversarial` when its score is above the threshold (as in calibration).
+Mahalanobis, KD+BU), `detector_state.pt` with what it learned; `compare` writes the same for
+each of its detectors under `detectors/<NN>-<label>/`. `load_run` rebuilds the model and the
+fitted detector from them. An image is flagged `adversarial` when its score is above the
+threshold (as in calibration).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import TracekitError
+from .errors import TracekitError, did_you_mean
 from .images import ImageInput, read_inputs
 from .protocols import Detector, LoadedModel, StatefulDetector
 
@@ -100,15 +101,43 @@ def read_fitted(run_dir: Path, state: dict[str, Any], device: torch.device) -> d
     return fitted
 
 
-def read_state(run_dir: str | Path) -> dict[str, Any]:
-    """`detector.json` of `run_dir`, checked: format, model, detector and threshold."""
-    from .engine.rundir import DETECTOR_FORMAT
+def detector_directory(run_dir: str | Path, detector: str | None = None) -> Path:
+    """The directory whose `detector.json` to use: a run's own, or its detector `detector` when
+    `run_dir` is a comparison (`tracekit compare SPEC`), which keeps one per detector."""
+    from .engine.rundir import DETECTORS_DIR
 
     path = Path(run_dir)
     if not path.exists():
         raise TracekitError(f"run directory {path} does not exist; give a directory written by `tracekit run`")
     if not path.is_dir():
         raise TracekitError(f"{path} is not a directory; give a run directory written by `tracekit run`")
+    if (path / "detector.json").is_file():
+        if detector is not None:
+            state = read_state(path)
+            label = state.get("label") or state["detector"].get("label") or state["detector"].get("name")
+            if detector != label:
+                raise TracekitError(f"run directory {path} has one detector, '{label}'; leave out --detector (or give its label)")
+        return path
+    compared = {}
+    for state_file in sorted((path / DETECTORS_DIR).glob("*/detector.json")):
+        compared[str(read_state(state_file.parent).get("label"))] = state_file.parent
+    if not compared:
+        return path  # read_state says what is missing
+    if detector is None:
+        raise TracekitError(
+            f"{path} is a comparison of {len(compared)} detectors; choose one with --detector LABEL "
+            f"(one of: {', '.join(compared)})"
+        )
+    if detector not in compared:
+        raise TracekitError(f"{path} has no detector '{detector}'{did_you_mean(detector, compared)}")
+    return compared[detector]
+
+
+def read_state(run_dir: str | Path) -> dict[str, Any]:
+    """`detector.json` of `run_dir`, checked: format, model, detector and threshold."""
+    from .engine.rundir import DETECTOR_FORMAT
+
+    path = Path(run_dir)
     state_file = path / "detector.json"
     if not state_file.is_file():
         raise TracekitError(
@@ -137,10 +166,12 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> ScoringSetup:
-    """The model, detector and calibrated threshold of a run directory (`device` overrides the run's)."""
+def load_run(run_dir: str | Path, device: str | None = None, detector: str | None = None) -> ScoringSetup:
+    """The model, fitted detector and calibrated threshold of a run directory (`device` overrides
+    the run's); of a comparison's detector `detector` (its label) when `run_dir` is a comparison."""
     from .engine.device import resolve_device
 
+    run_dir = detector_directory(run_dir, detector)
     state = read_state(run_dir)
     dev = resolve_device(device or str(state.get("device") or "auto"))
     fitted = read_fitted(Path(run_dir), state, dev)
@@ -160,10 +191,12 @@ def load_run(run_dir: str | Path, device: str | None = None) -> ScoringSetup:
     return setup
 
 
-def detect(run_dir: str | Path, images: Any, device: str | None = None) -> list[dict[str, Any]]:
+def detect(
+    run_dir: str | Path, images: Any, device: str | None = None, detector: str | None = None
+) -> list[dict[str, Any]]:
     """Score `images` (paths, PIL images, tensors/arrays `[C,H,W]` or `[N,C,H,W]` in [0, 1]) with a
-    run's detector: one dict per image with `image`, `pred`, `class`, `confidence`, `score`,
+    run's detector (a comparison's: the one labelled `detector`): one dict per image with `image`, `pred`, `class`, `confidence`, `score`,
     `threshold`, `verdict` (`adversarial` when score > threshold, else `clean`) and `error`
     (the reason an input could not be read, else None; its other values are then None)."""
-    setup = load_run(run_dir, device)
+    setup = load_run(run_dir, device, detector)
     return setup.results(read_inputs(images, setup.model))

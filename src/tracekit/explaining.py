@@ -19,18 +19,21 @@ DEFAULT_DETECTOR: dict[str, Any] = {"name": "feature-response"}
 DEFAULT_OUT = Path("explain")
 
 
-def load_setup(model: Any = None, device: str | None = None) -> ScoringSetup:
+def load_setup(model: Any = None, device: str | None = None, detector: str | None = None) -> ScoringSetup:
     """`model`: None (the embedded digits-cnn with the feature-response detector), a run
-    directory (its model, detector and threshold), or a spec (path, dict or `Spec`)."""
+    directory (its model, fitted detector and threshold; a comparison's detector `detector`), or
+    a spec (path, dict or `Spec`)."""
     from .engine.device import resolve_device
     from .engine.run import as_spec
 
+    if detector is not None and not (isinstance(model, (str, Path)) and Path(model).is_dir()):
+        raise TracekitError("--detector picks a detector of a run or comparison directory; give one with --model")
     if model is None:
         return build_setup(DEFAULT_MODEL, DEFAULT_DETECTOR, resolve_device(device or "auto"))
     if isinstance(model, (str, Path)):
         path = Path(model)
         if path.is_dir():
-            return load_run(path, device)
+            return load_run(path, device, detector)
         if not path.exists():
             raise TracekitError(f"model {str(model)!r}: no such spec file or run directory")
     spec = as_spec(model)
@@ -40,7 +43,8 @@ def load_setup(model: Any = None, device: str | None = None) -> ScoringSetup:
 
 
 def explain(
-    images: Any, model: Any = None, out: str | Path | None = None, device: str | None = None
+    images: Any, model: Any = None, out: str | Path | None = None, device: str | None = None,
+    detector: str | None = None,
 ) -> list[dict[str, Any]]:
     """Predict, score and draw a panel for each of `images` (paths, PIL images, tensors/arrays).
 
@@ -49,7 +53,7 @@ def explain(
     """
     from .report.figures import explain_panel, feature_maps, file_stem
 
-    setup = load_setup(model, device)
+    setup = load_setup(model, device, detector)
     inputs = read_inputs(images, setup.model)
     results = setup.results(inputs)
     readable = [(item, row) for item, row in zip(inputs, results) if item.image is not None]

@@ -333,3 +333,14 @@ def test_learned_detector_needs_its_fitted_state(learned, tmp_path):
     assert result.exit_code == 2 and "detector_state.pt is missing" in " ".join(result.output.split())
     with pytest.raises(tracekit.TracekitError, match="learns from data.*give a run directory"):
         tracekit.explain([image], model=learned.out_dir.parent / "spec.yaml", out=tmp_path)
+
+
+def test_detector_option_on_a_single_run_or_without_a_run_is_bad_input(finished, tmp_path):
+    image = tmp_path / "img.png"
+    Image.new("L", (16, 16), 10).save(image)
+    result = invoke("detect", "--run", finished.out_dir, "--detector", "lid", image)
+    assert result.exit_code == 2 and "has one detector, 'feature-response'" in " ".join(result.output.split())
+    same = invoke("detect", "--run", finished.out_dir, "--detector", "feature-response", "--json", image)
+    assert same.exit_code == 0, same.output
+    result = invoke("explain", "--detector", "paper", image)
+    assert result.exit_code == 2 and "give one with --model" in " ".join(result.output.split())

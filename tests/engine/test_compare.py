@@ -102,3 +102,36 @@ def test_cli_compare_table(result, tmp_path):
     assert "paper" in out.output and "AUC" in out.output
     bad = CliRunner().invoke(build_app(), ["compare", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+
+def test_detect_with_a_compared_detector_reproduces_its_scores(result):
+    """Every compared detector is kept (detectors/<NN>-<label>/); `detect --detector` picks one."""
+    import torch
+
+    import tracekit
+
+    assert sorted(p.name for p in (result.out_dir / "detectors").iterdir()) == ["00-gbp-mean-abs", "01-paper"]
+    model = tracekit.create("model", "tiny-cnn")
+    images = {i: x for i, x, _ in tracekit.create("dataset", "random-images", n=40).samples(model)}
+    with open(result.out_dir / "scores.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["attack"] == "clean"]
+    for label in ("gbp-mean-abs", "paper"):
+        mine = [r for r in rows if r["detector"] == label]
+        found = tracekit.detect(result.out_dir, torch.stack([images[r["sample_id"]] for r in mine]), detector=label)
+        assert [f["score"] for f in found] == [float(r["score"]) for r in mine]
+        assert {f["threshold"] for f in found} == {result.metrics["detectors"][label]["threshold"]}
+
+
+def test_detect_on_a_comparison_needs_a_known_detector_label(result, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("L", (16, 16), 100).save(image)
+    runner = CliRunner()
+    missing = runner.invoke(build_app(), ["detect", "--run", str(result.out_dir), str(image)])
+    assert missing.exit_code == 2 and "choose one with --detector LABEL (one of: gbp-mean-abs, paper)" in missing.output
+    typo = runner.invoke(build_app(), ["detect", "--run", str(result.out_dir), "--detector", "papr", str(image)])
+    assert typo.exit_code == 2 and "did you mean 'paper'" in typo.output
+    chosen = runner.invoke(build_app(), ["detect", "--run", str(result.out_dir), "--detector", "paper", "--json", str(image)])
+    assert chosen.exit_code == 0, chosen.output

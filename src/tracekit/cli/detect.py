@@ -1,4 +1,5 @@
-"""`tracekit detect --run RUN_DIR IMAGE... [--json]`: score images with a run's detector."""
+"""`tracekit detect --run RUN_DIR [--detector LABEL] IMAGE... [--json]`: score images with a run's
+detector (a comparison's: the one labelled LABEL)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from .common import console, err_console, fmt, handle_errors
 
 ImagesArg = typer.Argument(..., help="Image files (PNG, JPEG; any size or mode).", show_default=False)
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: the run's or auto).")
+DetectorOpt = typer.Option(
+    None, "--detector", help="Of a comparison's directory: the label of the detector to use.", show_default=False
+)
 JsonOpt = typer.Option(False, "--json", help="One JSON object per image (JSON lines) instead of a table.")
 VERDICTS = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]"}
 
@@ -57,12 +61,15 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def detect_command(
         images: list[Path] = ImagesArg,
-        run_dir: Path = typer.Option(..., "--run", help="A run directory written by `tracekit run`.", show_default=False),
+        run_dir: Path = typer.Option(
+            ..., "--run", help="A run directory written by `tracekit run` (or `tracekit compare`).", show_default=False
+        ),
         device: str = DeviceOpt,
+        detector: str = DetectorOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Score images with a finished run's model, detector and calibrated threshold."""
         progress.enable()
-        setup = load_run(run_dir, device)
+        setup = load_run(run_dir, device, detector)
         results = setup.results(read_inputs(images, setup.model))
         print_results(results, as_json, f"detect with {run_dir} (flagged when score > threshold)")

@@ -10,7 +10,7 @@ import typer
 from .. import progress
 from ..explaining import DEFAULT_OUT, explain
 from .common import handle_errors
-from .detect import DeviceOpt, ImagesArg, JsonOpt, print_results
+from .detect import DetectorOpt, DeviceOpt, ImagesArg, JsonOpt, print_results
 
 
 def register(app: typer.Typer) -> None:
@@ -19,13 +19,14 @@ def register(app: typer.Typer) -> None:
     def explain_command(
         images: list[Path] = ImagesArg,
         model: str = typer.Option(
-            None, "--model", help="A spec file or a run directory (default: the embedded digits-cnn).", show_default=False
+            None, "--model", help="A spec file or a run (or comparison) directory (default: the embedded digits-cnn).", show_default=False
         ),
         out: Path = typer.Option(DEFAULT_OUT, "--out", help="Directory for the panel PNGs."),
         device: str = DeviceOpt,
+        detector: str = DetectorOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Show what the network looks at: prediction, score and a feature-response panel per image."""
         progress.enable()
-        results = explain(images, model=model, out=out, device=device)
+        results = explain(images, model=model, out=out, device=device, detector=detector)
         print_results(results, as_json, f"explain ({model or 'embedded digits-cnn'})")

@@ -2,6 +2,8 @@
 
 A comparison spec lists `detectors:`; the attacks are generated once (cached) and shared, every
 detector is fitted on the same fit part and scored on the same test images and adversarials.
+Each fitted detector is kept under `detectors/<NN>-<label>/` (as a run keeps its one), so
+`tracekit detect --run DIR --detector LABEL` scores new images with it.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ def compare(
     prep = prepare(spec, dev, use_cache, any(d.needs_adversarial_fit for d in detectors))
     per_detector: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    for label, detector in zip(labels, detectors):
+    fitted: list[tuple[int, str, Any, float]] = []
+    for index, (label, detector) in enumerate(zip(labels, detectors)):
         t0 = time.perf_counter()
-        ev = evaluate(prep, detector, spec.detectors[labels.index(label)], label)
+        ev = evaluate(prep, detector, spec.detectors[index], label)
+        fitted.append((index, label, detector, ev.threshold))
         per_detector[label] = {
-            "name": spec.detectors[labels.index(label)]["name"],
+            "name": spec.detectors[index]["name"],
             "attacks": ev.per_attack,
             "threshold": ev.threshold,
             "needs_adversarial_fit": bool(detector.needs_adversarial_fit),
@@ -75,6 +79,8 @@ def compare(
     rundir.write_resolved_spec(run_dir, spec)
     rundir.write_metrics(run_dir, metrics)
     rundir.write_scores(run_dir, rows, COMPARE_COLUMNS)
+    for index, label, detector, threshold in fitted:  # for `tracekit detect --run DIR --detector LABEL`
+        rundir.write_detector(rundir.detector_dir(run_dir, index, label), spec, label, threshold, prep.fingerprint, detector)
     result = CompareResult(run_dir, metrics, spec, rows)
     write_compare_report(run_dir, result)  # ROC overlays, AUC heatmap and report.html (tracekit.report)
     return result

@@ -6,6 +6,7 @@ import csv
 import importlib.metadata as metadata
 import json
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +24,13 @@ from ..spec import Spec
 SCORE_COLUMNS = ("sample_id", "attack", "label", "pred", "success", "score")
 DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
 STATE_FILE = "detector_state.pt"
+DETECTORS_DIR = "detectors"  # a comparison's fitted detectors: detectors/<NN>-<label>/detector.json
+
+
+def detector_dir(run_dir: Path, index: int, label: str) -> Path:
+    """Where a comparison keeps its detector number `index` (labels made safe for file names)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "detector"
+    return run_dir / DETECTORS_DIR / f"{index:02d}-{safe}"
 
 
 def make_run_dir(out: str | Path | None, name: str) -> Path:
@@ -94,22 +102,29 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def write_detector(run_dir: Path, spec: Spec, threshold: float, model_fingerprint: str, detector: Detector) -> None:
-    """`detector.json`: what `tracekit detect` needs to reuse the run's detector and threshold; and
-    `detector_state.pt` (named in it) with what a `StatefulDetector` learned in `fit`."""
+def write_detector(
+    directory: Path, spec: Spec, label: str, threshold: float, model_fingerprint: str, detector: Detector
+) -> None:
+    """`detector.json`: what `tracekit detect` needs to reuse a fitted detector (the spec's one, or
+    its detector `label` of a comparison) and its threshold; and `detector_state.pt` (named in
+    it) with what a `StatefulDetector` learned in `fit`."""
+    detectors = [spec.detector] if spec.detector else list(spec.detectors or [])
+    keys = [str(d.get("label") or d["name"]) for d in detectors]
+    ensure_dir(directory)
     state = {
         "format": DETECTOR_FORMAT,
+        "label": label,
         "model": spec.model,
         "model_fingerprint": model_fingerprint,
-        "detector": spec.detector,
+        "detector": detectors[keys.index(label)],
         "threshold": threshold,
         "target_fpr": spec.calibration.target_fpr,
         "device": spec.device,
     }
     if isinstance(detector, StatefulDetector):
-        torch.save(detector.state_dict(), run_dir / STATE_FILE)
+        torch.save(detector.state_dict(), directory / STATE_FILE)
         state["state_file"] = STATE_FILE
-    (run_dir / "detector.json").write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
+    (directory / "detector.json").write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def write_scores(run_dir: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = SCORE_COLUMNS) -> None:
