@@ -14,6 +14,7 @@ from rich.table import Table
 from .. import progress
 from ..detecting import load_run
 from ..images import read_inputs
+from ..report.figures import percent
 from .common import console, err_console, fmt, handle_errors
 
 ImagesArg = typer.Argument(..., help="Image files (PNG, JPEG; any size or mode).", show_default=False)
@@ -36,7 +37,7 @@ def results_table(results: list[dict[str, Any]], title: str) -> Table:
     for r in results:
         cells = {"image": escape(r["image"]), "prediction": "[red]unreadable[/]", "panel": escape(r.get("panel") or "")}
         if not r["error"]:
-            cells.update(prediction=f"{escape(r['class'])} ({r['confidence']:.0%})", score=fmt(r["score"], 4),
+            cells.update(prediction=f"{escape(r['class'])} ({percent(r['confidence'])})", score=fmt(r["score"], 4),
                          threshold=fmt(r["threshold"], 4), verdict=VERDICTS.get(r["verdict"], "–"))  # fmt: skip
         table.add_row(*(cells.get(column, "–") for column in columns))
     return table

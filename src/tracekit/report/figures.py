@@ -60,6 +60,12 @@ class Example:
     success: bool
 
 
+def percent(p: float) -> str:
+    """A probability as a percentage: whole percents, and two decimals below 1% (a 1000-class
+    model's confidence is often a fraction of a percent)."""
+    return f"{p:.0%}" if p >= 0.01 or p == 0 else f"{p:.2%}"
+
+
 @contextmanager
 def _figure(path: Path, layout: str | None = "constrained", **kwargs: Any) -> Iterator[Any]:
     """A matplotlib `Figure` saved to `path` as PNG on exit."""
@@ -254,12 +260,12 @@ def example_figure(
         for row, ex in enumerate(examples):
             ax = axes[row]
             _show_image(ax[0], originals[row])
-            ax[0].set_title(f"{ex.sample_id} (true {ex.label})\nclean: {ex.clean_class} ({ex.clean_confidence:.0%})")
+            ax[0].set_title(f"{ex.sample_id} (true {ex.label})\nclean: {ex.clean_class} ({percent(ex.clean_confidence)})")
             delta_image = _show_perturbation(ax[1], deltas[row], span)
             ax[1].set_title(f"perturbation\nmax |δ| {float(deltas[row].abs().max()):.3g}")
             _show_image(ax[2], adversarials[row])
             outcome = "succeeded" if ex.success else "failed"
-            ax[2].set_title(f"adversarial ({outcome})\npred {ex.adv_class} ({ex.adv_confidence:.0%})",
+            ax[2].set_title(f"adversarial ({outcome})\npred {ex.adv_class} ({percent(ex.adv_confidence)})",
                             color=ADV_COLOR if ex.success else "black")  # fmt: skip
             if maps is not None:
                 (clean_gray, clean_entropy), (adv_gray, adv_entropy) = maps
@@ -296,7 +302,7 @@ def explain_panel(
     with _image_figure(path, 1, ncols, 2.6 * ncols + 0.4, headline) as (fig, axes):
         axes = axes[0]
         _show_image(axes[0], image)
-        axes[0].set_title(f"input\npred {result['class']} ({result['confidence']:.0%})")
+        axes[0].set_title(f"input\npred {result['class']} ({percent(result['confidence'])})")
         if maps is not None:
             entropy_image = _show_maps(axes[1], axes[2], *maps)
             axes[1].set_title(f"feature response\nscore {result['score']:.4g}{_flag(result['score'], result['threshold'])}")
