@@ -119,10 +119,9 @@ class OnePixel(ArtAttack):
         changes = []
         for image, low, label in zip(images, lows, labels):
             view.base, view.low = image[None], low[None]
-            found = super().generate(view, low[None], label[None])
+            change = super().generate(view, low[None], label[None]) - low[None]
             # ART returns a pixel it did not change through an 8-bit round trip: keep only real changes.
-            change = (found - low[None]).masked_fill((found - low[None]).abs() < 1e-5, 0.0)
-            changes.append(change)
+            changes.append(change.masked_fill(change.abs() < 1e-5, 0.0))
         return (images + _upsample(torch.cat(changes), (height, width))).clamp(0.0, 1.0)
 
     def build(self, classifier: "PyTorchClassifier") -> Any:
