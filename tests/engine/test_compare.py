@@ -88,6 +88,16 @@ def test_compare_runs_warns_on_different_images(result, tmp_path):
     assert same.warnings == []
 
 
+def test_compare_runs_warns_once_per_run_when_adversarials_differ(result, tmp_path):
+    """Same images and attack names, other adversarials (here a stronger eps): said once per run
+    pair, not once per detector of the comparison."""
+    same = run(base(detector=DETECTORS[1]), out=tmp_path / "same")
+    assert compare_runs([result.out_dir, same.out_dir]).warnings == []
+    stronger = run(base(detector=DETECTORS[1], attacks=[{"name": "sign-noise", "eps": 0.5}]), out=tmp_path / "strong")
+    warnings = compare_runs([result.out_dir, stronger.out_dir]).warnings
+    assert len(warnings) == 1 and "runs 'strong' and '" in warnings[0] and "other adversarials from sign-noise" in warnings[0]
+
+
 def test_compare_runs_bad_dirs(tmp_path):
     with pytest.raises(TracekitError, match="does not exist"):
         compare_runs([tmp_path / "nope"])
@@ -102,7 +112,6 @@ def test_cli_compare_table(result, tmp_path):
     assert "paper" in out.output and "AUC" in out.output
     bad = CliRunner().invoke(build_app(), ["compare", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
-
 
 
 def test_detect_with_a_compared_detector_reproduces_its_scores(result):

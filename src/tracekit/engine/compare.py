@@ -101,15 +101,19 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
     images: dict[str, set[str]] = {}
     attacks: dict[str, set[str]] = {}
     targets: dict[str, float] = {}
+    adversarials: dict[str, Outcomes] = {}
+    runs: dict[str, str] = {}  # detector key -> its run directory's name
     for raw in run_dirs:
         path = Path(raw)
-        metrics, spec, clean_ids = _read_run(path)
+        metrics, spec, clean_ids, outcomes = _read_run(path)
         entries = metrics["detectors"] if "detectors" in metrics else {_detector_label(spec): {"attacks": metrics["attacks"]}}
         for label, entry in entries.items():
             key = f"{path.name}: {label}"
             detectors[key] = entry["attacks"]
             images[key] = clean_ids.get(label, clean_ids.get("", set()))
             attacks[key] = set(entry["attacks"])
+            adversarials[key] = outcomes.get(label, outcomes.get("", {}))
+            runs[key] = path.name
             targets[key] = float(metrics.get("target_fpr", DEFAULT_TARGET_FPR))
     warnings = []
     keys = list(detectors)
@@ -119,12 +123,28 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
                             f"({len(images[key] ^ images[keys[0]])} ids differ): its numbers are not directly comparable")
         if attacks[key] != attacks[keys[0]]:
             warnings.append(f"'{key}' has attacks {sorted(attacks[key])}, '{keys[0]}' has {sorted(attacks[keys[0]])}")
+        differ = sorted(
+            attack for attack in set(adversarials[key]) & set(adversarials[keys[0]])
+            if adversarials[key][attack] != adversarials[keys[0]][attack]
+        )  # fmt: skip
+        message = (
+            f"runs '{runs[key]}' and '{runs[keys[0]]}' attacked the same images but got other adversarials from "
+            f"{', '.join(differ)} (other parameters or seeds, or a random attack run in other batches): "
+            "not directly comparable"
+        )
+        if differ and images[key] == images[keys[0]] and message not in warnings:
+            warnings.append(message)
         if targets[key] != targets[keys[0]]:
             warnings.append(f"'{key}' calibrated its threshold at {targets[key]:.1%} FPR, '{keys[0]}' at {targets[keys[0]]:.1%}")
     return RunsComparison(detectors, warnings, targets[keys[0]] if keys else DEFAULT_TARGET_FPR)
 
 
-def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set[str]]]:
+Outcomes = dict[str, set[tuple[str, str, str]]]  # attack -> {(sample id, prediction, success)}
+
+
+def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set[str]], dict[str, Outcomes]]:
+    """A finished run's metrics and spec, and per detector label ("" for a run) its clean test ids
+    and what each attack's adversarials of them did."""
     if not path.is_dir():
         raise TracekitError(f"run directory {path} does not exist (or is not a directory)")
     try:
@@ -139,10 +159,16 @@ def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set
     if not isinstance(metrics, dict) or not ("attacks" in metrics or "detectors" in metrics):
         raise TracekitError(f"{path}/metrics.json has neither 'attacks' nor 'detectors'; is it a tracekit run?")
     clean_ids: dict[str, set[str]] = {}
+    outcomes: dict[str, Outcomes] = {}
     for row in rows:
+        label = row.get("detector", "")
         if row.get("attack") == "clean":
-            clean_ids.setdefault(row.get("detector", ""), set()).add(row["sample_id"])
-    return metrics, spec, clean_ids
+            clean_ids.setdefault(label, set()).add(row["sample_id"])
+        else:
+            outcomes.setdefault(label, {}).setdefault(row["attack"], set()).add(
+                (row["sample_id"], row["pred"], row["success"])
+            )
+    return metrics, spec, clean_ids, outcomes
 
 
 def _detector_label(spec: Any) -> str:
