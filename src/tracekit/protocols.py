@@ -44,7 +44,13 @@ class Dataset(Protocol):
 
 @runtime_checkable
 class Attack(Protocol):
-    """Turns a batch of correctly classified images into adversarial images (same shape)."""
+    """Turns a batch of correctly classified images into adversarial images (same shape).
+
+    Optional: `per_image = True` makes the engine call `generate` one image at a time, each with
+    the random state seeded from the run's seed and the image's id alone, so that a random search
+    gives an image the same adversarial however the images are batched (for attacks that search
+    image by image anyway, like ART's one-pixel and boundary attacks).
+    """
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 

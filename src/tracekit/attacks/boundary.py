@@ -51,7 +51,11 @@ def _seeded_boundary_attack() -> type:
 
 
 class Boundary(ArtAttack):
-    """ART's `BoundaryAttack` with `targeted=False`."""
+    """ART's `BoundaryAttack` with `targeted=False`; the engine runs it image by image (ART walks
+    each image on its own anyway), each seeded from its id, so an image's result never depends
+    on its batch."""
+
+    per_image = True
 
     def __init__(self, **params: Any) -> None:
         super().__init__()

@@ -94,7 +94,11 @@ class _LowResolution(nn.Module):
 
 
 class OnePixel(ArtAttack):
-    """Differential evolution (or CMA-ES) over `pixels` (row, column, value) triples per image."""
+    """Differential evolution (or CMA-ES) over `pixels` (row, column, value) triples per image; the
+    engine runs it image by image (ART evolves each image on its own anyway), each seeded from its
+    id, so an image's result never depends on its batch."""
+
+    per_image = True
 
     def __init__(self, pixels: int, max_iter: int, es: int, stop_probability: float, scale: int) -> None:
         super().__init__()

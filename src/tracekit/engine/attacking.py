@@ -1,9 +1,10 @@
-"""Running an attack over many images: device batches, per-batch seeds, the attack cache."""
+"""Running an attack over many images: device batches, per-batch (or per-image) seeds, the attack cache."""
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,11 +55,12 @@ def generate(
             if entry is None:
                 entry = _attack_batch(
                     attack, module, images[start : start + batch_size], labels[start : start + batch_size],
-                    device, batch_seed(seed, batch_ids),
+                    device, seed, batch_ids, advance,
                 )
                 cache.save(batch_ids, entry)
+            else:
+                advance(len(batch_ids))
             entries.append(entry)
-            advance(len(batch_ids))
     if not entries:
         empty = images[:0].clone()
         return Generated(empty, labels[:0].clone(), torch.zeros(0, 0), 0.0, 0)
@@ -72,14 +74,32 @@ def generate(
 
 
 def _attack_batch(
-    attack: Attack, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, seed: int
+    attack: Attack,
+    module: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    seed: int,
+    ids: list[str],
+    advance: Callable[[int], None],
 ) -> CacheEntry:
-    seed_everything(seed)
+    """One batch, seeded from the run's seed and the batch's ids (a `per_image` attack: image by
+    image, each seeded from its own id); `advance` counts the images done."""
     x, y = images.to(device), labels.to(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    adversarial = attack.generate(module, x, y).detach().clamp(0, 1)
+    if getattr(attack, "per_image", False):
+        parts = []
+        for i, sample_id in enumerate(ids):
+            seed_everything(batch_seed(seed, [sample_id]))
+            parts.append(attack.generate(module, x[i : i + 1], y[i : i + 1]).detach())
+            advance(1)
+        adversarial = torch.cat(parts).clamp(0, 1)
+    else:
+        seed_everything(batch_seed(seed, ids))
+        adversarial = attack.generate(module, x, y).detach().clamp(0, 1)
+        advance(len(ids))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

@@ -1,0 +1,54 @@
+"""Running an attack over many images: per-batch seeds, and per-image seeds for `per_image` attacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tracekit.engine.attack_cache import AttackCache
+from tracekit.engine.attacking import generate
+from tracekit.testing import tiny_model
+
+
+class NumpyNoise:
+    """A random 'search' drawing from NumPy's global state, as ART's black-box attacks do."""
+
+    per_image = False
+
+    def generate(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        noise = np.random.uniform(-0.1, 0.1, size=tuple(images.shape)).astype(np.float32)
+        return (images + torch.from_numpy(noise)).clamp(0, 1)
+
+
+class PerImageNumpyNoise(NumpyNoise):
+    per_image = True
+
+
+def _run(attack, batch_size: int, seed: int = 0) -> torch.Tensor:
+    model = tiny_model().module
+    images = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    ids = [f"img-{i}" for i in range(10)]
+    cache = AttackCache("model", {"name": "noise"}, seed, enabled=False)
+    result = generate(attack, model, ids, images, torch.zeros(10, dtype=torch.long), batch_size,
+                      torch.device("cpu"), seed, cache, "noise")  # fmt: skip
+    assert len(result.adversarial) == 10
+    return result.adversarial
+
+
+def test_a_per_image_attack_gives_an_image_the_same_adversarial_in_any_batching():
+    per_image = PerImageNumpyNoise()
+    assert torch.equal(_run(per_image, batch_size=3), _run(per_image, batch_size=10))
+    assert not torch.equal(_run(per_image, batch_size=3, seed=1), _run(per_image, batch_size=3))
+
+
+def test_a_batch_attack_is_seeded_per_batch():
+    batch = NumpyNoise()
+    assert torch.equal(_run(batch, batch_size=4), _run(batch, batch_size=4))  # reproducible
+    assert not torch.equal(_run(batch, batch_size=4)[:4], _run(batch, batch_size=10)[:4])  # batch-dependent
+
+
+def test_the_papers_black_box_attacks_run_per_image():
+    import tracekit
+
+    assert tracekit.create("attack", "pixel").per_image and tracekit.create("attack", "boundary").per_image
+    assert not getattr(tracekit.create("attack", "fgsm"), "per_image", False)
