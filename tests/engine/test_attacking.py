@@ -24,13 +24,17 @@ class PerImageNumpyNoise(NumpyNoise):
     per_image = True
 
 
-def _run(attack, batch_size: int, seed: int = 0) -> torch.Tensor:
+def _generate(attack, batch_size: int, seed: int = 0, cache_root=None, n: int = 10):
     model = tiny_model().module
-    images = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    ids = [f"img-{i}" for i in range(10)]
-    cache = AttackCache("model", {"name": "noise"}, seed, enabled=False)
-    result = generate(attack, model, ids, images, torch.zeros(10, dtype=torch.long), batch_size,
-                      torch.device("cpu"), seed, cache, "noise")  # fmt: skip
+    images = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(1))[:n]
+    ids = [f"img-{i}" for i in range(n)]
+    cache = AttackCache("model", {"name": "noise"}, seed, root=cache_root, enabled=cache_root is not None)
+    return generate(attack, model, ids, images, torch.zeros(n, dtype=torch.long), batch_size,
+                    torch.device("cpu"), seed, cache, "noise")  # fmt: skip
+
+
+def _run(attack, batch_size: int, seed: int = 0) -> torch.Tensor:
+    result = _generate(attack, batch_size, seed)
     assert len(result.adversarial) == 10
     return result.adversarial
 
@@ -39,6 +43,14 @@ def test_a_per_image_attack_gives_an_image_the_same_adversarial_in_any_batching(
     per_image = PerImageNumpyNoise()
     assert torch.equal(_run(per_image, batch_size=3), _run(per_image, batch_size=10))
     assert not torch.equal(_run(per_image, batch_size=3, seed=1), _run(per_image, batch_size=3))
+
+
+def test_a_per_image_attack_caches_each_image_for_any_batching(tmp_path):
+    first = _generate(PerImageNumpyNoise(), batch_size=3, cache_root=tmp_path, n=6)
+    assert first.cached_batches == 0 and len(list(tmp_path.rglob("*.pt"))) == 6
+    again = _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)  # 6 cached, 4 new
+    assert again.cached_batches == 6 and torch.equal(again.adversarial[:6], first.adversarial)
+    assert torch.equal(again.adversarial, _run(PerImageNumpyNoise(), batch_size=4))
 
 
 def test_a_batch_attack_is_seeded_per_batch():

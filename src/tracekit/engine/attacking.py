@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,21 +45,26 @@ def generate(
     cache: AttackCache,
     description: str,
 ) -> Generated:
-    """Attack `images` batch by batch; each finished batch goes to the cache at once."""
+    """Attack `images` batch by batch; each finished batch goes to the cache at once.
+
+    A `per_image` attack gets batches of one image: each seeded from its own id, cached on its
+    own (so runs that batch the same images differently share them, and an interrupted run loses
+    at most one image's search).
+    """
+    step = 1 if getattr(attack, "per_image", False) else batch_size
     entries: list[CacheEntry] = []
     with progress(description, total=len(images), keep=True) as advance:
-        for start in range(0, len(images), batch_size):
-            batch_ids = ids[start : start + batch_size]
+        for start in range(0, len(images), step):
+            batch_ids = ids[start : start + step]
             entry = cache.load(batch_ids)
             if entry is None:
                 entry = _attack_batch(
-                    attack, module, images[start : start + batch_size], labels[start : start + batch_size],
-                    device, seed, batch_ids, advance,
+                    attack, module, images[start : start + step], labels[start : start + step],
+                    device, batch_seed(seed, batch_ids),
                 )
                 cache.save(batch_ids, entry)
-            else:
-                advance(len(batch_ids))
             entries.append(entry)
+            advance(len(batch_ids))
     if not entries:
         empty = images[:0].clone()
         return Generated(empty, labels[:0].clone(), torch.zeros(0, 0), 0.0, 0)
@@ -74,32 +78,14 @@ def generate(
 
 
 def _attack_batch(
-    attack: Attack,
-    module: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device,
-    seed: int,
-    ids: list[str],
-    advance: Callable[[int], None],
+    attack: Attack, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, seed: int
 ) -> CacheEntry:
-    """One batch, seeded from the run's seed and the batch's ids (a `per_image` attack: image by
-    image, each seeded from its own id); `advance` counts the images done."""
+    seed_everything(seed)
     x, y = images.to(device), labels.to(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    if getattr(attack, "per_image", False):
-        parts = []
-        for i, sample_id in enumerate(ids):
-            seed_everything(batch_seed(seed, [sample_id]))
-            parts.append(attack.generate(module, x[i : i + 1], y[i : i + 1]).detach())
-            advance(1)
-        adversarial = torch.cat(parts).clamp(0, 1)
-    else:
-        seed_everything(batch_seed(seed, ids))
-        adversarial = attack.generate(module, x, y).detach().clamp(0, 1)
-        advance(len(ids))
+    adversarial = attack.generate(module, x, y).detach().clamp(0, 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
