@@ -75,7 +75,13 @@ def build_setup(model_cfg: dict[str, Any], detector_cfg: dict[str, Any], device:
     model.module.to(device).eval()
     detector: Detector = build("detector", detector_cfg)
     if isinstance(detector, StatefulDetector) and fitted is not None:
-        detector.load_state_dict(fitted)
+        try:
+            detector.load_state_dict(fitted)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TracekitError(
+                f"the fitted state of detector '{detector_cfg.get('name')}' does not fit it ({type(exc).__name__}: "
+                f"{exc}); {HOW_TO_FIX}"
+            ) from None
     elif isinstance(detector, StatefulDetector) or detector.needs_adversarial_fit:
         raise TracekitError(
             f"detector '{detector_cfg.get('name')}' learns from data, so it scores images only as fitted in a run; "

@@ -328,6 +328,9 @@ def test_learned_detector_needs_its_fitted_state(learned, tmp_path):
     result = invoke("detect", "--run", run_dir, image)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "cannot read the fitted detector" in " ".join(result.output.split())
+    torch.save({"layers": ["x"]}, run_dir / "detector_state.pt")  # readable, but not this detector's state
+    result = invoke("detect", "--run", run_dir, image)
+    assert result.exit_code == 2 and "does not fit it (KeyError" in " ".join(result.output.split()), result.output
     (run_dir / "detector_state.pt").unlink()
     result = invoke("detect", "--run", run_dir, image)
     assert result.exit_code == 2 and "detector_state.pt is missing" in " ".join(result.output.split())
