@@ -49,7 +49,9 @@ class Attack(Protocol):
     Optional: `per_image = True` makes the engine call `generate` one image at a time, each with
     the random state seeded from the run's seed and the image's id alone, so that a random search
     gives an image the same adversarial however the images are batched (for attacks that search
-    image by image anyway, like ART's one-pixel and boundary attacks).
+    image by image anyway, like ART's one-pixel and boundary attacks). Optional
+    `check(input_size)`: raise `TracekitError` for a model input the attack cannot work on; the
+    engine calls it before any work starts.
     """
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...

@@ -173,3 +173,18 @@ def test_boundary_gives_the_original_back_when_no_noise_image_is_misclassified(b
     labels = torch.ones_like(labels)
     adv = _boundary_run(constant, images, labels, max_iter=2, init_size=10)
     assert torch.equal(adv, images)
+
+
+def test_a_scale_the_model_cannot_take_is_refused_before_any_attack_runs(tmp_path, monkeypatch):
+    from tracekit.engine import attacking
+    from tracekit.engine.run import run
+
+    calls = []
+    monkeypatch.setattr(attacking, "_attack_batch", lambda *args: calls.append(args))
+    spec = {
+        "name": "bad-scale", "device": "cpu", "model": {"name": "digits-cnn"}, "data": {"name": "digits", "limit": 20},
+        "attacks": [{"name": "fgsm"}, {"name": "pixel", "scale": 5}], "detector": {"name": "feature-response"},
+    }  # fmt: skip
+    with pytest.raises(TracekitError, match="attacks.1: attack 'pixel': scale 5 does not divide the 32x32 images"):
+        run(spec, out=tmp_path / "run")
+    assert calls == []  # not even fgsm was attacked

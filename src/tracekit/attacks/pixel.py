@@ -106,16 +106,21 @@ class OnePixel(ArtAttack):
         self.scale = scale
         self._view: _LowResolution | None = None
 
-    def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Adversarial versions of `images`; with `scale` > 1, found among changes of the coarse view's pixels."""
-        if self.scale == 1:
-            return super().generate(model, images, labels)
-        height, width = images.shape[-2:]
+    def check(self, input_size: tuple[int, ...]) -> None:
+        """Refuse a `scale` that does not divide the images' height and width."""
+        height, width = input_size[-2:]
         if height % self.scale or width % self.scale:
             raise TracekitError(
                 f"attack 'pixel': scale {self.scale} does not divide the {height}x{width} images; "
                 "use a scale that divides both sides (scale: 1 searches the input's own pixels)"
             )
+
+    def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial versions of `images`; with `scale` > 1, found among changes of the coarse view's pixels."""
+        if self.scale == 1:
+            return super().generate(model, images, labels)
+        self.check(tuple(images.shape[1:]))
+        height, width = images.shape[-2:]
         if self._view is None or self._view.model is not model:
             self._view = _LowResolution(model)
         view = self._view

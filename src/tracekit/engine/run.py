@@ -113,9 +113,22 @@ def load_model(spec: Spec, device: torch.device) -> LoadedModel:
     return model
 
 
-def needs_detector(cfg: Mapping[str, Any]) -> bool:
-    """Adaptive attacks target a fitted, calibrated detector; they run after calibration."""
-    return bool(getattr(build("attack", cfg), "needs_detector", False))
+def screen_attacks(spec: Spec, model: LoadedModel) -> list[int]:
+    """Check every attack against the model before any work starts (an attack's optional
+    `check(input_size)`), and return the indices of the detector-bound (adaptive) attacks, which
+    target a fitted, calibrated detector and so run after calibration."""
+    bound = []
+    for i, cfg in enumerate(spec.attacks):
+        attack = build("attack", cfg)
+        check = getattr(attack, "check", None)
+        if check is not None:
+            try:
+                check(tuple(model.input_size))
+            except TracekitError as exc:
+                raise TracekitError(f"attacks.{i}: {exc}") from None
+        if getattr(attack, "needs_detector", False):
+            bound.append(i)
+    return bound
 
 
 def run_attack(
@@ -203,6 +216,7 @@ def prepare(spec: Spec, device: torch.device, use_cache: bool, adversarial_fit: 
     """Load model and data, split clean images, run (or load cached) attacks."""
     seed_everything(spec.seed)
     model = load_model(spec, device)
+    bound = screen_attacks(spec, model)
     dataset = build("dataset", spec.data)
     samples = collect(dataset, model)
     clean_preds, clean_probs = predict(model.module, samples.images, spec.batch_size, device, "predict clean")
@@ -210,7 +224,6 @@ def prepare(spec: Spec, device: torch.device, use_cache: bool, adversarial_fit: 
     fit_idx, test_idx = split_fit_test(correct, spec.calibration.fit_fraction, spec.seed)
     attacked = torch.cat([fit_idx, test_idx]).sort().values if adversarial_fit else test_idx
     fingerprint = model_fingerprint(model.module)
-    bound = [i for i, cfg in enumerate(spec.attacks) if needs_detector(cfg)]
     attacks = [
         run_attack(spec, i, model, fingerprint, samples, attacked, device, use_cache)
         for i in range(len(spec.attacks))
