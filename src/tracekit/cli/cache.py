@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         """List cached attacks."""
         entries = attack_cache.list_entries()
         table = Table(title=f"attack cache: {cache_dir() / 'attacks'}")
-        for column in ("key", "attack", "batches", "MB", "age"):
+        for column in ("key", "attack", "entries", "MB", "age"):  # an entry: a batch, or one image (per_image attacks)
             table.add_column(column)
         for e in entries:
             age_h = (time.time() - e["modified"]) / 3600
