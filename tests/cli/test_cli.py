@@ -161,3 +161,11 @@ def test_commands_show_each_warning_once_as_one_line(capsys):
     err = capsys.readouterr().err
     assert err.count("warning: detector 'x': something to know") == 1 and err.count("warning: another thing") == 1
     assert "UserWarning" not in err
+
+
+def test_version_names_tracekit_torch_and_art():
+    import tracekit
+
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.startswith(f"tracekit {tracekit.__version__}, torch ") and "adversarial-robustness-toolbox" in result.output

@@ -17,6 +17,30 @@ from . import run as run_cmd
 from . import validate as validate_cmd
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from .. import __version__
+
+        parts = [f"tracekit {__version__}"]
+        for dist in ("torch", "adversarial-robustness-toolbox"):
+            try:
+                parts.append(f"{dist} {version(dist)}")
+            except PackageNotFoundError:
+                parts.append(f"{dist} (not installed)")
+        typer.echo(", ".join(parts))
+        raise typer.Exit()
+
+
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the versions and exit."
+    ),
+) -> None:
+    """Trace and detect adversarial attacks on image classifiers through feature response maps."""
+
+
 def build_app() -> typer.Typer:
     """The typer application with every command registered."""
     app = typer.Typer(
@@ -26,6 +50,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+    app.callback()(_root)
     run_cmd.register(app)
     validate_cmd.register(app)
     plugins_cmd.register(app)
