@@ -107,9 +107,14 @@ def read_fitted(run_dir: Path, state: dict[str, Any], device: torch.device) -> d
     return fitted
 
 
-def detector_directory(run_dir: str | Path, detector: str | None = None) -> Path:
-    """The directory whose `detector.json` to use: a run's own, or its detector `detector` when
-    `run_dir` is a comparison (`tracekit compare SPEC`), which keeps one per detector."""
+def _label(state: dict[str, Any]) -> str:
+    """A `detector.json`'s detector label (older runs recorded only the detector's spec)."""
+    return str(state.get("label") or state["detector"].get("label") or state["detector"].get("name"))
+
+
+def find_detector(run_dir: str | Path, detector: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The directory whose `detector.json` to use, and that file read: a run's own, or its detector
+    `detector` when `run_dir` is a comparison (`tracekit compare SPEC`), which keeps one per detector."""
     from .engine.rundir import DETECTORS_DIR
 
     path = Path(run_dir)
@@ -118,17 +123,18 @@ def detector_directory(run_dir: str | Path, detector: str | None = None) -> Path
     if not path.is_dir():
         raise TracekitError(f"{path} is not a directory; give a run directory written by `tracekit run`")
     if (path / "detector.json").is_file():
-        if detector is not None:
-            state = read_state(path)
-            label = state.get("label") or state["detector"].get("label") or state["detector"].get("name")
-            if detector != label:
-                raise TracekitError(f"run directory {path} has one detector, '{label}'; leave out --detector (or give its label)")
-        return path
+        state = read_state(path)
+        if detector not in (None, _label(state)):
+            raise TracekitError(
+                f"run directory {path} has one detector, '{_label(state)}'; leave out --detector (or give its label)"
+            )
+        return path, state
     compared = {}
     for state_file in sorted((path / DETECTORS_DIR).glob("*/detector.json")):
-        compared[str(read_state(state_file.parent).get("label"))] = state_file.parent
+        state = read_state(state_file.parent)
+        compared[_label(state)] = (state_file.parent, state)
     if not compared:
-        return path  # read_state says what is missing
+        return path, read_state(path)  # which says what is missing
     if detector is None:
         raise TracekitError(
             f"{path} is a comparison of {len(compared)} detectors; choose one with --detector LABEL "
@@ -177,10 +183,9 @@ def load_run(run_dir: str | Path, device: str | None = None, detector: str | Non
     the run's); of a comparison's detector `detector` (its label) when `run_dir` is a comparison."""
     from .engine.device import resolve_device
 
-    run_dir = detector_directory(run_dir, detector)
-    state = read_state(run_dir)
+    run_dir, state = find_detector(run_dir, detector)
     dev = resolve_device(device or str(state.get("device") or "auto"))
-    fitted = read_fitted(Path(run_dir), state, dev)
+    fitted = read_fitted(run_dir, state, dev)
     try:
         setup = build_setup(state["model"], state["detector"], dev, float(state["threshold"]), fitted)
     except TracekitError as exc:
@@ -201,8 +206,8 @@ def detect(
     run_dir: str | Path, images: Any, device: str | None = None, detector: str | None = None
 ) -> list[dict[str, Any]]:
     """Score `images` (paths, PIL images, tensors/arrays `[C,H,W]` or `[N,C,H,W]` in [0, 1]) with a
-    run's detector (a comparison's: the one labelled `detector`): one dict per image with `image`, `pred`, `class`, `confidence`, `score`,
-    `threshold`, `verdict` (`adversarial` when score > threshold, else `clean`) and `error`
+    run's detector (a comparison's: the one labelled `detector`): one dict per image with `image`,
+    `pred`, `class`, `confidence`, `score`, `threshold`, `verdict` (`adversarial` when score > threshold, else `clean`) and `error`
     (the reason an input could not be read, else None; its other values are then None)."""
     setup = load_run(run_dir, device, detector)
     return setup.results(read_inputs(images, setup.model))

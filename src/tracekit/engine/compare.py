@@ -55,11 +55,12 @@ def compare(
     prep = prepare(spec, dev, use_cache, any(d.needs_adversarial_fit for d in detectors))
     per_detector: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    fitted: list[tuple[int, str, Any, float]] = []
     for index, (label, detector) in enumerate(zip(labels, detectors)):
         t0 = time.perf_counter()
         ev = evaluate(prep, detector, spec.detectors[index], label)
-        fitted.append((index, label, detector, ev.threshold))
+        # kept for `tracekit detect --run DIR --detector LABEL`
+        directory = rundir.detector_dir(run_dir, index, label)
+        rundir.write_detector(directory, spec, spec.detectors[index], ev.threshold, prep.fingerprint, detector)
         per_detector[label] = {
             "name": spec.detectors[index]["name"],
             "attacks": ev.per_attack,
@@ -79,8 +80,6 @@ def compare(
     rundir.write_resolved_spec(run_dir, spec)
     rundir.write_metrics(run_dir, metrics)
     rundir.write_scores(run_dir, rows, COMPARE_COLUMNS)
-    for index, label, detector, threshold in fitted:  # for `tracekit detect --run DIR --detector LABEL`
-        rundir.write_detector(rundir.detector_dir(run_dir, index, label), spec, label, threshold, prep.fingerprint, detector)
     result = CompareResult(run_dir, metrics, spec, rows)
     write_compare_report(run_dir, result)  # ROC overlays, AUC heatmap and report.html (tracekit.report)
     return result
@@ -127,13 +126,14 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
             attack for attack in set(adversarials[key]) & set(adversarials[keys[0]])
             if adversarials[key][attack] != adversarials[keys[0]][attack]
         )  # fmt: skip
-        message = (
-            f"runs '{runs[key]}' and '{runs[keys[0]]}' attacked the same images but got other adversarials from "
-            f"{', '.join(differ)} (other parameters or seeds, or a random attack run in other batches): "
-            "not directly comparable"
-        )
-        if differ and images[key] == images[keys[0]] and message not in warnings:
-            warnings.append(message)
+        if differ and images[key] == images[keys[0]]:
+            message = (
+                f"runs '{runs[key]}' and '{runs[keys[0]]}' attacked the same images but got other adversarials "
+                f"from {', '.join(differ)} (other parameters or seeds, or a random attack run in other batches): "
+                "not directly comparable"
+            )
+            if message not in warnings:  # once per pair of runs, not per detector of a comparison
+                warnings.append(message)
         if targets[key] != targets[keys[0]]:
             warnings.append(f"'{key}' calibrated its threshold at {targets[key]:.1%} FPR, '{keys[0]}' at {targets[keys[0]]:.1%}")
     return RunsComparison(detectors, warnings, targets[keys[0]] if keys else DEFAULT_TARGET_FPR)

@@ -412,8 +412,7 @@ def run(
     rundir.write_resolved_spec(run_dir, spec)
     rundir.write_metrics(run_dir, metrics)
     rundir.write_scores(run_dir, ev.rows)
-    label = str(spec.detector.get("label") or spec.detector["name"])
-    rundir.write_detector(run_dir, spec, label, ev.threshold, prep.fingerprint, detector)
+    rundir.write_detector(run_dir, spec, spec.detector, ev.threshold, prep.fingerprint, detector)
     artifacts = RunArtifacts(
         prep.model, prep.samples, prep.clean_preds, prep.clean_probs, prep.fit_idx, prep.test_idx,
         ev.attacks, detector, ev.threshold, dev,

@@ -103,20 +103,19 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def write_detector(
-    directory: Path, spec: Spec, label: str, threshold: float, model_fingerprint: str, detector: Detector
+    directory: Path, spec: Spec, detector_cfg: dict[str, Any], threshold: float, model_fingerprint: str,
+    detector: Detector,
 ) -> None:
-    """`detector.json`: what `tracekit detect` needs to reuse a fitted detector (the spec's one, or
-    its detector `label` of a comparison) and its threshold; and `detector_state.pt` (named in
-    it) with what a `StatefulDetector` learned in `fit`."""
-    detectors = [spec.detector] if spec.detector else list(spec.detectors or [])
-    keys = [str(d.get("label") or d["name"]) for d in detectors]
+    """`detector.json`: what `tracekit detect` needs to reuse a fitted detector (of resolved spec
+    `detector_cfg`: the spec's one, or one of a comparison's) and its threshold; and
+    `detector_state.pt` (named in it) with what a `StatefulDetector` learned in `fit`."""
     ensure_dir(directory)
     state = {
         "format": DETECTOR_FORMAT,
-        "label": label,
+        "label": str(detector_cfg.get("label") or detector_cfg["name"]),
         "model": spec.model,
         "model_fingerprint": model_fingerprint,
-        "detector": detectors[keys.index(label)],
+        "detector": detector_cfg,
         "threshold": threshold,
         "target_fpr": spec.calibration.target_fpr,
         "device": spec.device,
