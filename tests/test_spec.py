@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from tracekit.errors import SpecError, UnknownComponentError
-from tracekit.spec import dump_spec, load_spec
+from tracekit.spec import dump_spec, load_spec, validate_spec
 
 QUICKSTART = Path(__file__).parent.parent / "examples" / "quickstart.yaml"
 
@@ -141,3 +141,20 @@ def test_detector_and_detectors_exclusive(tmp_path):
 def test_bad_values(tmp_path, field, value):
     with pytest.raises(SpecError, match=field):
         load_spec(write(tmp_path, {**base(), field: value}))
+
+
+def test_every_component_error_is_reported_at_once():
+    data = {
+        "name": "t",
+        "model": {"name": "digits-cnn"},
+        "data": {"name": "digits"},
+        "attacks": [{"name": "fgsm", "eps": -0.1}, {"name": "pgd", "norm": 3}, {"name": "fgsm", "eps": 0.1}],
+        "detector": {"name": "feature-response", "score": {"name": "local-entropy", "size": 0}},
+    }
+    with pytest.raises(SpecError) as info:
+        validate_spec(data, source="s.yaml")
+    message = str(info.value)
+    assert message.startswith("s.yaml: attacks.0.eps:")
+    assert "attacks.1.norm: norm must be inf" in message
+    assert "attacks.2" not in message
+    assert "size" in message and message.count("s.yaml") == 1

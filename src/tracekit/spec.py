@@ -17,7 +17,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import SpecError, closest
+from .errors import SpecError, TracekitError, closest
 
 Component = dict[str, Any]
 
@@ -171,19 +171,32 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _resolve_components(spec: Spec, source: str) -> Spec:
+    """Resolve every component; report all their errors together, in spec order."""
     from .plugins import registry
 
     if spec.detector is None and spec.detectors is None:
         spec.detector = {"name": "feature-response"}
     if spec.detector is not None and spec.detectors is not None:
         raise SpecError(f"{source}: give either 'detector' (tracekit run) or 'detectors' (tracekit compare), not both")
-    spec.model = registry("model").resolve(spec.model, f"{source}: model")
-    spec.data = registry("dataset").resolve(spec.data, f"{source}: data")
-    spec.attacks = [registry("attack").resolve(a, f"{source}: attacks.{i}") for i, a in enumerate(spec.attacks)]
+    problems: list[TracekitError] = []
+
+    def resolve(kind: str, component: Any, where: str) -> Any:
+        try:
+            return registry(kind).resolve(component, where)
+        except TracekitError as exc:
+            problems.append(exc)
+            return component
+
+    spec.model = resolve("model", spec.model, "model")
+    spec.data = resolve("dataset", spec.data, "data")
+    spec.attacks = [resolve("attack", a, f"attacks.{i}") for i, a in enumerate(spec.attacks)]
     if spec.detector is not None:
-        spec.detector = registry("detector").resolve(spec.detector, f"{source}: detector")
+        spec.detector = resolve("detector", spec.detector, "detector")
     if spec.detectors is not None:
-        spec.detectors = [registry("detector").resolve(d, f"{source}: detectors.{i}") for i, d in enumerate(spec.detectors)]
+        spec.detectors = [resolve("detector", d, f"detectors.{i}") for i, d in enumerate(spec.detectors)]
+    if problems:  # one problem keeps its own type (e.g. UnknownComponentError)
+        kind = type(problems[0]) if len(problems) == 1 else SpecError
+        raise kind(f"{source}: " + "; ".join(map(str, problems)))
     _unique(source, "attacks", [spec.attack_key(i) for i in range(len(spec.attacks))])
     if spec.detectors is not None:
         _unique(source, "detectors", [spec.detector_key(i) for i in range(len(spec.detectors))])
