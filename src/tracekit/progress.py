@@ -49,7 +49,8 @@ def progress(
 ) -> Iterator[Callable[[float], None]]:
     """A bar for `total` units of work; yields `advance(n)`. Short steps' bars vanish when done;
     `keep=True` leaves the finished bar on screen (training, attacks: the long work)."""
-    if not _enabled:
+    if not _enabled or not (keep or console.is_terminal):
+        # A vanishing bar has nothing to leave in a log; rich would leave a blank line instead.
         yield lambda n=1: None
         return
     columns = (
