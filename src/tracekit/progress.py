@@ -45,10 +45,12 @@ class _RateColumn(ProgressColumn):
 
 @contextmanager
 def progress(
-    description: str, total: float | None, unit: str = "img", keep: bool = False
+    description: str, total: float | None, unit: str = "img", keep: bool = False, done: float = 0
 ) -> Iterator[Callable[[float], None]]:
     """A bar for `total` units of work; yields `advance(n)`. Short steps' bars vanish when done;
-    `keep=True` leaves the finished bar on screen (training, attacks: the long work)."""
+    `keep=True` leaves the finished bar on screen (training, attacks: the long work). `done`
+    units are finished already (a resumed run's cache hits): they fill the bar but do not count
+    towards the rate, so the ETA is about the work left."""
     if not _enabled or not (keep or console.is_terminal):
         # A vanishing bar has nothing to leave in a log; rich would leave a blank line instead.
         yield lambda n=1: None
@@ -64,5 +66,7 @@ def progress(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=not keep) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, completed=done)
+        if total is not None and done >= total:
+            bar.update(task, completed=done)  # marks it finished: no spinner, no pending ETA
         yield lambda n=1: bar.advance(task, n)

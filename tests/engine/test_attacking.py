@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from tracekit.engine.attack_cache import AttackCache
+from tracekit import progress
 from tracekit.engine.attacking import generate
 from tracekit.testing import tiny_model
 
@@ -64,3 +65,22 @@ def test_the_papers_black_box_attacks_run_per_image():
 
     assert tracekit.create("attack", "pixel").per_image and tracekit.create("attack", "boundary").per_image
     assert not getattr(tracekit.create("attack", "fgsm"), "per_image", False)
+
+
+def test_a_resumed_attacks_bar_starts_at_its_cached_images(tmp_path, monkeypatch):
+    from rich.progress import Progress
+
+    _generate(PerImageNumpyNoise(), batch_size=3, cache_root=tmp_path, n=6)
+    bars = []
+    real_add_task = Progress.add_task
+
+    def add_task(self, description, **kwargs):
+        bars.append((description, kwargs))
+        return real_add_task(self, description, **kwargs)
+
+    monkeypatch.setattr(Progress, "add_task", add_task)
+    monkeypatch.setattr(progress, "_enabled", True)
+    _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)
+    (description, kwargs), = bars
+    assert description == "noise (6 cached)"
+    assert kwargs["completed"] == 6 and kwargs["total"] == 10  # cached images add no speed samples

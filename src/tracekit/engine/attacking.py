@@ -47,32 +47,38 @@ def generate(
 ) -> Generated:
     """Attack `images` batch by batch; each finished batch goes to the cache at once.
 
+    Cached batches are read first, so the progress bar's rate and ETA cover only the work left.
+
     A `per_image` attack gets batches of one image: each seeded from its own id, cached on its
     own (so runs that batch the same images differently share them, and an interrupted run loses
     at most one image's search).
     """
     step = 1 if getattr(attack, "per_image", False) else batch_size
-    entries: list[CacheEntry] = []
-    with progress(description, total=len(images), keep=True) as advance:
-        for start in range(0, len(images), step):
-            batch_ids = ids[start : start + step]
-            entry = cache.load(batch_ids)
-            if entry is None:
+    batches = [ids[start : start + step] for start in range(0, len(images), step)]
+    entries: list[CacheEntry | None] = [cache.load(batch_ids) for batch_ids in batches]
+    done = sum(len(b) for b, e in zip(batches, entries) if e is not None)
+    if done:
+        description += f" ({done} cached)"
+    with progress(description, total=len(images), keep=True, done=done) as advance:
+        for i, batch_ids in enumerate(batches):
+            if entries[i] is None:
+                start = i * step
                 entry = _attack_batch(
                     attack, module, images[start : start + step], labels[start : start + step],
                     device, batch_seed(seed, batch_ids),
                 )
                 cache.save(batch_ids, entry)
-            entries.append(entry)
-            advance(len(batch_ids))
-    if not entries:
+                entries[i] = entry
+                advance(len(batch_ids))
+    finished = [e for e in entries if e is not None]  # every one, now
+    if not finished:
         empty = images[:0].clone()
         return Generated(empty, labels[:0].clone(), torch.zeros(0, 0), 0.0, 0)
     return Generated(
-        torch.cat([e.adversarial for e in entries]),
-        torch.cat([e.preds for e in entries]),
-        torch.cat([e.probs for e in entries]),
-        sum(e.seconds for e in entries),
+        torch.cat([e.adversarial for e in finished]),
+        torch.cat([e.preds for e in finished]),
+        torch.cat([e.probs for e in finished]),
+        sum(e.seconds for e in finished),
         cache.hits,
     )
 
