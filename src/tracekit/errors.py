@@ -26,6 +26,10 @@ class PluginError(TracekitError):
     """A plugin registered something invalid (for example a duplicate name)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during long work; the message says what was kept and how to resume."""
+
+
 def closest(name: str, known: Iterable[str], n: int = 3) -> list[str]:
     """The known names closest to `name` (case-insensitive), best first."""
     known = list(known)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from tracekit import hookimpl, plugins
@@ -72,6 +73,16 @@ def test_interrupted_run_resumes_to_identical_scores(tmp_path):
     assert _GlobalNoise.calls == 2  # only the two batches that never finished
     assert resumed.metrics["attacks"]["global-noise"]["cached_batches"] == 2
     assert (tmp_path / "resumed" / "scores.csv").read_text() == (tmp_path / "reference" / "scores.csv").read_text()
+
+
+def test_ctrl_c_on_the_command_line_says_how_to_resume(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec()))
+    _GlobalNoise.crash_on_call = 3
+    result = CliRunner().invoke(build_app(), ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 130
+    assert "interrupted: attack global-noise: 16/32 images are attacked and cached" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_second_run_recomputes_nothing(tmp_path):

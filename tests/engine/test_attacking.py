@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tracekit.engine.attack_cache import AttackCache
 from tracekit import progress
+from tracekit.errors import Interrupted
 from tracekit.engine.attacking import generate
 from tracekit.testing import tiny_model
 
@@ -84,3 +86,26 @@ def test_a_resumed_attacks_bar_starts_at_its_cached_images(tmp_path, monkeypatch
     (description, kwargs), = bars
     assert description == "noise (6 cached)"
     assert kwargs["completed"] == 6 and kwargs["total"] == 10  # cached images add no speed samples
+
+
+class InterruptedAfter(PerImageNumpyNoise):
+    """Ctrl-C arrives during the attack on image number `after` (counting from 0)."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.calls = after, 0
+
+    def generate(self, model, images, labels):
+        if self.calls == self.after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return super().generate(model, images, labels)
+
+
+def test_an_interrupted_attack_says_what_is_kept(tmp_path):
+    with pytest.raises(Interrupted, match=r"noise: 4/10 images are attacked and cached.*run the same command again"):
+        _generate(InterruptedAfter(4), batch_size=10, cache_root=tmp_path)
+    resumed = _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)
+    assert resumed.cached_batches == 4
+    assert torch.equal(resumed.adversarial, _run(PerImageNumpyNoise(), batch_size=10))
+    with pytest.raises(Interrupted, match=r"2/10 images were attacked; with --no-cache nothing was kept"):
+        _generate(InterruptedAfter(2), batch_size=10)

@@ -55,8 +55,9 @@ def handle_errors(func: F) -> F:
         except TracekitError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
+        except KeyboardInterrupt as exc:
+            said = f": {escape(str(exc))}" if str(exc) else ""
+            err_console.print(f"[yellow]interrupted[/]{said}", soft_wrap=True)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise

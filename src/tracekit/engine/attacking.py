@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import Interrupted
 from ..progress import progress
 from ..protocols import Attack
 from .attack_cache import AttackCache, CacheEntry, batch_seed
@@ -63,10 +64,13 @@ def generate(
         for i, batch_ids in enumerate(batches):
             if entries[i] is None:
                 start = i * step
-                entry = _attack_batch(
-                    attack, module, images[start : start + step], labels[start : start + step],
-                    device, batch_seed(seed, batch_ids),
-                )
+                try:
+                    entry = _attack_batch(
+                        attack, module, images[start : start + step], labels[start : start + step],
+                        device, batch_seed(seed, batch_ids),
+                    )
+                except KeyboardInterrupt:
+                    raise Interrupted(_kept(description, entries, batches, len(images), cache.enabled)) from None
                 cache.save(batch_ids, entry)
                 entries[i] = entry
                 advance(len(batch_ids))
@@ -80,6 +84,18 @@ def generate(
         torch.cat([e.probs for e in finished]),
         sum(e.seconds for e in finished),
         cache.hits,
+    )
+
+
+def _kept(
+    description: str, entries: list[CacheEntry | None], batches: list[list[str]], total: int, cached: bool
+) -> str:
+    finished = sum(len(b) for b, e in zip(batches, entries) if e is not None)
+    if not cached:
+        return f"{description}: {finished}/{total} images were attacked; with --no-cache nothing was kept"
+    return (
+        f"{description}: {finished}/{total} images are attacked and cached, as is every finished attack; "
+        "run the same command again to resume from there"
     )
 
 
