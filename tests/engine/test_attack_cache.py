@@ -129,6 +129,9 @@ def test_cache_ls_and_clear(tmp_path):
     runner = CliRunner()
     listed = runner.invoke(build_app(), ["cache", "ls"])
     assert listed.exit_code == 0 and "global-noise" in listed.output
+    assert "1 cached attack(s)" in listed.output
+    (entry,) = attack_cache.list_entries()
+    assert entry["seed"] == 0 and entry["model"][:12] in listed.output
     kept = runner.invoke(build_app(), ["cache", "clear", "--older-than", "7d"])
     assert kept.exit_code == 0 and "removed 0" in kept.output
     cleared = runner.invoke(build_app(), ["cache", "clear"])

@@ -24,6 +24,18 @@ def parse_age(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _parameters(params: dict) -> str:
+    """`eps=0.1 backend=art`: what tells two caches of one attack apart (not its name or code hash)."""
+    return " ".join(f"{k}={v}" for k, v in params.items() if k not in ("name", "label", "code"))
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Inspect or clear the attack cache.", no_args_is_help=True)
     app.add_typer(group, name="cache")
@@ -33,12 +45,19 @@ def register(app: typer.Typer) -> None:
     def ls_command() -> None:
         """List cached attacks."""
         entries = attack_cache.list_entries()
-        table = Table(title=f"attack cache: {cache_dir() / 'attacks'}")
-        for column in ("key", "attack", "entries", "MB", "age"):  # an entry: a batch, or one image (per_image attacks)
-            table.add_column(column)
-        for e in entries:
-            age_h = (time.time() - e["modified"]) / 3600
-            table.add_row(e["key"][:12], e["attack"], str(e["batches"]), f"{e['bytes'] / 1e6:.1f}", f"{age_h:.1f} h")
+        total_mb = sum(e["bytes"] for e in entries) / 1e6
+        table = Table(
+            title=f"attack cache: {cache_dir() / 'attacks'}",
+            caption=f"{len(entries)} cached attack(s), {total_mb:.1f} MB; an entry is a batch, or one image "
+            "for per-image attacks (pixel, boundary)",
+        )
+        for column in ("key", "attack", "parameters", "model", "seed", "entries", "MB", "age"):
+            table.add_column(column, justify="right" if column in ("seed", "entries", "MB", "age") else "left")
+        for e in sorted(entries, key=lambda e: e["modified"], reverse=True):
+            table.add_row(
+                e["key"][:12], e["attack"], _parameters(e["params"]), e["model"][:12], str(e["seed"]),
+                str(e["batches"]), f"{e['bytes'] / 1e6:.1f}", _age(time.time() - e["modified"]),
+            )
         console.print(table)
 
     @group.command("clear")

@@ -119,7 +119,8 @@ class AttackCache:
 
 
 def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
-    """One record per cached attack: key, attack name, batches, bytes, last modified."""
+    """One record per cached attack: key, attack name, its parameters, model fingerprint, seed,
+    batches, bytes, last modified."""
     root = root or cache_dir() / "attacks"
     out = []
     for directory in sorted(root.glob("*")) if root.exists() else []:
@@ -135,6 +136,8 @@ def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
             "key": directory.name,
             "attack": (meta.get("attack") or {}).get("label") or (meta.get("attack") or {}).get("name", "?"),
             "params": meta.get("attack", {}),
+            "model": str(meta.get("model", "?")),
+            "seed": meta.get("seed"),
             "batches": len(files),
             "bytes": sum(s.st_size for s in stats),
             "modified": max([s.st_mtime for s in stats], default=directory.stat().st_mtime),
