@@ -170,6 +170,10 @@ POSITIVE, NON_NEGATIVE = "greater than 0", "greater than or equal to 0"
         ("pgd", {"eps_step": 0}, POSITIVE),
         ("pgd", {"max_iter": 0}, POSITIVE),
         ("pgd", {"num_random_init": -1}, NON_NEGATIVE),
+        ("pgd", {"decay": -0.5}, NON_NEGATIVE),
+        ("fgsm", {"num_random_init": -1}, NON_NEGATIVE),
+        ("gradient", {"minimal": True, "num_random_init": 1}, "needs minimal: false"),
+        ("cw-l2", {"max_halving": 0}, POSITIVE),
         ("pgd", {"backend": "jax"}, "'art' or 'native'"),
         ("deepfool", {"overshoot": -0.1}, NON_NEGATIVE),
         ("deepfool", {"max_iter": 0}, POSITIVE),
@@ -194,7 +198,7 @@ POSITIVE, NON_NEGATIVE = "greater than 0", "greater than or equal to 0"
     ],
 )
 def test_bad_parameters_are_refused_when_the_spec_loads(name, bad, message):
-    key = next(iter(bad))
+    key = list(bad)[-1]
     with pytest.raises(SpecError, match=f"^attacks\\.0\\.{key}: .*{message}"):
         registry("attack").resolve({"name": name, **bad}, where="attacks.0")
 
@@ -208,7 +212,7 @@ def test_l2_eps_may_exceed_one_and_defaults_are_batched():
     resolved = registry("attack").resolve({"name": "pgd", "norm": 2, "eps": 3.0})
     assert resolved == {
         "name": "pgd", "norm": 2, "eps": 3.0, "eps_step": 0.01, "max_iter": 40, "num_random_init": 0,
-        "batch_size": 128, "backend": "art",
+        "decay": None, "random_eps": False, "batch_size": 128, "backend": "art",
     }  # fmt: skip
     for name in ("deepfool", "cw-l2", "autoattack", "boundary"):
         assert registry("attack").resolve({"name": name})["batch_size"] > 1
@@ -227,3 +231,22 @@ def test_native_backends_get_the_same_parameters(model, batch):
     assert isinstance(deepfool, native.NativeDeepFool)
     reference = _attack("deepfool", **params).generate(model, images, labels)
     assert torch.allclose(deepfool.generate(model, images, labels), reference, atol=1e-4)
+
+
+def test_art_options_reach_art(model, batch):
+    """ART's own parameters are passed through, and change what ART does."""
+    images, labels = batch[0][:16], batch[1][:16]
+    pgd = _attack("pgd", eps=0.05, eps_step=0.01, max_iter=5, decay=1.0, random_eps=True)
+    built = pgd._art_attack(model, images)._attack  # ART's PyTorch variant inside its dispatcher
+    assert built.decay == 1.0 and built.random_eps
+    np.random.seed(0)
+    adv = pgd.generate(model, images, labels)
+    assert _size(adv, images, math.inf).max() <= built.eps + 1e-6 < 0.05  # the radius ART drew
+    cw = _attack("cw-l2", max_halving=2, max_doubling=3)._art_attack(model, images)
+    assert (cw.max_halving, cw.max_doubling) == (2, 3)
+    fgsm = _attack("fgsm", eps=0.08, num_random_init=1)
+    assert fgsm._art_attack(model, images).num_random_init == 1
+    np.random.seed(0)
+    started = fgsm.generate(model, images, labels)
+    assert _size(started, images, math.inf).max() <= 0.08 + 1e-6
+    assert not torch.equal(started, _attack("fgsm", eps=0.08).generate(model, images, labels))

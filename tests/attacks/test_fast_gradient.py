@@ -124,7 +124,8 @@ def test_unknown_parameter_names_the_closest_one():
 def test_gradient_accepts_l2_eps_above_one_and_fills_defaults():
     resolved = registry("attack").resolve({"name": "gradient", "eps": 4.0})
     assert resolved == {
-        "name": "gradient", "eps": 4.0, "minimal": False, "eps_step": 0.1, "batch_size": 128, "backend": "art"
-    }
+        "name": "gradient", "eps": 4.0, "minimal": False, "eps_step": 0.1, "num_random_init": 0,
+        "batch_size": 128, "backend": "art",
+    }  # fmt: skip
     with pytest.raises(SpecError, match="eps"):
         registry("attack").resolve({"name": "gradient", "eps": -1.0})

@@ -58,12 +58,12 @@ class _Art(ArtAttack):
         return self.make(classifier)
 
 
-def _art_pgd(norm: float, eps: float, eps_step: float, max_iter: int) -> _Art:
+def _art_pgd(norm: float, eps: float, eps_step: float, max_iter: int, decay: float | None = None) -> _Art:
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
     return _Art(
         lambda c: ProjectedGradientDescentPyTorch(
-            c, norm=norm, eps=eps, eps_step=eps_step, max_iter=max_iter, batch_size=1000, verbose=False
+            c, norm=norm, eps=eps, eps_step=eps_step, max_iter=max_iter, decay=decay, batch_size=1000, verbose=False
         )
     )
 
@@ -96,6 +96,8 @@ PAIRS = {
     "gradient-minimal": lambda: (NativeFastGradient(2.0, 0.8, True, 0.3), FastGradient(2.0, 0.8, True, 0.3, 128)),
     "pgd-inf": lambda: (NativePGD("inf", 0.06, 0.02, 5), _art_pgd(math.inf, 0.06, 0.02, 5)),
     "pgd-l2": lambda: (NativePGD(2, 0.8, 0.3, 5), _art_pgd(2, 0.8, 0.3, 5)),
+    "pgd-inf-momentum": lambda: (NativePGD("inf", 0.08, 0.02, 5, decay=0.9), _art_pgd(math.inf, 0.08, 0.02, 5, 0.9)),
+    "pgd-l2-momentum": lambda: (NativePGD(2, 0.8, 0.3, 5, decay=1.0), _art_pgd(2, 0.8, 0.3, 5, 1.0)),
     "deepfool": lambda: (NativeDeepFool(max_iter=20, overshoot=0.02), _art_deepfool(20, 0.02, 10)),
 }
 
@@ -177,6 +179,46 @@ def test_pgd_restarts_keep_every_success(model, batch, norm):
     assert thrice_ok.sum() > once_ok.sum()
     assert _size(thrice, images, order).max() <= eps * (1 + 1e-5)
     assert thrice.min() >= 0 and thrice.max() <= 1
+
+
+def test_momentum_changes_the_path(model, batch):
+    images, labels = batch
+    plain = NativePGD("inf", 0.06, 0.02, 5).generate(model, images, labels)
+    assert not torch.allclose(NativePGD("inf", 0.06, 0.02, 5, decay=1.0).generate(model, images, labels), plain)
+    assert torch.equal(NativePGD("inf", 0.06, 0.02, 5, decay=0.0).generate(model, images, labels), plain)  # no memory
+
+
+@pytest.mark.parametrize("norm", ["inf", 2])
+def test_pgd_random_eps_draws_one_radius_per_call_from_torch(model, batch, norm):
+    images, labels = batch
+    eps, order = (0.1, math.inf) if norm == "inf" else (2.0, 2.0)
+    attack = NativePGD(norm, eps, eps / 4, 8, random_eps=True)
+    torch.manual_seed(0)
+    radii = [attack._radius()[0] for _ in range(2000)]
+    assert 0 <= min(radii) and max(radii) <= eps
+    # a normal of scale eps/2 truncated to [0, eps]: mean eps/2 * sqrt(2/pi) * (1-e^-2) / erf(sqrt 2)
+    expected = eps / 2 * math.sqrt(2 / math.pi) * (1 - math.exp(-2)) / math.erf(math.sqrt(2))
+    assert sum(radii) / len(radii) == pytest.approx(expected, rel=0.05)
+    torch.manual_seed(1)
+    adv = attack.generate(model, images, labels)
+    torch.manual_seed(1)
+    drawn, step = attack._radius()
+    assert step == pytest.approx(drawn / 4)
+    assert _size(adv, images, order).max() <= drawn * (1 + 1e-5)
+    torch.manual_seed(1)
+    assert torch.equal(adv, attack.generate(model, images, labels))  # seeded by torch
+
+
+def test_fast_gradient_random_starts_are_one_projected_pgd_step(model, batch):
+    images, labels = batch
+    torch.manual_seed(5)
+    started = NativeFastGradient("inf", 0.08, num_random_init=2).generate(model, images, labels)
+    torch.manual_seed(5)
+    assert torch.equal(started, NativePGD("inf", 0.08, 0.08, 1, num_random_init=2).generate(model, images, labels))
+    assert _size(started, images, math.inf).max() <= 0.08 + 1e-6
+    assert not torch.equal(started, NativeFastGradient("inf", 0.08).generate(model, images, labels))
+    with pytest.raises(TracekitError, match="random start"):
+        NativeFastGradient("inf", 0.08, minimal=True, num_random_init=1)
 
 
 ATTACKS = {

@@ -32,6 +32,8 @@ def cw_l2(
     binary_search_steps: Annotated[int, Field(gt=0)] = 10,
     max_iter: Annotated[int, Field(gt=0)] = 10,
     initial_const: Annotated[float, Field(gt=0)] = 0.01,
+    max_halving: Annotated[int, Field(gt=0)] = 5,
+    max_doubling: Annotated[int, Field(gt=0)] = 5,
     batch_size: Annotated[int, Field(gt=0)] = 128,
 ) -> CarliniL2:
     """Carlini & Wagner L2 attack (untargeted) via ART."""
@@ -41,5 +43,7 @@ def cw_l2(
         binary_search_steps=binary_search_steps,
         max_iter=max_iter,
         initial_const=initial_const,
+        max_halving=max_halving,
+        max_doubling=max_doubling,
         batch_size=batch_size,
     )

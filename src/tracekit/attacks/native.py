@@ -10,10 +10,14 @@ Where they differ from ART, on purpose:
 - the loss is the *sum* of per-image cross-entropies, not ART's batch mean, so an image's
   gradient does not depend on its batch (a uniform rescaling: the sign and the L2-normalized
   direction are the same);
-- PGD draws its random start from torch's generator (seed it with `torch.manual_seed`), ART from
-  NumPy's global one; the distributions are the same (uniform in the L-inf box, uniform in the L2
-  ball), the draws are not. A restart's result is judged a success against `labels` (ART compares
-  with the clean prediction; the same for the correctly classified images the engine attacks);
+- PGD draws its random start (and, with `random_eps`, its radius) from torch's generator (seed it
+  with `torch.manual_seed`), ART from NumPy's and SciPy's global one; the distributions are the
+  same (uniform in the L-inf box, uniform in the L2 ball; a normal truncated to [0, eps]), the draws
+  are not. A restart's result is judged a success against `labels` (ART compares with the clean
+  prediction; the same for the correctly classified images the engine attacks);
+- FGSM / L2 gradient with `num_random_init` is PGD's single step of `eps` from a random start (as
+  in ART), but restarts keep each *image's* successful result; ART keeps the whole batch of the
+  restart with the best success rate, so its choice for an image depends on its batch;
 - DeepFool considers each image's own `nb_grads` top classes; ART takes the union of every image's
   top classes over the whole call, so its result depends on what else is in the batch. And when
   that union is not all the classes, ART 1.20 measures the logit differences from the wrong logit
@@ -122,11 +126,18 @@ class NativeFastGradient:
     at the clean image (ART's `minimal=True`, with `eps` always the last size tried).
     """
 
-    def __init__(self, norm: float | str, eps: float, minimal: bool = False, eps_step: float = 0.01) -> None:
+    def __init__(
+        self, norm: float | str, eps: float, minimal: bool = False, eps_step: float = 0.01, num_random_init: int = 0
+    ) -> None:
         self.norm, self.eps, self.minimal, self.eps_step = norm_order(norm), eps, minimal, eps_step
+        self.num_random_init = num_random_init
+        if minimal and num_random_init:
+            raise TracekitError("a minimal fast gradient attack takes no random start (ART ignores num_random_init)")
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of `images` in [0, 1] (same shape, device and dtype)."""
+        if self.num_random_init:  # a random start, one projected step of eps: one-step PGD
+            return NativePGD(self.norm, self.eps, self.eps, 1, self.num_random_init).generate(model, images, labels)
         x = to_model_device(model, images)
         labels = labels.to(x.device)
         with evaluating(model):
@@ -147,38 +158,70 @@ class NativeFastGradient:
 
 
 class NativePGD:
-    """ART's `ProjectedGradientDescentPyTorch` (untargeted, no momentum, fixed eps) on whole batches.
+    """ART's `ProjectedGradientDescentPyTorch` (untargeted) on whole batches.
 
     `max_iter` steps of `eps_step` along the loss gradient's sign (L-inf) or direction (L2), each
     clipped to [0, 1] and projected back into the `eps` ball around the clean image; no early stop.
     With `num_random_init` > 0 every run starts from a uniform random point of the ball (clipped), and
     a later run's result replaces the kept one for the images it makes misclassified (ART's rule).
+    With `decay`, steps follow the momentum `m = decay * m + g / |g|_1` (Dong et al.'s MI-FGSM, as
+    ART computes it) instead of the gradient `g`. With `random_eps`, each call draws its radius from
+    a normal of scale `eps / 2` truncated to [0, eps] and scales `eps_step` alike (ART's rule).
     """
 
-    def __init__(self, norm: float | str, eps: float, eps_step: float, max_iter: int, num_random_init: int = 0) -> None:
+    def __init__(
+        self,
+        norm: float | str,
+        eps: float,
+        eps_step: float,
+        max_iter: int,
+        num_random_init: int = 0,
+        decay: float | None = None,
+        random_eps: bool = False,
+    ) -> None:
         self.norm, self.eps, self.eps_step = norm_order(norm), eps, eps_step
         self.max_iter, self.num_random_init = max_iter, num_random_init
+        self.decay, self.random_eps = decay, random_eps
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of `images` in [0, 1] (same shape, device and dtype)."""
         x = to_model_device(model, images)
         labels = labels.to(x.device)
+        eps, eps_step = self._radius()
         with evaluating(model):
-            kept = self._run(model, x, labels)
+            kept = self._run(model, x, labels, eps, eps_step)
             for _ in range(1, self.num_random_init):
-                adversarial = self._run(model, x, labels)
+                adversarial = self._run(model, x, labels, eps, eps_step)
                 success = _predict(model, adversarial) != labels
                 kept[success] = adversarial[success]
         return kept.to(images)
 
-    def _run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _radius(self) -> tuple[float, float]:
+        """`(eps, eps_step)`; with `random_eps` a radius drawn for this call and the step scaled alike."""
+        if not self.random_eps:
+            return self.eps, self.eps_step
+        drawn = nn.init.trunc_normal_(torch.empty(1), mean=0.0, std=self.eps / 2, a=0.0, b=self.eps).item()
+        return drawn, self.eps_step * drawn / self.eps
+
+    def _run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, eps_step: float) -> torch.Tensor:
         adversarial = x
+        momentum = None if self.decay is None else torch.zeros_like(x)
         for i in range(self.max_iter):
             if i == 0 and self.num_random_init > 0:
-                adversarial = (x + random_in_ball(x, self.eps, self.norm)).clamp(0, 1)
-            step = self.eps_step * unit_step(_loss_gradient(model, adversarial, labels), self.norm)
-            adversarial = x + project((adversarial + step).clamp(0, 1) - x, self.eps, self.norm)
+                adversarial = (x + random_in_ball(x, eps, self.norm)).clamp(0, 1)
+            grad = _loss_gradient(model, adversarial, labels)
+            if momentum is not None:
+                momentum.mul_(self.decay).add_(_l1_normalized(grad))
+                grad = momentum.clone()
+            step = eps_step * unit_step(grad, self.norm)
+            adversarial = x + project((adversarial + step).clamp(0, 1) - x, eps, self.norm)
         return adversarial.clone() if adversarial is x else adversarial
+
+
+def _l1_normalized(grad: torch.Tensor) -> torch.Tensor:
+    """Each image's gradient divided by its L1 norm (0 stays 0), the momentum's increment."""
+    length = grad.flatten(1).norm(p=1, dim=1).view(-1, *[1] * (grad.dim() - 1))
+    return grad / length.where(length > 0, 1.0)
 
 
 class NativeDeepFool:

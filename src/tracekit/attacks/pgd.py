@@ -61,19 +61,27 @@ def pgd(
     eps_step: Annotated[float, Field(gt=0)] = 0.01,
     max_iter: Annotated[int, Field(gt=0)] = 40,
     num_random_init: Annotated[int, Field(ge=0)] = 0,
+    decay: Annotated[float, Field(ge=0)] | None = None,
+    random_eps: bool = False,
     batch_size: Annotated[int, Field(gt=0)] = 128,
     backend: Literal["art", "native"] = "art",
 ) -> Any:
-    """Projected gradient descent (Madry et al.), L-inf or L2, via ART or natively in torch."""
+    """Projected gradient descent (Madry et al.), L-inf or L2, via ART or natively in torch.
+
+    `decay` turns on momentum (MI-FGSM); `random_eps` draws the radius per batch from a normal
+    truncated to [0, eps] (ART's options of the same names).
+    """
     if backend == "native":
         from .native import NativePGD
 
-        return NativePGD(norm, eps, eps_step, max_iter, num_random_init)
+        return NativePGD(norm, eps, eps_step, max_iter, num_random_init, decay, random_eps)
     return ProjectedGradient(
         norm=art_norm(norm),
         eps=eps,
         eps_step=eps_step,
         max_iter=max_iter,
         num_random_init=num_random_init,
+        decay=decay,
+        random_eps=random_eps,
         batch_size=batch_size,
     )
