@@ -158,3 +158,28 @@ def test_every_component_error_is_reported_at_once():
     assert "attacks.1.norm: norm must be inf" in message
     assert "attacks.2" not in message
     assert "size" in message and message.count("s.yaml") == 1
+
+
+@pytest.mark.parametrize(
+    "label,message",
+    [
+        ("clean", "'clean' names the clean images"),
+        ("", "non-empty string"),
+        (" fgsm", "without surrounding spaces"),
+        (["a"], "non-empty string"),
+        ("a/b", "slash"),
+    ],
+)
+def test_bad_attack_labels_are_refused(label, message):
+    data = {"name": "t", "model": {"name": "digits-cnn"}, "data": {"name": "digits"},
+            "attacks": [{"name": "fgsm", "label": label}]}  # fmt: skip
+    with pytest.raises(SpecError, match=message):
+        validate_spec(data)
+
+
+@pytest.mark.parametrize("eps", [float("inf"), float("nan")])
+def test_non_finite_parameters_are_refused(eps):
+    data = {"name": "t", "model": {"name": "digits-cnn"}, "data": {"name": "digits"},
+            "attacks": [{"name": "gradient", "eps": eps}]}  # fmt: skip
+    with pytest.raises(SpecError, match="attacks.0.eps: Input should be a finite number"):
+        validate_spec(data)

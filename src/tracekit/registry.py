@@ -43,7 +43,7 @@ def params_model(name: str, factory: Callable[..., Any]) -> type[pydantic.BaseMo
     model_name = "".join(part.capitalize() for part in name.replace("_", "-").split("-")) + "Params"
     return pydantic.create_model(  # type: ignore[call-overload]
         model_name,
-        __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False),
         **fields,
     )
 
@@ -129,7 +129,7 @@ class Registry:
             raise SpecError(_param_error(exc, entry, where)) from None
         out: dict[str, Any] = {"name": entry.name}
         if "label" in spec:
-            out["label"] = spec["label"]
+            out["label"] = _label(spec["label"], where)
         out.update(validated.model_dump(mode="python"))
         return out
 
@@ -154,6 +154,15 @@ def component_spec(kind: str) -> Any:
             raise ValueError(str(exc)) from None
 
     return Annotated[dict[str, Any], pydantic.AfterValidator(resolve), pydantic.Field(validate_default=True)]
+
+
+def _label(label: Any, where: str) -> str:
+    """A component's `label`: a non-empty one-line string, usable in file names."""
+    if not isinstance(label, str) or not label.strip() or label != label.strip():
+        raise SpecError(f"{_at(where, 'label')}: a label is a non-empty string without surrounding spaces, got {label!r}")
+    if any(c in label for c in "/\\") or not label.isprintable():
+        raise SpecError(f"{_at(where, 'label')}: {label!r} has a slash or a control character; labels name files")
+    return label
 
 
 def _at(where: str, key: str) -> str:

@@ -11,15 +11,21 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
 from .errors import SpecError, TracekitError, closest
 
 Component = dict[str, Any]
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        raise ValueError(f"device is auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    return value
 
 
 class Calibration(BaseModel):
@@ -48,7 +54,7 @@ class Spec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     seed: int = 0
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    device: Annotated[str, AfterValidator(_device)] = "auto"
     model: Component
     data: Component
     attacks: list[Component] = Field(min_length=1)
@@ -59,6 +65,12 @@ class Spec(BaseModel):
     controls: list[Literal["noise", "randomized-model"]] = []
     batch_size: int = Field(128, gt=0)
     provenance: dict[str, Any] | None = None  # written by `run`; ignored on input
+    _source: str = PrivateAttr("spec")  # where it was read from, for later errors
+
+    @property
+    def source(self) -> str:
+        """The spec file (or "spec") it was validated from."""
+        return self._source
 
     def attack_key(self, index: int) -> str:
         """The name results of attack `index` are keyed by (its `label`, else its `name`)."""
@@ -140,7 +152,9 @@ def validate_spec(data: Mapping[str, Any], source: str = "spec") -> Spec:
         spec = Spec.model_validate(dict(data))
     except pydantic.ValidationError as exc:
         raise SpecError(f"{source}: {_structure_error(exc)}") from None
-    return _resolve_components(spec, source)
+    spec = _resolve_components(spec, source)
+    spec._source = source
+    return spec
 
 
 def _structure_error(exc: pydantic.ValidationError) -> str:
@@ -154,6 +168,8 @@ def _structure_error(exc: pydantic.ValidationError) -> str:
             messages.append(f"{loc}: unknown key{suggestion}")
         elif err["type"] == "missing":
             messages.append(f"{loc}: required key is missing")
+        elif err["type"] == "value_error":  # our validators' own words, which quote the value
+            messages.append(f"{loc}: {err['ctx']['error']}")
         else:
             messages.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(messages)
@@ -197,7 +213,13 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
     if problems:  # one problem keeps its own type (e.g. UnknownComponentError)
         kind = type(problems[0]) if len(problems) == 1 else SpecError
         raise kind(f"{source}: " + "; ".join(map(str, problems)))
-    _unique(source, "attacks", [spec.attack_key(i) for i in range(len(spec.attacks))])
+    attack_keys = [spec.attack_key(i) for i in range(len(spec.attacks))]
+    if "clean" in attack_keys:
+        raise SpecError(
+            f"{source}: attacks.{attack_keys.index('clean')}: 'clean' names the clean images in scores.csv "
+            "and the metrics; give this attack another `label:`"
+        )
+    _unique(source, "attacks", attack_keys)
     if spec.detectors is not None:
         _unique(source, "detectors", [spec.detector_key(i) for i in range(len(spec.detectors))])
     return spec

@@ -133,6 +133,14 @@ def test_scale_must_divide_the_image(pixel_model):
         _attack("pixel", scale=5).generate(model, images[:1], labels[:1])
 
 
+@pytest.mark.parametrize("scale,pixels", [(8, 17), (1, 1025)])
+def test_pixels_must_fit_the_searched_grid(scale, pixels):
+    side = 32 // scale
+    with pytest.raises(TracekitError, match=f"more than the {side * side} pixels of the {side}x{side} grid"):
+        _attack("pixel", scale=scale, pixels=pixels).check((1, 32, 32))
+    _attack("pixel", scale=scale, pixels=side * side).check((1, 32, 32))  # the whole grid is allowed
+
+
 @pytest.mark.skipif(importlib.util.find_spec("cma") is not None, reason="cma is installed")
 def test_cma_es_without_cma_is_a_clear_error():
     with pytest.raises(TracekitError, match="pip install cma"):
@@ -185,6 +193,6 @@ def test_a_scale_the_model_cannot_take_is_refused_before_any_attack_runs(tmp_pat
         "name": "bad-scale", "device": "cpu", "model": {"name": "digits-cnn"}, "data": {"name": "digits", "limit": 20},
         "attacks": [{"name": "fgsm"}, {"name": "pixel", "scale": 5}], "detector": {"name": "feature-response"},
     }  # fmt: skip
-    with pytest.raises(TracekitError, match="attacks.1: attack 'pixel': scale 5 does not divide the 32x32 images"):
+    with pytest.raises(TracekitError, match="^spec: attacks.1: attack 'pixel': scale 5 does not divide the 32x32"):
         run(spec, out=tmp_path / "run")
     assert calls == []  # not even fgsm was attacked

@@ -1,6 +1,7 @@
 """The attack cache: resume after an interruption, corrupt entries, management."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -108,9 +109,10 @@ def test_corrupt_entry_detected_recomputed_and_reported_once(tmp_path):
         with open(os.path.join(entry["path"], name), "wb") as fh:
             fh.write(b"not a torch file")
     calls = _GlobalNoise.calls
-    with pytest.warns(UserWarning, match="corrupt attack cache entry") as record:
+    with pytest.warns(UserWarning, match="unusable cache entr") as record:
         again = run(spec(), out=tmp_path / "b")
-    assert sum("corrupt attack cache entry" in str(w.message) for w in record) == 1  # reported once
+    (warning,) = [w for w in record if "unusable cache entr" in str(w.message)]  # reported once
+    assert "attack global-noise: 2 unusable cache entries (the first, " in str(warning.message)
     assert _GlobalNoise.calls == calls + 2  # exactly the two corrupt batches recomputed
     assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
     assert again.metrics["attacks"]["global-noise"]["cached_batches"] == 2
@@ -149,3 +151,34 @@ def test_fingerprint_covers_zero_dimensional_buffers():
     before = model_fingerprint(norm)
     norm.num_batches_tracked += 1
     assert model_fingerprint(norm) != before and len(before) == 64
+
+
+def test_an_entry_of_another_cache_is_not_trusted(tmp_path):
+    run(spec(), out=tmp_path / "a")
+    (entry,) = attack_cache.list_entries()
+    other = {**spec(), "seed": 1}
+    run(other, out=tmp_path / "b")
+    (mine,) = [e for e in attack_cache.list_entries() if e["path"] != entry["path"]]
+    theirs, ours = (sorted(p for p in os.listdir(e["path"]) if p.endswith(".pt"))[0] for e in (entry, mine))
+    shutil.copy(os.path.join(entry["path"], theirs), os.path.join(mine["path"], ours))  # seed 0's batch under seed 1
+    calls = _GlobalNoise.calls
+    with pytest.warns(UserWarning, match="belongs to another attack, model or seed"):
+        again = run(other, out=tmp_path / "c")
+    assert _GlobalNoise.calls == calls + 1
+    assert (tmp_path / "b" / "scores.csv").read_text() == (tmp_path / "c" / "scores.csv").read_text()
+    assert again.metrics["attacks"]["global-noise"]["cached_batches"] == 3
+
+
+def test_a_label_does_not_change_the_cache_key(tmp_path):
+    run(spec(), out=tmp_path / "a")
+    calls = _GlobalNoise.calls
+    relabelled = {**spec(), "attacks": [{"name": "global-noise", "label": "noise 0.3"}]}
+    result = run(relabelled, out=tmp_path / "b")
+    assert _GlobalNoise.calls == calls and result.metrics["attacks"]["noise 0.3"]["cached_batches"] == 4
+
+
+def test_an_empty_age_clears_nothing(tmp_path):
+    run(spec(), out=tmp_path / "a")
+    result = CliRunner().invoke(build_app(), ["cache", "clear", "--older-than", ""])
+    assert result.exit_code == 2 and "7d" in result.output
+    assert len(attack_cache.list_entries()) == 1

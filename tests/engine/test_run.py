@@ -142,3 +142,12 @@ def test_perturbation_sizes_measured(result):
     if m["n_attacked"]:
         assert m["perturbation"]["linf"] == pytest.approx(0.3, abs=1e-5)  # sign noise of eps 0.3
         assert 0 < m["perturbation"]["l2"] <= 0.3 * 16 + 1e-5  # sqrt(256 pixels) * eps
+
+
+def test_an_out_directory_with_files_is_reused_with_a_warning(tmp_path):
+    from tracekit.engine.rundir import make_run_dir
+
+    assert make_run_dir(tmp_path / "new", "x") == tmp_path / "new"  # fresh: no warning
+    (tmp_path / "new" / "old.png").write_text("from an earlier run")
+    with pytest.warns(UserWarning, match="is not empty"):
+        make_run_dir(tmp_path / "new", "x")

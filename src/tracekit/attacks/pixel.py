@@ -107,12 +107,20 @@ class OnePixel(ArtAttack):
         self._view: _LowResolution | None = None
 
     def check(self, input_size: tuple[int, ...]) -> None:
-        """Refuse a `scale` that does not divide the images' height and width."""
+        """Refuse a `scale` that does not divide the images' height and width, and more `pixels`
+        than the searched grid has."""
         height, width = input_size[-2:]
         if height % self.scale or width % self.scale:
             raise TracekitError(
                 f"attack 'pixel': scale {self.scale} does not divide the {height}x{width} images; "
                 "use a scale that divides both sides (scale: 1 searches the input's own pixels)"
+            )
+        grid = (height // self.scale) * (width // self.scale)
+        if self.pixels > grid:
+            raise TracekitError(
+                f"attack 'pixel': pixels {self.pixels} is more than the {grid} pixels of the "
+                f"{height // self.scale}x{width // self.scale} grid searched at scale {self.scale}; "
+                f"use at most {grid} (the paper changes 1)"
             )
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

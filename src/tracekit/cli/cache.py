@@ -26,7 +26,7 @@ def parse_age(text: str) -> float:
 
 def _parameters(params: dict) -> str:
     """`eps=0.1 backend=art`: what tells two caches of one attack apart (not its name or code hash)."""
-    return " ".join(f"{k}={v}" for k, v in params.items() if k not in ("name", "label", "code"))
+    return " ".join(f"{k}={v}" for k, v in params.items() if k not in ("name", "code"))
 
 
 def _age(seconds: float) -> str:
@@ -66,5 +66,5 @@ def register(app: typer.Typer) -> None:
         older_than: str = typer.Option(None, "--older-than", help="Only entries untouched for this long, e.g. 7d."),
     ) -> None:
         """Remove cached attacks."""
-        removed = attack_cache.clear(parse_age(older_than) if older_than else None)
+        removed = attack_cache.clear(None if older_than is None else parse_age(older_than))
         console.print(f"removed {removed} cached attack(s)")

@@ -16,7 +16,6 @@ import json
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +81,7 @@ class AttackCache:
         self._meta = {"attack": attack, "seed": seed, "model": model_fp}
         self.hits = 0
         self.corrupt = 0
+        self.first_problem = ""
         if enabled:
             ensure_dir(self.dir)
             meta = self.dir / "meta.json"
@@ -92,7 +92,8 @@ class AttackCache:
         return self.dir / f"{ids_hash(ids)}.pt"
 
     def load(self, ids: list[str]) -> CacheEntry | None:
-        """The cached batch, or None (missing, or corrupt: warned once and ignored)."""
+        """The cached batch, or None: missing, or unusable (then counted in `corrupt`, the first
+        one's path and reason kept in `first_problem`, and never trusted)."""
         if not self.enabled:
             return None
         path = self._path(ids)
@@ -100,12 +101,15 @@ class AttackCache:
             return None
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
+            if data.get("key") != self.key:
+                raise ValueError("it belongs to another attack, model or seed")
             if data["ids"] != ids or len(data["adversarial"]) != len(ids):
-                raise ValueError("ids do not match")
+                raise ValueError("its sample ids do not match")
             entry = CacheEntry(data["adversarial"], data["preds"], data["probs"], float(data["seconds"]))
         except Exception as exc:  # any unreadable entry is recomputed, never trusted
             if not self.corrupt:
-                warnings.warn(f"corrupt attack cache entry {path} ({type(exc).__name__}); recomputing it", stacklevel=2)
+                reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, (KeyError, TypeError)) else str(exc)
+                self.first_problem = f"{path}: {reason or type(exc).__name__}"
             self.corrupt += 1
             return None
         self.hits += 1
@@ -113,7 +117,7 @@ class AttackCache:
 
     def save(self, ids: list[str], entry: CacheEntry) -> None:
         if self.enabled:
-            payload = {"ids": ids, "adversarial": entry.adversarial, "preds": entry.preds,
+            payload = {"key": self.key, "ids": ids, "adversarial": entry.adversarial, "preds": entry.preds,
                        "probs": entry.probs, "seconds": entry.seconds}
             atomic_torch_save(payload, self._path(ids))
 
@@ -134,7 +138,7 @@ def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
         stats = [f.stat() for f in files]
         out.append({
             "key": directory.name,
-            "attack": (meta.get("attack") or {}).get("label") or (meta.get("attack") or {}).get("name", "?"),
+            "attack": (meta.get("attack") or {}).get("name", "?"),
             "params": meta.get("attack", {}),
             "model": str(meta.get("model", "?")),
             "seed": meta.get("seed"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,12 @@ def generate(
     batches = [ids[start : start + step] for start in range(0, len(images), step)]
     entries: list[CacheEntry | None] = [cache.load(batch_ids) for batch_ids in batches]
     done = sum(len(b) for b, e in zip(batches, entries) if e is not None)
+    if cache.corrupt:
+        warnings.warn(
+            f"{description}: {cache.corrupt} unusable cache entr{'y' if cache.corrupt == 1 else 'ies'} "
+            f"(the first, {cache.first_problem}); recomputing {'it' if cache.corrupt == 1 else 'them'}",
+            stacklevel=2,
+        )
     if done:
         description += f" ({done} cached)"
     with progress(description, total=len(images), keep=True, done=done) as advance:

@@ -125,7 +125,7 @@ def screen_attacks(spec: Spec, model: LoadedModel) -> list[int]:
             try:
                 check(tuple(model.input_size))
             except TracekitError as exc:
-                raise TracekitError(f"attacks.{i}: {exc}") from None
+                raise TracekitError(f"{spec.source}: attacks.{i}: {exc}") from None
         if getattr(attack, "needs_detector", False):
             bound.append(i)
     return bound
@@ -151,7 +151,8 @@ def run_attack(
     ids = [samples.ids[i] for i in indices.tolist()]
     images, labels = samples.images[indices], samples.labels[indices]
     attack = build("attack", cfg)
-    cache_key = {**cfg, "code": code_version(attack)}
+    # A label only names results: relabelling an attack reuses its cached adversarials.
+    cache_key = {**{k: v for k, v in cfg.items() if k != "label"}, "code": code_version(attack)}
     if bind is not None:
         detector, detector_cfg, threshold = bind
         attack.bind(detector, threshold)
@@ -160,10 +161,6 @@ def run_attack(
     generated = generate(
         attack, model.module, ids, images, labels, spec.batch_size, device, spec.seed, cache, f"attack {key}"
     )
-    if cache.corrupt:
-        from ..progress import console
-
-        console.print(f"[yellow]warning:[/] {cache.corrupt} corrupt cache entr(y/ies) of {key} recomputed")
     return AttackResult(key, indices, labels, generated)
 
 

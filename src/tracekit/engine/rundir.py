@@ -9,6 +9,7 @@ import platform
 import re
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,12 @@ def make_run_dir(out: str | Path | None, name: str) -> Path:
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise TracekitError(f"--out {path} exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            warnings.warn(
+                f"--out {path} is not empty: this run replaces the files it writes and leaves the others "
+                "(an earlier run's figures, for example); give a new directory for a clean run",
+                stacklevel=2,
+            )
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / f"{name}-{stamp}"
