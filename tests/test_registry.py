@@ -63,3 +63,18 @@ def test_unknown_kind():
 def test_unknown_component_of_a_known_plugin_names_the_plugin():
     with pytest.raises(UnknownComponentError, match=r"plugin 'tracekit-gradcam', which is not installed.*pip install"):
         Registry("saliency").get("grad-cam")
+
+
+@pytest.mark.parametrize("key", ["eps", "steps"])
+def test_a_boolean_is_not_a_number(reg, key):
+    with pytest.raises(SpecError, match=rf"^attacks.0.{key}: a number, not true"):
+        reg.resolve({"name": "fake-fgsm", key: True}, where="attacks.0")
+
+
+def test_optional_and_constrained_numbers_refuse_booleans_too():
+    from tracekit.plugins import registry
+
+    for params in ({"decay": True}, {"max_iter": False}, {"eps": True}):
+        with pytest.raises(SpecError, match="a number, not"):
+            registry("attack").resolve({"name": "pgd", **params})
+    assert registry("attack").resolve({"name": "pgd", "random_eps": True})["random_eps"] is True

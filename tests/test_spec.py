@@ -183,3 +183,8 @@ def test_non_finite_parameters_are_refused(eps):
             "attacks": [{"name": "gradient", "eps": eps}]}  # fmt: skip
     with pytest.raises(SpecError, match="attacks.0.eps: Input should be a finite number"):
         validate_spec(data)
+
+
+def test_errors_from_overrides_say_so():
+    with pytest.raises(SpecError, match=r"quickstart.yaml \(with --set attacks.0.esp=0.05\): attacks.0.esp: unknown"):
+        load_spec(QUICKSTART, ["attacks.0.esp=0.05"])

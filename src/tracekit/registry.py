@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -123,6 +125,14 @@ class Registry:
         except UnknownComponentError as exc:
             raise UnknownComponentError(f"{_at(where, 'name')}: {exc}") from None
         params = {k: v for k, v in spec.items() if k not in RESERVED_KEYS}
+        booleans = [
+            f"{_at(where, k)}: a number, not {str(v).lower()} (YAML reads true/false/yes/no/on/off as booleans)"
+            for k, v in params.items()
+            if isinstance(v, bool) and k in entry.params.model_fields
+            and _number_type(entry.params.model_fields[k].annotation)
+        ]
+        if booleans:
+            raise SpecError("; ".join(booleans))
         try:
             validated = entry.params.model_validate(params)
         except pydantic.ValidationError as exc:
@@ -154,6 +164,17 @@ def component_spec(kind: str) -> Any:
             raise ValueError(str(exc)) from None
 
     return Annotated[dict[str, Any], pydantic.AfterValidator(resolve), pydantic.Field(validate_default=True)]
+
+
+def _number_type(annotation: Any) -> bool:
+    """Whether a parameter is an int or a float (optional or constrained), where pydantic would
+    quietly read `true` as 1."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return len(members) == 1 and _number_type(members[0])
+    return annotation in (int, float)
 
 
 def _label(label: Any, where: str) -> str:

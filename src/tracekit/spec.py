@@ -240,7 +240,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     data = parse_yaml(Path(path))
     for assignment in overrides or []:
         apply_override(data, assignment)
-    return validate_spec(data, source=str(path))
+    source = str(path) if not overrides else f"{path} (with --set {' '.join(overrides)})"
+    return validate_spec(data, source=source)
 
 
 def dump_spec(spec: Spec) -> str:
