@@ -169,3 +169,23 @@ def test_version_names_tracekit_torch_and_art():
     result = invoke("--version")
     assert result.exit_code == 0
     assert result.output.startswith(f"tracekit {tracekit.__version__}, torch ") and "adversarial-robustness-toolbox" in result.output
+
+
+def test_the_summary_caption_mentions_intervals_only_when_there_are_some():
+    from rich.console import Console
+
+    from tracekit.cli.run import summary_table
+
+    row = {
+        "n_clean": 10, "n_attacked": 5, "success_rate": 0.5, "auc": 0.7, "auc_ci": None,
+        "tpr_at_fpr": {"0.01": 0.1, "0.05": 0.2, "0.1": 0.3}, "fpr": 0.05, "seconds": 1.0,
+    }  # fmt: skip
+
+    def caption(metrics):
+        console = Console(width=300, record=True)
+        console.print(summary_table(metrics, "t"))
+        return console.export_text()
+
+    plain = caption({"attacks": {"fgsm": row}})
+    assert "n_attacked: successful adversarials" in plain and "bootstrap" not in plain
+    assert "bootstrap" in caption({"attacks": {"fgsm": {**row, "auc_ci": [0.6, 0.8]}}})

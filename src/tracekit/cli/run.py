@@ -22,7 +22,10 @@ DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (ove
 def summary_table(metrics: dict[str, Any], title: str) -> Table:
     """Per attack: images, success rate, AUC and TPR at 1/5/10% FPR."""
     intervals = any(m.get("auc_ci") for m in metrics["attacks"].values())
-    table = Table(title=title, caption="AUC and TPR with bootstrap confidence intervals" if intervals else None)
+    caption = "n_attacked: successful adversarials, the positives scored against n_clean clean images"
+    if intervals:
+        caption += "; AUC and TPR with bootstrap confidence intervals"
+    table = Table(title=title, caption=caption)
     columns = ("attack", "n_clean", "n_attacked", "success", "AUC", "TPR@1%", "TPR@5%", "TPR@10%", "FPR", "evades",
                "L2", "Linf", "seconds")
     for column in columns:
