@@ -151,3 +151,42 @@ def test_an_out_directory_with_files_is_reused_with_a_warning(tmp_path):
     (tmp_path / "new" / "old.png").write_text("from an earlier run")
     with pytest.warns(UserWarning, match="is not empty"):
         make_run_dir(tmp_path / "new", "x")
+
+
+class _Memorizer:
+    """A learned detector that overfits completely: 0 for the images it was fitted on, else 1."""
+
+    needs_adversarial_fit = False
+
+    def fit(self, model, clean_fit_images, adversarial_fit_images=None):
+        self.seen = clean_fit_images.flatten(1).clone()
+
+    def score(self, model, images):
+        same = (images.flatten(1)[:, None, :] == self.seen[None]).all(2).any(1)
+        return (~same).float() + 0.01 * images.flatten(1).mean(1)  # ties broken by brightness
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+def test_a_learned_detector_is_calibrated_on_images_it_was_not_fitted_on(tmp_path):
+    from tracekit import hookimpl, plugins
+
+    class Plugin:
+        @hookimpl
+        def tracekit_register_detectors(self, register):
+            register("memorizer", lambda: _Memorizer())
+
+    plugins.register_plugin(Plugin(), "memorizer-test")
+    try:
+        out = run(tiny_spec(detector={"name": "memorizer"}, data={"name": "random-images", "n": 96}), out=tmp_path)
+    finally:
+        plugins.unregister_plugin("memorizer-test")
+    # Calibrated on its own fit images (all scored ~0) the threshold would flag every test image;
+    # on held-out images it sits among the unseen ones' scores, near the target FPR of 0.1.
+    for metrics in out.metrics["attacks"].values():
+        assert metrics["fpr"] <= 0.25
+        assert metrics["threshold"] > 0.5

@@ -79,6 +79,14 @@ def bootstrap_ci(
     return out
 
 
+def roc_auc(clean: np.ndarray, adversarial: np.ndarray) -> float | None:
+    """ROC AUC of adversarial (positive) against clean scores (scikit-learn); None if either is empty."""
+    if len(clean) == 0 or len(adversarial) == 0:
+        return None
+    y = np.concatenate([np.zeros(len(clean)), np.ones(len(adversarial))])
+    return float(roc_auc_score(y, np.concatenate([clean, adversarial])))
+
+
 def detection_metrics(clean: np.ndarray, adversarial: np.ndarray, threshold: float) -> dict[str, object]:
     """ROC AUC, TPR@FPR (test part), and the calibrated threshold's fpr, precision and recall."""
     clean, adversarial = np.asarray(clean, dtype=np.float64), np.asarray(adversarial, dtype=np.float64)
@@ -96,7 +104,7 @@ def detection_metrics(clean: np.ndarray, adversarial: np.ndarray, threshold: flo
     s = np.concatenate([clean, adversarial])
     flagged = (s > threshold).astype(int)
     out.update(
-        auc=float(roc_auc_score(y, s)),
+        auc=roc_auc(clean, adversarial),
         tpr_at_fpr=tpr_at_fpr(clean, adversarial),
         precision=float(precision_score(y, flagged, zero_division=0)),
         recall=float(recall_score(y, flagged, zero_division=0)),

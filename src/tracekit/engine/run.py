@@ -8,6 +8,7 @@ fit images are attacked only when the detector needs adversarial fit data.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ import torch
 from ..errors import SpecError, TracekitError
 from ..plugins import registry
 from ..progress import progress
-from ..protocols import Detector, LoadedModel
+from ..protocols import Detector, LoadedModel, StatefulDetector
 from ..report import write_report
 from ..spec import Spec, load_spec, validate_spec
 from . import rundir
@@ -30,7 +31,7 @@ from .attacking import Generated, generate, seed_everything
 from .controls import noise_like, noise_metrics, randomized_copy
 from .data import Samples, collect, predict, split_fit_test
 from .device import resolve_device
-from .metrics import bootstrap_ci, calibrate_threshold, detection_metrics
+from .metrics import bootstrap_ci, calibrate_threshold, detection_metrics, roc_auc
 
 
 @dataclass
@@ -232,9 +233,9 @@ def prepare(spec: Spec, device: torch.device, use_cache: bool, adversarial_fit: 
     )
 
 
-def _adversarial_fit(prep: Prepared, attacks: list[AttackResult], prefix: str) -> torch.Tensor:
-    """Successful adversarials of fit-part images (for detectors that learn from them)."""
-    parts = [a.adversarial[torch.isin(a.indices, prep.fit_idx) & a.success] for a in attacks]
+def _adversarial_fit(prep: Prepared, attacks: list[AttackResult], prefix: str, fit_idx: torch.Tensor) -> torch.Tensor:
+    """Successful adversarials of the images `fit_idx` (for detectors that learn from them)."""
+    parts = [a.adversarial[torch.isin(a.indices, fit_idx) & a.success] for a in attacks]
     adversarial_fit = torch.cat(parts) if parts else prep.samples.images[:0]
     if len(adversarial_fit) == 0:
         raise TracekitError(
@@ -244,16 +245,43 @@ def _adversarial_fit(prep: Prepared, attacks: list[AttackResult], prefix: str) -
     return adversarial_fit
 
 
+def learns(detector: Detector) -> bool:
+    """Whether `detector` learns from its fit images (a `StatefulDetector`)."""
+    return isinstance(detector, StatefulDetector)
+
+
+def _fit(
+    prep: Prepared, detector: Detector, model: LoadedModel, attacks: list[AttackResult], prefix: str,
+    fit_idx: torch.Tensor,
+) -> None:
+    """Fit on the clean images `fit_idx` (and their successful adversarials, if it needs them)."""
+    adversarial_fit = _adversarial_fit(prep, attacks, prefix, fit_idx) if detector.needs_adversarial_fit else None
+    detector.fit(model.module, prep.samples.images[fit_idx], adversarial_fit)
+
+
 def _fit_and_calibrate(
     prep: Prepared, detector: Detector, model: LoadedModel, attacks: list[AttackResult], prefix: str
 ) -> float:
-    """Fit on the fit part; the threshold at the spec's target FPR on clean fit scores."""
-    adversarial_fit = _adversarial_fit(prep, attacks, prefix) if detector.needs_adversarial_fit else None
-    detector.fit(model.module, prep.samples.images[prep.fit_idx], adversarial_fit)
-    fit_scores = score_images(
-        detector, model, prep.samples.images[prep.fit_idx], prep.spec.batch_size, prep.device, f"{prefix}score fit"
-    )
-    return calibrate_threshold(fit_scores, prep.spec.calibration.target_fpr)
+    """Fit on the fit part; return the threshold at the spec's target FPR of clean fit scores.
+
+    A detector that learns scores its own training images as cleaner than new ones, so a threshold
+    taken on them misses the target FPR on the test part (0.43 instead of 0.05 for Mahalanobis on
+    300 digits). Its clean fit scores are therefore cross-fitted: a copy fitted on each seeded half
+    of the fit part scores the other half, and the detector itself is then fitted on all of it.
+    """
+    bs, dev, images = prep.spec.batch_size, prep.device, prep.samples.images
+    if learns(detector):
+        halves = split_fit_test(prep.fit_idx, 0.5, prep.spec.seed)
+        held_out = []
+        for k, (train, held) in enumerate((halves, halves[::-1])):
+            fold = copy.deepcopy(detector)
+            _fit(prep, fold, model, attacks, f"{prefix}fold {k + 1}: ", train)
+            held_out.append(score_images(fold, model, images[held], bs, dev, f"{prefix}score fold {k + 1}"))
+        scores = np.concatenate(held_out)
+    _fit(prep, detector, model, attacks, prefix, prep.fit_idx)
+    if not learns(detector):
+        scores = score_images(detector, model, images[prep.fit_idx], bs, dev, f"{prefix}score fit")
+    return calibrate_threshold(scores, prep.spec.calibration.target_fpr)
 
 
 def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any], label: str = "") -> Evaluation:
@@ -336,7 +364,7 @@ def _transfer(prep: Prepared, detector_cfg: Mapping[str, Any], prefix: str) -> d
         detector: Detector = build("detector", detector_cfg)
         here = f"{prefix}fit on {source.key}: "
         try:
-            threshold = _fit_and_calibrate(prep, detector, model, [source], here)
+            _fit(prep, detector, model, [source], here, prep.fit_idx)  # AUC only: no threshold needed
         except TracekitError:
             matrix[source.key] = {target.key: None for target in prep.attacks}  # no fit adversarials
             continue
@@ -345,7 +373,7 @@ def _transfer(prep: Prepared, detector_cfg: Mapping[str, Any], prefix: str) -> d
         for target in prep.attacks:
             keep = torch.isin(target.indices, prep.test_idx) & target.success
             adv = score_images(detector, model, target.adversarial[keep], bs, dev, f"{here}score {target.key}")
-            matrix[source.key][target.key] = detection_metrics(clean, adv, threshold)["auc"]
+            matrix[source.key][target.key] = roc_auc(clean, adv)
     return matrix
 
 
