@@ -188,3 +188,21 @@ def test_non_finite_parameters_are_refused(eps):
 def test_errors_from_overrides_say_so():
     with pytest.raises(SpecError, match=r"quickstart.yaml \(with --set attacks.0.esp=0.05\): attacks.0.esp: unknown"):
         load_spec(QUICKSTART, ["attacks.0.esp=0.05"])
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = write(tmp_path, "name: a\nname: b\nmodel: {name: digits-cnn}\ndata: {name: digits}\nattacks: [{name: fgsm}]\n")
+    with pytest.raises(SpecError, match=r"spec.yaml:2:1: invalid YAML: key 'name' is given twice"):
+        load_spec(path)
+
+
+def test_a_negative_seed_is_refused():
+    data = {"name": "t", "seed": -1, "model": {"name": "digits-cnn"}, "data": {"name": "digits"},
+            "attacks": [{"name": "fgsm"}]}  # fmt: skip
+    with pytest.raises(SpecError, match="seed: Input should be greater than or equal to 0"):
+        validate_spec(data)
+
+
+def test_overrides_are_a_list():
+    with pytest.raises(TypeError, match=r"a list of 'KEY=VALUE' strings, e.g. \['attacks.0.eps=0.05'\]"):
+        load_spec(QUICKSTART, "attacks.0.eps=0.05")

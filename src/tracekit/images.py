@@ -67,6 +67,9 @@ class Preparation:
         from PIL import Image
 
         resample = getattr(Image.Resampling, self.interpolation.upper(), Image.Resampling.BILINEAR)
+        if image.mode == "I" or image.mode.startswith("I;16"):
+            # 16-bit gray: Pillow's own convert("L") clips every value above 255 to white.
+            image = Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
         image = image.convert("RGB" if self.channels == 3 else "L")
         height, width = self.crop
         short = max(math.floor(max(height, width) / self.crop_pct + 1e-6), height, width)

@@ -53,7 +53,7 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: Annotated[str, AfterValidator(_device)] = "auto"
     model: Component
     data: Component
@@ -82,6 +82,21 @@ class Spec(BaseModel):
         return str(detector.get("label") or detector["name"])
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML lets the last win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(path: Path) -> dict[str, Any]:
     """Read a spec file with the safe loader; errors name the file and line."""
     path = Path(path)
@@ -90,7 +105,7 @@ def parse_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise SpecError(f"{path} is a directory, not a spec file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -237,6 +252,8 @@ def _unique(source: str, field: str, keys: list[str]) -> None:
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read, override and validate the spec at `path`."""
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides is a list of 'KEY=VALUE' strings, e.g. [{overrides!r}], not one string")
     data = parse_yaml(Path(path))
     for assignment in overrides or []:
         apply_override(data, assignment)

@@ -161,6 +161,15 @@ def test_explain_images_of_any_mode_and_size(finished, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.explain.png" for p in paths)
 
 
+def test_sixteen_bit_gray_images_keep_their_gray_levels(tmp_path):
+    pixels = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit PNG, same picture
+    Image.fromarray(pixels).save(tmp_path / "flat.png")
+    deep = load_image(tmp_path / "deep.png", Preparation(1, (16, 16)))
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    assert torch.equal(deep, load_image(tmp_path / "flat.png", Preparation(1, (16, 16))))
+
+
 def test_image_loading_converts_mode_resizes_and_crops(tmp_path):
     Image.new("RGBA", (37, 11), (90, 90, 90, 0)).save(tmp_path / "flat.png")  # alpha is dropped
     image = load_image(tmp_path / "flat.png", Preparation(1, (16, 16)))

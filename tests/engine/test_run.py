@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +111,8 @@ def test_resolved_spec_has_provenance_and_reruns(result, tmp_path):
     assert prov["versions"]["tracekit"] == tracekit.__version__
     assert prov["versions"]["torch"] == torch.__version__
     assert prov["device"] == "cpu" and prov["seed"] == 1
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(tracekit.__file__).parent)
+    assert prov["git_revision"] == (head.stdout.strip() if head.returncode == 0 else None)  # tracekit's, not the cwd's
     assert resolved["attacks"][0]["seed"] == 0  # defaults filled in
     again = run(result.out_dir / "spec.resolved.yaml", out=tmp_path / "again")
     timing = ("seconds", "cached_batches")

@@ -68,9 +68,12 @@ def _version(dist: str) -> str | None:
 
 
 def _git_revision() -> str | None:
+    """The commit of tracekit's own source when it runs from a git checkout (an editable install),
+    wherever the run is started from; None for an installed wheel."""
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+            cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):
         return None
