@@ -148,13 +148,20 @@ def test_perturbation_sizes_measured(result):
         assert 0 < m["perturbation"]["l2"] <= 0.3 * 16 + 1e-5  # sqrt(256 pixels) * eps
 
 
-def test_an_out_directory_with_files_is_reused_with_a_warning(tmp_path):
+def test_an_earlier_runs_directory_is_replaced_and_other_files_are_named(tmp_path):
     from tracekit.engine.rundir import make_run_dir
 
-    assert make_run_dir(tmp_path / "new", "x") == tmp_path / "new"  # fresh: no warning
-    (tmp_path / "new" / "old.png").write_text("from an earlier run")
-    with pytest.warns(UserWarning, match="is not empty"):
-        make_run_dir(tmp_path / "new", "x")
+    out = make_run_dir(tmp_path / "run", "x")
+    for name in ("spec.resolved.yaml", "metrics.json", "examples_old-attack.png", "detector_state.pt"):
+        (out / name).write_text("an earlier run")
+    (out / "detectors" / "03-lid").mkdir(parents=True)
+    (out / "detectors" / "03-lid" / "detector.json").write_text("{}")
+    make_run_dir(out, "x")  # an earlier run: its outputs go, nothing else is there
+    assert list(out.iterdir()) == []
+    (out / "notes.txt").write_text("mine")
+    with pytest.warns(UserWarning, match=r"holds files this run does not write \(notes.txt\)"):
+        make_run_dir(out, "x")
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 class _Memorizer:

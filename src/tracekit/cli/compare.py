@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def compare_command(
         targets: list[Path] = typer.Argument(..., help="A spec with `detectors:`, or finished run directories."),
-        out: Path = typer.Option(None, "--out", help="Run directory (default runs/<name>-<timestamp>/)."),
+        out: Path = typer.Option(None, "--out", help="Comparison directory (default runs/<name>-<timestamp>/); an earlier one there is replaced."),
         device: str = DeviceOpt,
         set_: list[str] = SetOpt,
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),

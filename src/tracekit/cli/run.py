@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def run_command(
         spec: Path = SpecArg,
-        out: Path = typer.Option(None, "--out", help="Run directory (default runs/<name>-<timestamp>/)."),
+        out: Path = typer.Option(None, "--out", help="Run directory (default runs/<name>-<timestamp>/); an earlier run there is replaced."),
         device: str = DeviceOpt,
         set_: list[str] = SetOpt,
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),

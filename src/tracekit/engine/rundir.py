@@ -7,6 +7,7 @@ import importlib.metadata as metadata
 import json
 import platform
 import re
+import shutil
 import subprocess
 import time
 import warnings
@@ -26,6 +27,9 @@ SCORE_COLUMNS = ("sample_id", "attack", "label", "pred", "success", "score")
 DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
 STATE_FILE = "detector_state.pt"
 DETECTORS_DIR = "detectors"  # a comparison's fitted detectors: detectors/<NN>-<label>/detector.json
+RESOLVED_SPEC = "spec.resolved.yaml"
+# What a run or comparison writes at the top of its directory (figures are its PNGs).
+OUTPUTS = (RESOLVED_SPEC, "metrics.json", "scores.csv", "detector.json", STATE_FILE, "report.html", "*.png")
 
 
 def detector_dir(run_dir: Path, index: int, label: str) -> Path:
@@ -34,16 +38,28 @@ def detector_dir(run_dir: Path, index: int, label: str) -> Path:
     return run_dir / DETECTORS_DIR / f"{index:02d}-{safe}"
 
 
+def _remove_outputs(run_dir: Path) -> None:
+    """An earlier run's outputs, so that none of them (a figure, a fitted detector) outlives it."""
+    for pattern in OUTPUTS:
+        for file in run_dir.glob(pattern):
+            if file.is_file():
+                file.unlink()
+    shutil.rmtree(run_dir / DETECTORS_DIR, ignore_errors=True)
+
+
 def make_run_dir(out: str | Path | None, name: str) -> Path:
-    """`--out DIR`, else `runs/<name>-<timestamp>/` (never reusing an existing one)."""
+    """`--out DIR`, else `runs/<name>-<timestamp>/` (never reusing an existing one). An earlier
+    run's directory given as `--out` is reused: its outputs are removed first."""
     if out is not None:
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise TracekitError(f"--out {path} exists and is not a directory")
+        if (path / RESOLVED_SPEC).is_file():
+            _remove_outputs(path)
         if path.is_dir() and any(path.iterdir()):
+            left = ", ".join(sorted(p.name for p in path.iterdir())[:5])
             warnings.warn(
-                f"--out {path} is not empty: this run replaces the files it writes and leaves the others "
-                "(an earlier run's figures, for example); give a new directory for a clean run",
+                f"--out {path} holds files this run does not write ({left}); they stay next to its outputs",
                 stacklevel=2,
             )
     else:
@@ -105,7 +121,7 @@ def provenance(spec: Spec, device: torch.device, plugin_dists: set[str], extra: 
 
 def write_resolved_spec(run_dir: Path, spec: Spec) -> None:
     text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    (run_dir / "spec.resolved.yaml").write_text(text, encoding="utf-8")
+    (run_dir / RESOLVED_SPEC).write_text(text, encoding="utf-8")
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
