@@ -1,6 +1,7 @@
 """Detectors compared on identical images; finished runs side by side."""
 
 import csv
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -95,12 +96,20 @@ def test_compare_runs_warns_once_per_run_when_adversarials_differ(result, tmp_pa
     assert compare_runs([result.out_dir, same.out_dir]).warnings == []
     stronger = run(base(detector=DETECTORS[1], attacks=[{"name": "sign-noise", "eps": 0.5}]), out=tmp_path / "strong")
     warnings = compare_runs([result.out_dir, stronger.out_dir]).warnings
-    assert len(warnings) == 1 and "runs 'strong' and '" in warnings[0] and "other adversarials from sign-noise" in warnings[0]
+    assert len(warnings) == 1
+    assert "and 'strong' ran attacks of the same name differently: sign-noise: eps 0.3 vs 0.5" in warnings[0]
 
 
-def test_compare_runs_bad_dirs(tmp_path):
+def test_compare_runs_bad_dirs(tmp_path, result):
     with pytest.raises(TracekitError, match="does not exist"):
         compare_runs([tmp_path / "nope"])
+    with pytest.raises(TracekitError, match="metrics.json is a file, not a run directory"):
+        compare_runs([result.out_dir, result.out_dir / "metrics.json"])
+    broken = tmp_path / "broken"
+    shutil.copytree(result.out_dir, broken)
+    (broken / "metrics.json").write_text('{"attacks": 3}')
+    with pytest.raises(TracekitError, match="holds a broken metrics.json"):
+        compare_runs([result.out_dir, broken])
     (tmp_path / "empty").mkdir()
     with pytest.raises(TracekitError, match="metrics.json is missing"):
         compare_runs([tmp_path / "empty"])

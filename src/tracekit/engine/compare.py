@@ -102,18 +102,29 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
     targets: dict[str, float] = {}
     adversarials: dict[str, Outcomes] = {}
     runs: dict[str, str] = {}  # detector key -> its run directory's name
+    parameters: dict[str, dict[str, Any]] = {}  # detector key -> attack -> its resolved parameters
     for raw in run_dirs:
         path = Path(raw)
         metrics, spec, clean_ids, outcomes = _read_run(path)
-        entries = metrics["detectors"] if "detectors" in metrics else {_detector_label(spec): {"attacks": metrics["attacks"]}}
-        for label, entry in entries.items():
-            key = f"{path.name}: {label}"
-            detectors[key] = entry["attacks"]
-            images[key] = clean_ids.get(label, clean_ids.get("", set()))
-            attacks[key] = set(entry["attacks"])
-            adversarials[key] = outcomes.get(label, outcomes.get("", {}))
-            runs[key] = path.name
-            targets[key] = float(metrics.get("target_fpr", DEFAULT_TARGET_FPR))
+        try:
+            entries = metrics["detectors"] if "detectors" in metrics else {_detector_label(spec): {"attacks": metrics["attacks"]}}
+            for label, entry in entries.items():
+                key = f"{path.name}: {label}"
+                detectors[key] = dict(entry["attacks"])
+                images[key] = clean_ids.get(label, clean_ids.get("", set()))
+                attacks[key] = set(entry["attacks"])
+                adversarials[key] = outcomes.get(label, outcomes.get("", {}))
+                runs[key] = path.name
+                targets[key] = float(metrics.get("target_fpr", DEFAULT_TARGET_FPR))
+                parameters[key] = {
+                    str(a.get("label") or a["name"]): {k: v for k, v in a.items() if k != "label"}
+                    for a in (spec or {}).get("attacks") or []
+                }
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise TracekitError(
+                f"{path} holds a broken metrics.json or spec.resolved.yaml ({type(exc).__name__}: {exc}); "
+                "run it again"
+            ) from None
     warnings = []
     keys = list(detectors)
     for key in keys[1:]:
@@ -126,7 +137,20 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
             attack for attack in set(adversarials[key]) & set(adversarials[keys[0]])
             if adversarials[key][attack] != adversarials[keys[0]][attack]
         )  # fmt: skip
-        if differ and images[key] == images[keys[0]]:
+        changed = [
+            f"{attack}: " + ", ".join(
+                f"{name} {parameters[keys[0]][attack].get(name)!r} vs {parameters[key][attack].get(name)!r}"
+                for name in sorted(set(parameters[key][attack]) | set(parameters[keys[0]][attack]))
+                if parameters[key][attack].get(name) != parameters[keys[0]][attack].get(name)
+            )
+            for attack in sorted(set(parameters[key]) & set(parameters[keys[0]]))
+            if parameters[key][attack] != parameters[keys[0]][attack]
+        ]
+        if changed:
+            message = f"runs '{runs[keys[0]]}' and '{runs[key]}' ran attacks of the same name differently: " + "; ".join(changed)
+            if message not in warnings:
+                warnings.append(message)
+        if differ and images[key] == images[keys[0]] and not changed:
             message = (
                 f"runs '{runs[key]}' and '{runs[keys[0]]}' attacked the same images but got other adversarials "
                 f"from {', '.join(differ)} (other parameters or seeds, or a random attack run in other batches): "
@@ -145,8 +169,12 @@ Outcomes = dict[str, set[tuple[str, str, str]]]  # attack -> {(sample id, predic
 def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set[str]], dict[str, Outcomes]]:
     """A finished run's metrics and spec, and per detector label ("" for a run) its clean test ids
     and what each attack's adversarials of them did."""
+    if path.is_file():
+        raise TracekitError(
+            f"{path} is a file, not a run directory; compare takes one spec, or finished run directories"
+        )
     if not path.is_dir():
-        raise TracekitError(f"run directory {path} does not exist (or is not a directory)")
+        raise TracekitError(f"run directory {path} does not exist")
     try:
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
         spec = yaml.safe_load((path / "spec.resolved.yaml").read_text(encoding="utf-8"))
