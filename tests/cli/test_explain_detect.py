@@ -328,6 +328,18 @@ def test_detect_scores_with_the_runs_fitted_learned_detector(learned):
     assert len(flagged) > 0 and all(r["score"] is not None for r in flagged)
 
 
+def test_detect_reproduces_kd_bu_scores_one_image_at_a_time(tmp_path, uint8_images):
+    """KD+BU's dropout masks belong to each image, so a lone image gets its score from the run."""
+    finished = tiny_run(
+        tmp_path, uint8_images, name="kdbu", seed=0, attacks=[{"name": "sign-noise", "eps": 0.5}],
+        detector={"name": "kd-bu", "n_samples": 8, "batch_size": 8}, calibration={"fit_fraction": 0.5, "target_fpr": 0.2},
+    )  # fmt: skip
+    art = finished.artifacts
+    expected = np.array([float(r["score"]) for r in clean_rows(finished)])
+    alone = [tracekit.detect(finished.out_dir, image[None])[0]["score"] for image in art.samples.images[art.test_idx][:6]]
+    np.testing.assert_allclose(alone, expected[:6], rtol=1e-6, atol=1e-9)
+
+
 def test_learned_detector_needs_its_fitted_state(learned, tmp_path):
     image = tmp_path / "img.png"
     Image.new("L", (16, 16), 10).save(image)

@@ -21,6 +21,7 @@ from tracekit.detectors.feature_squeezing import median_filter, reduce_bit_depth
 from tracekit.detectors.kd_bu import log_kde
 from tracekit.detectors.lid import lid_mle
 from tracekit.detectors.mahalanobis import TiedGaussian
+from tracekit.detectors.mc_dropout import image_keys, uniforms
 from tracekit.errors import SpecError, TracekitError
 from tracekit.protocols import Detector, StatefulDetector
 from tracekit.testing import tiny_model
@@ -165,7 +166,7 @@ def test_kd_bu_warns_how_it_handles_a_model_without_dropout(fitted: dict[str, di
     assert len(messages) == 1 and "no dropout" in messages[0] and "model.classifier.1" in messages[0]
 
 
-@pytest.mark.parametrize("name", ["lid", "mahalanobis", "feature-squeezing"])
+@pytest.mark.parametrize("name", ["lid", "mahalanobis", "feature-squeezing", "kd-bu"])
 def test_score_does_not_depend_on_the_batch(
     fitted: dict[str, dict[str, Any]], digits: dict[str, Any], name: str
 ) -> None:
@@ -320,14 +321,19 @@ def test_bayesian_uncertainty_uses_the_model_dropout_and_the_paper_formula() -> 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the model has dropout: no warning
         detector.fit(model, images, images.flip(-1))
+    state = torch.get_rng_state()
     (kd, bu) = detector.features(model, images).T
+    assert torch.equal(state, torch.get_rng_state())  # torch's random state untouched
     _assert_unchanged(before, _snapshot(model))
     assert not model.body[3].training
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the paper's formula on the same dropout draws
-        torch.manual_seed(5)
-        model.body[3].train()
-        probs = torch.stack([model(images).softmax(1) for _ in range(30)]).double().numpy()
-        model.body[3].eval()
+    # The paper's formula, on the model's dropout site (after the ReLU) with the same per-image masks.
+    hidden = model.body[:3](images).detach()
+    keys = image_keys(images)
+    probs = []
+    for draw in range(30):
+        keep = uniforms(keys, 32, seed=5, site=0, draw=draw) >= 0.3
+        probs.append(model.body[4](hidden * keep / 0.7).softmax(1))
+    probs = torch.stack(probs).double().detach().numpy()
     expected = (probs**2).sum(2).mean(0) - (probs.mean(0) ** 2).sum(1)
     np.testing.assert_allclose(bu, expected, rtol=1e-6, atol=1e-12)
     assert (bu > 0).all()

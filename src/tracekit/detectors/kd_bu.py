@@ -13,11 +13,12 @@ tuned it per data set (MNIST 1.20, CIFAR-10 0.26, SVHN 1.00).
 
 Bayesian uncertainty (BU), the paper's formula: `mean_t |p_t|^2 - |mean_t p_t|^2` over `n_samples`
 stochastic forward passes with dropout on (MC dropout), `p_t` the softmax output. Models with
-dropout (modules of rate > 0) use their own dropout modules, switched to training mode during the
-passes only. Models without dropout get dropout of rate `rate` on the last hidden features (a
-forward hook during the passes only), where the paper's models had theirs; a warning says so once
-per fit. The model is left as it was (eval mode, no hooks), and the passes are seeded (`seed`)
-without touching torch's global random state.
+dropout (modules of rate > 0) get it where their own dropout modules are; models without get
+dropout of rate `rate` on the last hidden features, where the paper's models had theirs (a
+warning says so once per fit). The masks are drawn per image from its content and `seed`
+(`tracekit.detectors.mc_dropout`), so an image's score does not depend on its batch and `detect`
+reproduces the run's scores; the model is left as it was (eval mode, no hooks) and torch's
+random state untouched.
 
 A logistic regression on (KD, BU), trained on clean vs adversarial fit images, gives the score
 (`tracekit.detectors.logistic`). Not implemented: the paper's noisy samples (extra negatives).
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import numpy as np
@@ -36,8 +35,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .layers import batches, flatten, forward_hooks, layer_features, map_batches, model_device, resolve_layers
+from .layers import batches, flatten, layer_features, map_batches, model_device, resolve_layers
 from .logistic import LogisticCombiner, require_adversarial
+from .mc_dropout import PerImageDropout, dropout_modules
 
 WHERE = "detector 'kd-bu'"
 
@@ -58,42 +58,6 @@ def log_kde(
         count = mask.sum(1).double()
     norm = 0.5 * points.shape[1] * math.log(2 * math.pi * bandwidth**2)
     return torch.logsumexp(log_kernel, 1) - count.log() - norm
-
-
-def dropout_modules(model: nn.Module) -> list[nn.Module]:
-    """The model's dropout modules of rate > 0."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
-
-
-@contextmanager
-def mc_dropout(model: nn.Module, layer: str, rate: float) -> Iterator[None]:
-    """Dropout on during the block: the model's own dropout modules (rate > 0), or else dropout of
-    `rate` on the output of `layer`; train flags and hooks restored afterwards."""
-    own = dropout_modules(model)
-    flags = [m.training for m in own]
-
-    def drop(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        return nn.functional.dropout(output, rate, training=True)
-
-    try:
-        for m in own:
-            m.train()
-        with forward_hooks(model, {} if own else {layer: drop}):
-            yield
-    finally:
-        for m, flag in zip(own, flags):
-            m.train(flag)
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Torch's random state seeded with `seed` for the block (CPU and every device of `device`'s
-    type, since `torch.manual_seed` seeds them all), restored afterwards."""
-    kind = "cuda" if device.type == "cpu" else device.type
-    count = 0 if device.type == "cpu" else torch.get_device_module(kind).device_count()
-    with torch.random.fork_rng(devices=range(count), device_type=kind):
-        torch.manual_seed(seed)
-        yield
 
 
 class KernelDensityUncertainty:
@@ -125,8 +89,10 @@ class KernelDensityUncertainty:
             density = log_kde(hidden, self.support, self.bandwidth, mask)
             total = torch.zeros_like(logits, dtype=torch.float64)
             squares = torch.zeros(len(images), dtype=torch.float64, device=images.device)
-            with seeded(self.seed, images.device), mc_dropout(model, self.layer_, self.rate):
-                for _ in range(self.n_samples):
+            dropout = PerImageDropout(model, self.layer_, self.rate, images, self.seed, WHERE)
+            with dropout.hooked():
+                for draw in range(self.n_samples):
+                    dropout.draw = draw
                     probs = model(images).softmax(1).double()
                     total += probs
                     squares += probs.square().sum(1)

@@ -1,0 +1,90 @@
+"""Monte Carlo dropout whose masks belong to the image, not to its batch.
+
+torch's dropout draws one mask tensor for the whole batch from the global generator, so an image's
+masks (and any score built on them) change with the images beside it: `tracekit detect` on one
+file would not reproduce the run's score. Here each mask element is a counter-based hash of the
+image's content, the seed, the dropout site, the pass number and the element's position (PCG's
+output permutation on 32-bit words, computed exactly in int64 on any device): the same image gets
+the same masks alone or in any batch, on CPU and GPU alike, and torch's random state is untouched.
+
+The masks are applied by forward hooks while the model stays in eval mode: on the model's own
+`nn.Dropout` / `Dropout1d/2d/3d` modules of rate > 0 (identity in eval mode, so the hook sees the
+input), or, for a model without them, on the output of one named layer. Alpha dropout (SELU
+networks) is not emulated; such modules stay off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import TracekitError
+from .layers import forward_hooks
+
+_WORD = 0xFFFFFFFF
+_CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+def dropout_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's (channel) dropout modules of rate > 0, by name."""
+    kinds = (nn.Dropout, *_CHANNEL_DROPOUT)
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds) and m.p > 0}
+
+
+def _pcg(words: torch.Tensor) -> torch.Tensor:
+    """PCG's hash of 32-bit words held in int64 (no product exceeds 2**62: exact everywhere)."""
+    state = (words * 747796405 + 2891336453) & _WORD
+    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _WORD
+    return (word >> 22) ^ word
+
+
+def image_keys(images: torch.Tensor) -> torch.Tensor:
+    """`[N]` 32-bit keys of the images' content at 8-bit precision (an exact integer sum)."""
+    levels = (images.detach().flatten(1).double() * 255).round().long().clamp(0, 255)
+    weights = _pcg(torch.arange(levels.shape[1], device=images.device)) >> 8  # < 2**24
+    total = (levels * weights).sum(1)
+    return _pcg((total & _WORD) ^ _pcg(total >> 32))
+
+
+def uniforms(keys: torch.Tensor, size: int, seed: int, site: int, draw: int) -> torch.Tensor:
+    """`[N, size]` numbers in [0, 1), a function of (key, seed, site, draw, position) only."""
+    salt = _pcg(torch.tensor([(seed & _WORD) ^ int(_pcg(torch.tensor(site * 65599 + draw)))], device=keys.device))
+    base = _pcg(keys ^ salt)
+    positions = _pcg(torch.arange(size, device=keys.device))
+    return _pcg(base[:, None] ^ positions[None, :]).double() / 2.0**32
+
+
+class PerImageDropout:
+    """Dropout hooks on `model`, masks keyed by `images`; set `draw` before each forward pass."""
+
+    def __init__(self, model: nn.Module, layer: str, rate: float, images: torch.Tensor, seed: int, where: str) -> None:
+        own = dropout_modules(model)
+        self.sites = {name: m.p for name, m in own.items()} if own else {layer: rate}
+        self.channel = {name for name, m in own.items() if isinstance(m, _CHANNEL_DROPOUT)}
+        self.model, self.keys, self.seed, self.where = model, image_keys(images), seed, where
+        self.draw = 0
+
+    def _hook(self, site: int, name: str, rate: float) -> Any:
+        def drop(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            if output.shape[0] != len(self.keys):
+                raise TracekitError(
+                    f"{self.where}: the output of '{name}' has {output.shape[0]} rows for {len(self.keys)} images; "
+                    "per-image dropout needs the batch first; choose another `layer`"
+                )
+            shape = (*output.shape[:2], *[1] * (output.dim() - 2)) if name in self.channel else output.shape
+            size = int(torch.Size(shape[1:]).numel())
+            keep = uniforms(self.keys, size, self.seed, site, self.draw) >= rate
+            return output * keep.view(shape).to(output.dtype) / (1 - rate)
+
+        return drop
+
+    @contextmanager
+    def hooked(self) -> Iterator[PerImageDropout]:
+        """The hooks, registered for the block (the model stays in eval mode)."""
+        hooks = {name: self._hook(i, name, rate) for i, (name, rate) in enumerate(self.sites.items())}
+        with forward_hooks(self.model, hooks):
+            yield self
