@@ -328,6 +328,7 @@ def test_detect_scores_with_the_runs_fitted_learned_detector(learned):
     assert len(flagged) > 0 and all(r["score"] is not None for r in flagged)
 
 
+@pytest.mark.filterwarnings("ignore:.*has no dropout")
 def test_detect_reproduces_kd_bu_scores_one_image_at_a_time(tmp_path, uint8_images):
     """KD+BU's dropout masks belong to each image, so a lone image gets its score from the run."""
     finished = tiny_run(
