@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
     @group.command("clear")
     @handle_errors
     def clear_command(
-        older_than: str = typer.Option(None, "--older-than", help="Only entries untouched for this long, e.g. 7d."),
+        older_than: str = typer.Option(None, "--older-than", metavar="AGE", help="Only entries untouched for this long, e.g. 7d."),
     ) -> None:
         """Remove cached attacks."""
         removed = attack_cache.clear(None if older_than is None else parse_age(older_than))

@@ -41,8 +41,8 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     @handle_errors
     def compare_command(
-        targets: list[Path] = typer.Argument(..., help="A spec with `detectors:`, or finished run directories."),
-        out: Path = typer.Option(None, "--out", help="Comparison directory (default runs/<name>-<timestamp>/); an earlier one there is replaced."),
+        targets: list[Path] = typer.Argument(..., metavar="TARGET", help="A spec with `detectors:`, or finished run directories."),
+        out: Path = typer.Option(None, "--out", metavar="DIR", help="Comparison directory (default runs/<name>-<timestamp>/); an earlier one there is replaced."),
         device: str = DeviceOpt,
         set_: list[str] = SetOpt,
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),

@@ -17,10 +17,10 @@ from ..images import read_inputs
 from ..report.figures import percent
 from .common import console, err_console, fmt, handle_errors
 
-ImagesArg = typer.Argument(..., help="Image files (PNG, JPEG; any size or mode).", show_default=False)
-DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: the run's or auto).")
+ImagesArg = typer.Argument(..., metavar="IMAGE", help="Image files (PNG, JPEG; any size or mode).", show_default=False)
+DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: the run's or auto).")
 DetectorOpt = typer.Option(
-    None, "--detector", help="Of a comparison's directory: the label of the detector to use.", show_default=False
+    None, "--detector", metavar="LABEL", help="Of a comparison's directory: the label of the detector to use.", show_default=False
 )
 JsonOpt = typer.Option(False, "--json", help="One JSON object per image (JSON lines) instead of a table.")
 VERDICTS = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]"}
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
     def detect_command(
         images: list[Path] = ImagesArg,
         run_dir: Path = typer.Option(
-            ..., "--run", help="A run directory written by `tracekit run` (or `tracekit compare`).", show_default=False
+            ..., "--run", metavar="RUN_DIR", help="A run directory written by `tracekit run` (or `tracekit compare`).", show_default=False
         ),
         device: str = DeviceOpt,
         detector: str = DetectorOpt,

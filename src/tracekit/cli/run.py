@@ -14,9 +14,9 @@ from ..engine.run import run as run_engine
 from ..spec import load_spec
 from .common import console, fmt, handle_errors
 
-SpecArg = typer.Argument(..., help="YAML spec file (see examples/quickstart.yaml).", show_default=False)
-SetOpt = typer.Option([], "--set", help="Override a spec field, e.g. --set attacks.0.eps=0.05 (repeatable).")
-DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (overrides the spec).")
+SpecArg = typer.Argument(..., metavar="SPEC", help="YAML spec file (see examples/quickstart.yaml).", show_default=False)
+SetOpt = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a spec field, e.g. --set attacks.0.eps=0.05 (repeatable).")
+DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (overrides the spec).")
 
 
 def summary_table(metrics: dict[str, Any], title: str) -> Table:
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def run_command(
         spec: Path = SpecArg,
-        out: Path = typer.Option(None, "--out", help="Run directory (default runs/<name>-<timestamp>/); an earlier run there is replaced."),
+        out: Path = typer.Option(None, "--out", metavar="DIR", help="Run directory (default runs/<name>-<timestamp>/); an earlier run there is replaced."),
         device: str = DeviceOpt,
         set_: list[str] = SetOpt,
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),
