@@ -206,3 +206,12 @@ def test_a_negative_seed_is_refused():
 def test_overrides_are_a_list():
     with pytest.raises(TypeError, match=r"a list of 'KEY=VALUE' strings, e.g. \['attacks.0.eps=0.05'\]"):
         load_spec(QUICKSTART, "attacks.0.eps=0.05")
+
+
+def test_overriding_a_defaulted_component_keeps_its_default_name(tmp_path):
+    spec = load_spec(QUICKSTART, ["detector.score.size=5"])
+    assert spec.detector["score"] == {"name": "local-entropy", "size": 5}
+    bare = write(tmp_path, {"name": "t", "model": {"name": "digits-cnn"}, "data": {"name": "digits"},
+                            "attacks": [{"name": "fgsm"}]})  # fmt: skip
+    spec = load_spec(bare, ["detector.score.size=7"])
+    assert spec.detector["name"] == "feature-response" and spec.detector["score"]["size"] == 7

@@ -151,13 +151,16 @@ class Registry:
         return self.get(name).factory(**resolved)
 
 
-def component_spec(kind: str) -> Any:
+def component_spec(kind: str, default: str) -> Any:
     """A parameter type for a nested component spec of `kind` (e.g. a detector's saliency),
-    resolved against that kind's registry when the spec is validated, defaults filled in."""
+    resolved against that kind's registry when the spec is validated, defaults filled in. A spec
+    without `name` (say `--set detector.score.size=5` on a defaulted score) means `default`."""
 
     def resolve(value: dict[str, Any]) -> dict[str, Any]:
         from .plugins import registry
 
+        if isinstance(value, Mapping) and "name" not in value:
+            value = {"name": default, **value}
         try:
             return registry(kind).resolve(value)
         except TracekitError as exc:

@@ -207,6 +207,8 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
 
     if spec.detector is None and spec.detectors is None:
         spec.detector = {"name": "feature-response"}
+    elif isinstance(spec.detector, dict) and "name" not in spec.detector:  # e.g. --set detector.score.size=5
+        spec.detector = {"name": "feature-response", **spec.detector}
     if spec.detector is not None and spec.detectors is not None:
         raise SpecError(f"{source}: give either 'detector' (tracekit run) or 'detectors' (tracekit compare), not both")
     problems: list[TracekitError] = []

@@ -11,8 +11,8 @@ from torch import nn
 
 from ..registry import component_spec
 
-SaliencySpec = component_spec("saliency")
-ScoreSpec = component_spec("score")
+SaliencySpec = component_spec("saliency", "guided-backprop")
+ScoreSpec = component_spec("score", "local-entropy")
 
 
 class FeatureResponse:

@@ -30,7 +30,7 @@ from ..registry import component_spec
 from .gradient import check_images, resolve_target
 
 METHOD = "smoothgrad"
-SaliencySpec = component_spec("saliency")
+SaliencySpec = component_spec("saliency", "guided-backprop")
 
 
 class SmoothGrad:
