@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -294,12 +295,16 @@ def explain_panel(
 ) -> None:
     """One image, its feature response and local-entropy map, titled with prediction and score."""
     ncols = 1 if maps is None else 3
-    headline = f"{result['image']}: score {result['score']:.4g} (no threshold; a run directory as model gives a verdict)"
+    name = Path(str(result["image"])).name
+    lines = [f"{name}: score {result['score']:.4g} (no threshold; a run directory as model gives a verdict)"]
     if result.get("verdict"):
-        headline = f"{result['image']}: {result['verdict']} (score {result['score']:.4g}, threshold {result['threshold']:.4g})"
+        lines = [f"{name}: {result['verdict']}", f"score {result['score']:.4g}, threshold {result['threshold']:.4g}"]
     if maps is None:
-        headline += "\nthis detector has no feature response maps"
-    with _image_figure(path, 1, ncols, 2.6 * ncols + 0.4, headline) as (fig, axes):
+        lines.append("this detector has no feature response maps")
+    width = 2.6 * ncols + 0.4
+    # About 0.1 inch a character at the title's size: wrap rather than run off the figure.
+    headline = "\n".join(textwrap.fill(line, max(int(width / 0.1), 20)) for line in lines)
+    with _image_figure(path, 1, ncols, width, headline) as (fig, axes):
         axes = axes[0]
         _show_image(axes[0], image)
         axes[0].set_title(f"input\npred {result['class']} ({percent(result['confidence'])})")
