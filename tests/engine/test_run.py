@@ -201,3 +201,9 @@ def test_a_learned_detector_is_calibrated_on_images_it_was_not_fitted_on(tmp_pat
     for metrics in out.metrics["attacks"].values():
         assert metrics["fpr"] <= 0.25
         assert metrics["threshold"] > 0.5
+
+
+def test_too_few_clean_scores_for_the_target_fpr_are_warned(tmp_path):
+    with pytest.warns(UserWarning, match=r"a 5% FPR comes from only \d+ clean fit scores.*use at least 20"):
+        run(tiny_spec(calibration={"fit_fraction": 0.2, "target_fpr": 0.05}, data={"name": "random-images", "n": 48}),
+            out=tmp_path)  # fmt: skip

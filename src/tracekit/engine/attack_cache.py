@@ -134,7 +134,7 @@ def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
         try:
             meta = json.loads((directory / "meta.json").read_text())
         except (OSError, ValueError):
-            meta = {}
+            meta = {"attack": {"name": "? (meta.json unreadable)"}}
         stats = [f.stat() for f in files]
         out.append({
             "key": directory.name,

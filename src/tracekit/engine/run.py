@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,7 +283,14 @@ def _fit_and_calibrate(
     _fit(prep, detector, model, attacks, prefix, prep.fit_idx)
     if not learns(detector):
         scores = score_images(detector, model, images[prep.fit_idx], bs, dev, f"{prefix}score fit")
-    return calibrate_threshold(scores, prep.spec.calibration.target_fpr)
+    target = prep.spec.calibration.target_fpr
+    if len(scores) * target < 1:
+        warnings.warn(
+            f"{prefix}the threshold for a {target:.0%} FPR comes from only {len(scores)} clean fit scores "
+            f"(the highest one, in effect); use at least {math.ceil(1 / target)} (data.limit, calibration.fit_fraction)",
+            stacklevel=2,
+        )
+    return calibrate_threshold(scores, target)
 
 
 def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any], label: str = "") -> Evaluation:
