@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .detecting import ScoringSetup, build_setup, load_run
-from .errors import TracekitError
+from .errors import TracekitError, did_you_mean
 from .images import read_inputs
 
 DEFAULT_MODEL: dict[str, Any] = {"name": "digits-cnn"}
@@ -26,8 +26,8 @@ def load_setup(model: Any = None, device: str | None = None, detector: str | Non
     from .engine.device import resolve_device
     from .engine.run import as_spec
 
-    if detector is not None and not (isinstance(model, (str, Path)) and Path(model).is_dir()):
-        raise TracekitError("--detector picks a detector of a run or comparison directory; give one with --model")
+    if detector is not None and model is None:
+        raise TracekitError("--detector picks a detector of a comparison (spec or directory); give one with --model")
     if model is None:
         return build_setup(DEFAULT_MODEL, DEFAULT_DETECTOR, resolve_device(device or "auto"))
     if isinstance(model, (str, Path)):
@@ -37,9 +37,22 @@ def load_setup(model: Any = None, device: str | None = None, detector: str | Non
         if not path.exists():
             raise TracekitError(f"model {str(model)!r}: no such spec file or run directory")
     spec = as_spec(model)
-    if spec.detector is None:
-        raise TracekitError("the spec lists several `detectors:`; explain uses a spec with one `detector:`")
-    return build_setup(spec.model, spec.detector, resolve_device(device or spec.device))
+    return build_setup(spec.model, _spec_detector(spec, detector), resolve_device(device or spec.device))
+
+
+def _spec_detector(spec: Any, label: str | None) -> dict[str, Any]:
+    """The spec's `detector:`, or the one of its `detectors:` labelled `label`."""
+    if spec.detector is not None:
+        own = str(spec.detector.get("label") or spec.detector["name"])
+        if label is not None and label != own:
+            raise TracekitError(f"the spec has one detector, '{own}'; leave out --detector")
+        return spec.detector
+    labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
+    if label is None:
+        raise TracekitError(f"the spec compares {len(labels)} detectors; pick one with --detector ({', '.join(labels)})")
+    if label not in labels:
+        raise TracekitError(f"the spec has no detector '{label}'{did_you_mean(label, labels)}")
+    return spec.detectors[labels.index(label)]
 
 
 def explain(

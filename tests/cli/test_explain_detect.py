@@ -14,6 +14,7 @@ import tracekit
 from tracekit import plugins
 from tracekit.cli import build_app
 from tracekit.engine.run import run
+from tracekit.errors import TracekitError
 from tracekit.images import Preparation, load_image
 from tracekit.testing import testing_plugin, tiny_model
 
@@ -369,3 +370,18 @@ def test_detector_option_on_a_single_run_or_without_a_run_is_bad_input(finished,
     assert same.exit_code == 0, same.output
     result = invoke("explain", "--detector", "paper", image)
     assert result.exit_code == 2 and "give one with --model" in " ".join(result.output.split())
+
+
+def test_explain_picks_a_detector_of_a_comparison_spec(tmp_path):
+    from tracekit.explaining import load_setup
+
+    spec = {
+        "name": "cmp", "model": {"name": "digits-cnn"}, "data": {"name": "digits"}, "attacks": [{"name": "fgsm"}],
+        "detectors": [{"name": "feature-response", "label": "paper"},
+                      {"name": "feature-response", "label": "smooth", "saliency": {"name": "smoothgrad"}}],
+    }  # fmt: skip
+    with pytest.raises(TracekitError, match=r"compares 2 detectors; pick one with --detector \(paper, smooth\)"):
+        load_setup(spec)
+    with pytest.raises(TracekitError, match="no detector 'smoth' \\(did you mean 'smooth'"):
+        load_setup(spec, detector="smoth")
+    assert type(load_setup(spec, detector="smooth").detector.saliency).__name__ == "SmoothGrad"

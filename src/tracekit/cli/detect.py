@@ -20,7 +20,7 @@ from .common import console, err_console, fmt, handle_errors
 ImagesArg = typer.Argument(..., metavar="IMAGE", help="Image files (PNG, JPEG; any size or mode).", show_default=False)
 DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: the run's or auto).")
 DetectorOpt = typer.Option(
-    None, "--detector", metavar="LABEL", help="Of a comparison's directory: the label of the detector to use.", show_default=False
+    None, "--detector", metavar="LABEL", help="Which of a comparison's detectors to use, by label (a comparison directory, or for explain a spec).", show_default=False
 )
 JsonOpt = typer.Option(False, "--json", help="One JSON object per image (JSON lines) instead of a table.")
 VERDICTS = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]"}
