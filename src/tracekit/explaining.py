@@ -13,6 +13,7 @@ from typing import Any
 from .detecting import ScoringSetup, build_setup, load_run
 from .errors import TracekitError, did_you_mean
 from .images import read_inputs
+from .spec import component_label
 
 DEFAULT_MODEL: dict[str, Any] = {"name": "digits-cnn"}
 DEFAULT_DETECTOR: dict[str, Any] = {"name": "feature-response"}
@@ -43,7 +44,7 @@ def load_setup(model: Any = None, device: str | None = None, detector: str | Non
 def _spec_detector(spec: Any, label: str | None) -> dict[str, Any]:
     """The spec's `detector:`, or the one of its `detectors:` labelled `label`."""
     if spec.detector is not None:
-        own = str(spec.detector.get("label") or spec.detector["name"])
+        own = component_label(spec.detector)
         if label is not None and label != own:
             raise TracekitError(f"the spec has one detector, '{own}'; leave out --detector")
         return spec.detector

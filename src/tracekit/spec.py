@@ -20,6 +20,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 from .errors import SpecError, TracekitError, closest
 
 Component = dict[str, Any]
+DEFAULT_DETECTOR = "feature-response"
+
+
+def component_label(component: Mapping[str, Any]) -> str:
+    """What a resolved component's results are keyed by: its `label`, else its `name`."""
+    return str(component.get("label") or component["name"])
 
 
 def _device(value: str) -> str:
@@ -74,12 +80,10 @@ class Spec(BaseModel):
 
     def attack_key(self, index: int) -> str:
         """The name results of attack `index` are keyed by (its `label`, else its `name`)."""
-        attack = self.attacks[index]
-        return str(attack.get("label") or attack["name"])
+        return component_label(self.attacks[index])
 
     def detector_key(self, index: int) -> str:
-        detector = (self.detectors or [])[index]
-        return str(detector.get("label") or detector["name"])
+        return component_label((self.detectors or [])[index])
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -206,9 +210,9 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
     from .plugins import registry
 
     if spec.detector is None and spec.detectors is None:
-        spec.detector = {"name": "feature-response"}
-    elif isinstance(spec.detector, dict) and "name" not in spec.detector:  # e.g. --set detector.score.size=5
-        spec.detector = {"name": "feature-response", **spec.detector}
+        spec.detector = {}
+    if isinstance(spec.detector, dict) and "name" not in spec.detector:  # none, or --set detector.score.size=5
+        spec.detector = {"name": DEFAULT_DETECTOR, **spec.detector}
     if spec.detector is not None and spec.detectors is not None:
         raise SpecError(f"{source}: give either 'detector' (tracekit run) or 'detectors' (tracekit compare), not both")
     problems: list[TracekitError] = []

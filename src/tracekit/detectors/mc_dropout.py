@@ -35,8 +35,8 @@ def dropout_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds) and m.p > 0}
 
 
-def _pcg(words: torch.Tensor) -> torch.Tensor:
-    """PCG's hash of 32-bit words held in int64 (no product exceeds 2**62: exact everywhere)."""
+def _pcg(words: Any) -> Any:
+    """PCG's hash of 32-bit words: Python ints, or int64 tensors (no product exceeds 2**62: exact everywhere)."""
     state = (words * 747796405 + 2891336453) & _WORD
     word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _WORD
     return (word >> 22) ^ word
@@ -52,8 +52,7 @@ def image_keys(images: torch.Tensor) -> torch.Tensor:
 
 def uniforms(keys: torch.Tensor, size: int, seed: int, site: int, draw: int) -> torch.Tensor:
     """`[N, size]` numbers in [0, 1), a function of (key, seed, site, draw, position) only."""
-    salt = _pcg(torch.tensor([(seed & _WORD) ^ int(_pcg(torch.tensor(site * 65599 + draw)))], device=keys.device))
-    base = _pcg(keys ^ salt)
+    base = _pcg(keys ^ _pcg((seed & _WORD) ^ _pcg(site * 65599 + draw)))
     positions = _pcg(torch.arange(size, device=keys.device))
     return _pcg(base[:, None] ^ positions[None, :]).double() / 2.0**32
 

@@ -107,9 +107,9 @@ class AttackCache:
                 raise ValueError("its sample ids do not match")
             entry = CacheEntry(data["adversarial"], data["preds"], data["probs"], float(data["seconds"]))
         except Exception as exc:  # any unreadable entry is recomputed, never trusted
-            if not self.corrupt:
-                reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, (KeyError, TypeError)) else str(exc)
-                self.first_problem = f"{path}: {reason or type(exc).__name__}"
+            if not self.corrupt:  # our own checks say what is wrong; anything else names its type
+                reason = str(exc) if isinstance(exc, ValueError) and str(exc) else f"{type(exc).__name__}: {exc}"
+                self.first_problem = f"{path}: {reason}"
             self.corrupt += 1
             return None
         self.hits += 1

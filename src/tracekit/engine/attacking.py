@@ -58,7 +58,7 @@ def generate(
     step = 1 if getattr(attack, "per_image", False) else batch_size
     batches = [ids[start : start + step] for start in range(0, len(images), step)]
     entries: list[CacheEntry | None] = [cache.load(batch_ids) for batch_ids in batches]
-    done = sum(len(b) for b, e in zip(batches, entries) if e is not None)
+    done = _images_done(batches, entries)
     if cache.corrupt:
         warnings.warn(
             f"{description}: {cache.corrupt} unusable cache entr{'y' if cache.corrupt == 1 else 'ies'} "
@@ -77,7 +77,8 @@ def generate(
                         device, batch_seed(seed, batch_ids),
                     )
                 except KeyboardInterrupt:
-                    raise Interrupted(_kept(description, entries, batches, len(images), cache.enabled)) from None
+                    kept = _kept(description, _images_done(batches, entries), len(images), cache.enabled)
+                    raise Interrupted(kept) from None
                 cache.save(batch_ids, entry)
                 entries[i] = entry
                 advance(len(batch_ids))
@@ -94,10 +95,12 @@ def generate(
     )
 
 
-def _kept(
-    description: str, entries: list[CacheEntry | None], batches: list[list[str]], total: int, cached: bool
-) -> str:
-    finished = sum(len(b) for b, e in zip(batches, entries) if e is not None)
+def _images_done(batches: list[list[str]], entries: list[CacheEntry | None]) -> int:
+    return sum(len(b) for b, e in zip(batches, entries) if e is not None)
+
+
+def _kept(description: str, finished: int, total: int, cached: bool) -> str:
+    """What an interruption leaves: `finished` of `total` images attacked, cached or not."""
     if not cached:
         return f"{description}: {finished}/{total} images were attacked; with --no-cache nothing was kept"
     return (

@@ -20,7 +20,7 @@ import yaml
 
 from ..errors import SpecError, TracekitError
 from ..report import write_compare_report
-from ..spec import Calibration, Spec
+from ..spec import Calibration, Spec, component_label
 from . import rundir
 from .run import as_spec, build, data_summary, evaluate, prepare, record_provenance, start
 
@@ -117,7 +117,7 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
                 runs[key] = path.name
                 targets[key] = float(metrics.get("target_fpr", DEFAULT_TARGET_FPR))
                 parameters[key] = {
-                    str(a.get("label") or a["name"]): {k: v for k, v in a.items() if k != "label"}
+                    component_label(a): {k: v for k, v in a.items() if k != "label"}
                     for a in (spec or {}).get("attacks") or []
                 }
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -137,15 +137,7 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
             attack for attack in set(adversarials[key]) & set(adversarials[keys[0]])
             if adversarials[key][attack] != adversarials[keys[0]][attack]
         )  # fmt: skip
-        changed = [
-            f"{attack}: " + ", ".join(
-                f"{name} {parameters[keys[0]][attack].get(name)!r} vs {parameters[key][attack].get(name)!r}"
-                for name in sorted(set(parameters[key][attack]) | set(parameters[keys[0]][attack]))
-                if parameters[key][attack].get(name) != parameters[keys[0]][attack].get(name)
-            )
-            for attack in sorted(set(parameters[key]) & set(parameters[keys[0]]))
-            if parameters[key][attack] != parameters[keys[0]][attack]
-        ]
+        changed = _parameter_changes(parameters[keys[0]], parameters[key])
         if changed:
             message = f"runs '{runs[keys[0]]}' and '{runs[key]}' ran attacks of the same name differently: " + "; ".join(changed)
             if message not in warnings:
@@ -163,6 +155,17 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
     return RunsComparison(detectors, warnings, targets[keys[0]] if keys else DEFAULT_TARGET_FPR)
 
 
+def _parameter_changes(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """`attack: eps 0.1 vs 0.3` for every attack both runs have but ran with other parameters."""
+    changes = []
+    for attack in sorted(set(first) & set(other)):
+        a, b = first[attack], other[attack]
+        differ = [f"{name} {a.get(name)!r} vs {b.get(name)!r}" for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
+        if differ:
+            changes.append(f"{attack}: " + ", ".join(differ))
+    return changes
+
+
 Outcomes = dict[str, set[tuple[str, str, str]]]  # attack -> {(sample id, prediction, success)}
 
 
@@ -177,7 +180,7 @@ def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set
         raise TracekitError(f"run directory {path} does not exist")
     try:
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-        spec = yaml.safe_load((path / "spec.resolved.yaml").read_text(encoding="utf-8"))
+        spec = yaml.safe_load((path / rundir.RESOLVED_SPEC).read_text(encoding="utf-8"))
         with open(path / "scores.csv", newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError as exc:

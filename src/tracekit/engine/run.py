@@ -272,16 +272,9 @@ def _fit_and_calibrate(
     of the fit part scores the other half, and the detector itself is then fitted on all of it.
     """
     bs, dev, images = prep.spec.batch_size, prep.device, prep.samples.images
-    if learns(detector):
-        halves = split_fit_test(prep.fit_idx, 0.5, prep.spec.seed)
-        held_out = []
-        for k, (train, held) in enumerate((halves, halves[::-1])):
-            fold = copy.deepcopy(detector)
-            _fit(prep, fold, model, attacks, f"{prefix}fold {k + 1}: ", train)
-            held_out.append(score_images(fold, model, images[held], bs, dev, f"{prefix}score fold {k + 1}"))
-        scores = np.concatenate(held_out)
+    scores = _cross_fitted_scores(prep, detector, model, attacks, prefix) if learns(detector) else None
     _fit(prep, detector, model, attacks, prefix, prep.fit_idx)
-    if not learns(detector):
+    if scores is None:
         scores = score_images(detector, model, images[prep.fit_idx], bs, dev, f"{prefix}score fit")
     target = prep.spec.calibration.target_fpr
     if len(scores) * target < 1:
@@ -291,6 +284,21 @@ def _fit_and_calibrate(
             stacklevel=2,
         )
     return calibrate_threshold(scores, target)
+
+
+def _cross_fitted_scores(
+    prep: Prepared, detector: Detector, model: LoadedModel, attacks: list[AttackResult], prefix: str
+) -> np.ndarray:
+    """Clean fit scores, each from a copy of the unfitted `detector` fitted on the other seeded half."""
+    halves = split_fit_test(prep.fit_idx, 0.5, prep.spec.seed)
+    held_out = []
+    for k, (train, held) in enumerate((halves, halves[::-1])):
+        fold = copy.deepcopy(detector)
+        _fit(prep, fold, model, attacks, f"{prefix}fold {k + 1}: ", train)
+        held_out.append(
+            score_images(fold, model, prep.samples.images[held], prep.spec.batch_size, prep.device, f"{prefix}score fold {k + 1}")
+        )
+    return np.concatenate(held_out)
 
 
 def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any], label: str = "") -> Evaluation:

@@ -21,7 +21,7 @@ from .. import __version__
 from ..cache import ensure_dir
 from ..errors import TracekitError
 from ..protocols import Detector, StatefulDetector
-from ..spec import Spec
+from ..spec import Spec, component_label
 
 SCORE_COLUMNS = ("sample_id", "attack", "label", "pred", "success", "score")
 DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
@@ -138,7 +138,7 @@ def write_detector(
     ensure_dir(directory)
     state = {
         "format": DETECTOR_FORMAT,
-        "label": str(detector_cfg.get("label") or detector_cfg["name"]),
+        "label": component_label(detector_cfg),
         "model": spec.model,
         "model_fingerprint": model_fingerprint,
         "detector": detector_cfg,
