@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -40,6 +40,33 @@ class Dataset(Protocol):
     info: dict[str, Any]
 
     def samples(self, model: LoadedModel) -> Iterator[tuple[str, torch.Tensor, int]]: ...
+
+
+class Unreadable(NamedTuple):
+    """An item a random-access dataset could not load (a corrupt file): skipped and reported."""
+
+    sample_id: str
+    reason: str
+
+
+Item = tuple[str, torch.Tensor, int]  # (sample_id, image[C,H,W] in [0, 1], label)
+
+
+@runtime_checkable
+class RandomAccessDataset(Dataset, Protocol):
+    """Optional capability of a dataset: random access, so that the engine reads it through a torch
+    `DataLoader` with worker processes (decoding overlaps the model's work) and any shard of it
+    can be read on its own.
+
+    `item(i, model)` loads item `i` (0 <= i < `len(dataset)`) for `model` exactly as `samples`
+    yields it, in the same order, or returns `Unreadable` for an item it cannot load. It runs in
+    worker processes: it must not depend on earlier calls, and `model` there carries the input
+    spec, class names and `info` but a placeholder module (never run it).
+    """
+
+    def __len__(self) -> int: ...
+
+    def item(self, index: int, model: LoadedModel) -> Item | Unreadable: ...
 
 
 @runtime_checkable
