@@ -15,6 +15,7 @@ from .plugins import hookimpl
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .engine.compare import CompareResult
     from .engine.run import RunResult
     from .spec import Spec
 
@@ -40,11 +41,29 @@ def load_spec(path: Any, overrides: list[str] | None = None) -> Spec:
     return _load(path, overrides or [])
 
 
-def run(spec: Any, out: Any = None, device: str | None = None) -> RunResult:
-    """Run a detection spec (a `Spec`, a path, or a dict) and write its run directory."""
+def run(spec: Any, out: Any = None, device: str | None = None, use_cache: bool = True) -> RunResult:
+    """Run a detection spec (a `Spec`, a path, or a dict) and write its run directory, report
+    included."""
     from .engine.run import run as _run
+    from .report import write_report
 
-    return _run(spec, out=out, device=device)
+    return _run(spec, out=out, device=device, use_cache=use_cache, finish=write_report)
+
+
+def compare(spec: Any, out: Any = None, device: str | None = None, use_cache: bool = True) -> CompareResult:
+    """Evaluate every detector of a comparison spec on the same images; write its run directory,
+    report included."""
+    from .engine.compare import compare as _compare
+    from .report import write_report
+
+    return _compare(spec, out=out, device=device, use_cache=use_cache, finish=write_report)
+
+
+def report(run_dir: Any) -> Any:
+    """Rebuild the figures and `report.html` of a finished run (or comparison) from its directory."""
+    from .report import write_report
+
+    return write_report(run_dir)
 
 
 def explain(
@@ -70,5 +89,6 @@ def detect(run_dir: Any, images: Any, device: str | None = None, detector: str |
 
 
 __all__ = [
-    "TracekitError", "available", "create", "detect", "explain", "hookimpl", "load_spec", "run", "__version__",
+    "TracekitError", "available", "compare", "create", "detect", "explain", "hookimpl", "load_spec", "report", "run",
+    "__version__",
 ]

@@ -37,8 +37,8 @@ class ScoringSetup:
 
     def evaluate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(predicted class [N], softmax probabilities [N,K], scores [N] float64)` of `images`."""
-        from .engine.data import predict
-        from .engine.run import score_images
+        from .engine.predicting import predict
+        from .engine.scoring import score_images
 
         preds, probs = predict(self.model.module, images, BATCH_SIZE, self.device, "predict")
         scores = score_images(self.detector, self.model, images, BATCH_SIZE, self.device, "score")
@@ -69,7 +69,7 @@ def build_setup(model_cfg: dict[str, Any], detector_cfg: dict[str, Any], device:
                 threshold: float | None = None, fitted: dict[str, Any] | None = None) -> ScoringSetup:
     """Build the model and the detector of resolved component specs; `fitted`: the detector's
     learned state (`StatefulDetector.state_dict()`), which a detector that learns needs."""
-    from .engine.run import build
+    from .engine.preparing import build
 
     model: LoadedModel = build("model", model_cfg)
     model.module.to(device).eval()

@@ -39,8 +39,9 @@ class Calibration(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fit_fraction: float = Field(0.5, gt=0, lt=1)
+    fit_fraction: float = Field(0.5, gt=0, lt=1)  # expected share of the fit part (a seeded hash of each id)
     target_fpr: float = Field(0.05, gt=0, lt=1)
+    fit_images: int = Field(1000, ge=2, le=1_000_000)  # most fit images a learning detector is fitted on
 
 
 class Evaluation(BaseModel):
@@ -70,6 +71,7 @@ class Spec(BaseModel):
     evaluation: Evaluation = Evaluation()
     controls: list[Literal["noise", "randomized-model"]] = []
     batch_size: int = Field(128, gt=0)
+    num_workers: int | None = Field(None, ge=0, le=64)  # image-decoding processes; None: chosen from the machine
     provenance: dict[str, Any] | None = None  # written by `run`; ignored on input
     _source: str = PrivateAttr("spec")  # where it was read from, for later errors
 
@@ -225,7 +227,7 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
             return component
 
     spec.model = resolve("model", spec.model, "model")
-    spec.data = resolve("dataset", spec.data, "data")
+    spec.data = _resolve_data(spec.data, source, resolve)
     spec.attacks = [resolve("attack", a, f"attacks.{i}") for i, a in enumerate(spec.attacks)]
     if spec.detector is not None:
         spec.detector = resolve("detector", spec.detector, "detector")
@@ -244,6 +246,21 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
     if spec.detectors is not None:
         _unique(source, "detectors", [spec.detector_key(i) for i in range(len(spec.detectors))])
     return spec
+
+
+LABELS = ("dataset", "predicted")
+
+
+def _resolve_data(data: Component, source: str, resolve: Any) -> Component:
+    """The dataset component plus the engine's `labels:` option (any dataset): `dataset` (its own
+    labels, the default) or `predicted` (the model's clean prediction is the label)."""
+    if not isinstance(data, Mapping) or "labels" not in data:
+        return resolve("dataset", data, "data")
+    labels = data["labels"]
+    if labels not in LABELS:
+        raise SpecError(f"{source}: data.labels: expected one of {', '.join(LABELS)}, got {labels!r}")
+    resolved = resolve("dataset", {k: v for k, v in data.items() if k != "labels"}, "data")
+    return {**resolved, "labels": labels}
 
 
 def _unique(source: str, field: str, keys: list[str]) -> None:

@@ -13,6 +13,7 @@ from . import compare as compare_cmd
 from . import detect as detect_cmd
 from . import explain as explain_cmd
 from . import plugins as plugins_cmd
+from . import report as report_cmd
 from . import run as run_cmd
 from . import validate as validate_cmd
 
@@ -58,6 +59,7 @@ def build_app() -> typer.Typer:
     compare_cmd.register(app)
     explain_cmd.register(app)
     detect_cmd.register(app)
+    report_cmd.register(app)
     return app
 
 

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import progress
-from ..engine.compare import compare, compare_runs
+from .. import compare, progress
+from ..engine.compare import compare_runs
 from ..engine.metrics import headline_level
 from ..errors import TracekitError
 from ..spec import load_spec

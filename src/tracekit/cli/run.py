@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import progress
-from ..engine.run import run as run_engine
+from .. import run as run_engine
 from ..spec import load_spec
 from .common import console, fmt, handle_errors
 

@@ -1,20 +1,31 @@
-"""Running an attack over many images: device batches, per-batch (or per-image) seeds, the attack cache."""
+"""The attack stage: chunk by chunk, each chunk's adversarials cached, its outcomes in a table.
+
+An attack runs on one device batch (a chunk) at a time; its adversarials go to the attack cache
+(`AttackCache`, on disk, atomically) as soon as the batch is done, and one row per image goes
+to the attack's table (`attack-<NN>`): prediction, success, confidences, perturbation size and
+seconds. Later stages read the adversarials back from the cache chunk by chunk; nothing keeps
+them in memory. A `per_image` attack gets one image at a time, each seeded from its own id and
+cached on its own, so that any batching (or shard split) gives an image the same adversarial.
+"""
 
 from __future__ import annotations
 
 import random
 import time
-import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import Interrupted
+from ..errors import Interrupted, TracekitError
 from ..progress import progress
 from ..protocols import Attack
 from .attack_cache import AttackCache, CacheEntry, batch_seed
+from .reading import Chunk
+from .tables import Table
 
 
 def seed_everything(seed: int) -> None:
@@ -25,87 +36,136 @@ def seed_everything(seed: int) -> None:
 
 
 @dataclass
-class Generated:
-    """Adversarials of a set of images, with the model's predictions on them (CPU tensors)."""
+class AttackRun:
+    """Where one attack's results are: its outcomes table and its cached adversarials, per chunk."""
 
-    adversarial: torch.Tensor
-    preds: torch.Tensor
-    probs: torch.Tensor
-    seconds: float  # attack compute time (cached batches count the time they took when computed)
-    cached_batches: int
+    key: str  # the attack's label
+    table: Table
+    cache: AttackCache
+    chunks: list[Chunk]
+    per_image: bool
+
+    def entry(self, ids: list[str]) -> CacheEntry:
+        """The cached adversarials of one chunk's images (`ids`, in order)."""
+        return _joined([self._load([i]) for i in ids] if self.per_image else [self._load(ids)])
+
+    def _load(self, ids: list[str]) -> CacheEntry:
+        entry = self.cache.load(ids)
+        if entry is None:
+            raise TracekitError(
+                f"attack {self.key}: the adversarial of '{ids[0]}' is no longer in the attack cache "
+                f"({self.cache.dir}; cleared while this run was resumed?); run again with another --out"
+            )
+        return entry
+
+    def adversarials(self, wanted: np.ndarray, skip: set[str]) -> Iterator[tuple[str, np.ndarray, list[str], torch.Tensor]]:
+        """`(chunk name, positions, ids, adversarials)` of the images at positions `wanted`,
+        chunk by chunk as attacked (chunks named in `skip` are passed over unread)."""
+        ids_of = self.ids_by_position()
+        for chunk in self.chunks:
+            keep = np.isin(chunk.index, wanted)
+            if not keep.any() or chunk.name in skip:
+                continue
+            ids = [ids_of[int(p)] for p in chunk.index]
+            adversarial = self.entry(ids).adversarial[torch.from_numpy(keep)]
+            positions = chunk.index[keep]
+            yield chunk.name, positions, [ids_of[int(p)] for p in positions], adversarial
+
+    def ids_by_position(self) -> dict[int, str]:
+        rows = self.table.read(["index", "sample_id"])
+        return dict(zip(rows["index"].tolist(), rows["sample_id"].tolist()))
 
 
-def generate(
+def attack_stage(
     attack: Attack,
+    run: AttackRun,
+    read: Any,
+    labels_of: np.ndarray,
     module: nn.Module,
-    ids: list[str],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
     device: torch.device,
     seed: int,
-    cache: AttackCache,
     description: str,
-) -> Generated:
-    """Attack `images` batch by batch; each finished batch goes to the cache at once.
+) -> None:
+    """Attack the images of every chunk of `run` not yet in its table.
 
-    Cached batches are read first, so the progress bar's rate and ETA cover only the work left.
-
-    A `per_image` attack gets batches of one image: each seeded from its own id, cached on its
-    own (so runs that batch the same images differently share them, and an interrupted run loses
-    at most one image's search).
+    `read(chunks)` yields the chunks' clean images (`Batch`es); `labels_of[position]` is the
+    label each image is attacked with. Cached chunks are counted first, so the progress bar's
+    rate and ETA cover only the work left.
     """
-    step = 1 if getattr(attack, "per_image", False) else batch_size
-    batches = [ids[start : start + step] for start in range(0, len(images), step)]
-    entries: list[CacheEntry | None] = [cache.load(batch_ids) for batch_ids in batches]
-    done = _images_done(batches, entries)
-    if cache.corrupt:
-        warnings.warn(
-            f"{description}: {cache.corrupt} unusable cache entr{'y' if cache.corrupt == 1 else 'ies'} "
-            f"(the first, {cache.first_problem}); recomputing {'it' if cache.corrupt == 1 else 'them'}",
-            stacklevel=2,
-        )
+    done_chunks = run.table.done()
+    todo = [c for c in run.chunks if c.name not in done_chunks]
+    total = sum(len(c.index) for c in run.chunks)
+    done = total - sum(len(c.index) for c in todo)
     if done:
-        description += f" ({done} cached)"
-    with progress(description, total=len(images), keep=True, done=done) as advance:
-        for i, batch_ids in enumerate(batches):
-            if entries[i] is None:
-                start = i * step
-                try:
-                    entry = _attack_batch(
-                        attack, module, images[start : start + step], labels[start : start + step],
-                        device, batch_seed(seed, batch_ids),
-                    )
-                except KeyboardInterrupt:
-                    kept = _kept(description, _images_done(batches, entries), len(images), cache.enabled)
-                    raise Interrupted(kept) from None
-                cache.save(batch_ids, entry)
-                entries[i] = entry
-                advance(len(batch_ids))
-    finished = [e for e in entries if e is not None]  # every one, now
-    if not finished:
-        empty = images[:0].clone()
-        return Generated(empty, labels[:0].clone(), torch.zeros(0, 0), 0.0, 0)
-    return Generated(
-        torch.cat([e.adversarial for e in finished]),
-        torch.cat([e.preds for e in finished]),
-        torch.cat([e.probs for e in finished]),
-        sum(e.seconds for e in finished),
-        cache.hits,
+        description += f" ({done} done)"
+    with progress(description, total=total, keep=True, done=done) as advance:
+        for batch in read(todo):
+            if not np.array_equal(batch.index, batch.chunk.index):
+                missing = sorted(set(batch.chunk.index.tolist()) - set(batch.index.tolist()))
+                raise TracekitError(f"{description}: image at position {missing[0]} could no longer be read")
+            labels = torch.from_numpy(labels_of[batch.index])
+            try:
+                entry, cached = _attack_chunk(attack, run, module, batch.ids, batch.images, labels, device, seed)
+            except KeyboardInterrupt:
+                raise Interrupted(_kept(description, done, total, run.cache)) from None
+            run.table.write(batch.chunk.name, _outcomes(batch.index, batch.ids, batch.images, labels, entry, cached))
+            done += len(batch.ids)
+            advance(len(batch.ids))
+
+
+def _attack_chunk(
+    attack: Attack, run: AttackRun, module: nn.Module, ids: list[str], images: torch.Tensor, labels: torch.Tensor,
+    device: torch.device, seed: int,
+) -> tuple[CacheEntry, np.ndarray]:
+    """One chunk's adversarials (from the cache where it has them) and which were cached."""
+    step = 1 if run.per_image else len(ids)
+    parts, cached = [], []
+    for start in range(0, len(ids), step):
+        part_ids = ids[start : start + step]
+        entry = run.cache.load(part_ids)
+        cached += [entry is not None] * len(part_ids)
+        if entry is None:
+            entry = _attack_batch(
+                attack, module, images[start : start + step], labels[start : start + step], device,
+                batch_seed(seed, part_ids),
+            )
+            run.cache.save(part_ids, entry)
+        parts.append(entry)
+    return _joined(parts), np.array(cached)
+
+
+def _joined(parts: list[CacheEntry]) -> CacheEntry:
+    return CacheEntry(
+        torch.cat([p.adversarial for p in parts]), torch.cat([p.preds for p in parts]),
+        torch.cat([p.probs for p in parts]), sum(p.seconds for p in parts),
     )
 
 
-def _images_done(batches: list[list[str]], entries: list[CacheEntry | None]) -> int:
-    return sum(len(b) for b, e in zip(batches, entries) if e is not None)
+def _outcomes(
+    positions: np.ndarray, ids: list[str], images: torch.Tensor, labels: torch.Tensor, entry: CacheEntry,
+    cached: np.ndarray,
+) -> dict[str, Any]:
+    delta = (entry.adversarial - images).flatten(1).double()
+    return {
+        "index": positions,
+        "sample_id": ids,
+        "label": labels.numpy(),
+        "pred": entry.preds.numpy(),
+        "success": (entry.preds != labels).numpy(),
+        "gt_confidence": entry.probs.gather(1, labels[:, None])[:, 0].double().numpy(),
+        "target_confidence": entry.probs.gather(1, entry.preds[:, None])[:, 0].double().numpy(),
+        "l2": delta.norm(dim=1).numpy(),
+        "linf": delta.abs().amax(dim=1).numpy(),
+        "seconds": np.full(len(ids), entry.seconds / max(len(ids), 1)),
+        "cached": cached,
+    }
 
 
-def _kept(description: str, finished: int, total: int, cached: bool) -> str:
-    """What an interruption leaves: `finished` of `total` images attacked, cached or not."""
-    if not cached:
-        return f"{description}: {finished}/{total} images were attacked; with --no-cache nothing was kept"
+def _kept(description: str, finished: int, total: int, cache: AttackCache) -> str:
+    """What an interruption leaves: `finished` of `total` images attacked and kept."""
     return (
-        f"{description}: {finished}/{total} images are attacked and cached, as is every finished attack; "
-        "run the same command again to resume from there"
+        f"{description}: {finished}/{total} images are attacked and cached, as is every finished attack "
+        f"(in {cache.dir.parent}); run the same command again to resume from there"
     )
 
 

@@ -9,22 +9,25 @@ Each fitted detector is kept under `detectors/<NN>-<label>/` (as a run keeps its
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import SpecError, TracekitError
-from ..report import write_compare_report
 from ..spec import Calibration, Spec, component_label
 from . import rundir
-from .run import as_spec, build, data_summary, evaluate, prepare, record_provenance, start
+from .evaluating import evaluate
+from .preparing import build, prepare
+from .run import SCRATCH, Finish, as_spec, data_summary, record_provenance, start
+from .summary import SCORE_COLUMNS, write_scores
 
-COMPARE_COLUMNS = ("detector", *rundir.SCORE_COLUMNS)
+COMPARE_COLUMNS = ("detector", *SCORE_COLUMNS)
 DEFAULT_TARGET_FPR = Calibration().target_fpr
 
 
@@ -35,7 +38,6 @@ class CompareResult:
     out_dir: Path
     metrics: dict[str, Any]
     spec: Spec
-    scores: list[dict[str, Any]] = field(repr=False, default_factory=list)
 
 
 def compare(
@@ -43,23 +45,25 @@ def compare(
     out: str | Path | None = None,
     device: str | None = None,
     use_cache: bool = True,
+    finish: Finish | None = None,
 ) -> CompareResult:
-    """Fit and score every detector of the spec on the same images; write the run directory."""
+    """Fit and score every detector of the spec on the same images; write the run directory,
+    then `finish(run_dir)` (the report)."""
     spec = as_spec(spec)
     if not spec.detectors:
         raise SpecError("`tracekit compare` needs a spec with `detectors:` (a list); this one has a single `detector:`")
-    spec, dev, run_dir = start(spec, out, device)
+    spec, dev, final, work = start(spec, out, device)
     started = time.perf_counter()
     labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
     detectors = [build("detector", cfg) for cfg in spec.detectors]
-    prep = prepare(spec, dev, use_cache, any(d.needs_adversarial_fit for d in detectors))
+    prep = prepare(spec, dev, work, use_cache, any(d.needs_adversarial_fit for d in detectors))
     per_detector: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[Iterator[tuple[Any, ...]]] = []
     for index, (label, detector) in enumerate(zip(labels, detectors)):
         t0 = time.perf_counter()
-        ev = evaluate(prep, detector, spec.detectors[index], label)
+        ev = evaluate(prep, detector, spec.detectors[index], f"d{index:02d}", label)
         # kept for `tracekit detect --run DIR --detector LABEL`
-        directory = rundir.detector_dir(run_dir, index, label)
+        directory = rundir.detector_dir(work, index, label)
         rundir.write_detector(directory, spec, spec.detectors[index], ev.threshold, prep.fingerprint, detector)
         per_detector[label] = {
             "name": spec.detectors[index]["name"],
@@ -69,7 +73,7 @@ def compare(
             **ev.extra,
             "seconds": time.perf_counter() - t0,
         }
-        rows += [{"detector": label, **row} for row in ev.rows]
+        rows.append(((label, *row) for row in ev.rows(prep.clean)))
     metrics = {
         "detectors": per_detector,
         "data": data_summary(prep),
@@ -77,12 +81,13 @@ def compare(
         "seconds": time.perf_counter() - started,
     }
     record_provenance(prep)
-    rundir.write_resolved_spec(run_dir, spec)
-    rundir.write_metrics(run_dir, metrics)
-    rundir.write_scores(run_dir, rows, COMPARE_COLUMNS)
-    result = CompareResult(run_dir, metrics, spec, rows)
-    write_compare_report(run_dir, result)  # ROC overlays, AUC heatmap and report.html (tracekit.report)
-    return result
+    rundir.write_resolved_spec(work, spec)
+    rundir.write_metrics(work, metrics)
+    write_scores(work / "scores.csv", itertools.chain.from_iterable(rows), COMPARE_COLUMNS)
+    if finish is not None:
+        finish(work)
+    rundir.finish(work, final, SCRATCH)
+    return CompareResult(final, metrics, spec)
 
 
 @dataclass

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata as metadata
 import json
+import os
 import platform
 import re
 import shutil
 import subprocess
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,10 @@ from ..errors import TracekitError
 from ..protocols import Detector, StatefulDetector
 from ..spec import Spec, component_label
 
-SCORE_COLUMNS = ("sample_id", "attack", "label", "pred", "success", "score")
 DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
 STATE_FILE = "detector_state.pt"
 DETECTORS_DIR = "detectors"  # a comparison's fitted detectors: detectors/<NN>-<label>/detector.json
 RESOLVED_SPEC = "spec.resolved.yaml"
-# What a run or comparison writes at the top of its directory (figures are its PNGs).
-OUTPUTS = (RESOLVED_SPEC, "metrics.json", "scores.csv", "detector.json", STATE_FILE, "report.html", "*.png")
 
 
 def detector_dir(run_dir: Path, index: int, label: str) -> Path:
@@ -38,29 +34,24 @@ def detector_dir(run_dir: Path, index: int, label: str) -> Path:
     return run_dir / DETECTORS_DIR / f"{index:02d}-{safe}"
 
 
-def _remove_outputs(run_dir: Path) -> None:
-    """An earlier run's outputs, so that none of them (a figure, a fitted detector) outlives it."""
-    for pattern in OUTPUTS:
-        for file in run_dir.glob(pattern):
-            if file.is_file():
-                file.unlink()
-    shutil.rmtree(run_dir / DETECTORS_DIR, ignore_errors=True)
+def make_run_dir(out: str | Path | None, name: str) -> tuple[Path, Path]:
+    """`(final, work)`: the run directory (`--out DIR`, else `runs/<name>-<timestamp>/`, never
+    an existing one) and the temporary directory beside it that the run writes into.
 
-
-def make_run_dir(out: str | Path | None, name: str) -> Path:
-    """`--out DIR`, else `runs/<name>-<timestamp>/` (never reusing an existing one). An earlier
-    run's directory given as `--out` is reused: its outputs are removed first."""
+    The work directory is named after the final one (`.<name>.partial`), so an interrupted run
+    given the same `--out` resumes from its tables. `finish` swaps it in on success; an earlier
+    run in `--out` stays untouched until then. A non-empty `--out` that is not a tracekit run
+    directory is refused rather than replaced.
+    """
     if out is not None:
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise TracekitError(f"--out {path} exists and is not a directory")
-        if (path / RESOLVED_SPEC).is_file():
-            _remove_outputs(path)
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and not (path / RESOLVED_SPEC).is_file() and any(path.iterdir()):
             left = ", ".join(sorted(p.name for p in path.iterdir())[:5])
-            warnings.warn(
-                f"--out {path} holds files this run does not write ({left}); they stay next to its outputs",
-                stacklevel=2,
+            raise TracekitError(
+                f"--out {path} holds files that are not a tracekit run ({left}); a run replaces its --out "
+                "directory as a whole, so choose a new or empty directory"
             )
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -69,11 +60,24 @@ def make_run_dir(out: str | Path | None, name: str) -> Path:
         while path.exists():
             suffix += 1
             path = Path("runs") / f"{name}-{stamp}-{suffix}"
+    work = path.parent / f".{path.name}.partial"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TracekitError(f"cannot create run directory {path}: {exc.strerror}") from None
-    return ensure_dir(path)
+        raise TracekitError(f"cannot create run directory {work}: {exc.strerror}") from None
+    return path, ensure_dir(work)
+
+
+def finish(work: Path, final: Path, scratch: tuple[str, ...]) -> None:
+    """Replace `final` with the finished `work` directory (its `scratch` entries removed first)."""
+    for name in scratch:
+        target = work / name
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(work, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _version(dist: str) -> str | None:
@@ -150,10 +154,3 @@ def write_detector(
         torch.save(detector.state_dict(), directory / STATE_FILE)
         state["state_file"] = STATE_FILE
     (directory / "detector.json").write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def write_scores(run_dir: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = SCORE_COLUMNS) -> None:
-    with open(run_dir / "scores.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)

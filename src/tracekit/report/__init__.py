@@ -1,7 +1,8 @@
-"""Figures (PNG) and a self-contained `report.html` of a run or a comparison."""
+"""Figures (PNG) and a self-contained `report.html` of a run or a comparison, rebuilt from its
+run directory alone (`write_report(RUN_DIR)`, also what `tracekit report RUN_DIR` runs)."""
 
 from __future__ import annotations
 
-from .html import render_report, write_compare_report, write_report
+from .html import write_report
 
-__all__ = ["render_report", "write_compare_report", "write_report"]
+__all__ = ["write_report"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import textwrap
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.summary import test_scores
 from ..protocols import Detector
+from .rundata import RunData
 
 ENTROPY_SIZE = 3  # the paper's 3x3 neighbourhood
 ENTROPY_MAX = math.log2(ENTROPY_SIZE * ENTROPY_SIZE)  # the largest possible 3x3 local entropy (bits)
@@ -148,21 +150,6 @@ def _show_maps(ax_gray: Any, ax_entropy: Any, gray: torch.Tensor, entropy: torch
     """The gray feature response and its local-entropy map; returns the latter (for a colorbar)."""
     ax_gray.imshow(gray.numpy(), cmap="gray", vmin=0, vmax=255)
     return ax_entropy.imshow(entropy.numpy(), cmap="magma", vmin=0, vmax=ENTROPY_MAX)
-
-
-def split_scores(
-    rows: Iterable[Mapping[str, Any]], attacks: Iterable[str]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The clean test scores and, per attack of `attacks`, its successful adversarials' scores,
-    from score rows (a run's or one detector's rows of a comparison; in memory or `scores.csv`)."""
-    clean: list[float] = []
-    adversarial: dict[str, list[float]] = {attack: [] for attack in attacks}
-    for row in rows:
-        if row["attack"] == "clean":
-            clean.append(float(row["score"]))
-        elif row["attack"] in adversarial and str(row["success"]) == "1":
-            adversarial[row["attack"]].append(float(row["score"]))
-    return np.array(clean), {attack: np.array(scores) for attack, scores in adversarial.items()}
 
 
 def roc_figure(
@@ -315,85 +302,88 @@ def explain_panel(
             _colorbar(fig, axes[2], entropy_image, "bits")
 
 
-def write_figures(run_dir: Path, result: Any, examples: int = 4) -> dict[str, Any]:
-    """Every figure of a finished run (`RunResult` with artifacts) into `run_dir`.
+def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
+    """Every figure of a finished run into its directory, from the run directory alone (the
+    example panels' maps recomputed with the run's model and fitted detector).
 
     Returns `{"roc": file, "score_hist": file, "examples": [{"attack", "file", "examples"}]}`;
-    file names are relative to `run_dir`.
+    file names are relative to the run directory.
     """
     from ..progress import progress
 
-    art = result.artifacts
-    clean, adversarial = split_scores(result.scores, result.metrics["attacks"])
-    aucs = {key: m["auc"] for key, m in result.metrics["attacks"].items()}
+    clean, attacks = test_scores(run.dir, run.spec, "d00")
+    adversarial = {key: rows["score"][rows["success"]] for key, rows in attacks.items()}
+    aucs = {key: m["auc"] for key, m in run.metrics["attacks"].items()}
+    threshold = float(run.metrics["threshold"])
     out: dict[str, Any] = {"roc": "roc.png", "score_hist": "score_hist.png", "examples": []}
     taken = {"roc", "score_hist"}
-    with progress("figures", total=2 + len(art.attacks), unit="fig") as advance:
-        curves = {attack: (clean, adv) for attack, adv in adversarial.items()}
-        roc_figure(run_dir / out["roc"], curves, aucs, f"ROC, test part ({len(clean)} clean images)")
+    with progress("figures", total=2 + len(attacks), unit="fig") as advance:
+        curves = {attack: (clean["score"], adv) for attack, adv in adversarial.items()}
+        roc_figure(run.dir / out["roc"], curves, aucs, f"ROC, test part ({len(clean['score'])} clean images)")
         advance(1)
-        score_hist_figure(run_dir / out["score_hist"], clean, adversarial, art.threshold)
+        score_hist_figure(run.dir / out["score_hist"], clean["score"], adversarial, threshold)
         advance(1)
-        for attack in art.attacks:
-            drawn = _attack_examples(run_dir, result, attack, examples, taken)
-            if drawn is not None:
+        saved = run.examples()
+        setup = run.setup() if saved else None
+        for key, rows in attacks.items():
+            if key in saved:
+                drawn = _attack_examples(run, setup, key, saved[key], clean, rows, examples, taken)
                 out["examples"].append(drawn)
             advance(1)
     return out
 
 
-def _attack_examples(run_dir: Path, result: Any, attack: Any, n: int, taken: set[str]) -> dict[str, Any] | None:
-    """The example panel of one attack: up to `n` test images, successful adversarials first."""
-    art = result.artifacts
-    in_test = torch.isin(attack.indices, art.test_idx)
-    positions = torch.nonzero(in_test).flatten().tolist()
-    positions.sort(key=lambda p: not bool(attack.success[p]))  # stable: successful first
-    positions = positions[:n]
-    if not positions:
-        return None
-    scores = {(r["sample_id"], r["attack"]): float(r["score"]) for r in result.scores}
-    names = art.model.class_names
-    chosen = attack.indices[positions]
-    originals, adversarials = art.samples.images[chosen], attack.adversarial[positions]
+def _attack_examples(
+    run: RunData, setup: Any, key: str, saved: dict[str, Any], clean: dict[str, np.ndarray],
+    rows: dict[str, np.ndarray], n: int, taken: set[str],
+) -> dict[str, Any]:
+    """The example panel of one attack: its saved test images, successful adversarials first."""
+    names = setup.model.class_names
+    clean_rows = run.clean()
+    at = {int(p): i for i, p in enumerate(rows["index"])}
+    clean_at = {int(p): i for i, p in enumerate(clean_rows["index"])}
+    score_at = {int(p): float(s) for p, s in zip(clean["index"], clean["score"])}
+    order = sorted(range(len(saved["ids"])), key=lambda k: not bool(rows["success"][at[int(saved["index"][k])]]))[:n]
     examples = []
-    for pos, index in zip(positions, chosen.tolist()):
-        sample_id = art.samples.ids[index]
-        clean_pred, adv_pred = int(art.clean_preds[index]), int(attack.preds[pos])
+    for k in order:
+        position = int(saved["index"][k])
+        r, c = at[position], clean_at[position]
         examples.append(Example(
-            sample_id, names[int(attack.labels[pos])],
-            names[clean_pred], float(art.clean_probs[index, clean_pred]), scores[(sample_id, "clean")],
-            names[adv_pred], float(attack.probs[pos, adv_pred]), scores[(sample_id, attack.key)],
-            bool(attack.success[pos]),
+            saved["ids"][k], names[int(rows["label"][r])],
+            names[int(clean_rows["pred"][c])], float(clean_rows["confidence"][c]), score_at[position],
+            names[int(rows["pred"][r])], float(rows["target_confidence"][r]), float(rows["score"][r]),
+            bool(rows["success"][r]),
         ))  # fmt: skip
-    maps = feature_maps(art.detector, art.model.module, torch.cat([originals, adversarials]), art.device)
+    originals, adversarials = saved["original"][order], saved["adversarial"][order]
+    maps = feature_maps(setup.detector, setup.model.module, torch.cat([originals, adversarials]), setup.device)
     if maps is not None:
-        (gray, entropy), k = maps, len(positions)
-        maps = ((gray[:k], entropy[:k]), (gray[k:], entropy[k:]))
-    file = f"examples_{file_stem(attack.key, taken)}.png"
-    title = f"{attack.key}: {len(examples)} test image(s), successful adversarials first"
-    example_figure(run_dir / file, title, originals, adversarials, examples, art.threshold, maps)
-    return {"attack": attack.key, "file": file, "examples": examples}
+        (gray, entropy), m = maps, len(order)
+        maps = ((gray[:m], entropy[:m]), (gray[m:], entropy[m:]))
+    file = f"examples_{file_stem(key, taken)}.png"
+    title = f"{key}: {len(examples)} test image(s), successful adversarials first"
+    example_figure(run.dir / file, title, originals, adversarials, examples, float(run.metrics["threshold"]), maps)
+    return {"attack": key, "file": file, "examples": examples}
 
 
-def write_compare_figures(run_dir: Path, result: Any) -> dict[str, Any]:
-    """The figures of a comparison (`CompareResult`) into `run_dir`: per attack the ROC curves of
-    every detector (clean test vs successful adversarial rows of that detector), and the AUC heatmap.
+def write_compare_figures(run: RunData) -> dict[str, Any]:
+    """The figures of a comparison into its directory: per attack the ROC curves of every
+    detector (clean test vs successful adversarials of that detector), and the AUC heatmap.
 
-    Returns `{"heatmap": file, "rocs": [{"attack", "file"}]}`; file names relative to `run_dir`.
+    Returns `{"heatmap": file, "rocs": [{"attack", "file"}]}`; file names relative to the directory.
     """
     from ..progress import progress
 
-    detectors = result.metrics["detectors"]
+    detectors = run.metrics["detectors"]
     attacks = list(dict.fromkeys(a for entry in detectors.values() for a in entry["attacks"]))
-    per_detector = {
-        label: split_scores((r for r in result.scores if r["detector"] == label), entry["attacks"])
-        for label, entry in detectors.items()
-    }
+    per_detector = {}
+    for index, label in enumerate(detectors):
+        clean, rows = test_scores(run.dir, run.spec, f"d{index:02d}")
+        per_detector[label] = (clean["score"], {key: r["score"][r["success"]] for key, r in rows.items()})
     out: dict[str, Any] = {"heatmap": "auc_heatmap.png", "rocs": []}
     taken: set[str] = set()
     with progress("figures", total=1 + len(attacks), unit="fig") as advance:
         auc_heatmap_figure(
-            run_dir / out["heatmap"],
+            run.dir / out["heatmap"],
             {label: {a: m["auc"] for a, m in entry["attacks"].items()} for label, entry in detectors.items()},
         )
         advance(1)
@@ -402,7 +392,7 @@ def write_compare_figures(run_dir: Path, result: Any) -> dict[str, Any]:
             aucs = {label: detectors[label]["attacks"][attack]["auc"] for label in curves}
             n_clean = max((len(clean) for clean, _ in curves.values()), default=0)
             file = f"roc_{file_stem(attack, taken)}.png"
-            roc_figure(run_dir / file, curves, aucs, f"{attack}: ROC per detector, test part ({n_clean} clean images)")
+            roc_figure(run.dir / file, curves, aucs, f"{attack}: ROC per detector, test part ({n_clean} clean images)")
             out["rocs"].append({"attack": attack, "file": file})
             advance(1)
     return out

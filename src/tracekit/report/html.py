@@ -16,8 +16,8 @@ from ..engine.metrics import FPR_LEVELS, headline_level
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-    from ..engine.compare import CompareResult
     from ..spec import Spec
+    from .rundata import RunData
 
 Column = tuple[str, str, str]  # (header, metrics.json key, number format); "a.b" = m["a"]["b"]
 Group = tuple[str, list[Column]]  # columns under one spanning header
@@ -145,40 +145,29 @@ def _page(template: str, spec: Spec, run_dir: Path, **context: Any) -> str:
     )
 
 
-def render_report(result: Any, run_dir: Path, figures: dict[str, Any]) -> str:
+def render_report(run: RunData, figures: dict[str, Any]) -> str:
     """The report page of a finished run, with the PNGs of `figures` (from `write_figures`) inlined."""
     examples = [
-        {**entry, "uri": data_uri(run_dir / entry["file"]), "examples": [asdict(e) for e in entry["examples"]]}
+        {**entry, "uri": data_uri(run.dir / entry["file"]), "examples": [asdict(e) for e in entry["examples"]]}
         for entry in figures.get("examples", [])
     ]
     return _page(
         "report.html.j2",
-        result.spec,
-        run_dir,
-        metrics=result.metrics,
+        run.spec,
+        run.dir,
+        metrics=run.metrics,
         attack_groups=ATTACK_GROUPS,
         detection_groups=DETECTION_GROUPS,
-        controls=controls(result.metrics["attacks"], result.metrics),
-        roc_uri=data_uri(run_dir / figures["roc"]),
-        hist_uri=data_uri(run_dir / figures["score_hist"]),
+        controls=controls(run.metrics["attacks"], run.metrics),
+        roc_uri=data_uri(run.dir / figures["roc"]),
+        hist_uri=data_uri(run.dir / figures["score_hist"]),
         examples=examples,
     )
 
 
-def write_report(run_dir: Path, result: Any, examples: int = 4) -> Path:
-    """Figures and `report.html` of a finished run (`RunResult` with artifacts) in `run_dir`."""
-    from .figures import write_figures
-
-    run_dir = Path(run_dir)
-    figures = write_figures(run_dir, result, examples)
-    path = run_dir / "report.html"
-    path.write_text(render_report(result, run_dir, figures), encoding="utf-8")
-    return path
-
-
-def render_compare_report(result: CompareResult, run_dir: Path, figures: dict[str, Any]) -> str:
+def render_compare_report(run: RunData, figures: dict[str, Any]) -> str:
     """The report page of a comparison, with the PNGs of `figures` (from `write_compare_figures`) inlined."""
-    detectors = result.metrics["detectors"]
+    detectors = run.metrics["detectors"]
     attacks = list(dict.fromkeys(a for entry in detectors.values() for a in entry["attacks"]))
     by_attack = {
         attack: {label: entry["attacks"][attack] for label, entry in detectors.items() if attack in entry["attacks"]}
@@ -187,25 +176,29 @@ def render_compare_report(result: CompareResult, run_dir: Path, figures: dict[st
     per_detector = {label: controls(entry["attacks"], entry) for label, entry in detectors.items()}
     return _page(
         "compare.html.j2",
-        result.spec,
-        run_dir,
-        metrics=result.metrics,
+        run.spec,
+        run.dir,
+        metrics=run.metrics,
         detectors=detectors,
         attacks=attacks,
         by_attack=by_attack,
         detail_groups=COMPARE_DETAIL_GROUPS,
         controls={label: c for label, c in per_detector.items() if c},
-        heatmap_uri=data_uri(run_dir / figures["heatmap"]),
-        rocs=[{**entry, "uri": data_uri(run_dir / entry["file"])} for entry in figures["rocs"]],
+        heatmap_uri=data_uri(run.dir / figures["heatmap"]),
+        rocs=[{**entry, "uri": data_uri(run.dir / entry["file"])} for entry in figures["rocs"]],
     )
 
 
-def write_compare_report(run_dir: Path, result: CompareResult) -> Path:
-    """Figures (ROC overlays per attack, AUC heatmap) and `report.html` of a comparison in `run_dir`."""
-    from .figures import write_compare_figures
+def write_report(run_dir: str | Path, examples: int = 4) -> Path:
+    """Figures and `report.html` of a finished run or comparison, rebuilt from its directory alone."""
+    from .figures import write_compare_figures, write_figures
+    from .rundata import read_run
 
-    run_dir = Path(run_dir)
-    figures = write_compare_figures(run_dir, result)
-    path = run_dir / "report.html"
-    path.write_text(render_compare_report(result, run_dir, figures), encoding="utf-8")
+    run = read_run(run_dir)
+    if run.is_comparison:
+        page = render_compare_report(run, write_compare_figures(run))
+    else:
+        page = render_report(run, write_figures(run, examples))
+    path = run.dir / "report.html"
+    path.write_text(page, encoding="utf-8")
     return path

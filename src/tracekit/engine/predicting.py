@@ -1,0 +1,126 @@
+"""The clean stage: every image's prediction and its part (fit, test) in the `clean` table.
+
+The split is decided image by image: an image's part depends only on its sample id and the
+seed (`fit_score`: a seeded hash mapped to [0, 1), fit when below `calibration.fit_fraction`),
+never on which other images a run, a shard or a batch holds. `fit_fraction` is therefore the
+expected share of the fit part, not an exact count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import TracekitError
+from ..progress import progress
+from .reading import Batch, Reader, chunks
+from .tables import Table
+
+FIT, TEST = "fit", "test"
+
+
+@torch.no_grad()
+def predict(
+    module: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, description: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(predicted class [N], softmax probabilities [N,K])` of images in memory, on the CPU."""
+    preds, probs = [], []
+    with progress(description or "predicting", total=len(images)) as advance:
+        for start in range(0, len(images), batch_size):
+            p = probabilities(module, images[start : start + batch_size], device)
+            preds.append(p.argmax(1))
+            probs.append(p)
+            advance(len(p))
+    return torch.cat(preds), torch.cat(probs)
+
+
+@torch.no_grad()
+def probabilities(module: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Softmax probabilities `[N,K]` of one batch, on the CPU."""
+    return torch.softmax(module(images.to(device, non_blocking=True)).float(), dim=1).cpu()
+
+
+def fit_score(ids: list[str], seed: int | str) -> np.ndarray:
+    """A number in [0, 1) per sample id, from the id and the seed (or a seeded salt) alone (sha256)."""
+    return np.array(
+        [int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64 for i in ids]
+    )
+
+
+@dataclass
+class Clean:
+    """The `clean` table, read back: one entry per readable image, by dataset position."""
+
+    index: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    preds: np.ndarray
+    confidence: np.ndarray
+    part: np.ndarray
+
+    def positions(self, part: str) -> np.ndarray:
+        return self.index[self.part == part]
+
+    def by_position(self, values: np.ndarray, fill: int = -1) -> np.ndarray:
+        """`values` (one per row) in an array indexed by dataset position."""
+        out = np.full(int(self.index.max()) + 1 if len(self.index) else 0, fill, dtype=values.dtype)
+        out[self.index] = values
+        return out
+
+
+def clean_stage(
+    reader: Reader, table: Table, module: nn.Module, batch_size: int, device: torch.device, seed: int,
+    fit_fraction: float, predicted_labels: bool, where: str = "data",
+) -> Clean:
+    """Predict every image not yet in `table` (chunk by chunk) and read the table back."""
+    done = table.done()
+    with progress("predict clean", total=len(reader) if reader.random_access else None) as advance:
+        for batch in _unfinished(reader, batch_size, done, device.type == "cuda"):
+            probs = probabilities(module, batch.images, device)
+            preds = probs.argmax(1)
+            labels = preds if predicted_labels else batch.labels
+            correct = (preds == labels).numpy()
+            part = np.where(fit_score(batch.ids, seed) < fit_fraction, FIT, TEST)
+            table.write(batch.chunk.name, {
+                "index": batch.index,
+                "sample_id": batch.ids,
+                "label": labels.numpy(),
+                "pred": preds.numpy(),
+                "confidence": probs.gather(1, preds[:, None])[:, 0].double().numpy(),
+                "gt_confidence": probs.gather(1, labels[:, None])[:, 0].double().numpy(),
+                "correct": correct,
+                "part": np.where(correct, part, ""),
+            })  # fmt: skip
+            advance(len(batch.ids))
+    return read_clean(table, where)
+
+
+def _unfinished(reader: Reader, batch_size: int, done: set[str], pin: bool) -> Iterator[Batch]:
+    if reader.random_access:
+        yield from reader.read([c for c in chunks(np.arange(len(reader)), batch_size) if c.name not in done], pin)
+    else:
+        yield from reader.read_all(batch_size, done)
+
+
+def read_clean(table: Table, where: str = "data") -> Clean:
+    """The clean table, checked: some images, unique ids, both parts populated."""
+    rows = table.read() if table.exists() else {}
+    if not rows or not len(rows["index"]):
+        raise TracekitError(f"{where}: the dataset has no (readable) images; check its path, split or limit")
+    ids = rows["sample_id"]
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):
+        raise TracekitError(f"{where}: the dataset yields duplicate sample ids (e.g. '{unique[counts > 1][0]}'); ids must be unique")
+    clean = Clean(rows["index"], ids, rows["label"], rows["pred"], rows["confidence"], rows["part"])
+    n_fit, n_test = int((clean.part == FIT).sum()), int((clean.part == TEST).sum())
+    if not n_fit or not n_test:
+        raise TracekitError(
+            f"only {n_fit + n_test} correctly classified image(s), {n_fit} in the fit part and {n_test} in the test "
+            "part: too few to split; use more images (data.limit) or a better model"
+        )
+    return clean

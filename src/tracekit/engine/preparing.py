@@ -1,0 +1,165 @@
+"""The shared part of a run or a comparison: model, data, the clean stage, the attacks.
+
+Components are built once per run, from the resolved spec, through their registries; the engine
+knows kinds, never concrete components.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cache import cache_dir
+from ..errors import TracekitError
+from ..plugins import registry
+from ..protocols import Attack, Dataset, Detector, LoadedModel
+from ..spec import Spec
+from .attack_cache import AttackCache, code_version, model_fingerprint
+from .attacking import AttackRun, attack_stage, seed_everything
+from .predicting import FIT, TEST, Clean, clean_stage, fit_score
+from .reading import Reader, chunks, default_workers
+from .tables import Table
+
+
+def build(kind: str, cfg: Mapping[str, Any]) -> Any:
+    """Build a resolved component spec through its registry."""
+    params = {k: v for k, v in cfg.items() if k not in ("name", "label")}
+    return registry(kind).create(str(cfg["name"]), **params)
+
+
+def load_model(spec: Spec, device: torch.device) -> LoadedModel:
+    model: LoadedModel = build("model", spec.model)
+    model.module.to(device).eval()
+    return model
+
+
+@dataclass
+class Prepared:
+    """Model, data, the clean table and the attacks that need no detector, ready for detectors."""
+
+    spec: Spec
+    device: torch.device
+    work: Path  # the run's (temporary) directory, where its tables are
+    model: LoadedModel
+    dataset: Dataset
+    reader: Reader
+    clean: Clean
+    fingerprint: str  # of the model weights: keys the attack cache, recorded in detector.json
+    attacks: list[Attack]  # built once, in spec order
+    runs: list[AttackRun]  # attacks that need no detector, in spec order
+    bound: list[int]  # indices of the spec's detector-bound (adaptive) attacks
+    fit_subset: np.ndarray  # positions of the fit images a learning detector is fitted on
+    cache_root: Path
+    _fit_images: torch.Tensor | None = field(default=None, repr=False)
+
+    def table(self, name: str) -> Table:
+        return Table(self.work, name)
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.clean.positions(TEST)
+
+    def fit_images(self) -> torch.Tensor:
+        """The clean images of `fit_subset` (bounded by `calibration.fit_images`), read once."""
+        if self._fit_images is None:
+            batches = list(self.reader.read(chunks(self.fit_subset, self.spec.batch_size)))
+            self._fit_images = torch.cat([b.images for b in batches])
+        return self._fit_images
+
+    def attack(self, index: int, positions: np.ndarray, table: str, bind: tuple[Detector, dict[str, Any], float] | None = None) -> AttackRun:
+        """Run attack `index` of the spec on the images at `positions` (all correctly classified);
+        `bind` = (detector, its resolved spec, threshold) for a detector-bound attack."""
+        spec, attack = self.spec, self.attacks[index]
+        cfg, key = spec.attacks[index], spec.attack_key(index)
+        # A label only names results: relabelling an attack reuses its cached adversarials.
+        cache_key = {**{k: v for k, v in cfg.items() if k != "label"}, "code": code_version(attack)}
+        if bind is not None:
+            detector, detector_cfg, threshold = bind
+            attack.bind(detector, threshold)  # type: ignore[attr-defined]
+            cache_key.update(detector=detector_cfg, threshold=threshold)
+        cache = AttackCache(self.fingerprint, cache_key, spec.seed, root=self.cache_root)
+        run = AttackRun(
+            key, self.table(table), cache, chunks(positions, spec.batch_size),
+            bool(getattr(attack, "per_image", False)),
+        )
+        labels_of = self.clean.by_position(self.clean.labels)
+        attack_stage(
+            attack, run, lambda todo: self.reader.read(todo, self.device.type == "cuda"), labels_of, self.model.module,
+            self.device, spec.seed, f"attack {key}",
+        )
+        return run
+
+
+def screen_attacks(spec: Spec, attacks: list[Attack], model: LoadedModel) -> list[int]:
+    """Check every attack against the model before any work starts (an attack's optional
+    `check(input_size)`), and return the indices of the detector-bound (adaptive) attacks, which
+    target a fitted, calibrated detector and so run after calibration."""
+    bound = []
+    for i, attack in enumerate(attacks):
+        check = getattr(attack, "check", None)
+        if check is not None:
+            try:
+                check(tuple(model.input_size))
+            except TracekitError as exc:
+                raise TracekitError(f"{spec.source}: attacks.{i}: {exc}") from None
+        if getattr(attack, "needs_detector", False):
+            bound.append(i)
+    return bound
+
+
+def stage_key(spec: Spec, fingerprint: str) -> str:
+    """What a run's tables depend on: the spec (without provenance and reading settings) and the
+    model's weights. A resumed run reuses the tables of an interrupted one only when it matches."""
+    data = spec.model_dump(mode="json", exclude={"provenance", "num_workers"})
+    return hashlib.sha256(json.dumps([data, fingerprint], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prepare(spec: Spec, device: torch.device, work: Path, use_cache: bool, adversarial_fit: bool) -> Prepared:
+    """Load model and data, predict and split the clean images, run (or load cached) attacks.
+
+    With `use_cache=False` adversarials are kept in the run's own folder (removed when it ends),
+    never read from or written to the user's attack cache.
+    """
+    seed_everything(spec.seed)
+    model = load_model(spec, device)
+    attacks: list[Attack] = [build("attack", cfg) for cfg in spec.attacks]
+    bound = screen_attacks(spec, attacks, model)
+    dataset: Dataset = build("dataset", {k: v for k, v in spec.data.items() if k != "labels"})
+    workers = default_workers() if spec.num_workers is None else spec.num_workers
+    reader = Reader(dataset, model, workers)
+    fingerprint = model_fingerprint(model.module)
+    _reset_if_stale(work, stage_key(spec, fingerprint))
+    clean = clean_stage(
+        reader, Table(work, "clean"), model.module, spec.batch_size, device, spec.seed,
+        spec.calibration.fit_fraction, spec.data.get("labels") == "predicted",
+    )
+    fit = clean.positions(FIT)
+    ranked = fit[np.argsort(fit_score(clean.ids[clean.part == FIT].tolist(), f"{spec.seed}:fit-subset"), kind="stable")]
+    fit_subset = np.sort(ranked[: spec.calibration.fit_images])
+    cache_root = cache_dir() / "attacks" if use_cache else work / "adversarials"
+    prep = Prepared(
+        spec, device, work, model, dataset, reader, clean, fingerprint, attacks, [], bound, fit_subset, cache_root
+    )
+    attacked = np.union1d(prep.test, fit_subset) if adversarial_fit else prep.test
+    prep.runs = [prep.attack(i, attacked, f"attack-{i:02d}") for i in range(len(attacks)) if i not in bound]
+    return prep
+
+
+KEY_FILE = ".stage-key"
+
+
+def _reset_if_stale(work: Path, key: str) -> None:
+    """Keep an interrupted run's tables only when they were computed for this spec and model."""
+    marker = work / KEY_FILE
+    if marker.is_file() and marker.read_text() != key:
+        for name in ("tables", "adversarials"):
+            shutil.rmtree(work / name, ignore_errors=True)
+    marker.write_text(key)
