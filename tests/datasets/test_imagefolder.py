@@ -13,7 +13,7 @@ from torchvision.transforms import functional as TF
 
 from tracekit.datasets.imagefolder import imagefolder
 from tracekit.errors import TracekitError
-from tracekit.protocols import LoadedModel
+from tracekit.protocols import LoadedModel, Unreadable
 from tracekit.testing import TinyCNN
 
 
@@ -88,8 +88,24 @@ def test_unreadable_files_warn_once_and_ids_are_stable(root):
     assert len(warned_first) == 1 and warned_second == []
 
 
+def test_item_returns_an_unreadable_file_without_warning_or_recording_it(root):
+    dataset = imagefolder(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        items = [dataset.item(i, model()) for i in range(len(dataset))]
+    assert len(dataset) == 6 and items[0] == Unreadable("CAT/broken.png", items[0].reason)
+    assert "UnidentifiedImageError" in items[0].reason
+    assert dataset.info["skipped"] == {} and "class_mapping" not in dataset.info
+    samples, warned = collect(dataset, model())
+    assert [s[0] for s in samples] == [i[0] for i in items[1:]]
+    assert all(torch.equal(s[1], i[1]) for s, i in zip(samples, items[1:]))
+    assert dataset.info["skipped"] == {"CAT/broken.png": items[0].reason} and len(warned) == 1
+
+
 def test_gray_model_limit_and_size(root):
-    samples, _ = collect(imagefolder(root, limit=2), model(channels=1))
+    dataset = imagefolder(root, limit=3)  # the first 3 files round-robin: CAT/broken.png is one
+    samples, _ = collect(dataset, model(channels=1))
+    assert len(dataset) == 3 and dataset.info["files"] == 6
     assert [s[0] for s in samples] == ["Dog/a.png", "hot_dog/c.png"]
     torch.testing.assert_close(samples[0][1], reference(root / "Dog/a.png", channels=1), atol=1e-6, rtol=0)
 

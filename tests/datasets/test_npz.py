@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
+
 import numpy as np
 import pytest
 import torch
 
+from tracekit.datasets import npyfiles
 from tracekit.datasets.npz import npz
 from tracekit.errors import TracekitError
 from tracekit.protocols import LoadedModel
@@ -80,8 +84,6 @@ def test_missing_keys_name_the_available_ones(tmp_path, rng):
 @pytest.mark.parametrize(
     ("images", "labels", "message"),
     [
-        (np.full((2, 8, 8), 1.5), np.zeros(2, int), r"range over \[1.5, 1.5\], outside \[0, 1\]"),
-        (np.full((2, 8, 8), np.nan), np.zeros(2, int), "NaN"),
         (np.zeros((2, 8, 8), np.int16), np.zeros(2, int), "int16; store uint8"),
         (np.zeros((2, 8, 8)), np.zeros(2), "must be 2 integers"),
         (np.zeros((2, 8, 8)), np.zeros(3, int), "must be 2 integers"),
@@ -93,6 +95,21 @@ def test_missing_keys_name_the_available_ones(tmp_path, rng):
 def test_bad_values_are_refused(tmp_path, images, labels, message):
     with pytest.raises(TracekitError, match=message):
         npz(write(tmp_path, images=images, labels=labels))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(1.5, r"image 'data-1' ranges over \[0, 1.5\], outside \[0, 1\]"), (np.nan, "image 'data-1' .*NaN")],
+)
+def test_float_values_are_checked_image_by_image(tmp_path, value, message):
+    images = np.zeros((3, 8, 8))
+    images[1, 2, 3] = value
+    dataset = npz(write(tmp_path, images=images, labels=np.zeros(3, int)))
+    assert dataset.item(0, model())[0] == "data-0"
+    with pytest.raises(TracekitError, match=message):
+        dataset.item(1, model())
+    with pytest.raises(TracekitError, match=message):
+        list(dataset.samples(model()))
 
 
 def test_shape_mismatch_with_the_model(tmp_path):
@@ -115,3 +132,83 @@ def test_bad_files(tmp_path):
     dup = write(tmp_path, "dup", images=np.zeros((2, 8, 8)), labels=np.zeros(2, int), ids=np.array(["a", "a"]))
     with pytest.raises(TracekitError, match="duplicate ids"):
         npz(dup, ids_key="ids")
+
+
+def items(dataset, m):
+    return [dataset.item(i, m) for i in range(len(dataset))]
+
+
+def npy_bytes(header: dict, data: bytes) -> bytes:
+    """A .npy file: the header as given (it may declare more than `data` holds), then `data`."""
+    import io
+
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue() + data
+
+
+def test_a_folder_of_npy_files_and_an_uncompressed_npz_are_memory_mapped(tmp_path, rng, monkeypatch):
+    images = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    labels, names = np.arange(60) % 3, np.array([f"img{i}" for i in range(60)])
+    reference = items(npz(write(tmp_path, "compressed_is_in_memory", images=images, labels=labels)), model(1))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    np.save(folder / "images.npy", np.asfortranarray(images))  # any order
+    np.save(folder / "labels.npy", labels)
+    np.save(folder / "names.npy", names)
+    archive = tmp_path / "archive.npz"
+    np.savez(archive, images=images, labels=labels, names=names)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("np.load reads arrays whole")
+
+    monkeypatch.setattr(np, "load", no_load)
+    for path in (folder, archive):
+        dataset = npz(path, ids_key="names", limit=5)
+        assert isinstance(dataset._images, np.memmap) and dataset.info["memory_mapped"]
+        got = items(dataset, model(1))
+        assert [g[0] for g in got] == list(names[:5]) and [g[2] for g in got] == [r[2] for r in reference[:5]]
+        assert all(torch.equal(g[1], r[1]) for g, r in zip(got, reference))
+        state = pickle.dumps(dataset)
+        assert len(state) < images.nbytes / 4  # the image data are not pickled: mapped again
+        copy = pickle.loads(state)
+        assert isinstance(copy._images, np.memmap)
+        assert all(torch.equal(c[1], g[1]) for c, g in zip(items(copy, model(1)), got))
+
+
+def test_a_header_declaring_more_than_the_file_holds_is_a_clear_error(tmp_path):
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**12, 3, 8, 8)}
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "images.npy").write_bytes(npy_bytes(header, bytes(3 * 8 * 8 * 4)))
+    np.save(folder / "labels.npy", np.zeros(1, int))
+    archive = tmp_path / "archive.npz"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("images.npy", npy_bytes(header, bytes(3 * 8 * 8 * 4)))
+        zf.writestr("labels.npy", npy_bytes({"descr": "<i8", "fortran_order": False, "shape": (1,)}, bytes(8)))
+    for path in (folder, archive):
+        declared = r"'images.npy'.*shape \[1000000000000, 3, 8, 8\].*truncated or corrupt"
+        with pytest.raises(TracekitError, match=declared):
+            npz(path)
+
+
+def test_a_large_compressed_member_is_refused(tmp_path, rng, monkeypatch):
+    images = rng.integers(0, 256, (4, 8, 8), dtype=np.uint8)
+    path = tmp_path / "compressed.npz"
+    np.savez_compressed(path, images=images, labels=np.zeros(4, int))
+    dataset = npz(path)  # small: read whole
+    assert not dataset.info["memory_mapped"]
+    assert torch.equal(torch.stack([i[1][0] for i in items(dataset, model(1))]), torch.from_numpy(images) / 255)
+    monkeypatch.setattr(npyfiles, "MAX_COMPRESSED_BYTES", images.nbytes)
+    advice = r"'images.npy' is compressed.*np.savez \(not np.savez_compressed\).*\.npy files"
+    with pytest.raises(TracekitError, match=advice):
+        npz(path)
+
+
+def test_pickled_object_arrays_are_refused(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    np.save(folder / "images.npy", np.zeros((2, 8, 8)))
+    np.save(folder / "labels.npy", np.array([0, "x"], dtype=object), allow_pickle=True)
+    with pytest.raises(TracekitError, match="'labels.npy': holds Python objects"):
+        npz(folder)

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from ..errors import TracekitError
-from ..protocols import LoadedModel
+from ..protocols import Item, LoadedModel
 
 Split = Literal["train", "test", "all"]
 IMAGE_SIZE = (1, 32, 32)
@@ -69,16 +69,23 @@ class DigitsDataset:
             "split_seed": SPLIT_SEED,
         }
 
-    def samples(self, model: LoadedModel) -> Iterator[tuple[str, torch.Tensor, int]]:
-        """Yield `(sample_id, image[1,32,32], label)`; the model must take 1x32x32 inputs."""
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def item(self, index: int, model: LoadedModel) -> Item:
+        """`(sample_id, image[1,32,32], label)` of item `index`; the model must take 1x32x32 inputs."""
         if tuple(model.input_size) != IMAGE_SIZE:
             raise TracekitError(
                 f"dataset 'digits' has 1x32x32 gray images but the model takes "
                 f"{'x'.join(map(str, model.input_size))} inputs; use a model built for digits "
                 f"(model: {{name: digits-cnn}}) or a dataset that fits the model (e.g. imagefolder)"
             )
-        for sample_id, image, label in zip(self.ids, self.images, self.labels):
-            yield sample_id, image, int(label)
+        return self.ids[index], self.images[index].clone(), int(self.labels[index])
+
+    def samples(self, model: LoadedModel) -> Iterator[Item]:
+        """Yield `(sample_id, image[1,32,32], label)`; the model must take 1x32x32 inputs."""
+        for index in range(len(self)):
+            yield self.item(index, model)
 
 
 def digits(split: Split = "test", limit: Annotated[int, Field(gt=0)] | None = None) -> DigitsDataset:

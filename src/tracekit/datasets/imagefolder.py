@@ -11,9 +11,11 @@ images are whole frames can record `crop_pct: 1.0`.
 Folder names map to the model's classes by WordNet id (`n01440764`, where the model has them)
 or by class name (case-insensitive, `_` for spaces). If no folder matches, folders are taken in
 sorted order as classes 0, 1, ... (with a warning). The mapping and its method are recorded in
-`info`. Sample ids are paths relative to ROOT (`class/file.png`); samples come round-robin over
-the sorted class folders (each folder's files sorted), so `limit` takes a balanced subset.
-Unreadable files are skipped with a warning and listed in `info["skipped"]`.
+`info`. Sample ids are paths relative to ROOT (`class/file.png`); files come round-robin over
+the sorted class folders (each folder's files sorted), so `limit` takes a balanced subset: the
+first `limit` files in that order, and `len(dataset)` is `min(limit, number of files)`.
+Unreadable files among them are skipped: `samples` warns and lists them in `info["skipped"]`,
+random access (`item`) returns `Unreadable` for them.
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 from pydantic import Field
 
 from ..errors import TracekitError, closest
 from ..images import Preparation
-from ..protocols import LoadedModel
+from ..protocols import Item, LoadedModel, Unreadable
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -39,7 +40,8 @@ def _key(name: str) -> str:
 
 
 def _class_mapping(folders: list[str], model: LoadedModel) -> tuple[dict[str, int], str]:
-    """`(folder -> class index, method)`; method is `wnid`, `name`, `wnid+name` or `sorted`."""
+    """`(folder -> class index, method)`; method is `wnid`, `name`, `wnid+name` or `sorted` (no
+    folder named after a class: folders in sorted order as classes 0, 1, ...)."""
     by_wnid = {w.lower(): i for i, w in enumerate(model.wnids or [])}
     by_name: dict[str, list[int]] = {}
     for i, name in enumerate(model.class_names):
@@ -68,11 +70,6 @@ def _class_mapping(folders: list[str], model: LoadedModel) -> tuple[dict[str, in
                 f"imagefolder: {len(folders)} class folders but the model has {model.num_classes} classes, "
                 "and no folder is named after a class; name folders after the model's classes"
             )
-        warnings.warn(
-            "imagefolder: no folder is named after one of the model's classes; taking folders in sorted "
-            f"order as classes 0..{len(folders) - 1}",
-            stacklevel=3,
-        )
         return {folder: i for i, folder in enumerate(folders)}, "sorted"
     if unmatched:
         detail = "; ".join(f"'{f}'" + _suggest(f, model) for f in unmatched[:10])
@@ -111,44 +108,77 @@ class ImageFolder:
                 "put them in ROOT/<class>/<image>"
             )
         self.files = files
+        columns = [[(folder, path) for path in paths] for folder, paths in files.items()]
+        ordered = [item for row in zip_longest(*columns) for item in row if item is not None]
+        self._ordered: list[tuple[str, Path]] = ordered[:limit]  # (folder, file), round-robin
+        self._prepared: dict[tuple[Any, ...], tuple[Preparation, dict[str, int], str]] = {}
         self._skipped: dict[str, str] = {}
         self.info: dict[str, Any] = {
             "root": str(self.root),
             "classes": len(files),
-            "files": sum(len(v) for v in files.values()),
+            "files": len(ordered),
             "skipped": self._skipped,
         }
 
-    def _ordered(self) -> Iterator[tuple[str, Path]]:
-        """`(folder, file)` round-robin over the sorted folders."""
-        columns = [[(folder, path) for path in paths] for folder, paths in self.files.items()]
-        for row in zip_longest(*columns):
-            yield from (item for item in row if item is not None)
+    def __len__(self) -> int:
+        return len(self._ordered)
 
-    def samples(self, model: LoadedModel) -> Iterator[tuple[str, torch.Tensor, int]]:
-        """Yield `(relative path, image[C,H,W], class index)`; unreadable files are skipped."""
+    def _prepare(self, model: LoadedModel) -> tuple[Preparation, dict[str, int], str]:
+        """The model's `Preparation`, class mapping and mapping method, computed once per kind of model."""
+        key = (
+            tuple(model.input_size),
+            tuple(model.class_names),
+            tuple(model.wnids or ()),
+            model.info.get("crop_pct"),
+            model.info.get("interpolation"),
+        )
+        if key not in self._prepared:
+            try:
+                preparation = Preparation.for_model(model, self.size)
+            except TracekitError as exc:
+                raise TracekitError(f"imagefolder: {exc}") from None
+            self._prepared[key] = (preparation, *_class_mapping(list(self.files), model))
+        return self._prepared[key]
+
+    def item(self, index: int, model: LoadedModel) -> Item | Unreadable:
+        """File `index` (round-robin order) as `(relative path, image[C,H,W], class index)`, or
+        `Unreadable` when it cannot be decoded; warns about nothing and records nothing in `info`."""
         from PIL import Image
 
+        preparation, mapping, _ = self._prepare(model)
+        folder, path = self._ordered[index]
+        sample_id = path.relative_to(self.root).as_posix()
         try:
-            prepare = Preparation.for_model(model, self.size)
-        except TracekitError as exc:
-            raise TracekitError(f"imagefolder: {exc}") from None
-        mapping, method = _class_mapping(list(self.files), model)
-        self.info.update(class_mapping=mapping, mapping=method, crop=list(prepare.crop), crop_pct=prepare.crop_pct)
+            image = preparation.load(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return Unreadable(sample_id, f"{type(exc).__name__}: {exc}")
+        return sample_id, image, mapping[folder]
+
+    def samples(self, model: LoadedModel) -> Iterator[Item]:
+        """Yield `(relative path, image[C,H,W], class index)`; unreadable files are skipped with a warning."""
+        preparation, mapping, method = self._prepare(model)
+        if method == "sorted":
+            warnings.warn(
+                "imagefolder: no folder is named after one of the model's classes; taking folders in sorted "
+                f"order as classes 0..{len(mapping) - 1}",
+                stacklevel=2,
+            )
+        self.info.update(
+            class_mapping=dict(mapping), mapping=method, crop=list(preparation.crop), crop_pct=preparation.crop_pct
+        )
         count = 0
-        for folder, path in self._ordered():
-            if self.limit is not None and count >= self.limit:
-                return
-            sample_id = path.relative_to(self.root).as_posix()
-            try:
-                image = prepare.load(path)
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                if sample_id not in self._skipped:
-                    self._skipped[sample_id] = f"{type(exc).__name__}: {exc}"
-                    warnings.warn(f"imagefolder: skipping unreadable image {path} ({exc})", stacklevel=2)
+        for index in range(len(self)):
+            got = self.item(index, model)
+            if isinstance(got, Unreadable):
+                if got.sample_id not in self._skipped:
+                    self._skipped[got.sample_id] = got.reason
+                    warnings.warn(
+                        f"imagefolder: skipping unreadable image {self.root / got.sample_id} ({got.reason})",
+                        stacklevel=2,
+                    )
                 continue
             count += 1
-            yield sample_id, image, mapping[folder]
+            yield got
         if count == 0:
             raise TracekitError(f"imagefolder: none of the images under {self.root} could be read")
 
