@@ -1,7 +1,7 @@
 """tracekit: trace and detect adversarial attacks through feature response maps.
 
 The stable Python API: `load_spec`, `run`, `create(kind, name, **params)`, `available(kind)`,
-`explain(images)` and `detect(run_dir, images)`.
+`compare`, `rebuild_report(run_dir)`, `explain(images)` and `detect(run_dir, images)`.
 `import tracekit` is light; torch, ART and friends load when a component is built.
 """
 
@@ -59,7 +59,7 @@ def compare(spec: Any, out: Any = None, device: str | None = None, use_cache: bo
     return _compare(spec, out=out, device=device, use_cache=use_cache, finish=write_report)
 
 
-def report(run_dir: Any) -> Any:
+def rebuild_report(run_dir: Any) -> Any:
     """Rebuild the figures and `report.html` of a finished run (or comparison) from its directory."""
     from .report import write_report
 
@@ -89,6 +89,6 @@ def detect(run_dir: Any, images: Any, device: str | None = None, detector: str |
 
 
 __all__ = [
-    "TracekitError", "available", "compare", "create", "detect", "explain", "hookimpl", "load_spec", "report", "run",
+    "TracekitError", "available", "compare", "create", "detect", "explain", "hookimpl", "load_spec", "rebuild_report", "run",
     "__version__",
 ]

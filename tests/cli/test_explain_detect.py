@@ -69,6 +69,22 @@ def finished(tmp_path_factory, uint8_images):
     )  # fmt: skip
 
 
+def test_part(result, uint8_images):
+    """The run's clean test images (in scores.csv order), from the npz it read."""
+    import pandas as pd
+
+    clean = pd.read_parquet(result.out_dir / "tables" / "clean")
+    positions = clean.loc[clean["part"] == "test", "index"].to_numpy()
+    return torch.from_numpy(uint8_images[positions].astype(np.float32) / 255.0)[:, None]
+
+
+def saved_adversarials(result):
+    """`(attack, ids, adversarials)` of the test images the run kept for its report."""
+    saved = torch.load(result.out_dir / "examples.pt", weights_only=True)
+    attack, entry = next(iter(saved.items()))
+    return attack, entry["ids"], entry["adversarial"]
+
+
 def clean_rows(result):
     with open(result.out_dir / "scores.csv") as fh:
         return [r for r in csv.DictReader(fh) if r["attack"] == "clean"]
@@ -92,30 +108,27 @@ def test_detect_png_files_reproduce_the_runs_scores_and_verdicts(finished, uint8
     assert [o["verdict"] for o in out] == ["adversarial" if float(r["score"]) > threshold else "clean" for r in rows]
 
 
-def test_detect_api_on_tensors_reproduces_clean_and_adversarial_scores(finished):
-    art = finished.artifacts
-    clean = tracekit.detect(finished.out_dir, art.samples.images[art.test_idx])
+def test_detect_api_on_tensors_reproduces_clean_and_adversarial_scores(finished, uint8_images):
+    clean = tracekit.detect(finished.out_dir, test_part(finished, uint8_images))
     assert [c["score"] for c in clean] == [float(r["score"]) for r in clean_rows(finished)]
-    attack = art.attacks[0]
-    in_test = torch.isin(attack.indices, art.test_idx)
-    adversarial = tracekit.detect(finished.out_dir, attack.adversarial[in_test].numpy())  # arrays work too
+    attack, ids, images = saved_adversarials(finished)
+    adversarial = tracekit.detect(finished.out_dir, images.numpy())  # arrays work too
     with open(finished.out_dir / "scores.csv") as fh:
-        expected = [float(r["score"]) for r in csv.DictReader(fh) if r["attack"] == attack.key]
-    assert [a["score"] for a in adversarial] == expected
-    assert [a["pred"] for a in adversarial] == attack.preds[in_test].tolist()
+        rows = {r["sample_id"]: r for r in csv.DictReader(fh) if r["attack"] == attack}
+    assert [a["score"] for a in adversarial] == [float(rows[i]["score"]) for i in ids]
+    assert [a["pred"] for a in adversarial] == [int(rows[i]["pred"]) for i in ids]
 
 
-def test_detect_table_exits_0_whatever_the_verdicts(finished, tmp_path, monkeypatch):
+def test_detect_table_exits_0_whatever_the_verdicts(finished, uint8_images, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     shutil.copytree(finished.out_dir, run_dir)
     scores = [float(r["score"]) for r in clean_rows(finished)]
     state = json.loads((run_dir / "detector.json").read_text())
     state["threshold"] = sorted(scores)[len(scores) // 2]  # about half the images flagged
     (run_dir / "detector.json").write_text(json.dumps(state))
-    art = finished.artifacts
     monkeypatch.chdir(tmp_path)  # short relative names fit the table
     names = [f"img{i}.png" for i in range(len(scores))]
-    for name, image in zip(names, art.samples.images[art.test_idx]):
+    for name, image in zip(names, test_part(finished, uint8_images)):
         Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(name)
     result = invoke("detect", "--run", "run", *names)
     assert result.exit_code == 0, result.output
@@ -312,20 +325,18 @@ def learned(tmp_path_factory, uint8_images):
     )  # fmt: skip
 
 
-def test_detect_scores_with_the_runs_fitted_learned_detector(learned):
+def test_detect_scores_with_the_runs_fitted_learned_detector(learned, uint8_images):
     """`detector_state.pt` holds what the detector learned; `detect` reproduces the run's scores
     (to float rounding: it scores in other batches) and verdicts."""
     assert json.loads((learned.out_dir / "detector.json").read_text())["state_file"] == "detector_state.pt"
-    art = learned.artifacts
     rows = clean_rows(learned)
-    results = tracekit.detect(learned.out_dir, art.samples.images[art.test_idx])
+    results = tracekit.detect(learned.out_dir, test_part(learned, uint8_images))
     expected = np.array([float(r["score"]) for r in rows])
     np.testing.assert_allclose([r["score"] for r in results], expected, rtol=1e-9, atol=1e-9)
     threshold = learned.metrics["threshold"]
     assert [r["verdict"] for r in results] == ["adversarial" if s > threshold else "clean" for s in expected]
-    attack = art.attacks[0]
-    in_test = torch.isin(attack.indices, art.test_idx) & attack.success
-    flagged = tracekit.detect(learned.out_dir, attack.adversarial[in_test])
+    _, _, adversarial = saved_adversarials(learned)
+    flagged = tracekit.detect(learned.out_dir, adversarial)
     assert len(flagged) > 0 and all(r["score"] is not None for r in flagged)
 
 
@@ -336,9 +347,8 @@ def test_detect_reproduces_kd_bu_scores_one_image_at_a_time(tmp_path, uint8_imag
         tmp_path, uint8_images, name="kdbu", seed=0, attacks=[{"name": "sign-noise", "eps": 0.5}],
         detector={"name": "kd-bu", "n_samples": 8, "batch_size": 8}, calibration={"fit_fraction": 0.5, "target_fpr": 0.2},
     )  # fmt: skip
-    art = finished.artifacts
     expected = np.array([float(r["score"]) for r in clean_rows(finished)])
-    alone = [tracekit.detect(finished.out_dir, image[None])[0]["score"] for image in art.samples.images[art.test_idx][:6]]
+    alone = [tracekit.detect(finished.out_dir, image[None])[0]["score"] for image in test_part(finished, uint8_images)[:6]]
     np.testing.assert_allclose(alone, expected[:6], rtol=1e-6, atol=1e-9)
 
 

@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from tracekit.engine.attack_cache import AttackCache
+import tempfile
+from pathlib import Path
+
 from tracekit import progress
+from tracekit.engine.attack_cache import AttackCache
+from tracekit.engine.attacking import AttackRun, attack_stage
+from tracekit.engine.reading import Batch, chunks
+from tracekit.engine.tables import Table
 from tracekit.errors import Interrupted
-from tracekit.engine.attacking import generate
 from tracekit.testing import tiny_model
 
 
@@ -27,19 +32,27 @@ class PerImageNumpyNoise(NumpyNoise):
     per_image = True
 
 
-def _generate(attack, batch_size: int, seed: int = 0, cache_root=None, n: int = 10):
+def _generate(attack, batch_size: int, seed: int = 0, cache_root=None, n: int = 10, work=None):
+    """Attack 10 seeded images through the attack stage; returns `(adversarials, outcomes table)`."""
     model = tiny_model().module
     images = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(1))[:n]
     ids = [f"img-{i}" for i in range(n)]
-    cache = AttackCache("model", {"name": "noise"}, seed, root=cache_root, enabled=cache_root is not None)
-    return generate(attack, model, ids, images, torch.zeros(n, dtype=torch.long), batch_size,
-                    torch.device("cpu"), seed, cache, "noise")  # fmt: skip
+    cache = AttackCache("model", {"name": "noise"}, seed, root=Path(cache_root or tempfile.mkdtemp()))
+    run = AttackRun("noise", Table(Path(work or tempfile.mkdtemp()), "attack-00"), cache, chunks(np.arange(n), batch_size),
+                    bool(getattr(attack, "per_image", False)))  # fmt: skip
+
+    def read(todo):
+        for chunk in todo:
+            yield Batch(chunk, chunk.index, [ids[i] for i in chunk.index], images[chunk.index], torch.zeros(len(chunk.index)))
+
+    attack_stage(attack, run, read, np.zeros(n, dtype=np.int64), model, torch.device("cpu"), seed, "noise")
+    return torch.cat([adv for *_, adv in run.adversarials(np.arange(n), set())]), run.table.read()
 
 
 def _run(attack, batch_size: int, seed: int = 0) -> torch.Tensor:
-    result = _generate(attack, batch_size, seed)
-    assert len(result.adversarial) == 10
-    return result.adversarial
+    adversarial, _ = _generate(attack, batch_size, seed)
+    assert len(adversarial) == 10
+    return adversarial
 
 
 def test_a_per_image_attack_gives_an_image_the_same_adversarial_in_any_batching():
@@ -49,11 +62,11 @@ def test_a_per_image_attack_gives_an_image_the_same_adversarial_in_any_batching(
 
 
 def test_a_per_image_attack_caches_each_image_for_any_batching(tmp_path):
-    first = _generate(PerImageNumpyNoise(), batch_size=3, cache_root=tmp_path, n=6)
-    assert first.cached_batches == 0 and len(list(tmp_path.rglob("*.pt"))) == 6
-    again = _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)  # 6 cached, 4 new
-    assert again.cached_batches == 6 and torch.equal(again.adversarial[:6], first.adversarial)
-    assert torch.equal(again.adversarial, _run(PerImageNumpyNoise(), batch_size=4))
+    first, outcomes = _generate(PerImageNumpyNoise(), batch_size=3, cache_root=tmp_path, n=6)
+    assert not outcomes["cached"].any() and len(list(tmp_path.rglob("*.pt"))) == 6
+    again, outcomes = _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)  # 6 cached, 4 new
+    assert outcomes["cached"].tolist() == [True] * 6 + [False] * 4 and torch.equal(again[:6], first)
+    assert torch.equal(again, _run(PerImageNumpyNoise(), batch_size=4))
 
 
 def test_a_batch_attack_is_seeded_per_batch():
@@ -69,10 +82,11 @@ def test_the_papers_black_box_attacks_run_per_image():
     assert not getattr(tracekit.create("attack", "fgsm"), "per_image", False)
 
 
-def test_a_resumed_attacks_bar_starts_at_its_cached_images(tmp_path, monkeypatch):
+def test_a_resumed_attacks_bar_starts_at_its_finished_images(tmp_path, monkeypatch):
     from rich.progress import Progress
 
-    _generate(PerImageNumpyNoise(), batch_size=3, cache_root=tmp_path, n=6)
+    with pytest.raises(Interrupted):
+        _generate(InterruptedAfter(7), batch_size=3, cache_root=tmp_path, work=tmp_path)  # two chunks done
     bars = []
     real_add_task = Progress.add_task
 
@@ -82,9 +96,9 @@ def test_a_resumed_attacks_bar_starts_at_its_cached_images(tmp_path, monkeypatch
 
     monkeypatch.setattr(Progress, "add_task", add_task)
     monkeypatch.setattr(progress, "_enabled", True)
-    _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)
+    _generate(PerImageNumpyNoise(), batch_size=3, cache_root=tmp_path, work=tmp_path)
     (description, kwargs), = bars
-    assert description == "noise (6 cached)"
+    assert description == "noise (6 done)"
     assert kwargs["completed"] == 6 and kwargs["total"] == 10  # cached images add no speed samples
 
 
@@ -102,10 +116,8 @@ class InterruptedAfter(PerImageNumpyNoise):
 
 
 def test_an_interrupted_attack_says_what_is_kept(tmp_path):
-    with pytest.raises(Interrupted, match=r"noise: 4/10 images are attacked and cached.*run the same command again"):
+    with pytest.raises(Interrupted, match=r"noise: 0/10 images are attacked and cached.*run the same command again"):
         _generate(InterruptedAfter(4), batch_size=10, cache_root=tmp_path)
-    resumed = _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)
-    assert resumed.cached_batches == 4
-    assert torch.equal(resumed.adversarial, _run(PerImageNumpyNoise(), batch_size=10))
-    with pytest.raises(Interrupted, match=r"2/10 images were attacked; with --no-cache nothing was kept"):
-        _generate(InterruptedAfter(2), batch_size=10)
+    resumed, outcomes = _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)
+    assert int(outcomes["cached"].sum()) == 4  # the images finished before Ctrl-C
+    assert torch.equal(resumed, _run(PerImageNumpyNoise(), batch_size=10))

@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from tracekit import hookimpl, plugins
-from tracekit.engine.controls import noise_like, randomized_copy
+import numpy as np
+
+from tracekit.engine.controls import randomized_copy
+from tracekit.engine.scoring import noisy_images
 from tracekit.engine.run import run
 from tracekit.testing import testing_plugin, tiny_model
 
@@ -93,10 +96,24 @@ def test_randomized_copy_changes_every_layer_and_leaves_the_original():
 def test_noise_matches_perturbation_sizes():
     originals = torch.full((4, 1, 32, 32), 0.5)  # large enough that clipping never bites
     l2, linf = torch.tensor([0.5, 1.0, 1.5, 2.0]), torch.tensor([0.01, 0.05, 0.1, 0.2])
-    noisy = noise_like(originals, l2, linf, seed=0)
-    assert torch.allclose((noisy["sign"] - originals).flatten(1).abs().amax(1), linf)
-    assert torch.allclose((noisy["sign"] - originals).abs().flatten(1).amin(1), linf)  # every pixel moved
-    assert torch.allclose((noisy["gaussian"] - originals).flatten(1).norm(dim=1), l2, atol=1e-5)
+    ids = [f"img-{i}" for i in range(4)]
+
+    def clean(skip):
+        yield "000000", np.arange(4), ids, originals
+
+    def noisy(kind, part=slice(None)):
+        source = noisy_images(clean, kind, l2.double().numpy(), linf.double().numpy(), seed=0)
+        return next(source(set()))[3][part]
+
+    assert torch.allclose((noisy("sign") - originals).flatten(1).abs().amax(1), linf)
+    assert torch.allclose((noisy("sign") - originals).abs().flatten(1).amin(1), linf)  # every pixel moved
+    assert torch.allclose((noisy("gaussian") - originals).flatten(1).norm(dim=1), l2, atol=1e-5)
+
+    def first_two(skip):  # the same images in another batch get the same noise (seeded per id)
+        yield "000000", np.arange(2), ids[:2], originals[:2]
+
+    alone = noisy_images(first_two, "gaussian", l2.double().numpy(), linf.double().numpy(), seed=0)
+    assert torch.equal(next(alone(set()))[3], noisy("gaussian", slice(0, 2)))
 
 
 def test_run_with_controls_reports_noise_and_randomized_model(tmp_path):

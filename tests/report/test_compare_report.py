@@ -11,8 +11,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tracekit import hookimpl, plugins
-from tracekit.engine.compare import compare
-from tracekit.report.figures import split_scores
+from tracekit import compare
+from tracekit.engine.summary import test_scores
 from tracekit.testing import testing_plugin
 
 EVIL_LABEL = '<b>&"x'
@@ -86,12 +86,16 @@ def test_roc_overlays_differ_per_attack(result):
 def test_roc_curves_are_each_detectors_clean_vs_successful_rows(result):
     with open(result.out_dir / "scores.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
-    for label, entry in result.metrics["detectors"].items():
-        clean, adversarial = split_scores([r for r in result.scores if r["detector"] == label], entry["attacks"])
-        from_csv = split_scores([r for r in csv_rows if r["detector"] == label], entry["attacks"])
-        assert np.array_equal(clean, from_csv[0]) and len(clean) == result.metrics["data"]["n_test"]
+    for index, (label, entry) in enumerate(result.metrics["detectors"].items()):
+        clean_rows, rows = test_scores(result.out_dir, result.spec, f"d{index:02d}")
+        clean = clean_rows["score"]
+        adversarial = {attack: r["score"][r["success"]] for attack, r in rows.items()}
+        mine = [r for r in csv_rows if r["detector"] == label]
+        assert np.array_equal(clean, [float(r["score"]) for r in mine if r["attack"] == "clean"])
+        assert len(clean) == result.metrics["data"]["n_test"]
         for attack, m in entry["attacks"].items():
-            assert np.array_equal(adversarial[attack], from_csv[1][attack])
+            from_csv = [float(r["score"]) for r in mine if r["attack"] == attack and r["success"] == "1"]
+            assert np.array_equal(adversarial[attack], from_csv)
             assert len(adversarial[attack]) == m["n_attacked"]
             y = np.r_[np.zeros(len(clean)), np.ones(len(adversarial[attack]))]
             assert roc_auc_score(y, np.r_[clean, adversarial[attack]]) == pytest.approx(m["auc"])

@@ -2,6 +2,7 @@
 perturbations, failed adversarials, controls) shown as in metrics.json, and offline in Chromium."""
 
 import base64
+import csv
 import dataclasses
 import json
 import re
@@ -12,11 +13,12 @@ import torch
 from PIL import Image
 
 from tracekit import plugins
-from tracekit.engine.run import run
+from tracekit import run
 from tracekit.hookspecs import Register
 from tracekit.plugins import hookimpl
 from tracekit.report.figures import example_figure, feature_maps, write_figures
 from tracekit.report.html import render_report
+from tracekit.report.rundata import read_run
 from tracekit.scores import local_entropy_map, to_gray_u8
 from tracekit.testing import testing_plugin, tiny_model
 
@@ -73,34 +75,38 @@ def test_figures_exist_and_are_not_blank(result, name, png_stats):
 
 @pytest.fixture(scope="module")
 def figures(result, tmp_path_factory):
-    out = tmp_path_factory.mktemp("figures")
-    return out, write_figures(out, result, examples=3)
+    return result.out_dir, write_figures(read_run(result.out_dir), examples=3)
 
 
 def test_example_panels_show_test_images_successful_first_with_run_scores(result, figures):
-    tmp_path, figures = figures
-    art = result.artifacts
-    test_ids = {art.samples.ids[i] for i in art.test_idx.tolist()}
-    scores = {(r["sample_id"], r["attack"]): float(r["score"]) for r in result.scores}
+    import pandas as pd
+
+    from tracekit.engine.summary import test_scores
+
+    run_dir, figures = figures
+    clean = pd.read_parquet(run_dir / "tables" / "clean")
+    test_ids = set(clean.loc[clean["part"] == "test", "sample_id"])
+    with open(run_dir / "scores.csv", newline="") as fh:
+        scores = {(r["sample_id"], r["attack"]): float(r["score"]) for r in csv.DictReader(fh)}
+    _, attacks = test_scores(run_dir, result.spec, "d00")
     assert [e["attack"] for e in figures["examples"]] == [EVIL_LABEL, "sign-noise"]
-    for entry, attack in zip(figures["examples"], art.attacks):
-        examples = entry["examples"]
-        assert len(examples) == 3 and (tmp_path / entry["file"]).is_file()
+    for entry in figures["examples"]:
+        examples, outcomes = entry["examples"], attacks[entry["attack"]]
+        assert len(examples) == 3 and (run_dir / entry["file"]).is_file()
         assert all(e.sample_id in test_ids for e in examples)
         flags = [e.success for e in examples]
-        n_success = int(attack.success[torch.isin(attack.indices, art.test_idx)].sum())
-        assert flags == sorted(flags, reverse=True) and sum(flags) == min(3, n_success)
+        assert flags == sorted(flags, reverse=True) and sum(flags) == min(3, int(outcomes["success"].sum()))
         for e in examples:
             assert e.clean_score == scores[(e.sample_id, "clean")]
-            assert e.adv_score == scores[(e.sample_id, attack.key)]
+            assert e.adv_score == scores[(e.sample_id, entry["attack"])]
             assert e.label in EVIL_CLASSES and e.adv_class in EVIL_CLASSES
 
 
 def test_feature_maps_are_the_default_gray_conversion_and_local_entropy(result):
-    art = result.artifacts
-    images = art.samples.images[:5]
-    gray, entropy = feature_maps(art.detector, art.model.module, images, art.device)
-    expected_gray = to_gray_u8(art.detector.maps(art.model.module, images))
+    setup = read_run(result.out_dir).setup()
+    images = next(iter(read_run(result.out_dir).examples().values()))["original"]
+    gray, entropy = feature_maps(setup.detector, setup.model.module, images, setup.device)
+    expected_gray = to_gray_u8(setup.detector.maps(setup.model.module, images))
     assert torch.equal(gray, expected_gray)
     assert torch.equal(entropy, local_entropy_map(expected_gray))
 
@@ -112,19 +118,18 @@ def test_detector_without_maps_gets_no_map_panels(result, figures, tmp_path, png
         def score(self, model, images):
             return images.mean((1, 2, 3))
 
-    art = result.artifacts
-    assert feature_maps(ScoreOnly(), art.model.module, art.samples.images[:2], art.device) is None
+    run = read_run(result.out_dir)
+    setup, saved = run.setup(), run.examples()
     figures_dir, figures = figures
     entry = figures["examples"][0]
-    attack = art.attacks[0]
-    chosen = torch.tensor([art.samples.ids.index(e.sample_id) for e in entry["examples"]])
-    positions = [int(torch.nonzero(attack.indices == i)) for i in chosen.tolist()]
-    example_figure(tmp_path / "without.png", "no maps", art.samples.images[chosen], attack.adversarial[positions],
-                   entry["examples"], art.threshold, None)  # fmt: skip
+    example = saved[entry["attack"]]
+    assert feature_maps(ScoreOnly(), setup.model.module, example["original"][:2], setup.device) is None
+    order = [example["ids"].index(e.sample_id) for e in entry["examples"]]
+    example_figure(tmp_path / "without.png", "no maps", example["original"][order], example["adversarial"][order],
+                   entry["examples"], result.metrics["threshold"], None)  # fmt: skip
     (w_without, _), (w_with, _) = (Image.open(path).size for path in (tmp_path / "without.png", figures_dir / entry["file"]))
     assert w_without < 0.6 * w_with  # 3 columns instead of 7
     assert png_stats(tmp_path / "without.png")[1] > 20
-
 
 
 def shown(value, spec, interval=None):
@@ -146,7 +151,8 @@ def page(result, parse_page):
 def rerender(result, parse_page, metrics):
     """The report page of `result` with other metrics (figures as written by the run)."""
     figures = {"roc": "roc.png", "score_hist": "score_hist.png", "examples": []}
-    return parse_page(render_report(dataclasses.replace(result, metrics=metrics), result.out_dir, figures))
+    run = dataclasses.replace(read_run(result.out_dir), metrics=metrics)
+    return parse_page(render_report(run, figures))
 
 
 def test_report_is_self_contained(result, page):

@@ -18,8 +18,8 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A finished run or comparison directory.", show_default=False),
     ) -> None:
         """Rebuild the figures and report.html of a finished run from its directory alone."""
-        from .. import report
+        from .. import rebuild_report
 
         progress.enable()
-        path = report(run_dir)
+        path = rebuild_report(run_dir)
         console.print(f"report: {escape(str(path))}")

@@ -27,6 +27,13 @@ def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
+def _confidence(values: np.ndarray) -> float | None:
+    """The mean of float32 softmax confidences, to float32 precision: a model's outputs can move
+    by a unit in the last place with the batch they were computed in, which must not change a
+    reported number (scores.csv and every metric are the same whatever the batch size)."""
+    return float(np.float32(np.mean(values))) if len(values) else None
+
+
 def attack_metrics(
     outcomes: dict[str, np.ndarray], clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: float, spec: Spec
 ) -> dict[str, Any]:
@@ -39,8 +46,8 @@ def attack_metrics(
         "n_clean": len(clean_scores),
         "n_attacked": int(ok.sum()),
         "success_rate": float(ok.mean()) if n_attacked else None,
-        "gt_confidence": _mean(outcomes["gt_confidence"][ok]),
-        "target_confidence": _mean(outcomes["target_confidence"][ok]),
+        "gt_confidence": _confidence(outcomes["gt_confidence"][ok]),
+        "target_confidence": _confidence(outcomes["target_confidence"][ok]),
     }
     out.update(detection_metrics(clean_scores, adv_scores[ok], threshold))
     out.update(bootstrap_ci(clean_scores, adv_scores[ok], spec.evaluation.bootstrap, spec.evaluation.confidence, spec.seed))
