@@ -69,7 +69,7 @@ def finished(tmp_path_factory, uint8_images):
     )  # fmt: skip
 
 
-def test_part(result, uint8_images):
+def clean_test_images(result, uint8_images):
     """The run's clean test images (in scores.csv order), from the npz it read."""
     import pandas as pd
 
@@ -109,7 +109,7 @@ def test_detect_png_files_reproduce_the_runs_scores_and_verdicts(finished, uint8
 
 
 def test_detect_api_on_tensors_reproduces_clean_and_adversarial_scores(finished, uint8_images):
-    clean = tracekit.detect(finished.out_dir, test_part(finished, uint8_images))
+    clean = tracekit.detect(finished.out_dir, clean_test_images(finished, uint8_images))
     assert [c["score"] for c in clean] == [float(r["score"]) for r in clean_rows(finished)]
     attack, ids, images = saved_adversarials(finished)
     adversarial = tracekit.detect(finished.out_dir, images.numpy())  # arrays work too
@@ -128,7 +128,7 @@ def test_detect_table_exits_0_whatever_the_verdicts(finished, uint8_images, tmp_
     (run_dir / "detector.json").write_text(json.dumps(state))
     monkeypatch.chdir(tmp_path)  # short relative names fit the table
     names = [f"img{i}.png" for i in range(len(scores))]
-    for name, image in zip(names, test_part(finished, uint8_images)):
+    for name, image in zip(names, clean_test_images(finished, uint8_images)):
         Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(name)
     result = invoke("detect", "--run", "run", *names)
     assert result.exit_code == 0, result.output
@@ -330,7 +330,7 @@ def test_detect_scores_with_the_runs_fitted_learned_detector(learned, uint8_imag
     (to float rounding: it scores in other batches) and verdicts."""
     assert json.loads((learned.out_dir / "detector.json").read_text())["state_file"] == "detector_state.pt"
     rows = clean_rows(learned)
-    results = tracekit.detect(learned.out_dir, test_part(learned, uint8_images))
+    results = tracekit.detect(learned.out_dir, clean_test_images(learned, uint8_images))
     expected = np.array([float(r["score"]) for r in rows])
     np.testing.assert_allclose([r["score"] for r in results], expected, rtol=1e-9, atol=1e-9)
     threshold = learned.metrics["threshold"]
@@ -348,7 +348,7 @@ def test_detect_reproduces_kd_bu_scores_one_image_at_a_time(tmp_path, uint8_imag
         detector={"name": "kd-bu", "n_samples": 8, "batch_size": 8}, calibration={"fit_fraction": 0.5, "target_fpr": 0.2},
     )  # fmt: skip
     expected = np.array([float(r["score"]) for r in clean_rows(finished)])
-    alone = [tracekit.detect(finished.out_dir, image[None])[0]["score"] for image in test_part(finished, uint8_images)[:6]]
+    alone = [tracekit.detect(finished.out_dir, image[None])[0]["score"] for image in clean_test_images(finished, uint8_images)[:6]]
     np.testing.assert_allclose(alone, expected[:6], rtol=1e-6, atol=1e-9)
 
 

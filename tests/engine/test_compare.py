@@ -65,9 +65,9 @@ def test_every_detector_scored_on_identical_images(result):
 
 def test_same_detector_as_run_gives_same_metrics(result, tmp_path):
     single = run(base(detector=DETECTORS[1]), out=tmp_path / "single")
-    a = {k: v for k, v in single.metrics["attacks"]["sign-noise"].items() if k not in ("seconds", "cached_batches")}
+    a = {k: v for k, v in single.metrics["attacks"]["sign-noise"].items() if k not in ("seconds", "cached_images")}
     b = result.metrics["detectors"]["paper"]["attacks"]["sign-noise"]
-    assert a == {k: v for k, v in b.items() if k not in ("seconds", "cached_batches")}
+    assert a == {k: v for k, v in b.items() if k not in ("seconds", "cached_images")}
 
 
 def test_duplicate_labels_rejected():

@@ -66,7 +66,7 @@ def test_the_run_attacks_and_scores_real_photos_at_224(finished):
     result, _, _ = finished
     m = result.metrics["attacks"]["fgsm"]
     assert result.metrics["data"]["n_correct"] == len(PHOTOS)
-    assert m["n_clean"] == len(PHOTOS) // 2 and m["n_attacked"] >= 1  # a random network flips easily
+    assert m["n_clean"] == result.metrics["data"]["n_test"] and m["n_attacked"] >= 1  # a random network flips easily
     assert 0 <= m["auc"] <= 1 and m["perturbation"]["linf"] == pytest.approx(0.03, abs=1e-6)
     provenance = yaml.safe_load((result.out_dir / "spec.resolved.yaml").read_text())["provenance"]
     assert provenance["data"]["crop_pct"] == pytest.approx(224 / 256) and provenance["data"]["mapping"] == "wnid"
@@ -78,7 +78,7 @@ def test_detect_on_the_photo_files_reproduces_the_runs_clean_scores(finished):
     result, data, classes = finished
     with open(result.out_dir / "scores.csv", newline="") as fh:
         clean = {r["sample_id"]: float(r["score"]) for r in csv.DictReader(fh) if r["attack"] == "clean"}
-    assert len(clean) == len(PHOTOS) // 2
+    assert len(clean) == result.metrics["data"]["n_test"]
     rows = tracekit.detect(result.out_dir, [data / sample_id for sample_id in clean])
     for row, (sample_id, score) in zip(rows, clean.items()):
         assert row["class"] == classes[sample_id.rsplit("/", 1)[1].removesuffix(".jpg")]

@@ -13,6 +13,7 @@ import yaml
 import tracekit
 from tracekit.engine.metrics import calibrate_threshold
 from tracekit.engine.run import run
+from tracekit.errors import TracekitError
 
 
 def tiny_spec(**extra):
@@ -59,7 +60,7 @@ def test_metrics_keys_exactly_as_designed(result):
             "n_clean", "n_attacked", "success_rate", "gt_confidence", "target_confidence", "auc",
             "tpr_at_fpr", "threshold", "fpr", "precision", "recall", "seconds",  # DESIGN.md's keys
             # added beyond DESIGN.md:
-            "cached_batches", "auc_ci", "tpr_at_fpr_ci", "perturbation", "failed", "evasion_rate",
+            "cached_images", "auc_ci", "tpr_at_fpr_ci", "perturbation", "failed", "evasion_rate",
         }
         assert set(m["perturbation"]) == {"l2", "linf"} and set(m["failed"]) == {"n", "auc", "flag_rate"}
         assert m["failed"]["n"] + m["n_attacked"] == m["n_clean"]
@@ -115,11 +116,11 @@ def test_resolved_spec_has_provenance_and_reruns(result, tmp_path):
     assert prov["git_revision"] == (head.stdout.strip() if head.returncode == 0 else None)  # tracekit's, not the cwd's
     assert resolved["attacks"][0]["seed"] == 0  # defaults filled in
     again = run(result.out_dir / "spec.resolved.yaml", out=tmp_path / "again")
-    timing = ("seconds", "cached_batches")
+    timing = ("seconds", "cached_images")
     a = {k: {m: v for m, v in d.items() if m not in timing} for k, d in result.metrics["attacks"].items()}
     b = {k: {m: v for m, v in d.items() if m not in timing} for k, d in again.metrics["attacks"].items()}
     assert a == b  # same seed, same results
-    assert all(d["cached_batches"] > 0 for d in again.metrics["attacks"].values())  # attacks not recomputed
+    assert all(d["cached_images"] > 0 for d in again.metrics["attacks"].values())  # attacks not recomputed
 
 
 def test_metrics_agree_with_scores_csv(result):
@@ -148,20 +149,24 @@ def test_perturbation_sizes_measured(result):
         assert 0 < m["perturbation"]["l2"] <= 0.3 * 16 + 1e-5  # sqrt(256 pixels) * eps
 
 
-def test_an_earlier_runs_directory_is_replaced_and_other_files_are_named(tmp_path):
-    from tracekit.engine.rundir import make_run_dir
+def test_an_earlier_run_is_replaced_whole_and_a_foreign_directory_is_refused(tmp_path):
+    from tracekit.engine.rundir import finish, make_run_dir
 
-    out = make_run_dir(tmp_path / "run", "x")
-    for name in ("spec.resolved.yaml", "metrics.json", "examples_old-attack.png", "detector_state.pt"):
-        (out / name).write_text("an earlier run")
-    (out / "detectors" / "03-lid").mkdir(parents=True)
-    (out / "detectors" / "03-lid" / "detector.json").write_text("{}")
-    make_run_dir(out, "x")  # an earlier run: its outputs go, nothing else is there
-    assert list(out.iterdir()) == []
-    (out / "notes.txt").write_text("mine")
-    with pytest.warns(UserWarning, match=r"holds files this run does not write \(notes.txt\)"):
-        make_run_dir(out, "x")
-    assert (out / "notes.txt").read_text() == "mine"
+    final, work = make_run_dir(tmp_path / "run", "x")
+    assert work == tmp_path / ".run.partial" and not final.exists()
+    (work / "spec.resolved.yaml").write_text("new")
+    final.mkdir()
+    for name in ("spec.resolved.yaml", "examples_old-attack.png", "detector_state.pt"):
+        (final / name).write_text("an earlier run")
+    finish(work, final, scratch=())
+    assert [p.name for p in final.iterdir()] == ["spec.resolved.yaml"]  # nothing of the earlier run outlives it
+    assert not work.exists() and [p.name for p in tmp_path.iterdir()] == ["run"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(TracekitError, match=r"--out .*mine holds files that are not a tracekit run \(notes.txt\)"):
+        make_run_dir(foreign, "x")
+    assert (foreign / "notes.txt").read_text() == "mine"
 
 
 class _Memorizer:

@@ -98,7 +98,7 @@ def _without_timings(metrics: dict) -> dict:
     out = json.loads(json.dumps(metrics))
     out.pop("seconds")
     for m in out["attacks"].values():
-        m.pop("seconds"), m.pop("cached_batches")
+        m.pop("seconds"), m.pop("cached_images")
     return out
 
 

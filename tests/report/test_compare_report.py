@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from tracekit import hookimpl, plugins
 from tracekit import compare
-from tracekit.engine.summary import test_scores
+from tracekit.engine.summary import scores_of_test_part
 from tracekit.testing import testing_plugin
 
 EVIL_LABEL = '<b>&"x'
@@ -87,7 +87,7 @@ def test_roc_curves_are_each_detectors_clean_vs_successful_rows(result):
     with open(result.out_dir / "scores.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
     for index, (label, entry) in enumerate(result.metrics["detectors"].items()):
-        clean_rows, rows = test_scores(result.out_dir, result.spec, f"d{index:02d}")
+        clean_rows, rows = scores_of_test_part(result.out_dir, result.spec, f"d{index:02d}")
         clean = clean_rows["score"]
         adversarial = {attack: r["score"][r["success"]] for attack, r in rows.items()}
         mine = [r for r in csv_rows if r["detector"] == label]

@@ -75,20 +75,24 @@ def test_figures_exist_and_are_not_blank(result, name, png_stats):
 
 @pytest.fixture(scope="module")
 def figures(result, tmp_path_factory):
-    return result.out_dir, write_figures(read_run(result.out_dir), examples=3)
+    import shutil
+
+    copy = tmp_path_factory.mktemp("figures") / "run"  # the run's own figures stay as the report inlined them
+    shutil.copytree(result.out_dir, copy)
+    return copy, write_figures(read_run(copy), examples=3)
 
 
 def test_example_panels_show_test_images_successful_first_with_run_scores(result, figures):
     import pandas as pd
 
-    from tracekit.engine.summary import test_scores
+    from tracekit.engine.summary import scores_of_test_part
 
     run_dir, figures = figures
     clean = pd.read_parquet(run_dir / "tables" / "clean")
     test_ids = set(clean.loc[clean["part"] == "test", "sample_id"])
     with open(run_dir / "scores.csv", newline="") as fh:
         scores = {(r["sample_id"], r["attack"]): float(r["score"]) for r in csv.DictReader(fh)}
-    _, attacks = test_scores(run_dir, result.spec, "d00")
+    _, attacks = scores_of_test_part(run_dir, result.spec, "d00")
     assert [e["attack"] for e in figures["examples"]] == [EVIL_LABEL, "sign-noise"]
     for entry in figures["examples"]:
         examples, outcomes = entry["examples"], attacks[entry["attack"]]
@@ -186,7 +190,7 @@ def test_report_tables_match_metrics_json(page, metrics):
             *shown(m["n_clean"], "d"), *shown(m["n_attacked"], "d"), *shown(m["success_rate"], ".1%"),
             *shown(m["gt_confidence"], ".3f"), *shown(m["target_confidence"], ".3f"),
             *shown(m["perturbation"]["l2"], ".3g"), *shown(m["perturbation"]["linf"], ".3g"),
-            *shown(m["seconds"], ".1f"), *shown(m["cached_batches"], "d"),
+            *shown(m["seconds"], ".1f"), *shown(m["cached_images"], "d"),
         ]  # fmt: skip
         tprs = [cell for level in ("0.01", "0.05", "0.1")
                 for cell in shown(m["tpr_at_fpr"][level], ".3f", m["tpr_at_fpr_ci"][level])]  # fmt: skip

@@ -137,12 +137,25 @@ class ImageFolder:
                 preparation = Preparation.for_model(model, self.size)
             except TracekitError as exc:
                 raise TracekitError(f"imagefolder: {exc}") from None
-            self._prepared[key] = (preparation, *_class_mapping(list(self.files), model))
+            mapping, method = _class_mapping(list(self.files), model)
+            self._prepared[key] = (preparation, mapping, method)
+            # Recorded (and warned about) once per process; the engine prepares in its main
+            # process before it starts the loader's workers, which inherit this.
+            if method == "sorted":
+                warnings.warn(
+                    "imagefolder: no folder is named after one of the model's classes; taking folders in sorted "
+                    f"order as classes 0..{len(mapping) - 1}",
+                    stacklevel=3,
+                )
+            self.info.update(
+                class_mapping=dict(mapping), mapping=method, crop=list(preparation.crop), crop_pct=preparation.crop_pct
+            )
         return self._prepared[key]
 
     def item(self, index: int, model: LoadedModel) -> Item | Unreadable:
         """File `index` (round-robin order) as `(relative path, image[C,H,W], class index)`, or
-        `Unreadable` when it cannot be decoded; warns about nothing and records nothing in `info`."""
+        `Unreadable` when it cannot be decoded. Only the first call for a kind of model records the
+        class mapping in `info` (and warns when it falls back to sorted order)."""
         from PIL import Image
 
         preparation, mapping, _ = self._prepare(model)
@@ -156,16 +169,7 @@ class ImageFolder:
 
     def samples(self, model: LoadedModel) -> Iterator[Item]:
         """Yield `(relative path, image[C,H,W], class index)`; unreadable files are skipped with a warning."""
-        preparation, mapping, method = self._prepare(model)
-        if method == "sorted":
-            warnings.warn(
-                "imagefolder: no folder is named after one of the model's classes; taking folders in sorted "
-                f"order as classes 0..{len(mapping) - 1}",
-                stacklevel=2,
-            )
-        self.info.update(
-            class_mapping=dict(mapping), mapping=method, crop=list(preparation.crop), crop_pct=preparation.crop_pct
-        )
+        self._prepare(model)
         count = 0
         for index in range(len(self)):
             got = self.item(index, model)

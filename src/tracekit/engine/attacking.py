@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,13 @@ def attack_stage(
             run.table.write(batch.chunk.name, _outcomes(batch.index, batch.ids, batch.images, labels, entry, cached))
             done += len(batch.ids)
             advance(len(batch.ids))
+    if run.cache.corrupt:
+        n = run.cache.corrupt
+        warnings.warn(
+            f"{description}: {n} unusable cache entr{'y' if n == 1 else 'ies'} (the first, {run.cache.first_problem}); "
+            f"recomputed {'it' if n == 1 else 'them'}",
+            stacklevel=2,
+        )
 
 
 def _attack_chunk(

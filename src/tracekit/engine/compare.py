@@ -9,10 +9,9 @@ Each fitted detector is kept under `detectors/<NN>-<label>/` (as a run keeps its
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ def compare(
     detectors = [build("detector", cfg) for cfg in spec.detectors]
     prep = prepare(spec, dev, work, use_cache, any(d.needs_adversarial_fit for d in detectors))
     per_detector: dict[str, Any] = {}
-    rows: list[Iterator[tuple[Any, ...]]] = []
+    rows: list[tuple[Any, ...]] = []
     for index, (label, detector) in enumerate(zip(labels, detectors)):
         t0 = time.perf_counter()
         ev = evaluate(prep, detector, spec.detectors[index], f"d{index:02d}", label)
@@ -73,7 +72,7 @@ def compare(
             **ev.extra,
             "seconds": time.perf_counter() - t0,
         }
-        rows.append(((label, *row) for row in ev.rows(prep.clean)))
+        rows += [(label, *row) for row in ev.rows(prep.clean)]
     metrics = {
         "detectors": per_detector,
         "data": data_summary(prep),
@@ -83,7 +82,7 @@ def compare(
     record_provenance(prep)
     rundir.write_resolved_spec(work, spec)
     rundir.write_metrics(work, metrics)
-    write_scores(work / "scores.csv", itertools.chain.from_iterable(rows), COMPARE_COLUMNS)
+    write_scores(work / "scores.csv", rows, COMPARE_COLUMNS)
     if finish is not None:
         finish(work)
     rundir.finish(work, final, SCRATCH)

@@ -74,6 +74,8 @@ class Reader:
         self.num_workers = num_workers
         self.random_access = isinstance(dataset, RandomAccessDataset)
         self.reported: set[str] = set()
+        if self.random_access and len(self):  # whole-dataset errors and choices here, before any worker
+            self._checked(*_first(_Items(dataset, model_shape(model), where)))  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         """The number of items (random access only)."""
@@ -167,6 +169,11 @@ class Reader:
         if len(bad):
             raise TracekitError(f"{self.where}: label {int(bad[0])} is outside the model's {self.model.num_classes} classes")
         return Batch(chunk, positions, ids, images, labels)
+
+
+def _first(items: _Items) -> tuple[Chunk, np.ndarray, list[str], torch.Tensor, torch.Tensor, list[Unreadable]]:
+    positions, ids, images, labels, unreadable = _collate([items[0]])
+    return Chunk("first", np.zeros(1, np.int64)), np.asarray(positions, dtype=np.int64), ids, images, labels, unreadable
 
 
 class _Problem(str):

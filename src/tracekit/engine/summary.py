@@ -61,15 +61,15 @@ def attack_metrics(
         "flag_rate": _mean(failed > threshold),
     }
     out["seconds"] = float(outcomes["seconds"].sum())
-    out["cached_batches"] = int(outcomes["cached"].sum())
+    out["cached_images"] = int(outcomes["cached"].sum())  # adversarials read from the attack cache
     return out
 
 
-def score_rows(clean: Clean, test_scores: np.ndarray, attacks: Iterable[tuple[str, dict[str, np.ndarray], np.ndarray]]) -> Iterator[tuple[Any, ...]]:
-    """`scores.csv` rows of one detector: the clean test images (`test_scores` in position
+def score_rows(clean: Clean, test_part: np.ndarray, attacks: Iterable[tuple[str, dict[str, np.ndarray], np.ndarray]]) -> Iterator[tuple[Any, ...]]:
+    """`scores.csv` rows of one detector: the clean test images (`test_part`: their scores in position
     order), then per attack `(key, outcomes of test images, their scores)`."""
     test = clean.part == "test"
-    for sample_id, label, pred, score in zip(clean.ids[test], clean.labels[test], clean.preds[test], test_scores):
+    for sample_id, label, pred, score in zip(clean.ids[test], clean.labels[test], clean.preds[test], test_part):
         yield sample_id, "clean", int(label), int(pred), "", repr(float(score))
     for key, outcomes, scores in attacks:
         for sample_id, label, pred, ok, score in zip(
@@ -95,7 +95,7 @@ def attack_table(run_dir: Path, index: int, tag: str) -> Table:
     return bound if bound.exists() else Table(run_dir, f"attack-{index:02d}")
 
 
-def test_scores(run_dir: Path, spec: Spec, tag: str) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+def scores_of_test_part(run_dir: Path, spec: Spec, tag: str) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
     """A detector's clean test scores and, per attack, its test outcomes joined with their scores
     (columns of the attack table plus `score`), read from a run directory's tables."""
     clean = Table(run_dir, f"scores-{tag}-clean").read()

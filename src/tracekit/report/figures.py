@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.summary import test_scores
+from ..engine.summary import scores_of_test_part
 from ..protocols import Detector
 from .rundata import RunData
 
@@ -311,7 +311,7 @@ def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
     """
     from ..progress import progress
 
-    clean, attacks = test_scores(run.dir, run.spec, "d00")
+    clean, attacks = scores_of_test_part(run.dir, run.spec, "d00")
     adversarial = {key: rows["score"][rows["success"]] for key, rows in attacks.items()}
     aucs = {key: m["auc"] for key, m in run.metrics["attacks"].items()}
     threshold = float(run.metrics["threshold"])
@@ -377,7 +377,7 @@ def write_compare_figures(run: RunData) -> dict[str, Any]:
     attacks = list(dict.fromkeys(a for entry in detectors.values() for a in entry["attacks"]))
     per_detector = {}
     for index, label in enumerate(detectors):
-        clean, rows = test_scores(run.dir, run.spec, f"d{index:02d}")
+        clean, rows = scores_of_test_part(run.dir, run.spec, f"d{index:02d}")
         per_detector[label] = (clean["score"], {key: r["score"][r["success"]] for key, r in rows.items()})
     out: dict[str, Any] = {"heatmap": "auc_heatmap.png", "rocs": []}
     taken: set[str] = set()

@@ -33,7 +33,7 @@ ATTACK_GROUPS: list[Group] = [
         ("GT conf.", "gt_confidence", ".3f"), ("target conf.", "target_confidence", ".3f"),
     ]),
     ("mean perturbation", [("L2", "perturbation.l2", ".3g"), ("L∞", "perturbation.linf", ".3g")]),
-    ("attack cost", [("seconds", "seconds", ".1f"), ("cached batches", "cached_batches", "d")]),
+    ("attack cost", [("seconds", "seconds", ".1f"), ("cached images", "cached_images", "d")]),
 ]  # fmt: skip
 REALIZED_COLUMNS: list[Column] = [
     ("FPR", "fpr", ".3f"), ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
