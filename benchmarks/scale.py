@@ -82,14 +82,11 @@ def peak_of_run(work: Path, n: int, model: Path, batch: int, size: int) -> tuple
     return float(peak), float(seconds)
 
 
-def loader_vs_model(work: Path, n: int, model_path: Path, batch: int) -> tuple[float, float]:
+def loader_vs_model(work: Path, n: int, model_path: Path, batch: int, size: int) -> tuple[float, float]:
     """Images/s of the engine's reader alone and of forward+backward on the same batches."""
-    import torch
-
     import tracekit
     from tracekit.engine.reading import Reader, chunks, default_workers
 
-    size = int(model_path.stem.split("-")[-1]) if "-" in model_path.stem else 224
     model = tracekit.create("model", "torchscript", path=str(model_path), input_size=[3, size, size])
     dataset = tracekit.create("dataset", "imagefolder", root=str(work / f"images-{n}"))
     reader = Reader(dataset, model, default_workers())
@@ -113,13 +110,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tracekit-scale-") as tmp:
         work = Path(tmp)
-        model = work / f"model-{args.size}.pt"
+        model = work / "model.pt"
         make_model(model, args.size)
         for n in (args.small, args.large):
             make_images(work / f"images-{n}", n, args.size)
         small = peak_of_run(work, args.small, model, args.batch, args.size)
         large = peak_of_run(work, args.large, model, args.batch, args.size)
-        loading, compute = loader_vs_model(work, args.large, model, args.batch)
+        loading, compute = loader_vs_model(work, args.large, model, args.batch, args.size)
     print(json.dumps({"size": args.size, "batch_size": args.batch}))
     print(f"peak RSS, {args.small:>6} images: {small[0]:8.0f} MiB ({small[1]:.0f} s)")
     print(f"peak RSS, {args.large:>6} images: {large[0]:8.0f} MiB ({large[1]:.0f} s)")

@@ -224,7 +224,6 @@ def test_predicted_labels_count_every_image_as_correct(tmp_path):
 
 def test_predicted_labels_are_validated():
     with pytest.raises(TracekitError, match="data.labels: expected one of dataset, predicted"):
-        tracekit.load_spec  # noqa: B018 (the API is importable)
         from tracekit.spec import validate_spec
 
         validate_spec(spec(data={"name": "indexed-images", "labels": "guess"}))

@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ class AttackRun:
     chunks: list[Chunk]
     per_image: bool
 
-    def entry(self, ids: list[str]) -> CacheEntry:
+    def _entry(self, ids: list[str]) -> CacheEntry:
         """The cached adversarials of one chunk's images (`ids`, in order)."""
         return _joined([self._load([i]) for i in ids] if self.per_image else [self._load(ids)])
 
@@ -62,17 +63,17 @@ class AttackRun:
     def adversarials(self, wanted: np.ndarray, skip: set[str]) -> Iterator[tuple[str, np.ndarray, list[str], torch.Tensor]]:
         """`(chunk name, positions, ids, adversarials)` of the images at positions `wanted`,
         chunk by chunk as attacked (chunks named in `skip` are passed over unread)."""
-        ids_of = self.ids_by_position()
         for chunk in self.chunks:
             keep = np.isin(chunk.index, wanted)
             if not keep.any() or chunk.name in skip:
                 continue
-            ids = [ids_of[int(p)] for p in chunk.index]
-            adversarial = self.entry(ids).adversarial[torch.from_numpy(keep)]
-            positions = chunk.index[keep]
-            yield chunk.name, positions, [ids_of[int(p)] for p in positions], adversarial
+            ids = [self._ids[int(p)] for p in chunk.index]
+            adversarial = self._entry(ids).adversarial[torch.from_numpy(keep)]
+            yield chunk.name, chunk.index[keep], [i for i, k in zip(ids, keep) if k], adversarial
 
-    def ids_by_position(self) -> dict[int, str]:
+    @cached_property
+    def _ids(self) -> dict[int, str]:
+        """Sample id by dataset position, from the finished outcomes table (read once)."""
         rows = self.table.read(["index", "sample_id"])
         return dict(zip(rows["index"].tolist(), rows["sample_id"].tolist()))
 

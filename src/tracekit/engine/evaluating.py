@@ -21,7 +21,7 @@ from .attacking import AttackRun
 from .controls import randomized_copy
 from .fitting import fit, fit_and_calibrate
 from .metrics import detection_metrics, roc_auc
-from .predicting import Clean, probabilities
+from .predicting import Clean, by_position, probabilities
 from .preparing import Prepared, build
 from .scoring import NOISE_KINDS, clean_images, noisy_images, score_into
 from .summary import attack_metrics, score_rows
@@ -102,10 +102,8 @@ def _noise_control(
 ) -> dict[str, Any]:
     """Flag rate at the threshold, AUC against clean, and how often the prediction changed, for
     noise of each test image's adversarial size (sign noise: its L-inf, Gaussian: its L2)."""
-    positions = outcomes["index"]
-    size = int(prep.clean.index.max()) + 1
-    l2, linf = np.zeros(size), np.zeros(size)
-    l2[positions], linf[positions] = outcomes["l2"], outcomes["linf"]
+    positions, size = outcomes["index"], int(prep.clean.index.max()) + 1
+    l2, linf = (by_position(positions, outcomes[key], size) for key in ("l2", "linf"))
     labels = prep.clean.by_position(prep.clean.labels)
     out = {}
     for kind in NOISE_KINDS:

@@ -66,11 +66,16 @@ class Clean:
     def positions(self, part: str) -> np.ndarray:
         return self.index[self.part == part]
 
-    def by_position(self, values: np.ndarray, fill: int = -1) -> np.ndarray:
+    def by_position(self, values: np.ndarray) -> np.ndarray:
         """`values` (one per row) in an array indexed by dataset position."""
-        out = np.full(int(self.index.max()) + 1 if len(self.index) else 0, fill, dtype=values.dtype)
-        out[self.index] = values
-        return out
+        return by_position(self.index, values, int(self.index.max()) + 1)
+
+
+def by_position(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """An array of `size` indexed by position, holding `values[k]` at `index[k]` (zero elsewhere)."""
+    out = np.zeros(size, dtype=values.dtype)
+    out[index] = values
+    return out
 
 
 def clean_stage(
@@ -80,7 +85,7 @@ def clean_stage(
     """Predict every image not yet in `table` (chunk by chunk) and read the table back."""
     done = table.done()
     with progress("predict clean", total=len(reader) if reader.random_access else None) as advance:
-        for batch in _unfinished(reader, batch_size, done, device.type == "cuda"):
+        for batch in _unfinished(reader, batch_size, done):
             probs = probabilities(module, batch.images, device)
             preds = probs.argmax(1)
             labels = preds if predicted_labels else batch.labels
@@ -100,9 +105,9 @@ def clean_stage(
     return read_clean(table, where)
 
 
-def _unfinished(reader: Reader, batch_size: int, done: set[str], pin: bool) -> Iterator[Batch]:
+def _unfinished(reader: Reader, batch_size: int, done: set[str]) -> Iterator[Batch]:
     if reader.random_access:
-        yield from reader.read([c for c in chunks(np.arange(len(reader)), batch_size) if c.name not in done], pin)
+        yield from reader.read([c for c in chunks(np.arange(len(reader)), batch_size) if c.name not in done])
     else:
         yield from reader.read_all(batch_size, done)
 

@@ -92,8 +92,7 @@ class Prepared:
         )
         labels_of = self.clean.by_position(self.clean.labels)
         attack_stage(
-            attack, run, lambda todo: self.reader.read(todo, self.device.type == "cuda"), labels_of, self.model.module,
-            self.device, spec.seed, f"attack {key}",
+            attack, run, self.reader.read, labels_of, self.model.module, self.device, spec.seed, f"attack {key}",
         )
         return run
 
@@ -134,7 +133,7 @@ def prepare(spec: Spec, device: torch.device, work: Path, use_cache: bool, adver
     bound = screen_attacks(spec, attacks, model)
     dataset: Dataset = build("dataset", {k: v for k, v in spec.data.items() if k != "labels"})
     workers = default_workers() if spec.num_workers is None else spec.num_workers
-    reader = Reader(dataset, model, workers)
+    reader = Reader(dataset, model, workers, pin=device.type == "cuda")
     fingerprint = model_fingerprint(model.module)
     _reset_if_stale(work, stage_key(spec, fingerprint))
     clean = clean_stage(

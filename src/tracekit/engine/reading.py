@@ -69,9 +69,12 @@ def model_shape(model: LoadedModel) -> LoadedModel:
 class Reader:
     """Reads chunks of a dataset for a model, checking every item (`where` names the spec field)."""
 
-    def __init__(self, dataset: Dataset, model: LoadedModel, num_workers: int, where: str = "data") -> None:
+    def __init__(
+        self, dataset: Dataset, model: LoadedModel, num_workers: int, pin: bool = False, where: str = "data"
+    ) -> None:
+        """`pin`: page-locked batches, for a model on a GPU."""
         self.dataset, self.model, self.where = dataset, model, where
-        self.num_workers = num_workers
+        self.num_workers, self.pin = num_workers, pin
         self.random_access = isinstance(dataset, RandomAccessDataset)
         self.reported: set[str] = set()
         if self.random_access and len(self):  # whole-dataset errors and choices here, before any worker
@@ -81,12 +84,12 @@ class Reader:
         """The number of items (random access only)."""
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def read(self, todo: Sequence[Chunk], pin: bool = False) -> Iterator[Batch]:
+    def read(self, todo: Sequence[Chunk]) -> Iterator[Batch]:
         """The readable images of each chunk of `todo`, in order."""
         if not todo:
             return
         if self.random_access:
-            yield from self._loader(todo, pin)
+            yield from self._loader(todo)
         else:
             yield from self._iterate(todo)
 
@@ -107,7 +110,7 @@ class Reader:
         if chunk.name not in skip:
             yield self._from_items(chunk, items)
 
-    def _loader(self, todo: Sequence[Chunk], pin: bool) -> Iterator[Batch]:
+    def _loader(self, todo: Sequence[Chunk]) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
 
         items = _Items(self.dataset, model_shape(self.model), self.where)  # type: ignore[arg-type]
@@ -117,7 +120,7 @@ class Reader:
             batch_sampler=[c.index.tolist() for c in todo],
             num_workers=workers,
             collate_fn=_collate,
-            pin_memory=pin,
+            pin_memory=self.pin,
             prefetch_factor=4 if workers else None,
             persistent_workers=False,
         )

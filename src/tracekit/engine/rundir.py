@@ -72,7 +72,10 @@ def finish(work: Path, final: Path, scratch: tuple[str, ...]) -> None:
     """Replace `final` with the finished `work` directory (its `scratch` entries removed first)."""
     for name in scratch:
         target = work / name
-        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, old)

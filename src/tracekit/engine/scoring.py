@@ -61,12 +61,12 @@ def score_into(
     return table.read() if table.exists() else {"index": np.zeros(0, np.int64), "score": np.zeros(0)}
 
 
-def clean_images(reader: Reader, positions: np.ndarray, batch_size: int, pin: bool = False) -> Callable[[set[str]], Source]:
+def clean_images(reader: Reader, positions: np.ndarray, batch_size: int) -> Callable[[set[str]], Source]:
     """The dataset's images at `positions`, in chunks of `batch_size`."""
 
     def source(skip: set[str]) -> Source:
         todo = [c for c in chunks(positions, batch_size) if c.name not in skip]
-        for batch in reader.read(todo, pin):
+        for batch in reader.read(todo):
             yield batch.chunk.name, batch.index, batch.ids, batch.images
 
     return source

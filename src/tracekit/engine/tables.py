@@ -19,7 +19,6 @@ Tables of a run:
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,11 +31,6 @@ import pyarrow.parquet as pq
 from ..errors import TracekitError
 
 TABLES_DIR = "tables"
-
-
-def safe_name(label: str) -> str:
-    """A label as a file-name part: letters, digits and `._-`."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "x"
 
 
 class Table:

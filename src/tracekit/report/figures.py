@@ -324,10 +324,10 @@ def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
         score_hist_figure(run.dir / out["score_hist"], clean["score"], adversarial, threshold)
         advance(1)
         saved = run.examples()
-        setup = run.setup() if saved else None
+        setup, clean_rows = (run.setup(), run.clean()) if saved else (None, {})
         for key, rows in attacks.items():
             if key in saved:
-                drawn = _attack_examples(run, setup, key, saved[key], clean, rows, examples, taken)
+                drawn = _attack_examples(run, setup, key, saved[key], clean, clean_rows, rows, examples, taken)
                 out["examples"].append(drawn)
             advance(1)
     return out
@@ -335,11 +335,11 @@ def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
 
 def _attack_examples(
     run: RunData, setup: Any, key: str, saved: dict[str, Any], clean: dict[str, np.ndarray],
-    rows: dict[str, np.ndarray], n: int, taken: set[str],
+    clean_rows: dict[str, np.ndarray], rows: dict[str, np.ndarray], n: int, taken: set[str],
 ) -> dict[str, Any]:
-    """The example panel of one attack: its saved test images, successful adversarials first."""
+    """The example panel of one attack: its saved test images (`clean`: the clean test scores,
+    `clean_rows`: the clean table), successful adversarials first."""
     names = setup.model.class_names
-    clean_rows = run.clean()
     at = {int(p): i for i, p in enumerate(rows["index"])}
     clean_at = {int(p): i for i, p in enumerate(clean_rows["index"])}
     score_at = {int(p): float(s) for p, s in zip(clean["index"], clean["score"])}
