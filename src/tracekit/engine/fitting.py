@@ -51,12 +51,18 @@ def adversarial_fit(prep: Prepared, runs: list[AttackRun], positions: np.ndarray
 
 
 def fit(prep: Prepared, detector: Detector, model: LoadedModel, runs: list[AttackRun], prefix: str, select: np.ndarray) -> None:
-    """Fit on the subset's images where `select` (a mask over `prep.fit_subset`) holds."""
+    """Fit on the subset's images where `select` (a mask over `prep.fit_subset`) holds. A detector
+    that neither learns nor needs adversarial fit data (the paper's) gets an empty batch: reading
+    the subset for it would only cost time and memory."""
     adversarial = (
         adversarial_fit(prep, runs, prep.fit_subset[select], prefix) if detector.needs_adversarial_fit else None
     )
+    if learns(detector) or detector.needs_adversarial_fit:
+        clean = prep.fit_images()[torch.from_numpy(select)]
+    else:
+        clean = torch.zeros(0, *prep.model.input_size)
     seed_everything(prep.spec.seed)
-    detector.fit(model.module, prep.fit_images()[torch.from_numpy(select)], adversarial)
+    detector.fit(model.module, clean, adversarial)
 
 
 def fit_and_calibrate(
