@@ -69,7 +69,7 @@ def build_setup(model_cfg: dict[str, Any], detector_cfg: dict[str, Any], device:
                 threshold: float | None = None, fitted: dict[str, Any] | None = None) -> ScoringSetup:
     """Build the model and the detector of resolved component specs; `fitted`: the detector's
     learned state (`StatefulDetector.state_dict()`), which a detector that learns needs."""
-    from .engine.preparing import build
+    from .engine.context import build
 
     model: LoadedModel = build("model", model_cfg)
     model.module.to(device).eval()

@@ -54,6 +54,12 @@ def tracekit_register_detectors(register: Register) -> None:
     """Register detectors: factories returning a `tracekit.protocols.Detector`."""
 
 
+@hookspec
+def tracekit_register_executors(register: Register) -> None:
+    """Register executors: factories returning a `tracekit.protocols.Executor` (where a run's
+    per-image stages happen: `local`, `ray`, or a third party's, say SLURM or Dask)."""
+
+
 HOOK_OF_KIND: dict[str, str] = {
     "model": "tracekit_register_models",
     "dataset": "tracekit_register_datasets",
@@ -61,4 +67,5 @@ HOOK_OF_KIND: dict[str, str] = {
     "saliency": "tracekit_register_saliency",
     "score": "tracekit_register_scores",
     "detector": "tracekit_register_detectors",
+    "executor": "tracekit_register_executors",
 }

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .engine.context import Context, Done, Job, Stage
+    from .engine.reading import Chunk
 
 
 @dataclass
@@ -123,3 +127,36 @@ class StatefulDetector(Detector, Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class Shared(Protocol):
+    """A value handed to an executor's workers (a fitted detector): `get()` returns it there."""
+
+    def get(self) -> Any: ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Decides where the per-image stages of a run happen; the driver keeps the global steps
+    (split bookkeeping, detector fit, calibration, metrics, report).
+
+    `start(job, here)` is called once per run: `job` is what a worker needs to build its own
+    `Context` (`tracekit.engine.context.build_context(job)`), `here` the driver's context, for an
+    executor that works in this process. `map(stage, pieces)` runs `stage.run(context, shard)`
+    for shards of `pieces` (named chunks of images) and yields a `Done` per finished shard, in
+    any order; a shard may be retried (its results are files written atomically per chunk).
+    On `KeyboardInterrupt` it stops its workers' work and re-raises. `share(value)` makes a
+    value (a fitted detector) available to the workers. `close()` releases the workers.
+    `info` is what the run's provenance records about the executor.
+    """
+
+    info: dict[str, Any]
+
+    def start(self, job: Job, here: Context) -> None: ...
+
+    def share(self, value: Any) -> Shared: ...
+
+    def map(self, stage: Stage, pieces: list[Chunk]) -> Iterator[Done]: ...
+
+    def close(self) -> None: ...

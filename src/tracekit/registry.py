@@ -21,7 +21,7 @@ import pydantic
 
 from .errors import PluginError, SpecError, TracekitError, UnknownComponentError, closest, did_you_mean
 
-KINDS: tuple[str, ...] = ("model", "dataset", "attack", "saliency", "score", "detector")
+KINDS: tuple[str, ...] = ("model", "dataset", "attack", "saliency", "score", "detector", "executor")
 
 # Components of plugin distributions people are likely to name before installing them.
 KNOWN_PLUGINS: dict[tuple[str, str], str] = {

@@ -72,6 +72,7 @@ class Spec(BaseModel):
     controls: list[Literal["noise", "randomized-model"]] = []
     batch_size: int = Field(128, gt=0)
     num_workers: int | None = Field(None, ge=0, le=64)  # image-decoding processes; None: chosen from the machine
+    executor: Component = {"name": "local"}  # where per-image stages run: local, ray, or a plugin's
     provenance: dict[str, Any] | None = None  # written by `run`; ignored on input
     _source: str = PrivateAttr("spec")  # where it was read from, for later errors
 
@@ -233,6 +234,7 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
         spec.detector = resolve("detector", spec.detector, "detector")
     if spec.detectors is not None:
         spec.detectors = [resolve("detector", d, f"detectors.{i}") for i, d in enumerate(spec.detectors)]
+    spec.executor = resolve("executor", {"name": "local", **spec.executor} if isinstance(spec.executor, Mapping) else spec.executor, "executor")
     if problems:  # one problem keeps its own type (e.g. UnknownComponentError)
         kind = type(problems[0]) if len(problems) == 1 else SpecError
         raise kind(f"{source}: " + "; ".join(map(str, problems)))

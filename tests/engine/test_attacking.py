@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-import tempfile
-from pathlib import Path
-
 from tracekit import progress
 from tracekit.engine.attack_cache import AttackCache
-from tracekit.engine.attacking import AttackRun, attack_stage
+from tracekit.engine.attacking import AttackRun, AttackStage, attack_stage
 from tracekit.engine.reading import Batch, chunks
 from tracekit.engine.tables import Table
 from tracekit.errors import Interrupted
+from tracekit.executors.local import LocalExecutor
 from tracekit.testing import tiny_model
 
 
@@ -45,8 +47,14 @@ def _generate(attack, batch_size: int, seed: int = 0, cache_root=None, n: int = 
         for chunk in todo:
             yield Batch(chunk, chunk.index, [ids[i] for i in chunk.index], images[chunk.index], torch.zeros(len(chunk.index)))
 
-    attack_stage(attack, run, read, np.zeros(n, dtype=np.int64), model, torch.device("cpu"), seed, "noise")
-    return torch.cat([adv for *_, adv in run.adversarials(np.arange(n), set())]), run.table.read()
+    context = SimpleNamespace(
+        attacks=[attack], model=SimpleNamespace(module=model), device=torch.device("cpu"),
+        spec=SimpleNamespace(seed=seed), reader=SimpleNamespace(read=read),
+    )
+    executor = LocalExecutor()
+    executor.start(None, context)
+    attack_stage(executor, AttackStage(0, run, np.zeros(n, dtype=np.int64)))
+    return torch.cat([adv for *_, adv in run.adversarials(run.pieces(np.arange(n)))]), run.table.read()
 
 
 def _run(attack, batch_size: int, seed: int = 0) -> torch.Tensor:
@@ -98,7 +106,7 @@ def test_a_resumed_attacks_bar_starts_at_its_finished_images(tmp_path, monkeypat
     monkeypatch.setattr(progress, "_enabled", True)
     _generate(PerImageNumpyNoise(), batch_size=3, cache_root=tmp_path, work=tmp_path)
     (description, kwargs), = bars
-    assert description == "noise (6 done)"
+    assert description == "attack noise (6 done)"
     assert kwargs["completed"] == 6 and kwargs["total"] == 10  # cached images add no speed samples
 
 
@@ -116,7 +124,7 @@ class InterruptedAfter(PerImageNumpyNoise):
 
 
 def test_an_interrupted_attack_says_what_is_kept(tmp_path):
-    with pytest.raises(Interrupted, match=r"noise: 0/10 images are attacked and cached.*run the same command again"):
+    with pytest.raises(Interrupted, match=r"attack noise: 0/10 images are attacked and cached.*run the same command again"):
         _generate(InterruptedAfter(4), batch_size=10, cache_root=tmp_path)
     resumed, outcomes = _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)
     assert int(outcomes["cached"].sum()) == 4  # the images finished before Ctrl-C

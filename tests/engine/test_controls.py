@@ -1,14 +1,17 @@
 """Noise controls, model randomization, detector-bound (adaptive) attacks, transfer matrix."""
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 
 from tracekit import hookimpl, plugins
-import numpy as np
-
 from tracekit.engine.controls import randomized_copy
-from tracekit.engine.scoring import noisy_images
+from tracekit.engine.reading import Batch
 from tracekit.engine.run import run
+from tracekit.engine.scoring import CleanImages, NoisyImages
+from tracekit.engine.tables import Table
 from tracekit.testing import testing_plugin, tiny_model
 
 
@@ -93,27 +96,28 @@ def test_randomized_copy_changes_every_layer_and_leaves_the_original():
     assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), again.state_dict().values()))
 
 
-def test_noise_matches_perturbation_sizes():
+def test_noise_matches_perturbation_sizes(tmp_path):
     originals = torch.full((4, 1, 32, 32), 0.5)  # large enough that clipping never bites
     l2, linf = torch.tensor([0.5, 1.0, 1.5, 2.0]), torch.tensor([0.01, 0.05, 0.1, 0.2])
     ids = [f"img-{i}" for i in range(4)]
+    attack = Table(tmp_path, "attack-00")
+    attack.write("000000", {"index": np.arange(4), "l2": l2.double().numpy(), "linf": linf.double().numpy()})
 
-    def clean(skip):
-        yield "000000", np.arange(4), ids, originals
+    def read(pieces):
+        for piece in pieces:
+            yield Batch(piece, piece.index, [ids[i] for i in piece.index], originals[piece.index], torch.zeros(len(piece.index)))
 
-    def noisy(kind, part=slice(None)):
-        source = noisy_images(clean, kind, l2.double().numpy(), linf.double().numpy(), seed=0)
-        return next(source(set()))[3][part]
+    context = SimpleNamespace(reader=SimpleNamespace(read=read))
+
+    def noisy(kind, positions=np.arange(4)):
+        source = NoisyImages(CleanImages(positions, 4), kind, attack, seed=0)
+        return next(source.images(context, source.pieces()))[3]
 
     assert torch.allclose((noisy("sign") - originals).flatten(1).abs().amax(1), linf)
     assert torch.allclose((noisy("sign") - originals).abs().flatten(1).amin(1), linf)  # every pixel moved
     assert torch.allclose((noisy("gaussian") - originals).flatten(1).norm(dim=1), l2, atol=1e-5)
-
-    def first_two(skip):  # the same images in another batch get the same noise (seeded per id)
-        yield "000000", np.arange(2), ids[:2], originals[:2]
-
-    alone = noisy_images(first_two, "gaussian", l2.double().numpy(), linf.double().numpy(), seed=0)
-    assert torch.equal(next(alone(set()))[3], noisy("gaussian", slice(0, 2)))
+    # the same images in another batch get the same noise (seeded per id)
+    assert torch.equal(noisy("gaussian", np.arange(2)), noisy("gaussian")[:2])
 
 
 def test_run_with_controls_reports_noise_and_randomized_model(tmp_path):

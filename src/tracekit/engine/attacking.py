@@ -3,7 +3,7 @@
 An attack runs on one device batch (a chunk) at a time; its adversarials go to the attack cache
 (`AttackCache`, on disk, atomically) as soon as the batch is done, and one row per image goes
 to the attack's table (`attack-<NN>`): prediction, success, confidences, perturbation size and
-seconds. Later stages read the adversarials back from the cache chunk by chunk; nothing keeps
+seconds. `AttackStage` is the picklable stage an executor runs on any shard of the chunks. Later stages read the adversarials back from the cache chunk by chunk; nothing keeps
 them in memory. A `per_image` attack gets one image at a time, each seeded from its own id and
 cached on its own, so that any batching (or shard split) gives an image the same adversarial.
 """
@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import Interrupted, TracekitError
-from ..progress import progress
-from ..protocols import Attack
+from ..errors import TracekitError
+from ..protocols import Attack, Executor
 from .attack_cache import AttackCache, CacheEntry, batch_seed
+from .context import Context, DetectorHandle
+from .executing import execute
 from .reading import Chunk
 from .tables import Table
 
@@ -60,13 +61,19 @@ class AttackRun:
             )
         return entry
 
-    def adversarials(self, wanted: np.ndarray, skip: set[str]) -> Iterator[tuple[str, np.ndarray, list[str], torch.Tensor]]:
-        """`(chunk name, positions, ids, adversarials)` of the images at positions `wanted`,
-        chunk by chunk as attacked (chunks named in `skip` are passed over unread)."""
+    def pieces(self, wanted: np.ndarray) -> list[Chunk]:
+        """The attack's chunks cut down to the positions `wanted` (those that keep any)."""
+        cut = [Chunk(c.name, c.index[np.isin(c.index, wanted)]) for c in self.chunks]
+        return [c for c in cut if len(c.index)]
+
+    def adversarials(self, pieces: list[Chunk]) -> Iterator[tuple[str, np.ndarray, list[str], torch.Tensor]]:
+        """`(chunk name, positions, ids, adversarials)` of the images of `pieces` (from `pieces()`),
+        chunk by chunk, read from the attack cache."""
+        wanted = {p.name: p.index for p in pieces}
         for chunk in self.chunks:
-            keep = np.isin(chunk.index, wanted)
-            if not keep.any() or chunk.name in skip:
+            if chunk.name not in wanted:
                 continue
+            keep = np.isin(chunk.index, wanted[chunk.name])
             ids = [self._ids[int(p)] for p in chunk.index]
             adversarial = self._entry(ids).adversarial[torch.from_numpy(keep)]
             yield chunk.name, chunk.index[keep], [i for i, k in zip(ids, keep) if k], adversarial
@@ -78,48 +85,53 @@ class AttackRun:
         return dict(zip(rows["index"].tolist(), rows["sample_id"].tolist()))
 
 
-def attack_stage(
-    attack: Attack,
-    run: AttackRun,
-    read: Any,
-    labels_of: np.ndarray,
-    module: nn.Module,
-    device: torch.device,
-    seed: int,
-    description: str,
-) -> None:
-    """Attack the images of every chunk of `run` not yet in its table.
+@dataclass
+class AttackStage:
+    """Attack number `index` of the spec on chunks of images, into `results` (its table and the
+    attack cache); `labels_of[position]` is the label each image is attacked with. `bind` =
+    (fitted detector, threshold) for a detector-bound (adaptive) attack."""
 
-    `read(chunks)` yields the chunks' clean images (`Batch`es); `labels_of[position]` is the
-    label each image is attacked with. Cached chunks are counted first, so the progress bar's
-    rate and ETA cover only the work left.
-    """
-    done_chunks = run.table.done()
-    todo = [c for c in run.chunks if c.name not in done_chunks]
-    total = sum(len(c.index) for c in run.chunks)
-    done = total - sum(len(c.index) for c in todo)
-    if done:
-        description += f" ({done} done)"
-    with progress(description, total=total, keep=True, done=done) as advance:
-        for batch in read(todo):
+    index: int
+    results: AttackRun
+    labels_of: np.ndarray
+    bind: tuple[DetectorHandle, float] | None = None
+
+    @property
+    def table(self) -> Table:
+        return self.results.table
+
+    def run(self, context: Context, pieces: list[Chunk]) -> Iterator[int]:
+        attack = context.attacks[self.index]
+        if self.bind is not None:
+            handle, threshold = self.bind
+            attack.bind(context.detector(handle), threshold)  # type: ignore[attr-defined]
+        done = self.table.done()  # a retried shard keeps the chunks it finished
+        module, device, seed, key = context.model.module, context.device, context.spec.seed, self.results.key
+        for batch in context.reader.read([p for p in pieces if p.name not in done]):
             if not np.array_equal(batch.index, batch.chunk.index):
                 missing = sorted(set(batch.chunk.index.tolist()) - set(batch.index.tolist()))
-                raise TracekitError(f"{description}: image at position {missing[0]} could no longer be read")
-            labels = torch.from_numpy(labels_of[batch.index])
-            try:
-                entry, cached = _attack_chunk(attack, run, module, batch.ids, batch.images, labels, device, seed)
-            except KeyboardInterrupt:
-                raise Interrupted(_kept(description, done, total, run.cache)) from None
-            run.table.write(batch.chunk.name, _outcomes(batch.index, batch.ids, batch.images, labels, entry, cached))
-            done += len(batch.ids)
-            advance(len(batch.ids))
-    if run.cache.corrupt:
-        n = run.cache.corrupt
-        warnings.warn(
-            f"{description}: {n} unusable cache entr{'y' if n == 1 else 'ies'} (the first, {run.cache.first_problem}); "
-            f"recomputed {'it' if n == 1 else 'them'}",
-            stacklevel=2,
-        )
+                raise TracekitError(f"attack {key}: image at position {missing[0]} could no longer be read")
+            labels = torch.from_numpy(self.labels_of[batch.index])
+            entry, cached = _attack_chunk(attack, self.results, module, batch.ids, batch.images, labels, device, seed)
+            self.table.write(batch.chunk.name, _outcomes(batch.index, batch.ids, batch.images, labels, entry, cached))
+            yield len(batch.ids)
+        cache = self.results.cache
+        if cache.corrupt:
+            n = cache.corrupt
+            warnings.warn(
+                f"attack {key}: {n} unusable cache entr{'y' if n == 1 else 'ies'} (the first, {cache.first_problem}); "
+                f"recomputed {'it' if n == 1 else 'them'}",
+                stacklevel=2,
+            )
+
+
+def attack_stage(executor: Executor, stage: AttackStage) -> None:
+    """Attack every chunk of the stage's images not yet in its table, through `executor`."""
+    cache = stage.results.cache
+    execute(
+        executor, stage, stage.results.chunks, f"attack {stage.results.key}", keep=True,
+        kept=lambda description, done, total: _kept(description, done, total, cache),
+    )
 
 
 def _attack_chunk(

@@ -21,8 +21,9 @@ import yaml
 from ..errors import SpecError, TracekitError
 from ..spec import Calibration, Spec, component_label
 from . import rundir
+from .context import build
 from .evaluating import evaluate
-from .preparing import build, prepare
+from .preparing import prepare
 from .run import SCRATCH, Finish, as_spec, data_summary, record_provenance, start
 from .summary import SCORE_COLUMNS, write_scores
 
@@ -51,28 +52,31 @@ def compare(
     spec = as_spec(spec)
     if not spec.detectors:
         raise SpecError("`tracekit compare` needs a spec with `detectors:` (a list); this one has a single `detector:`")
-    spec, dev, final, work = start(spec, out, device)
+    spec, dev, executor, final, work = start(spec, out, device)
     started = time.perf_counter()
     labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
     detectors = [build("detector", cfg) for cfg in spec.detectors]
-    prep = prepare(spec, dev, work, use_cache, any(d.needs_adversarial_fit for d in detectors))
     per_detector: dict[str, Any] = {}
     rows: list[tuple[Any, ...]] = []
-    for index, (label, detector) in enumerate(zip(labels, detectors)):
-        t0 = time.perf_counter()
-        ev = evaluate(prep, detector, spec.detectors[index], f"d{index:02d}", label)
-        # kept for `tracekit detect --run DIR --detector LABEL`
-        directory = rundir.detector_dir(work, index, label)
-        rundir.write_detector(directory, spec, spec.detectors[index], ev.threshold, prep.fingerprint, detector)
-        per_detector[label] = {
-            "name": spec.detectors[index]["name"],
-            "attacks": ev.per_attack,
-            "threshold": ev.threshold,
-            "needs_adversarial_fit": bool(detector.needs_adversarial_fit),
-            **ev.extra,
-            "seconds": time.perf_counter() - t0,
-        }
-        rows += [(label, *row) for row in ev.rows(prep.clean)]
+    try:
+        prep = prepare(spec, dev, work, use_cache, any(d.needs_adversarial_fit for d in detectors), executor)
+        for index, (label, detector) in enumerate(zip(labels, detectors)):
+            t0 = time.perf_counter()
+            ev = evaluate(prep, detector, spec.detectors[index], f"d{index:02d}", label)
+            # kept for `tracekit detect --run DIR --detector LABEL`
+            directory = rundir.detector_dir(work, index, label)
+            rundir.write_detector(directory, spec, spec.detectors[index], ev.threshold, prep.fingerprint, detector)
+            per_detector[label] = {
+                "name": spec.detectors[index]["name"],
+                "attacks": ev.per_attack,
+                "threshold": ev.threshold,
+                "needs_adversarial_fit": bool(detector.needs_adversarial_fit),
+                **ev.extra,
+                "seconds": time.perf_counter() - t0,
+            }
+            rows += [(label, *row) for row in ev.rows(prep.clean)]
+    finally:
+        executor.close()
     metrics = {
         "detectors": per_detector,
         "data": data_summary(prep),

@@ -22,12 +22,12 @@ from torch import nn
 
 def randomized_copy(module: nn.Module, seed: int) -> tuple[nn.Module, list[str]]:
     """A deep copy with every parameterized layer re-initialized, top layer first (cascading);
-    the original is untouched. Returns the copy and the names of the randomized layers."""
-    clone = copy.deepcopy(module)
-    layers = [
-        (name, m) for name, m in clone.named_modules()
-        if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))
-    ]
+    the original is untouched. Returns the copy (on the module's device) and the names of the
+    randomized layers. The new weights are drawn on the CPU, so that every process (a driver, an
+    executor's workers) draws the same ones whatever its device."""
+    device = next(module.parameters(), torch.zeros(0)).device
+    clone = copy.deepcopy(module).cpu()
+    layers = _layers(clone)
     state = torch.random.get_rng_state()
     try:
         for i, (_, layer) in enumerate(reversed(layers)):
@@ -35,4 +35,16 @@ def randomized_copy(module: nn.Module, seed: int) -> tuple[nn.Module, list[str]]
             layer.reset_parameters()
     finally:
         torch.random.set_rng_state(state)
-    return clone.eval(), [name for name, _ in reversed(layers)]
+    return clone.to(device).eval(), [name for name, _ in reversed(layers)]
+
+
+def randomized_layers(module: nn.Module) -> list[str]:
+    """The names of the layers `randomized_copy` re-initializes, top layer first."""
+    return [name for name, _ in reversed(_layers(module))]
+
+
+def _layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
+        (name, m) for name, m in module.named_modules()
+        if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))
+    ]

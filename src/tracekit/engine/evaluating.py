@@ -9,21 +9,30 @@ model and transfer controls.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from ..errors import TracekitError
-from ..protocols import Detector, LoadedModel
+from ..protocols import Detector
 from .attacking import AttackRun
-from .controls import randomized_copy
+from .context import RANDOMIZED, TRAINED, DetectorHandle, build
+from .controls import randomized_layers
 from .fitting import fit, fit_and_calibrate
 from .metrics import detection_metrics, roc_auc
-from .predicting import Clean, by_position, probabilities
-from .preparing import Prepared, build
-from .scoring import NOISE_KINDS, clean_images, noisy_images, score_into
+from .predicting import Clean
+from .preparing import Prepared
+from .scoring import (
+    NOISE_KINDS,
+    Adversarials,
+    CleanImages,
+    NoisyImages,
+    ScoreStage,
+    Source,
+    score_into,
+)
 from .summary import attack_metrics, score_rows
 
 
@@ -48,12 +57,12 @@ def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any]
     """Fit `detector` (clean fit images, and adversarials of fit images if it needs them),
     calibrate its threshold on the clean fit part, run the adaptive attacks against it, score
     the test part and every attack, and run the spec's controls."""
-    spec, model = prep.spec, prep.model
+    spec = prep.spec
     prefix = f"{label}: " if label else ""
-    threshold = fit_and_calibrate(prep, detector, model, prep.runs, tag, prefix)
-    clean = _score_clean(prep, detector, model, tag, prefix)
+    threshold, handle = fit_and_calibrate(prep, detector, TRAINED, prep.runs, tag, prefix)
+    clean = _score_clean(prep, handle, prefix)
     adaptive = {
-        i: prep.attack(i, prep.test, f"attack-{i:02d}-{tag}", (detector, dict(detector_cfg), threshold))
+        i: prep.attack(i, prep.test, f"attack-{i:02d}-{tag}", (handle, dict(detector_cfg), threshold))
         for i in prep.bound
     }
     unbound = iter(prep.runs)
@@ -64,10 +73,10 @@ def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any]
         outcomes = run.table.read()
         in_test = np.isin(outcomes["index"], prep.test)
         outcomes = {k: v[in_test] for k, v in outcomes.items()}
-        adversarial = _score_adversarials(prep, detector, model, run, prep.test, f"{tag}-{run.table.name}", prefix)
+        adversarial = _score_adversarials(prep, handle, run, prep.test, prefix)
         m = attack_metrics(outcomes, clean, adversarial, threshold, spec)
         if "noise" in spec.controls:
-            m["noise"] = _noise_control(prep, detector, run, outcomes, clean, threshold, tag, prefix)
+            m["noise"] = _noise_control(prep, handle, run, outcomes, clean, threshold, prefix)
         per_attack[run.key] = m
         attack_rows.append((run.key, outcomes, adversarial))
     extra: dict[str, Any] = {}
@@ -78,40 +87,35 @@ def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any]
     return Evaluation(detector, threshold, per_attack, runs, clean, attack_rows, extra)
 
 
-def _score_clean(prep: Prepared, detector: Detector, model: LoadedModel, tag: str, prefix: str) -> np.ndarray:
-    test = prep.test
-    return score_into(
-        prep.table(f"scores-{tag}-clean"), clean_images(prep.reader, test, prep.spec.batch_size), detector, model,
-        prep.device, f"{prefix}score clean test", len(test),
-    )["score"]
+def _score(prep: Prepared, handle: DetectorHandle, name: str, source: Source, description: str, predictions: bool = False) -> dict[str, np.ndarray]:
+    """Scores of `handle`'s detector of `source`, in table `scores-<tag>-<name>`."""
+    table = prep.table(f"scores-{handle.tag}-{name}")
+    return score_into(prep.executor, ScoreStage(table, source, handle, description, predictions))
 
 
-def _score_adversarials(
-    prep: Prepared, detector: Detector, model: LoadedModel, run: AttackRun, positions: np.ndarray, table: str, prefix: str
-) -> np.ndarray:
+def _score_clean(prep: Prepared, handle: DetectorHandle, prefix: str) -> np.ndarray:
+    source = CleanImages(prep.test, prep.spec.batch_size)
+    return _score(prep, handle, "clean", source, f"{prefix}score clean test")["score"]
+
+
+def _score_adversarials(prep: Prepared, handle: DetectorHandle, run: AttackRun, positions: np.ndarray, prefix: str) -> np.ndarray:
     """Scores of `run`'s adversarials of the images at `positions`, in position order."""
-    return score_into(
-        prep.table(f"scores-{table}"), lambda skip: run.adversarials(positions, skip), detector, model, prep.device,
-        f"{prefix}score {run.key}", len(positions),
-    )["score"]
+    return _score(prep, handle, run.table.name, Adversarials(run, positions), f"{prefix}score {run.key}")["score"]
 
 
 def _noise_control(
-    prep: Prepared, detector: Detector, run: AttackRun, outcomes: dict[str, np.ndarray], clean: np.ndarray,
-    threshold: float, tag: str, prefix: str,
+    prep: Prepared, handle: DetectorHandle, run: AttackRun, outcomes: dict[str, np.ndarray], clean: np.ndarray,
+    threshold: float, prefix: str,
 ) -> dict[str, Any]:
     """Flag rate at the threshold, AUC against clean, and how often the prediction changed, for
     noise of each test image's adversarial size (sign noise: its L-inf, Gaussian: its L2)."""
-    positions, size = outcomes["index"], int(prep.clean.index.max()) + 1
-    l2, linf = (by_position(positions, outcomes[key], size) for key in ("l2", "linf"))
+    images = CleanImages(outcomes["index"], prep.spec.batch_size)
     labels = prep.clean.by_position(prep.clean.labels)
     out = {}
     for kind in NOISE_KINDS:
-        rows = score_into(
-            prep.table(f"scores-{tag}-{run.table.name}-noise-{kind}"),
-            noisy_images(clean_images(prep.reader, positions, prep.spec.batch_size), kind, l2, linf, prep.spec.seed),
-            detector, prep.model, prep.device, f"{prefix}score {run.key} {kind} noise", len(positions),
-            extra=lambda images: {"pred": probabilities(prep.model.module, images, prep.device).argmax(1).numpy()},
+        rows = _score(
+            prep, handle, f"{run.table.name}-noise-{kind}", NoisyImages(images, kind, run.table, prep.spec.seed),
+            f"{prefix}score {run.key} {kind} noise", predictions=True,
         )
         out[kind] = {
             "flag_rate": float(np.mean(rows["score"] > threshold)),
@@ -132,19 +136,15 @@ def _randomized_model(
 ) -> dict[str, Any]:
     """Fit, calibrate and score a fresh detector on a cascading-randomized copy of the model;
     each attack's AUC goes beside the real one (`per_attack[key]["randomized_model"]`)."""
-    module, layers = randomized_copy(prep.model.module, prep.spec.seed)
-    model = dataclasses.replace(prep.model, module=module)
     detector: Detector = build("detector", detector_cfg)
-    prefix, tag = f"{prefix}randomized model: ", f"{tag}-random"
-    threshold = fit_and_calibrate(prep, detector, model, prep.runs, tag, prefix)
-    clean = _score_clean(prep, detector, model, tag, prefix)
+    prefix = f"{prefix}randomized model: "
+    threshold, handle = fit_and_calibrate(prep, detector, RANDOMIZED, prep.runs, f"{tag}-random", prefix)
+    clean = _score_clean(prep, handle, prefix)
     for run in runs:
-        adversarial = _score_adversarials(
-            prep, detector, model, run, _successful_test(run, prep.test), f"{tag}-{run.table.name}", prefix
-        )
+        adversarial = _score_adversarials(prep, handle, run, _successful_test(run, prep.test), prefix)
         m = detection_metrics(clean, adversarial, threshold)
         per_attack[run.key]["randomized_model"] = {"auc": m["auc"], "tpr_at_fpr": m["tpr_at_fpr"]}
-    return {"layers": layers, "threshold": threshold}
+    return {"layers": randomized_layers(prep.model.module), "threshold": threshold}
 
 
 def _transfer(prep: Prepared, detector_cfg: Mapping[str, Any], tag: str, prefix: str) -> dict[str, dict[str, float | None]]:
@@ -153,17 +153,16 @@ def _transfer(prep: Prepared, detector_cfg: Mapping[str, Any], tag: str, prefix:
     everything = np.ones(len(prep.fit_subset), dtype=bool)
     for k, source in enumerate(prep.runs):
         detector: Detector = build("detector", detector_cfg)
-        here, where = f"{prefix}fit on {source.key}: ", f"{tag}-transfer{k:02d}"
+        here = f"{prefix}fit on {source.key}: "
         try:
             fit(prep, detector, prep.model, [source], here, everything)  # AUC only: no threshold needed
         except TracekitError:
             matrix[source.key] = {target.key: None for target in prep.runs}  # no fit adversarials
             continue
-        clean = _score_clean(prep, detector, prep.model, where, here)
+        handle = prep.share(detector, f"{tag}-transfer{k:02d}")
+        clean = _score_clean(prep, handle, here)
         matrix[source.key] = {
-            target.key: roc_auc(clean, _score_adversarials(
-                prep, detector, prep.model, target, _successful_test(target, prep.test), f"{where}-{target.table.name}", here,
-            ))
+            target.key: roc_auc(clean, _score_adversarials(prep, handle, target, _successful_test(target, prep.test), here))
             for target in prep.runs
-        }  # fmt: skip
+        }
     return matrix

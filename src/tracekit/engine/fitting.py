@@ -24,10 +24,11 @@ import torch
 from ..errors import TracekitError
 from ..protocols import Detector, LoadedModel, StatefulDetector
 from .attacking import AttackRun, seed_everything
+from .context import DetectorHandle
 from .metrics import calibrate_threshold
 from .predicting import FIT
 from .preparing import Prepared
-from .scoring import clean_images, score_images, score_into
+from .scoring import CleanImages, ScoreStage, score_images, score_into
 
 
 def learns(detector: Detector) -> bool:
@@ -41,7 +42,7 @@ def adversarial_fit(prep: Prepared, runs: list[AttackRun], positions: np.ndarray
     for run in runs:
         rows = run.table.read(["index", "success"])
         wanted = rows["index"][rows["success"] & np.isin(rows["index"], positions)]
-        parts += [adv for *_, adv in run.adversarials(wanted, set())]
+        parts += [adv for *_, adv in run.adversarials(run.pieces(wanted))]
     if not parts:
         raise TracekitError(
             f"{prefix or 'detector: '}needs adversarial fit data, but no attack succeeded on a fit-part image; "
@@ -66,19 +67,21 @@ def fit(prep: Prepared, detector: Detector, model: LoadedModel, runs: list[Attac
 
 
 def fit_and_calibrate(
-    prep: Prepared, detector: Detector, model: LoadedModel, runs: list[AttackRun], tag: str, prefix: str
-) -> float:
-    """Fit `detector`; return the threshold at the spec's target FPR of its clean fit-part scores."""
+    prep: Prepared, detector: Detector, variant: str, runs: list[AttackRun], tag: str, prefix: str
+) -> tuple[float, DetectorHandle]:
+    """Fit `detector` to the model `variant` (trained or randomized), hand it to the executor's
+    workers (as `tag`); return the threshold at the spec's target FPR of its clean fit-part
+    scores, and the fitted detector's handle."""
+    model = prep.context.model_for(variant)
     subset = prep.fit_subset
     everything = np.ones(len(subset), dtype=bool)
     held = _cross_fitted(prep, detector, model, runs, tag, prefix) if learns(detector) else np.zeros(0)
     fit(prep, detector, model, runs, prefix, everything)
+    handle = prep.share(detector, tag, variant)
     rest = np.setdiff1d(prep.clean.positions(FIT), subset) if learns(detector) else prep.clean.positions(FIT)
-    bs = prep.spec.batch_size
-    streamed = score_into(
-        prep.table(f"scores-{tag}-fit"), clean_images(prep.reader, rest, bs), detector, model, prep.device,
-        f"{prefix}score fit", len(rest),
-    )["score"]
+    streamed = score_into(prep.executor, ScoreStage(
+        prep.table(f"scores-{tag}-fit"), CleanImages(rest, prep.spec.batch_size), handle, f"{prefix}score fit",
+    ))["score"]  # fmt: skip
     scores = np.concatenate([held, streamed])
     target = prep.spec.calibration.target_fpr
     if len(scores) * target < 1:
@@ -87,7 +90,7 @@ def fit_and_calibrate(
             f"(the highest one, in effect); use at least {math.ceil(1 / target)} (data.limit, calibration.fit_fraction)",
             stacklevel=2,
         )
-    return calibrate_threshold(scores, target)
+    return calibrate_threshold(scores, target), handle
 
 
 def _cross_fitted(prep: Prepared, detector: Detector, model: LoadedModel, runs: list[AttackRun], tag: str, prefix: str) -> np.ndarray:

@@ -18,10 +18,14 @@ from torch import nn
 
 from ..errors import TracekitError
 from ..progress import progress
-from .reading import Batch, Reader, chunks
+from ..protocols import Executor
+from .context import Context
+from .executing import execute
+from .reading import Batch, Chunk, chunks
 from .tables import Table
 
 FIT, TEST = "fit", "test"
+SKIPPED = "skipped"
 
 
 @torch.no_grad()
@@ -78,38 +82,67 @@ def by_position(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class PredictClean:
+    """The clean stage: each image's prediction, confidences and part, one chunk at a time; the
+    ids and reasons of unreadable items go to the `skipped` table."""
+
+    table: Table
+    skipped: Table
+    seed: int
+    fit_fraction: float
+    predicted_labels: bool  # the model's prediction is the label (data.labels: predicted)
+
+    def run(self, context: Context, pieces: list[Chunk]) -> Iterator[int]:
+        done = self.table.done()  # a retried shard keeps the chunks it finished
+        for batch in context.reader.read([p for p in pieces if p.name not in done]):
+            self.write(batch, context.model.module, context.device)
+            yield len(batch.chunk.index)
+
+    def write(self, batch: Batch, module: nn.Module, device: torch.device) -> None:
+        probs = probabilities(module, batch.images, device)
+        preds = probs.argmax(1)
+        labels = preds if self.predicted_labels else batch.labels
+        correct = (preds == labels).numpy()
+        part = np.where(fit_score(batch.ids, self.seed) < self.fit_fraction, FIT, TEST)
+        if batch.skipped:
+            self.skipped.write(batch.chunk.name, {"sample_id": list(batch.skipped), "reason": list(batch.skipped.values())})
+        self.table.write(batch.chunk.name, {
+            "index": batch.index,
+            "sample_id": batch.ids,
+            "label": labels.numpy(),
+            "pred": preds.numpy(),
+            "confidence": probs.gather(1, preds[:, None])[:, 0].double().numpy(),
+            "gt_confidence": probs.gather(1, labels[:, None])[:, 0].double().numpy(),
+            "correct": correct,
+            "part": np.where(correct, part, ""),
+        })  # fmt: skip
+
+
 def clean_stage(
-    reader: Reader, table: Table, module: nn.Module, batch_size: int, device: torch.device, seed: int,
-    fit_fraction: float, predicted_labels: bool, where: str = "data",
+    executor: Executor, context: Context, seed: int, fit_fraction: float, predicted_labels: bool, where: str = "data"
 ) -> Clean:
-    """Predict every image not yet in `table` (chunk by chunk) and read the table back."""
-    done = table.done()
-    with progress("predict clean", total=len(reader) if reader.random_access else None) as advance:
-        for batch in _unfinished(reader, batch_size, done):
-            probs = probabilities(module, batch.images, device)
-            preds = probs.argmax(1)
-            labels = preds if predicted_labels else batch.labels
-            correct = (preds == labels).numpy()
-            part = np.where(fit_score(batch.ids, seed) < fit_fraction, FIT, TEST)
-            table.write(batch.chunk.name, {
-                "index": batch.index,
-                "sample_id": batch.ids,
-                "label": labels.numpy(),
-                "pred": preds.numpy(),
-                "confidence": probs.gather(1, preds[:, None])[:, 0].double().numpy(),
-                "gt_confidence": probs.gather(1, labels[:, None])[:, 0].double().numpy(),
-                "correct": correct,
-                "part": np.where(correct, part, ""),
-            })  # fmt: skip
-            advance(len(batch.ids))
-    return read_clean(table, where)
-
-
-def _unfinished(reader: Reader, batch_size: int, done: set[str]) -> Iterator[Batch]:
+    """Predict every image not yet in the `clean` table and read the table back. A dataset with
+    random access is cut into chunks for the executor; one that only iterates is read here, in
+    one pass (its positions are known only by reading it)."""
+    stage = PredictClean(context.table("clean"), context.table(SKIPPED), seed, fit_fraction, predicted_labels)
+    reader, size = context.reader, context.spec.batch_size
     if reader.random_access:
-        yield from reader.read([c for c in chunks(np.arange(len(reader)), batch_size) if c.name not in done])
+        execute(executor, stage, chunks(np.arange(len(reader)), size), "predict clean")
     else:
-        yield from reader.read_all(batch_size, done)
+        with progress("predict clean", total=None) as advance:
+            for batch in reader.read_all(size, stage.table.done()):
+                stage.write(batch, context.model.module, context.device)
+                advance(len(batch.ids))
+    return read_clean(stage.table, where)
+
+
+def skipped_items(table: Table) -> dict[str, str]:
+    """Unreadable items of the run: sample id -> reason."""
+    if not table.exists():
+        return {}
+    rows = table.read()
+    return dict(sorted(zip(rows["sample_id"].tolist(), rows["reason"].tolist())))
 
 
 def read_clean(table: Table, where: str = "data") -> Clean:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,28 +16,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cache import cache_dir
+from ..cache import cache_dir, ensure_dir
 from ..errors import TracekitError
-from ..plugins import registry
-from ..protocols import Attack, Dataset, Detector, LoadedModel
+from ..protocols import Attack, Dataset, Detector, Executor, LoadedModel
 from ..spec import Spec
 from .attack_cache import AttackCache, code_version, model_fingerprint
-from .attacking import AttackRun, attack_stage, seed_everything
+from .attacking import AttackRun, AttackStage, attack_stage, seed_everything
+from .context import (
+    KEY_FILE,
+    TRAINED,
+    Context,
+    DetectorHandle,
+    Job,
+    build,
+    dataset_spec,
+    load_model,
+)
 from .predicting import FIT, TEST, Clean, clean_stage, fit_score
 from .reading import Reader, chunks, default_workers
 from .tables import Table
-
-
-def build(kind: str, cfg: Mapping[str, Any]) -> Any:
-    """Build a resolved component spec through its registry."""
-    params = {k: v for k, v in cfg.items() if k not in ("name", "label")}
-    return registry(kind).create(str(cfg["name"]), **params)
-
-
-def load_model(spec: Spec, device: torch.device) -> LoadedModel:
-    model: LoadedModel = build("model", spec.model)
-    model.module.to(device).eval()
-    return model
 
 
 @dataclass
@@ -58,6 +54,8 @@ class Prepared:
     bound: list[int]  # indices of the spec's detector-bound (adaptive) attacks
     fit_subset: np.ndarray  # positions of the fit images a learning detector is fitted on
     cache_root: Path
+    executor: Executor  # where the per-image stages run
+    context: Context  # the driver's own: model, reader, attacks
     _fit_images: torch.Tensor | None = field(default=None, repr=False)
 
     def table(self, name: str) -> Table:
@@ -74,16 +72,21 @@ class Prepared:
             self._fit_images = torch.cat([b.images for b in batches])
         return self._fit_images
 
-    def attack(self, index: int, positions: np.ndarray, table: str, bind: tuple[Detector, dict[str, Any], float] | None = None) -> AttackRun:
+    def share(self, detector: Detector, tag: str, model: str = TRAINED) -> DetectorHandle:
+        """A fitted detector, handed to the executor's workers."""
+        return DetectorHandle(tag, model, self.executor.share(detector))
+
+    def attack(
+        self, index: int, positions: np.ndarray, table: str, bind: tuple[DetectorHandle, dict[str, Any], float] | None = None
+    ) -> AttackRun:
         """Run attack `index` of the spec on the images at `positions` (all correctly classified);
-        `bind` = (detector, its resolved spec, threshold) for a detector-bound attack."""
+        `bind` = (fitted detector, its resolved spec, threshold) for a detector-bound attack."""
         spec, attack = self.spec, self.attacks[index]
         cfg, key = spec.attacks[index], spec.attack_key(index)
         # A label only names results: relabelling an attack reuses its cached adversarials.
         cache_key = {**{k: v for k, v in cfg.items() if k != "label"}, "code": code_version(attack)}
         if bind is not None:
-            detector, detector_cfg, threshold = bind
-            attack.bind(detector, threshold)  # type: ignore[attr-defined]
+            handle, detector_cfg, threshold = bind
             cache_key.update(detector=detector_cfg, threshold=threshold)
         cache = AttackCache(self.fingerprint, cache_key, spec.seed, root=self.cache_root)
         run = AttackRun(
@@ -91,9 +94,7 @@ class Prepared:
             bool(getattr(attack, "per_image", False)),
         )
         labels_of = self.clean.by_position(self.clean.labels)
-        attack_stage(
-            attack, run, self.reader.read, labels_of, self.model.module, self.device, spec.seed, f"attack {key}",
-        )
+        attack_stage(self.executor, AttackStage(index, run, labels_of, None if bind is None else (handle, threshold)))
         return run
 
 
@@ -117,12 +118,15 @@ def screen_attacks(spec: Spec, attacks: list[Attack], model: LoadedModel) -> lis
 def stage_key(spec: Spec, fingerprint: str) -> str:
     """What a run's tables depend on: the spec (without provenance and reading settings) and the
     model's weights. A resumed run reuses the tables of an interrupted one only when it matches."""
-    data = spec.model_dump(mode="json", exclude={"provenance", "num_workers"})
+    data = spec.model_dump(mode="json", exclude={"provenance", "num_workers", "executor"})
     return hashlib.sha256(json.dumps([data, fingerprint], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def prepare(spec: Spec, device: torch.device, work: Path, use_cache: bool, adversarial_fit: bool) -> Prepared:
-    """Load model and data, predict and split the clean images, run (or load cached) attacks.
+def prepare(
+    spec: Spec, device: torch.device, work: Path, use_cache: bool, adversarial_fit: bool, executor: Executor
+) -> Prepared:
+    """Load model and data, start the executor, predict and split the clean images, run (or load
+    cached) attacks.
 
     With `use_cache=False` adversarials are kept in the run's own folder (removed when it ends),
     never read from or written to the user's attack cache.
@@ -131,28 +135,29 @@ def prepare(spec: Spec, device: torch.device, work: Path, use_cache: bool, adver
     model = load_model(spec, device)
     attacks: list[Attack] = [build("attack", cfg) for cfg in spec.attacks]
     bound = screen_attacks(spec, attacks, model)
-    dataset: Dataset = build("dataset", {k: v for k, v in spec.data.items() if k != "labels"})
+    dataset: Dataset = build("dataset", dataset_spec(spec))
     workers = default_workers() if spec.num_workers is None else spec.num_workers
     reader = Reader(dataset, model, workers, pin=device.type == "cuda")
     fingerprint = model_fingerprint(model.module)
-    _reset_if_stale(work, stage_key(spec, fingerprint))
+    key = stage_key(spec, fingerprint)
+    _reset_if_stale(work, key)
+    cache_root = cache_dir() / "attacks" if use_cache else work / "adversarials"
+    ensure_dir(cache_root)
+    context = Context(spec, device, work, cache_root, model, reader, attacks)
+    executor.start(Job(spec, work, cache_root, fingerprint, key), context)
     clean = clean_stage(
-        reader, Table(work, "clean"), model.module, spec.batch_size, device, spec.seed,
-        spec.calibration.fit_fraction, spec.data.get("labels") == "predicted",
+        executor, context, spec.seed, spec.calibration.fit_fraction, spec.data.get("labels") == "predicted"
     )
     fit = clean.positions(FIT)
     ranked = fit[np.argsort(fit_score(clean.ids[clean.part == FIT].tolist(), f"{spec.seed}:fit-subset"), kind="stable")]
     fit_subset = np.sort(ranked[: spec.calibration.fit_images])
-    cache_root = cache_dir() / "attacks" if use_cache else work / "adversarials"
     prep = Prepared(
-        spec, device, work, model, dataset, reader, clean, fingerprint, attacks, [], bound, fit_subset, cache_root
+        spec, device, work, model, dataset, reader, clean, fingerprint, attacks, [], bound, fit_subset, cache_root,
+        executor, context,
     )
     attacked = np.union1d(prep.test, fit_subset) if adversarial_fit else prep.test
     prep.runs = [prep.attack(i, attacked, f"attack-{i:02d}") for i in range(len(attacks)) if i not in bound]
     return prep
-
-
-KEY_FILE = ".stage-key"
 
 
 def _reset_if_stale(work: Path, key: str) -> None:

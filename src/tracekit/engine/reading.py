@@ -9,7 +9,8 @@ in memory. A dataset that only iterates (`samples`, e.g. a third-party plugin) i
 pass, keeping the images of the chunk being filled.
 
 Items are checked as they arrive: image size against the model's input, labels against its
-classes; unreadable items (`Unreadable`) are reported once and skipped.
+classes; unreadable items (`Unreadable`) are reported once, skipped and listed in their batch
+(`Batch.skipped`, which the clean stage keeps in the `skipped` table).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Batch:
     ids: list[str]
     images: torch.Tensor  # [B,C,H,W] float32 in [0, 1]
     labels: torch.Tensor  # [B] long: the dataset's labels
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # unreadable items: id -> reason
 
 
 def chunks(index: np.ndarray, size: int, prefix: str = "") -> list[Chunk]:
@@ -165,13 +167,10 @@ class Reader:
             if item.sample_id not in self.reported:
                 self.reported.add(item.sample_id)
                 warnings.warn(f"{self.where}: skipping unreadable image {item.sample_id} ({item.reason})", stacklevel=4)
-                skipped = self.dataset.info.setdefault("skipped", {})
-                if isinstance(skipped, dict):
-                    skipped[item.sample_id] = item.reason
         bad = labels[(labels < 0) | (labels >= self.model.num_classes)]
         if len(bad):
             raise TracekitError(f"{self.where}: label {int(bad[0])} is outside the model's {self.model.num_classes} classes")
-        return Batch(chunk, positions, ids, images, labels)
+        return Batch(chunk, positions, ids, images, labels, {item.sample_id: item.reason for item in unreadable})
 
 
 def _first(items: _Items) -> tuple[Chunk, np.ndarray, list[str], torch.Tensor, torch.Tensor, list[Unreadable]]:

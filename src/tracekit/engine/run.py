@@ -19,13 +19,14 @@ import torch
 
 from ..errors import SpecError
 from ..plugins import registry
-from ..protocols import Detector
+from ..protocols import Detector, Executor
 from ..spec import Spec, load_spec, validate_spec
 from . import rundir
+from .context import KEY_FILE, build
 from .device import resolve_device
 from .evaluating import evaluate
-from .predicting import FIT, TEST
-from .preparing import KEY_FILE, Prepared, build, prepare
+from .predicting import FIT, SKIPPED, TEST, skipped_items
+from .preparing import Prepared, prepare
 from .summary import EXAMPLES_FILE, save_examples, write_scores
 
 Finish = Callable[[Path], Any]
@@ -52,14 +53,15 @@ def as_spec(spec: Spec | str | Path | Mapping[str, Any]) -> Spec:
 
 def start(
     spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None, device: str | None
-) -> tuple[Spec, torch.device, Path, Path]:
-    """Validate the spec (with a `--device` override), check the device, make the run's final
-    and work directories."""
+) -> tuple[Spec, torch.device, Executor, Path, Path]:
+    """Validate the spec (with a `--device` override), check the device, build the executor,
+    make the run's final and work directories."""
     spec = as_spec(spec)
     if device is not None:
         spec = validate_spec({**spec.model_dump(exclude_none=True), "device": device}, source="--device")
     dev = resolve_device(spec.device)
-    return spec, dev, *rundir.make_run_dir(out, spec.name)
+    executor: Executor = build("executor", spec.executor)
+    return spec, dev, executor, *rundir.make_run_dir(out, spec.name)
 
 
 def data_summary(prep: Prepared) -> dict[str, Any]:
@@ -78,9 +80,13 @@ def data_summary(prep: Prepared) -> dict[str, Any]:
 def record_provenance(prep: Prepared) -> None:
     spec = prep.spec
     dists = {registry(kind).get(cfg["name"]).source for kind, cfg in _components(spec)}
+    data = dict(prep.dataset.info)
+    skipped = skipped_items(prep.table(SKIPPED))
+    if skipped:
+        data["skipped"] = skipped
     spec.provenance = rundir.provenance(
         spec, prep.device, dists,
-        {"model": prep.model.info, "data": prep.dataset.info, "num_workers": prep.reader.num_workers},
+        {"model": prep.model.info, "data": data, "num_workers": prep.reader.num_workers, "executor": prep.executor.info},
     )
 
 
@@ -99,11 +105,14 @@ def run(
     spec = as_spec(spec)
     if spec.detector is None:
         raise SpecError("this spec lists `detectors:`; run it with `tracekit compare`, or give one `detector:`")
-    spec, dev, final, work = start(spec, out, device)
+    spec, dev, executor, final, work = start(spec, out, device)
     started = time.perf_counter()
     detector: Detector = build("detector", spec.detector)
-    prep = prepare(spec, dev, work, use_cache, detector.needs_adversarial_fit)
-    ev = evaluate(prep, detector, spec.detector, "d00")
+    try:
+        prep = prepare(spec, dev, work, use_cache, detector.needs_adversarial_fit, executor)
+        ev = evaluate(prep, detector, spec.detector, "d00")
+    finally:
+        executor.close()
     metrics = {
         "attacks": ev.per_attack,
         "data": data_summary(prep),
@@ -125,7 +134,7 @@ def run(
 
 
 def _components(spec: Spec) -> list[tuple[str, Mapping[str, Any]]]:
-    parts: list[tuple[str, Mapping[str, Any]]] = [("model", spec.model), ("dataset", spec.data)]
+    parts: list[tuple[str, Mapping[str, Any]]] = [("model", spec.model), ("dataset", spec.data), ("executor", spec.executor)]
     parts += [("attack", a) for a in spec.attacks]
     for detector in [spec.detector] if spec.detector else (spec.detectors or []):
         parts.append(("detector", detector))

@@ -1,9 +1,9 @@
 """The scoring stage: a detector's scores of a stream of images, chunk by chunk, into a table.
 
-Sources of images are iterators of `(chunk name, positions, ids, images)` that pass over the
-chunks a table already holds without loading them: clean images from the dataset
-(`clean_images`), an attack's adversarials from the attack cache (`AttackRun.adversarials`) and
-noise of an adversarial's size (`noisy_images`, the noise control). Scores must be finite: a
+`ScoreStage` is the picklable stage an executor runs on any shard of a source's chunks. Sources
+of images: clean images from the dataset (`CleanImages`), an attack's adversarials from the
+attack cache (`Adversarials`) and noise of an adversarial's size (`NoisyImages`, the noise
+control). Scores must be finite: a
 detector that returns NaN or infinity stops the run with the component and the image named,
 rather than turning into a meaningless AUC.
 """
@@ -11,18 +11,24 @@ rather than turning into a meaningless AUC.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from ..errors import TracekitError
 from ..progress import progress
-from ..protocols import Detector, LoadedModel
-from .reading import Reader, chunks
+from ..protocols import Detector, Executor, LoadedModel
+from .attacking import AttackRun
+from .context import Context, DetectorHandle
+from .executing import execute
+from .predicting import by_position, probabilities
+from .reading import Chunk, chunks
 from .tables import Table
 
-Source = Iterator[tuple[str, np.ndarray, list[str], torch.Tensor]]
+Images = Iterator[tuple[str, np.ndarray, list[str], torch.Tensor]]
 NOISE_KINDS = ("sign", "gaussian")
 
 
@@ -39,57 +45,107 @@ def score_images(
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
-def score_into(
-    table: Table, source: Callable[[set[str]], Source], detector: Detector, model: LoadedModel, device: torch.device,
-    description: str, total: int, extra: Callable[[torch.Tensor], dict[str, np.ndarray]] | None = None,
-) -> dict[str, np.ndarray]:
-    """Score every chunk of `source` not yet in `table`; return the whole table (by position).
+class Source(Protocol):
+    """Images to score, in named chunks: `pieces()` on the driver, `images(context, pieces)`
+    (`(chunk name, positions, ids, images)` per chunk) wherever the stage runs."""
 
-    `extra(images)` adds columns computed from the same images (the noise control's predictions).
-    """
-    done = table.done()
-    with progress(description, total=total) as advance:
-        for name, positions, ids, images in source(done):
-            scores = detector.score(model.module, images.to(device, non_blocking=True)).detach().double().cpu().numpy()
-            if scores.shape != (len(ids),):
-                raise TracekitError(f"{description}: the detector returned {scores.shape} scores for {len(ids)} images")
-            if not np.isfinite(scores).all():
-                bad = ids[int(np.flatnonzero(~np.isfinite(scores))[0])]
-                raise TracekitError(f"{description}: the detector's score of '{bad}' is not finite ({scores[ids.index(bad)]})")
-            table.write(name, {"index": positions, "sample_id": ids, "score": scores, **(extra(images) if extra else {})})
-            advance(len(ids))
-    return table.read() if table.exists() else {"index": np.zeros(0, np.int64), "score": np.zeros(0)}
+    def pieces(self) -> list[Chunk]: ...
+
+    def images(self, context: Context, pieces: list[Chunk]) -> Images: ...
 
 
-def clean_images(reader: Reader, positions: np.ndarray, batch_size: int) -> Callable[[set[str]], Source]:
+@dataclass
+class CleanImages:
     """The dataset's images at `positions`, in chunks of `batch_size`."""
 
-    def source(skip: set[str]) -> Source:
-        todo = [c for c in chunks(positions, batch_size) if c.name not in skip]
-        for batch in reader.read(todo):
+    positions: np.ndarray
+    batch_size: int
+
+    def pieces(self) -> list[Chunk]:
+        return chunks(self.positions, self.batch_size)
+
+    def images(self, context: Context, pieces: list[Chunk]) -> Images:
+        for batch in context.reader.read(pieces):
             yield batch.chunk.name, batch.index, batch.ids, batch.images
 
-    return source
+
+@dataclass
+class Adversarials:
+    """An attack's adversarials of the images at `positions`, from the attack cache."""
+
+    results: AttackRun
+    positions: np.ndarray
+
+    def pieces(self) -> list[Chunk]:
+        return self.results.pieces(self.positions)
+
+    def images(self, context: Context, pieces: list[Chunk]) -> Images:
+        return self.results.adversarials(pieces)
 
 
-def noisy_images(
-    clean: Callable[[set[str]], Source], kind: str, l2: np.ndarray, linf: np.ndarray, seed: int
-) -> Callable[[set[str]], Source]:
-    """Each clean image plus random noise of its adversarial's size (`l2[position]`,
-    `linf[position]`): sign noise of its L-inf size or Gaussian noise of its L2 size, clipped to
-    [0, 1]; each image's noise is seeded from its id, so it is the same in any batch or shard."""
+@dataclass
+class NoisyImages:
+    """Each clean image plus random noise of its adversarial's size in `attack` (its table's
+    `l2` and `linf` columns): sign noise of the L-inf size or Gaussian noise of the L2 size,
+    clipped to [0, 1]; each image's noise is seeded from its id, so it is the same in any batch
+    or shard."""
 
-    def source(skip: set[str]) -> Source:
-        for name, positions, ids, images in clean(skip):
-            noise = torch.stack([_noise(kind, tuple(images.shape[1:]), seed, i) for i in ids])
-            if kind == "sign":
-                size = torch.from_numpy(linf[positions]).float()
+    clean: CleanImages
+    kind: str
+    attack: Table
+    seed: int
+
+    def pieces(self) -> list[Chunk]:
+        return self.clean.pieces()
+
+    def images(self, context: Context, pieces: list[Chunk]) -> Images:
+        rows = self.attack.read(["index", "l2", "linf"])
+        size = int(rows["index"].max()) + 1 if len(rows["index"]) else 0
+        l2, linf = (by_position(rows["index"], rows[key], size) for key in ("l2", "linf"))
+        for name, positions, ids, images in self.clean.images(context, pieces):
+            noise = torch.stack([_noise(self.kind, tuple(images.shape[1:]), self.seed, i) for i in ids])
+            if self.kind == "sign":
+                scale = torch.from_numpy(linf[positions]).float()
             else:
                 noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                size = torch.from_numpy(l2[positions]).float()
-            yield name, positions, ids, (images + noise * size.view(-1, 1, 1, 1)).clamp(0, 1)
+                scale = torch.from_numpy(l2[positions]).float()
+            yield name, positions, ids, (images + noise * scale.view(-1, 1, 1, 1)).clamp(0, 1)
 
-    return source
+
+@dataclass
+class ScoreStage:
+    """A fitted detector's scores of a source of images, chunk by chunk, into `table`;
+    `predictions` adds the trained model's prediction of each image (the noise control's)."""
+
+    table: Table
+    source: Source
+    detector: DetectorHandle
+    description: str
+    predictions: bool = False
+
+    def run(self, context: Context, pieces: list[Chunk]) -> Iterator[int]:
+        detector, model = context.detector(self.detector), context.model_for(self.detector.model)
+        done = self.table.done()  # a retried shard keeps the chunks it finished
+        todo = [p for p in pieces if p.name not in done]
+        for name, positions, ids, images in self.source.images(context, todo):
+            scores = detector.score(model.module, images.to(context.device, non_blocking=True)).detach().double().cpu().numpy()
+            if scores.shape != (len(ids),):
+                raise TracekitError(f"{self.description}: the detector returned {scores.shape} scores for {len(ids)} images")
+            if not np.isfinite(scores).all():
+                bad = int(np.flatnonzero(~np.isfinite(scores))[0])
+                raise TracekitError(f"{self.description}: the detector's score of '{ids[bad]}' is not finite ({scores[bad]})")
+            columns = {"index": positions, "sample_id": ids, "score": scores}
+            if self.predictions:
+                columns["pred"] = probabilities(context.model.module, images, context.device).argmax(1).numpy()
+            self.table.write(name, columns)
+            yield len(ids)
+
+
+def score_into(executor: Executor, stage: ScoreStage) -> dict[str, np.ndarray]:
+    """Score every chunk of the stage's source not yet in its table; return the whole table."""
+    execute(executor, stage, stage.source.pieces(), stage.description)
+    table = stage.table
+    return table.read() if table.exists() else {"index": np.zeros(0, np.int64), "score": np.zeros(0)}
 
 
 def _noise(kind: str, shape: tuple[int, ...], seed: int, sample_id: str) -> torch.Tensor:

@@ -123,7 +123,7 @@ def save_examples(path: Path, prep: Any, runs: Iterable[Any], n: int = 4) -> Non
         if not len(positions):
             continue
         originals = [b.images for b in prep.reader.read(chunks(positions, len(positions)))]
-        parts = list(run.adversarials(positions, set()))
+        parts = list(run.adversarials(run.pieces(positions)))
         out[run.key] = {
             "index": torch.from_numpy(positions), "ids": [i for p in parts for i in p[2]],
             "original": torch.cat(originals), "adversarial": torch.cat([p[3] for p in parts]),

@@ -1,0 +1,262 @@
+"""The `ray` executor: a run's per-image stages mapped over shards of chunks by long-lived Ray
+actors, on one machine or a cluster (`pip install 'tracekit[ray]'`).
+
+Each actor (`ShardWorker`, one per GPU where the cluster has GPUs) builds its model, data
+reader and attacks once from the run's `Job` (`tracekit.engine.context.build_context`) and then
+runs shard after shard of every stage; the driver keeps the global steps (split, detector fit,
+calibration, metrics, report) and hands fitted detectors to the actors through Ray's object
+store. Shards go out as actors become free, so a slow node does not hold the others up. A shard
+writes its results chunk by chunk, atomically, into the run directory and the attack cache,
+which must therefore be on storage every node sees; a worker that cannot see them says so.
+
+Faults: a worker process that dies is restarted by Ray and its shard retried
+(`max_restarts`/`max_task_retries`); the chunks it had finished are kept and skipped. Ctrl-C on
+the driver kills the actors (their finished chunks stay) and the same command resumes.
+
+This is deliberately not a home-made scheduler: placement, restarts, retries and object
+transfer are Ray's; this module only cuts stages into shards and keeps every actor busy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from ..cache import cache_dir
+from ..engine.context import Context, Done, Job, Stage, build_context
+from ..engine.reading import Chunk
+from ..errors import TracekitError
+
+RETRIES = 3  # restarts of a dead worker process, and retries of the shard it held
+EXTRA = "pip install 'tracekit[ray]'"
+
+
+class Remote:
+    """A value in Ray's object store, fetched by the workers that need it (once per worker)."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def get(self) -> Any:
+        import ray
+
+        return ray.get(self.ref)
+
+
+class ShardWorker:
+    """One Ray actor: a worker's context, built once from the job, and the shards it runs."""
+
+    def __init__(self, job: Job, threads: int, decoders: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.job, self.decoders = job, decoders
+        self.context: Context | None = None
+
+    def _context(self) -> Context:
+        if self.context is None:
+            self.context = build_context(self.job, self.decoders)
+        return self.context
+
+    def ready(self) -> dict[str, Any]:
+        """Build the context now (so that a worker's set-up errors come before any work); say where it runs."""
+        context = self._context()
+        return {"node": socket.gethostname(), "pid": os.getpid(), "device": str(context.device)}
+
+    def run(self, stage: Stage, shard: list[Chunk]) -> tuple[int, list[str]]:
+        """Run `stage` on `shard`; return its images and the warnings it raised."""
+        context = self._context()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            images = sum(stage.run(context, shard))
+        return images, list(dict.fromkeys(str(w.message) for w in caught))
+
+
+class RayExecutor:
+    """Maps stages over shards with `workers` long-lived actors."""
+
+    def __init__(
+        self, address: str | None, workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float,
+        shard_chunks: int | None, connect_timeout: float,
+    ) -> None:
+        self.address, self.workers, self.gpus, self.cpus = address, workers, gpus_per_worker, cpus_per_worker
+        self.shard_chunks, self.connect_timeout = shard_chunks, connect_timeout
+        self.actors: list[Any] = []
+        self.info: dict[str, Any] = {"name": "ray", "address": address}
+        self._started_ray = False
+
+    def start(self, job: Job, here: Context) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            _connect(self.address, self.connect_timeout)
+            self._started_ray = True
+        resources = ray.cluster_resources()
+        gpus = self.gpus if self.gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
+        count = self.workers or _fitting(resources, self.cpus, gpus)
+        _check_room(resources, count, self.cpus, gpus)
+        worker = ray.remote(
+            num_cpus=self.cpus, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES,
+            runtime_env={"env_vars": {"TRACEKIT_CACHE": str(cache_dir())}},
+        )(ShardWorker)
+        threads = max(1, int(self.cpus))
+        self.actors = [worker.remote(job, threads, threads - 1) for _ in range(count)]
+        where = self._gather([actor.ready.remote() for actor in self.actors], "starting the workers")
+        self.info = {
+            "name": "ray", "address": self.address, "workers": count, "gpus_per_worker": gpus,
+            "cpus_per_worker": self.cpus, "nodes": sorted({w["node"] for w in where}),
+            "devices": sorted({w["device"] for w in where}),
+        }
+
+    def share(self, value: Any) -> Remote:
+        import ray
+
+        return Remote(ray.put(value))
+
+    def map(self, stage: Stage, pieces: list[Chunk]) -> Iterator[Done]:
+        import ray
+
+        if not pieces:
+            return
+        shards = _shards(pieces, len(self.actors), self.shard_chunks)
+        staged = ray.put(stage)  # once in the object store, not once per shard
+        waiting = list(reversed(shards))
+        running: dict[Any, Any] = {}  # task -> actor
+        try:
+            for actor in self.actors:
+                if waiting:
+                    running[actor.run.remote(staged, waiting.pop())] = actor
+            while running:
+                finished, _ = ray.wait(list(running), num_returns=1)
+                actor = running.pop(finished[0])
+                images, messages = self._gather(finished, f"a shard of {type(stage).__name__}")[0]
+                if waiting:
+                    running[actor.run.remote(staged, waiting.pop())] = actor
+                yield Done(images, messages)
+        except BaseException:
+            self._stop()  # Ctrl-C or a failed shard: no more work anywhere; finished chunks stay
+            raise
+
+    def close(self) -> None:
+        self._stop()
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+    def _stop(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+    def _gather(self, refs: list[Any], what: str) -> list[Any]:
+        """`ray.get`, with a worker's error re-raised as what it is (a `TracekitError` keeps its
+        message; anything else comes with the worker's traceback)."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return ray.get(refs)
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, BaseException) else None
+            if isinstance(cause, TracekitError):
+                raise cause from None
+            raise WorkerError(f"{what}: a worker failed:\n{exc}") from None
+        except RayActorError as exc:
+            raise TracekitError(
+                f"{what}: a Ray worker died {RETRIES + 1} times ({_first_line(exc)}); out of memory? "
+                "try fewer workers per node or a smaller batch_size"
+            ) from None
+
+
+class WorkerError(RuntimeError):
+    """An unexpected error in a worker (a bug, in tracekit or a plugin), with its traceback."""
+
+
+def _connect(address: str | None, timeout: float) -> None:
+    """Start a local Ray instance (`address` null) or join a running cluster, within `timeout` seconds."""
+    import ray
+
+    if address not in (None, "auto", "local"):
+        host, port = _host_port(address)
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise TracekitError(
+                f"executor.address: cannot reach the Ray cluster at {address} within {timeout:g} s "
+                f"({exc.strerror or exc}); is `ray start --head` running there, and is the port open?"
+            ) from None
+    started = time.perf_counter()
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
+        raise TracekitError(
+            f"executor.address: could not {'start a local Ray instance' if address is None else f'join the Ray cluster at {address}'} "
+            f"({_first_line(exc)}, after {time.perf_counter() - started:.0f} s)"
+            + ("; start one with `ray start --head`, or set executor.address to null for a local instance" if address else "")
+        ) from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    rest = address.split("://", 1)[-1]
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise TracekitError(f"executor.address: expected HOST:PORT, 'auto' or null, got {address!r}")
+    return host, int(port)
+
+
+def _fitting(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    """Workers by default: one per GPU where the cluster has GPUs, else as many as its CPUs hold."""
+    if gpus > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus))
+    return max(1, int(resources.get("CPU", 1) // cpus))
+
+
+def _check_room(resources: dict[str, float], count: int, cpus: float, gpus: float) -> None:
+    """Refuse what the cluster cannot hold (Ray would wait for it forever)."""
+    have_cpus, have_gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if count * cpus > have_cpus or count * gpus > have_gpus:
+        raise TracekitError(
+            f"executor: {count} workers need {count * cpus:g} CPUs and {count * gpus:g} GPUs, but the Ray cluster "
+            f"has {have_cpus:g} CPUs and {have_gpus:g} GPUs; lower executor.workers, cpus_per_worker or gpus_per_worker"
+        )
+
+
+def _shards(pieces: list[Chunk], workers: int, size: int | None) -> list[list[Chunk]]:
+    """`pieces` cut into shards of `size` chunks (default: about four shards per worker, at most
+    16 chunks each), in order."""
+    size = size or max(1, min(16, math.ceil(len(pieces) / (4 * workers))))
+    return [pieces[i : i + size] for i in range(0, len(pieces), size)]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def ray(
+    address: str | None = None,
+    workers: Annotated[int, Field(ge=1, le=100_000)] | None = None,
+    gpus_per_worker: Annotated[float, Field(ge=0, le=64)] | None = None,
+    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1.0,
+    shard_chunks: Annotated[int, Field(ge=1, le=100_000)] | None = None,
+    connect_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0,
+) -> RayExecutor:
+    """Run per-image stages on Ray actors: a local instance (`address: null`), the running one
+    (`auto`), or a cluster (`HOST:PORT`). `workers` defaults to one per GPU (else per CPU)."""
+    try:
+        import ray as _  # noqa: F401
+    except ImportError:
+        raise TracekitError(f"executor 'ray' needs Ray, which is not installed: {EXTRA}") from None
+    return RayExecutor(address, workers, gpus_per_worker, cpus_per_worker, shard_chunks, connect_timeout)
+
