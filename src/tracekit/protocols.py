@@ -141,7 +141,8 @@ class Executor(Protocol):
     """Decides where the per-image stages of a run happen; the driver keeps the global steps
     (split bookkeeping, detector fit, calibration, metrics, report).
 
-    `start(job, here)` is called once per run: `job` is what a worker needs to build its own
+    `open()` comes first, before any work: connect to the compute, fail fast if it cannot be
+    reached. `start(job, here)` is called once per run: `job` is what a worker needs to build its own
     `Context` (`tracekit.engine.context.build_context(job)`), `here` the driver's context, for an
     executor that works in this process. `map(stage, pieces)` runs `stage.run(context, shard)`
     for shards of `pieces` (named chunks of images) and yields a `Done` per finished shard, in
@@ -152,6 +153,8 @@ class Executor(Protocol):
     """
 
     info: dict[str, Any]
+
+    def open(self) -> None: ...
 
     def start(self, job: Job, here: Context) -> None: ...
 

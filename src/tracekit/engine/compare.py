@@ -55,10 +55,10 @@ def compare(
     spec, dev, executor, final, work = start(spec, out, device)
     started = time.perf_counter()
     labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
-    detectors = [build("detector", cfg) for cfg in spec.detectors]
     per_detector: dict[str, Any] = {}
     rows: list[tuple[Any, ...]] = []
     try:
+        detectors = [build("detector", cfg) for cfg in spec.detectors]
         prep = prepare(spec, dev, work, use_cache, any(d.needs_adversarial_fit for d in detectors), executor)
         for index, (label, detector) in enumerate(zip(labels, detectors)):
             t0 = time.perf_counter()

@@ -64,6 +64,7 @@ class Job:
     cache_root: Path
     fingerprint: str
     stage_key: str  # the content of `work/KEY_FILE`: proves a worker sees this run's directory
+    threads: int  # the driver's torch CPU threads: some CPU kernels' float results depend on the count
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Context:
 
 def build_context(job: Job, num_workers: int | None = None) -> Context:
     """A worker's context from the job: the model (checked against the driver's fingerprint),
-    the dataset, the attacks. `num_workers` decoding processes (the spec's when it sets them)."""
+    the dataset, the attacks, and the driver's number of torch threads (so that CPU results are
+    bit-identical to the driver's). `num_workers` decoding processes (the spec's when it sets them)."""
     spec = job.spec
     marker = job.work / KEY_FILE
     try:
@@ -125,6 +127,7 @@ def build_context(job: Job, num_workers: int | None = None) -> Context:
             f"this worker cannot see the attack cache {job.cache_root}; put it on storage every node sees "
             "(TRACEKIT_CACHE)"
         )
+    torch.set_num_threads(job.threads)
     device = resolve_device(spec.device)
     model = load_model(spec, device)
     if model_fingerprint(model.module) != job.fingerprint:

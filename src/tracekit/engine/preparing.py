@@ -144,7 +144,7 @@ def prepare(
     cache_root = cache_dir() / "attacks" if use_cache else work / "adversarials"
     ensure_dir(cache_root)
     context = Context(spec, device, work, cache_root, model, reader, attacks)
-    executor.start(Job(spec, work, cache_root, fingerprint, key), context)
+    executor.start(Job(spec, work, cache_root, fingerprint, key, torch.get_num_threads()), context)
     clean = clean_stage(
         executor, context, spec.seed, spec.calibration.fit_fraction, spec.data.get("labels") == "predicted"
     )

@@ -60,8 +60,10 @@ def start(
     if device is not None:
         spec = validate_spec({**spec.model_dump(exclude_none=True), "device": device}, source="--device")
     dev = resolve_device(spec.device)
+    final, work = rundir.make_run_dir(out, spec.name)
     executor: Executor = build("executor", spec.executor)
-    return spec, dev, executor, *rundir.make_run_dir(out, spec.name)
+    executor.open()  # an unreachable cluster fails here, before any work
+    return spec, dev, executor, final, work
 
 
 def data_summary(prep: Prepared) -> dict[str, Any]:
@@ -107,8 +109,8 @@ def run(
         raise SpecError("this spec lists `detectors:`; run it with `tracekit compare`, or give one `detector:`")
     spec, dev, executor, final, work = start(spec, out, device)
     started = time.perf_counter()
-    detector: Detector = build("detector", spec.detector)
     try:
+        detector: Detector = build("detector", spec.detector)
         prep = prepare(spec, dev, work, use_cache, detector.needs_adversarial_fit, executor)
         ev = evaluate(prep, detector, spec.detector, "d00")
     finally:

@@ -26,6 +26,9 @@ class LocalExecutor:
         self.info: dict[str, Any] = {"name": "local"}
         self.context: Context | None = None
 
+    def open(self) -> None:
+        pass
+
     def start(self, job: Job, here: Context) -> None:
         self.context = here
 

@@ -19,9 +19,12 @@ transfer are Ray's; this module only cuts stages into shards and keeps every act
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -53,10 +56,7 @@ class Remote:
 class ShardWorker:
     """One Ray actor: a worker's context, built once from the job, and the shards it runs."""
 
-    def __init__(self, job: Job, threads: int, decoders: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
+    def __init__(self, job: Job, decoders: int) -> None:
         self.job, self.decoders = job, decoders
         self.context: Context | None = None
 
@@ -92,12 +92,24 @@ class RayExecutor:
         self.info: dict[str, Any] = {"name": "ray", "address": address}
         self._started_ray = False
 
-    def start(self, job: Job, here: Context) -> None:
+    def open(self) -> None:
+        """Join the cluster (or start a local instance) before any work."""
         import ray
 
         if not ray.is_initialized():
             _connect(self.address, self.connect_timeout)
             self._started_ray = True
+        elif self.address not in (None, "auto"):
+            joined = ray.get_runtime_context().gcs_address
+            if joined != self.address.split("://", 1)[-1]:
+                raise TracekitError(
+                    f"executor.address: this process is already connected to the Ray cluster at {joined}, "
+                    f"not {self.address}; use address: auto (or null) to run on it"
+                )
+
+    def start(self, job: Job, here: Context) -> None:
+        import ray
+
         resources = ray.cluster_resources()
         gpus = self.gpus if self.gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
         count = self.workers or _fitting(resources, self.cpus, gpus)
@@ -106,8 +118,7 @@ class RayExecutor:
             num_cpus=self.cpus, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES,
             runtime_env={"env_vars": {"TRACEKIT_CACHE": str(cache_dir())}},
         )(ShardWorker)
-        threads = max(1, int(self.cpus))
-        self.actors = [worker.remote(job, threads, threads - 1) for _ in range(count)]
+        self.actors = [worker.remote(job, max(0, int(self.cpus) - 1)) for _ in range(count)]
         where = self._gather([actor.ready.remote() for actor in self.actors], "starting the workers")
         self.info = {
             "name": "ray", "address": self.address, "workers": count, "gpus_per_worker": gpus,
@@ -197,14 +208,50 @@ def _connect(address: str | None, timeout: float) -> None:
                 f"({exc.strerror or exc}); is `ray start --head` running there, and is the port open?"
             ) from None
     started = time.perf_counter()
+    # Ray retries a silent or wrong address about once a second, 20 times by default; bound it.
+    wait = {"RAY_gcs_server_port_wait_time_s": str(max(1, math.ceil(timeout)))}
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        with _env(wait), _held_stderr() as said:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
+        where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address}"
+        hint = "; start one with `ray start --head`, or set executor.address to null for a local instance"
         raise TracekitError(
-            f"executor.address: could not {'start a local Ray instance' if address is None else f'join the Ray cluster at {address}'} "
-            f"({_first_line(exc)}, after {time.perf_counter() - started:.0f} s)"
-            + ("; start one with `ray start --head`, or set executor.address to null for a local instance" if address else "")
+            f"executor.address: could not {where} ({_first_line(exc)}, after {time.perf_counter() - started:.0f} s)"
+            + (hint if address else "")
         ) from None
+    sys.stderr.write("".join(said))  # what Ray said while connecting, now that it did
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set for the duration (unless the user set them)."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[list[str]]:
+    """Hold back what is written to file descriptor 2 (Ray's core logs every retry there), so a
+    failed connection is one clear line; the caller replays it (the list's text) on success."""
+    sys.stderr.flush()
+    said: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            said.append(held.read(100_000))
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -252,8 +299,12 @@ def ray(
     shard_chunks: Annotated[int, Field(ge=1, le=100_000)] | None = None,
     connect_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0,
 ) -> RayExecutor:
-    """Run per-image stages on Ray actors: a local instance (`address: null`), the running one
-    (`auto`), or a cluster (`HOST:PORT`). `workers` defaults to one per GPU (else per CPU)."""
+    """Run per-image stages on Ray actors (one per GPU), on a local Ray instance or a cluster.
+
+    `address`: null starts a local instance, `auto` joins the one running on this machine,
+    `HOST:PORT` a cluster's head. `workers` defaults to one per GPU (else one per
+    `cpus_per_worker` CPUs); `shard_chunks` (chunks of `batch_size` images per task) defaults to
+    about four shards per worker; `connect_timeout` bounds joining a cluster."""
     try:
         import ray as _  # noqa: F401
     except ImportError:
