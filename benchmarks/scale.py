@@ -3,6 +3,7 @@ speed against the model's forward+backward on the same batches.
 
     python benchmarks/scale.py                 # 500 and 4,000 JPEGs of 224x224 (a few minutes on 2 cores)
     python benchmarks/scale.py --small 100 --large 800 --size 96
+    python benchmarks/scale.py --executor ray --workers 2 --large 800 --size 96   # speed-up over local
 
 Each run is a separate process (`tracekit run` on an imagefolder of seeded JPEGs, a small CNN
 with random weights, FGSM and the paper's detector, `labels: predicted`), its peak resident
@@ -10,6 +11,10 @@ memory read from `resource.getrusage(RUSAGE_CHILDREN)`. The streaming engine's g
 run's peak within 1.25x of the small one's. Then one process reads the large folder through
 the engine's reader and times it against forward+backward passes of the same model on the same
 batches: loading should never be the bottleneck.
+
+With `--executor ray --workers K` it instead runs the large folder twice, with the `local`
+executor and with `ray` (K actors on a local Ray instance), and prints both times, the
+speed-up and whether the two `scores.csv` are byte-identical.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ attacks:
 detector: {{name: feature-response, score: {{name: local-entropy}}}}
 evaluation: {{bootstrap: 0}}
 batch_size: {batch}
+executor: {executor}
 """
 
 
@@ -66,15 +72,20 @@ def make_images(root: Path, n: int, size: int) -> None:
         image.save(folder / f"img{i:06d}.jpg", quality=90)
 
 
-def peak_of_run(work: Path, n: int, model: Path, batch: int, size: int) -> tuple[float, float]:
-    """(peak resident MiB, seconds) of one `tracekit run` over the first `n` images."""
+LOCAL = "{name: local}"
+
+
+def peak_of_run(
+    work: Path, n: int, model: Path, batch: int, size: int, executor: str = LOCAL, tag: str = ""
+) -> tuple[float, float]:
+    """(peak resident MiB of the driver, seconds) of one `tracekit run` over the first `n` images."""
     root = work / f"images-{n}"
-    spec = work / f"spec-{n}.yaml"
-    spec.write_text(SPEC.format(model=model, root=root, batch=batch, size=size))
+    spec = work / f"spec-{n}{tag}.yaml"
+    spec.write_text(SPEC.format(model=model, root=root, batch=batch, size=size, executor=executor))
     script = (
         "import resource, sys, time, tracekit\n"
         "t = time.perf_counter()\n"
-        f"tracekit.run({str(spec)!r}, out={str(work / f'run-{n}')!r}, use_cache=False)\n"
+        f"tracekit.run({str(spec)!r}, out={str(work / f'run-{n}{tag}')!r}, use_cache=False)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -107,7 +118,12 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=4000)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--executor", choices=("local", "ray"), default="local")
+    parser.add_argument("--workers", type=int, default=2, help="Ray actors (with --executor ray)")
     args = parser.parse_args()
+    if args.executor == "ray":
+        ray_speedup(args)
+        return
     with tempfile.TemporaryDirectory(prefix="tracekit-scale-") as tmp:
         work = Path(tmp)
         model = work / "model.pt"
@@ -124,6 +140,25 @@ def main() -> None:
           f"{args.large / args.small:.1f}x)")
     print(f"data loader: {loading:,.0f} img/s; model forward+backward: {compute:,.0f} img/s; "
           f"loader / model = {loading / compute:.1f}x")
+
+
+def ray_speedup(args: argparse.Namespace) -> None:
+    """The large folder with the local executor, then with `args.workers` Ray actors."""
+    with tempfile.TemporaryDirectory(prefix="tracekit-scale-") as tmp:
+        work = Path(tmp)
+        model = work / "model.pt"
+        make_model(model, args.size)
+        make_images(work / f"images-{args.large}", args.large, args.size)
+        ray = f"{{name: ray, workers: {args.workers}}}"
+        local = peak_of_run(work, args.large, model, args.batch, args.size)
+        remote = peak_of_run(work, args.large, model, args.batch, args.size, ray, "-ray")
+        same = (work / f"run-{args.large}" / "scores.csv").read_bytes() == (
+            work / f"run-{args.large}-ray" / "scores.csv"
+        ).read_bytes()
+    print(json.dumps({"images": args.large, "size": args.size, "batch_size": args.batch, "workers": args.workers}))
+    print(f"local executor: {local[1]:7.1f} s")
+    print(f"ray, {args.workers} workers: {remote[1]:7.1f} s (including starting Ray and the actors)")
+    print(f"speed-up ray / local: {local[1] / remote[1]:.2f}x; scores.csv identical: {same}")
 
 
 if __name__ == "__main__":

@@ -196,3 +196,13 @@ def test_a_worker_that_cannot_see_the_run_directory_names_it(tmp_path):
     job = Job(validate_spec(spec()), tmp_path / "elsewhere", tmp_path, "model-fingerprint", "stage-key", 1)
     with pytest.raises(TracekitError, match=rf"cannot see the run directory {tmp_path / 'elsewhere'}.*shared file system"):
         build_context(job)
+
+
+def test_a_workers_error_stops_the_run_with_its_message(cluster, tmp_path):
+    """The adaptive attack binds to the fitted detector on the worker, which refuses this one."""
+    attacks = [{"name": "adaptive-entropy", "max_iter": 2, "lambdas": [0.0]}]
+    detector = {"name": "feature-response", "score": {"name": "global-entropy"}}
+    said = r"attack 'adaptive-entropy' can only attack the feature-response detector .* got GuidedBackprop \+ GlobalEntropy"
+    for executor in ({"name": "local"}, RAY2):
+        with pytest.raises(TracekitError, match=said):
+            run(spec(executor, attacks=attacks, detector=detector), out=tmp_path / executor["name"], use_cache=False)

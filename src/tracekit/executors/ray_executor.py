@@ -24,7 +24,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -211,8 +210,8 @@ def _connect(address: str | None, timeout: float) -> None:
     # Ray retries a silent or wrong address about once a second, 20 times by default; bound it.
     wait = {"RAY_gcs_server_port_wait_time_s": str(max(1, math.ceil(timeout)))}
     try:
-        with _env(wait), _held_stderr() as said:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        with _env(wait), _held_stderr():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
         where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address}"
         hint = "; start one with `ray start --head`, or set executor.address to null for a local instance"
@@ -220,7 +219,6 @@ def _connect(address: str | None, timeout: float) -> None:
             f"executor.address: could not {where} ({_first_line(exc)}, after {time.perf_counter() - started:.0f} s)"
             + (hint if address else "")
         ) from None
-    sys.stderr.write("".join(said))  # what Ray said while connecting, now that it did
 
 
 @contextlib.contextmanager
@@ -236,22 +234,20 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _held_stderr() -> Iterator[list[str]]:
-    """Hold back what is written to file descriptor 2 (Ray's core logs every retry there), so a
-    failed connection is one clear line; the caller replays it (the list's text) on success."""
+def _held_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while Ray connects: its core logs every retry there, so a
+    failed connection would not be one clear line. Ray keeps its own logs in its session
+    directory (`/tmp/ray/session_latest/logs`), workers' output included."""
     sys.stderr.flush()
-    said: list[str] = []
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+", errors="replace") as held:
-        os.dup2(held.fileno(), 2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
         try:
-            yield said
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            held.seek(0)
-            said.append(held.read(100_000))
 
 
 def _host_port(address: str) -> tuple[str, int]:
