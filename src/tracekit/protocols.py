@@ -89,6 +89,16 @@ class Attack(Protocol):
 
 
 @runtime_checkable
+class CacheKeyed(Protocol):
+    """Optional capability of an attack: `cache_key()` adds to what its cached adversarials are
+    keyed by (a JSON-able dict: say, the version of an external solver or data file it uses), so
+    that a change there is never served adversarials computed before it. Its source file and its
+    distribution's name and version are part of the key already."""
+
+    def cache_key(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class Saliency(Protocol):
     """Feature response maps `Tensor[N,C,H,W]`; `target=None` means the predicted class."""
 

@@ -186,3 +186,42 @@ def test_an_empty_age_clears_nothing(tmp_path):
     result = CliRunner().invoke(build_app(), ["cache", "clear", "--older-than", ""])
     assert result.exit_code == 2 and "7d" in result.output
     assert len(attack_cache.list_entries()) == 1
+
+
+def _stale_spec(seed: int) -> dict:
+    """Synthetic images with the same ids whatever the seed, different pixels for each seed."""
+    return {
+        "name": "stale", "model": {"name": "digits-cnn"}, "device": "cpu", "batch_size": 16,
+        "data": {"name": "synthetic", "n": 48, "seed": seed, "labels": "predicted"},
+        "attacks": [{"name": "fgsm", "eps": 0.05}, {"name": "pixel", "max_iter": 3, "scale": 4}],
+        "evaluation": {"bootstrap": 0},
+    }
+
+
+def test_images_with_the_ids_of_cached_ones_but_other_pixels_are_attacked_anew(tmp_path):
+    run(_stale_spec(seed=1), out=tmp_path / "first")  # fills the cache for these ids
+    cached = run(_stale_spec(seed=2), out=tmp_path / "same-ids")
+    fresh = run(_stale_spec(seed=2), out=tmp_path / "fresh", use_cache=False)
+    assert (cached.out_dir / "scores.csv").read_bytes() == (fresh.out_dir / "scores.csv").read_bytes()
+    for key in ("fgsm", "pixel"):
+        assert cached.metrics["attacks"][key]["cached_images"] == 0
+    again = run(_stale_spec(seed=2), out=tmp_path / "again")  # the same pixels are served from the cache
+    assert all(m["cached_images"] == m["n_clean"] for m in again.metrics["attacks"].values())
+
+
+def test_an_attacks_cache_key_has_its_distribution_and_what_it_adds(tmp_path, monkeypatch):
+    from tracekit.attacks.fast_gradient import FastGradient
+
+    seen = []
+    real = attack_cache.AttackCache.__init__
+
+    def record(self, model_fp, attack, seed, root=None, enabled=True):
+        seen.append(attack)
+        real(self, model_fp, attack, seed, root, enabled)
+
+    monkeypatch.setattr(attack_cache.AttackCache, "__init__", record)
+    monkeypatch.setattr(FastGradient, "cache_key", lambda self: {"solver": "v2"}, raising=False)
+    run({**_stale_spec(seed=1), "attacks": [{"name": "fgsm"}]}, out=tmp_path / "r")
+    from tracekit import __version__
+
+    assert seen[0]["distribution"] == f"tracekit {__version__}" and seen[0]["component"] == {"solver": "v2"}

@@ -2,8 +2,11 @@
 
 Attacks are the expensive step, so every finished batch is written at once, atomically
 (temporary file + rename), under `<cache>/attacks/<key>/<batch>.pt`. The key fingerprints
-the model weights, the attack's resolved parameters, the seed and the attack's code; a batch file is named by
-the hash of its sample ids. A second identical run recomputes nothing; an interrupted run
+the model weights, the attack's resolved parameters, the seed and the attack's code (its source
+file, its distribution's name and version, and whatever the attack adds with `cache_key()`); a
+batch file is named by the hash of its images' content keys (`<sample id>@<sha256 of the image's
+float32 pixels>`), so an image whose pixels changed (another dataset with the same ids, a file
+edited in place) is never served another image's adversarial. A second identical run recomputes nothing; an interrupted run
 resumes at the first missing batch. Each batch is seeded from the run seed and its ids, so a
 resumed run produces exactly what an uninterrupted one would. A corrupt entry is reported
 once, recomputed and overwritten.
@@ -53,6 +56,18 @@ def code_version(obj: object) -> str:
     return digest.hexdigest()[:16]
 
 
+def content_hashes(images: torch.Tensor) -> list[str]:
+    """sha256 (32 hex digits) of each image's float32 pixels, shape included."""
+    flat = images.detach().to("cpu", torch.float32).contiguous()
+    shape = "x".join(map(str, flat.shape[1:])).encode()
+    return [hashlib.sha256(shape + image.numpy().tobytes()).hexdigest()[:32] for image in flat]
+
+
+def content_keys(ids: list[str], hashes: list[str]) -> list[str]:
+    """What the cache is addressed by: `<sample id>@<content hash>` per image."""
+    return [f"{i}@{h}" for i, h in zip(ids, hashes)]
+
+
 def ids_hash(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
 
@@ -88,23 +103,23 @@ class AttackCache:
             if not meta.exists():
                 meta.write_text(json.dumps({**self._meta, "created": time.time()}, default=str, indent=1))
 
-    def _path(self, ids: list[str]) -> Path:
-        return self.dir / f"{ids_hash(ids)}.pt"
+    def _path(self, keys: list[str]) -> Path:
+        return self.dir / f"{ids_hash(keys)}.pt"
 
-    def load(self, ids: list[str]) -> CacheEntry | None:
+    def load(self, keys: list[str]) -> CacheEntry | None:
         """The cached batch, or None: missing, or unusable (then counted in `corrupt`, the first
         one's path and reason kept in `first_problem`, and never trusted)."""
         if not self.enabled:
             return None
-        path = self._path(ids)
+        path = self._path(keys)
         if not path.exists():
             return None
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
             if data.get("key") != self.key:
                 raise ValueError("it belongs to another attack, model or seed")
-            if data["ids"] != ids or len(data["adversarial"]) != len(ids):
-                raise ValueError("its sample ids do not match")
+            if data["ids"] != keys or len(data["adversarial"]) != len(keys):
+                raise ValueError("its images do not match")
             entry = CacheEntry(data["adversarial"], data["preds"], data["probs"], float(data["seconds"]))
         except Exception as exc:  # any unreadable entry is recomputed, never trusted
             if not self.corrupt:  # our own checks say what is wrong; anything else names its type
@@ -115,11 +130,11 @@ class AttackCache:
         self.hits += 1
         return entry
 
-    def save(self, ids: list[str], entry: CacheEntry) -> None:
+    def save(self, keys: list[str], entry: CacheEntry) -> None:
         if self.enabled:
-            payload = {"key": self.key, "ids": ids, "adversarial": entry.adversarial, "preds": entry.preds,
+            payload = {"key": self.key, "ids": keys, "adversarial": entry.adversarial, "preds": entry.preds,
                        "probs": entry.probs, "seconds": entry.seconds}
-            atomic_torch_save(payload, self._path(ids))
+            atomic_torch_save(payload, self._path(keys))
 
 
 def list_entries(root: Path | None = None) -> list[dict[str, Any]]:

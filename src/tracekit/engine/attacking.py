@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import TracekitError
 from ..protocols import Attack, Executor
-from .attack_cache import AttackCache, CacheEntry, batch_seed
+from .attack_cache import AttackCache, CacheEntry, batch_seed, content_hashes, content_keys
 from .context import Context, DetectorHandle
 from .executing import execute
 from .reading import Chunk
@@ -48,15 +48,15 @@ class AttackRun:
     chunks: list[Chunk]
     per_image: bool
 
-    def _entry(self, ids: list[str]) -> CacheEntry:
-        """The cached adversarials of one chunk's images (`ids`, in order)."""
-        return _joined([self._load([i]) for i in ids] if self.per_image else [self._load(ids)])
+    def _entry(self, keys: list[str]) -> CacheEntry:
+        """The cached adversarials of one chunk's images (their content `keys`, in order)."""
+        return _joined([self._load([k]) for k in keys] if self.per_image else [self._load(keys)])
 
-    def _load(self, ids: list[str]) -> CacheEntry:
-        entry = self.cache.load(ids)
+    def _load(self, keys: list[str]) -> CacheEntry:
+        entry = self.cache.load(keys)
         if entry is None:
             raise TracekitError(
-                f"attack {self.key}: the adversarial of '{ids[0]}' is no longer in the attack cache "
+                f"attack {self.key}: the adversarial of '{keys[0].rsplit('@', 1)[0]}' is no longer in the attack cache "
                 f"({self.cache.dir}; cleared while this run was resumed?); run again with another --out"
             )
         return entry
@@ -74,15 +74,16 @@ class AttackRun:
             if chunk.name not in wanted:
                 continue
             keep = np.isin(chunk.index, wanted[chunk.name])
-            ids = [self._ids[int(p)] for p in chunk.index]
-            adversarial = self._entry(ids).adversarial[torch.from_numpy(keep)]
+            ids, keys = zip(*(self._keys[int(p)] for p in chunk.index))
+            adversarial = self._entry(list(keys)).adversarial[torch.from_numpy(keep)]
             yield chunk.name, chunk.index[keep], [i for i, k in zip(ids, keep) if k], adversarial
 
     @cached_property
-    def _ids(self) -> dict[int, str]:
-        """Sample id by dataset position, from the finished outcomes table (read once)."""
-        rows = self.table.read(["index", "sample_id"])
-        return dict(zip(rows["index"].tolist(), rows["sample_id"].tolist()))
+    def _keys(self) -> dict[int, tuple[str, str]]:
+        """(sample id, content key) by dataset position, from the finished outcomes table (read once)."""
+        rows = self.table.read(["index", "sample_id", "content"])
+        ids = rows["sample_id"].tolist()
+        return dict(zip(rows["index"].tolist(), zip(ids, content_keys(ids, rows["content"].tolist()))))
 
 
 @dataclass
@@ -112,8 +113,9 @@ class AttackStage:
                 missing = sorted(set(batch.chunk.index.tolist()) - set(batch.index.tolist()))
                 raise TracekitError(f"attack {key}: image at position {missing[0]} could no longer be read")
             labels = torch.from_numpy(self.labels_of[batch.index])
-            entry, cached = _attack_chunk(attack, self.results, module, batch.ids, batch.images, labels, device, seed)
-            self.table.write(batch.chunk.name, _outcomes(batch.index, batch.ids, batch.images, labels, entry, cached))
+            entry, cached, hashes = _attack_chunk(attack, self.results, module, batch.ids, batch.images, labels, device, seed)
+            outcomes = _outcomes(batch.index, batch.ids, batch.images, labels, entry, cached)
+            self.table.write(batch.chunk.name, {**outcomes, "content": hashes})
             yield len(batch.ids)
         cache = self.results.cache
         if cache.corrupt:
@@ -137,22 +139,26 @@ def attack_stage(executor: Executor, stage: AttackStage) -> None:
 def _attack_chunk(
     attack: Attack, run: AttackRun, module: nn.Module, ids: list[str], images: torch.Tensor, labels: torch.Tensor,
     device: torch.device, seed: int,
-) -> tuple[CacheEntry, np.ndarray]:
-    """One chunk's adversarials (from the cache where it has them) and which were cached."""
+) -> tuple[CacheEntry, np.ndarray, list[str]]:
+    """One chunk's adversarials (from the cache where it has them), which were cached, and each
+    image's content hash. The cache is addressed by ids and content: an image whose pixels
+    changed (another dataset with the same ids, a file edited in place) is attacked anew."""
     step = 1 if run.per_image else len(ids)
+    hashes = content_hashes(images)
+    keys = content_keys(ids, hashes)
     parts, cached = [], []
     for start in range(0, len(ids), step):
-        part_ids = ids[start : start + step]
-        entry = run.cache.load(part_ids)
+        part_ids, part_keys = ids[start : start + step], keys[start : start + step]
+        entry = run.cache.load(part_keys)
         cached += [entry is not None] * len(part_ids)
         if entry is None:
             entry = _attack_batch(
                 attack, module, images[start : start + step], labels[start : start + step], device,
                 batch_seed(seed, part_ids),
             )
-            run.cache.save(part_ids, entry)
+            run.cache.save(part_keys, entry)
         parts.append(entry)
-    return _joined(parts), np.array(cached)
+    return _joined(parts), np.array(cached), hashes
 
 
 def _joined(parts: list[CacheEntry]) -> CacheEntry:

@@ -18,7 +18,8 @@ import torch
 
 from ..cache import cache_dir, ensure_dir
 from ..errors import TracekitError
-from ..protocols import Attack, Dataset, Detector, Executor, LoadedModel
+from ..plugins import distribution_versions, registry
+from ..protocols import Attack, CacheKeyed, Dataset, Detector, Executor, LoadedModel
 from ..spec import Spec
 from .attack_cache import AttackCache, code_version, model_fingerprint
 from .attacking import AttackRun, AttackStage, attack_stage, seed_everything
@@ -85,6 +86,10 @@ class Prepared:
         cfg, key = spec.attacks[index], spec.attack_key(index)
         # A label only names results: relabelling an attack reuses its cached adversarials.
         cache_key = {**{k: v for k, v in cfg.items() if k != "label"}, "code": code_version(attack)}
+        source = registry("attack").get(str(cfg["name"])).source  # a plugin upgrade invalidates its entries
+        cache_key["distribution"] = f"{source} {distribution_versions().get(source, '')}".strip()
+        if isinstance(attack, CacheKeyed):
+            cache_key["component"] = attack.cache_key()
         if bind is not None:
             handle, detector_cfg, threshold = bind
             cache_key.update(detector=detector_cfg, threshold=threshold)

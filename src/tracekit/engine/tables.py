@@ -11,7 +11,9 @@ Tables of a run:
 - `clean`: every readable image: index, sample_id, label, pred, confidence (of pred),
   gt_confidence, correct, part (`fit`, `test`, or empty for misclassified images).
 - `attack-<NN>`: per attacked image of attack NN: pred, success, gt/target confidence, L2 and
-  L-inf size of the perturbation, seconds (its share of its batch), cached.
+  L-inf size of the perturbation, seconds (its share of its batch), cached, content (the hash of
+  the clean image's pixels its cached adversarial is addressed by).
+- `skipped`: unreadable items (sample_id, reason).
 - `scores-<DD>-<what>`: a detector's scores of one set of images (`clean`, `fit`, an attack's
   adversarials, a control's images).
 """
