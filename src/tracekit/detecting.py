@@ -10,7 +10,6 @@ threshold (as in calibration).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .bounded import read_json
 from .errors import TracekitError, did_you_mean
 from .images import ImageInput, read_inputs
 from .protocols import Detector, LoadedModel, StatefulDetector
@@ -156,9 +156,9 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
             f"{path} has no detector.json: not a run directory, or one from an older tracekit; {HOW_TO_FIX}"
         )
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise TracekitError(f"{state_file} is not valid JSON (a broken run directory); {HOW_TO_FIX}") from None
+        state = read_json(state_file, "detector.json")
+    except TracekitError as exc:
+        raise TracekitError(f"{exc} (a broken run directory); {HOW_TO_FIX}") from None
     if not isinstance(state, dict):
         raise TracekitError(f"{state_file}: expected a JSON object (a broken run directory); {HOW_TO_FIX}")
     if state.get("format") != DETECTOR_FORMAT:

@@ -12,12 +12,19 @@ that they score bit for bit as they would inside a run.
 
 A file that cannot be read does not stop the others: each input becomes an `ImageInput` that
 holds either the image or the reason it could not be used.
+
+Work is bounded whatever the file: only regular files are opened (a named pipe would block),
+an image is decoded only when it has at most `MAX_PIXELS` pixels (a small PNG can declare
+gigapixels), and resized only when the resize target has at most `MAX_PIXELS` too (an extreme
+aspect ratio would otherwise make a huge intermediate image). Such files are refused with the
+reason (a run skips them with a warning).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +36,8 @@ import torch
 from .errors import TracekitError
 from .models.normalize import DEFAULT_CROP_PCT
 from .protocols import LoadedModel
+
+MAX_PIXELS = 50_000_000  # decoded or resized image size tracekit accepts (about 7,000 x 7,000)
 
 
 @dataclass
@@ -70,14 +79,16 @@ class Preparation:
         if image.mode == "I" or image.mode.startswith("I;16"):
             # 16-bit gray: Pillow's own convert("L") clips every value above 255 to white.
             image = Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
-        image = image.convert("RGB" if self.channels == 3 else "L")
+        w, h = image.size
+        _bounded(w, h, "the image has")
         height, width = self.crop
         short = max(math.floor(max(height, width) / self.crop_pct + 1e-6), height, width)
-        w, h = image.size
         if w <= h:  # torchvision's Resize(int): the shorter side to `short`, the other in proportion
             size = (short, int(short * h / w))
         else:
             size = (int(short * w / h), short)
+        _bounded(*size, f"its aspect ratio ({w}x{h}) would make it")
+        image = image.convert("RGB" if self.channels == 3 else "L")
         if size != image.size:
             image = image.resize(size, resample)
         top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
@@ -89,8 +100,22 @@ class Preparation:
         """The image file at `path`, prepared; unreadable files raise `OSError`/`ValueError` (Pillow's)."""
         from PIL import Image
 
-        with Image.open(path) as opened:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ImageRefused("not a regular file (a pipe, device or socket); give an image file")
+        with Image.open(path) as opened:  # reads the header only: the size is checked before decoding
             return self(opened)
+
+
+class ImageRefused(ValueError):
+    """A file tracekit will not decode (not a regular file, too many pixels)."""
+
+
+def _bounded(width: int, height: int, what: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageRefused(
+            f"{what} {width}x{height} = {width * height:,} pixels, more than the {MAX_PIXELS:,} tracekit decodes; "
+            "resize it first"
+        )
 
 
 def load_image(path: str | os.PathLike[str], preparation: Preparation) -> torch.Tensor:
@@ -106,7 +131,9 @@ def load_image(path: str | os.PathLike[str], preparation: Preparation) -> torch.
         return preparation.load(path)
     except UnidentifiedImageError:
         raise TracekitError(f"{path}: not an image file Pillow can read (PNG or JPEG expected)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (ImageRefused, Image.DecompressionBombError) as exc:
+        raise TracekitError(f"{path}: {exc}") from None
+    except (OSError, ValueError) as exc:
         raise TracekitError(f"{path}: cannot read the image ({exc}); is the file complete?") from None
 
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import pydantic
 
+from .bounded import short
 from .errors import PluginError, SpecError, TracekitError, UnknownComponentError, closest, did_you_mean
 
 KINDS: tuple[str, ...] = ("model", "dataset", "attack", "saliency", "score", "detector", "executor")
@@ -180,12 +181,17 @@ def _number_type(annotation: Any) -> bool:
     return annotation in (int, float)
 
 
+MAX_LABEL = 64  # characters: labels name figure files
+
+
 def _label(label: Any, where: str) -> str:
     """A component's `label`: a non-empty one-line string, usable in file names."""
     if not isinstance(label, str) or not label.strip() or label != label.strip():
-        raise SpecError(f"{_at(where, 'label')}: a label is a non-empty string without surrounding spaces, got {label!r}")
+        raise SpecError(f"{_at(where, 'label')}: a label is a non-empty string without surrounding spaces, got {short(label)}")
     if any(c in label for c in "/\\") or not label.isprintable():
-        raise SpecError(f"{_at(where, 'label')}: {label!r} has a slash or a control character; labels name files")
+        raise SpecError(f"{_at(where, 'label')}: {short(label)} has a slash or a control character; labels name files")
+    if len(label) > MAX_LABEL:
+        raise SpecError(f"{_at(where, 'label')}: {short(label, 40)} is longer than {MAX_LABEL} characters; labels name files")
     return label
 
 
@@ -209,6 +215,5 @@ def _param_error(exc: pydantic.ValidationError, entry: Entry, where: str) -> str
         elif err["type"] == "value_error":
             messages.append(f"{_at(where, loc)}: {err['ctx']['error']}")
         else:
-            got = err.get("input")
-            messages.append(f"{_at(where, loc)}: {err['msg']} (got {got!r})")
+            messages.append(f"{_at(where, loc)}: {err['msg']} (got {short(err.get('input'))})")
     return "; ".join(messages)

@@ -17,6 +17,7 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
+from .bounded import MAX_SPEC_BYTES, load_yaml, read_text, short
 from .errors import SpecError, TracekitError, closest
 
 Component = dict[str, Any]
@@ -60,7 +61,7 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # torch takes 64-bit seeds
     device: Annotated[str, AfterValidator(_device)] = "auto"
     model: Component
     data: Component
@@ -111,15 +112,14 @@ def parse_yaml(path: Path) -> dict[str, Any]:
         raise SpecError(f"spec file {path} does not exist; check the path (examples/quickstart.yaml is one)")
     if path.is_dir():
         raise SpecError(f"{path} is a directory, not a spec file")
+    text = read_text(path, "a spec", MAX_SPEC_BYTES)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        data = load_yaml(text, _UniqueKeyLoader, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{path}{where}: invalid YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not a text file; a spec is UTF-8 YAML") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec is a YAML mapping (name:, model:, data:, attacks:, ...), got {type(data).__name__}")
     return data
@@ -193,7 +193,7 @@ def _structure_error(exc: pydantic.ValidationError) -> str:
         elif err["type"] == "value_error":  # our validators' own words, which quote the value
             messages.append(f"{loc}: {err['ctx']['error']}")
         else:
-            messages.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            messages.append(f"{loc}: {err['msg']} (got {short(err.get('input'))})")
     return "; ".join(messages)
 
 
@@ -260,7 +260,7 @@ def _resolve_data(data: Component, source: str, resolve: Any) -> Component:
         return resolve("dataset", data, "data")
     labels = data["labels"]
     if labels not in LABELS:
-        raise SpecError(f"{source}: data.labels: expected one of {', '.join(LABELS)}, got {labels!r}")
+        raise SpecError(f"{source}: data.labels: expected one of {', '.join(LABELS)}, got {short(labels)}")
     resolved = resolve("dataset", {k: v for k, v in data.items() if k != "labels"}, "data")
     return {**resolved, "labels": labels}
 
@@ -282,7 +282,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     data = parse_yaml(Path(path))
     for assignment in overrides or []:
         apply_override(data, assignment)
-    source = str(path) if not overrides else f"{path} (with --set {' '.join(overrides)})"
+    shown = " ".join(o if len(o) <= 60 else f"{o[:57]}..." for o in overrides or [])
+    source = str(path) if not overrides else f"{path} (with --set {shown})"
     return validate_spec(data, source=source)
 
 

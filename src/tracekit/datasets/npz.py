@@ -94,7 +94,10 @@ class NpzImages:
             raw = load(arrays["ids"])
             if raw.shape != (n,) or raw.dtype.kind not in "USiu":
                 raise TracekitError(f"{where}: '{ids_key}' must hold {n} strings, got {raw.dtype} {list(raw.shape)}")
-            ids = [v.decode() if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+            try:
+                ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+            except UnicodeDecodeError as exc:
+                raise TracekitError(f"{where}: '{ids_key}' holds ids that are not UTF-8 text ({exc.reason}); save them as str") from None
             if len(set(ids)) != n:
                 raise TracekitError(f"{where}: '{ids_key}' has duplicate ids; sample ids must be unique")
         keep = n if limit is None else min(limit, n)

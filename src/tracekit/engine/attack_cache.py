@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..bounded import read_json
 from ..cache import atomic_torch_save, cache_dir, ensure_dir
+from ..errors import TracekitError
 
 
 def model_fingerprint(module: nn.Module) -> str:
@@ -147,8 +149,10 @@ def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
             continue
         files = list(directory.glob("*.pt"))
         try:
-            meta = json.loads((directory / "meta.json").read_text())
-        except (OSError, ValueError):
+            meta = read_json(directory / "meta.json", "meta.json")
+        except (OSError, TracekitError):
+            meta = None
+        if not isinstance(meta, dict) or not isinstance(meta.get("attack"), dict):
             meta = {"attack": {"name": "? (meta.json unreadable)"}}
         stats = [f.stat() for f in files]
         out.append({

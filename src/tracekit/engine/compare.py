@@ -9,7 +9,6 @@ Each fitted detector is kept under `detectors/<NN>-<label>/` (as a run keeps its
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..bounded import load_yaml, read_json, read_text
 from ..errors import SpecError, TracekitError
 from ..spec import Calibration, Spec, component_label
 from . import rundir
@@ -187,8 +187,9 @@ def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set
     if not path.is_dir():
         raise TracekitError(f"run directory {path} does not exist")
     try:
-        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-        spec = yaml.safe_load((path / rundir.RESOLVED_SPEC).read_text(encoding="utf-8"))
+        metrics = read_json(path / "metrics.json", "metrics.json")
+        spec_file = path / rundir.RESOLVED_SPEC
+        spec = load_yaml(read_text(spec_file, rundir.RESOLVED_SPEC), yaml.SafeLoader, str(spec_file))
         with open(path / "scores.csv", newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError as exc:

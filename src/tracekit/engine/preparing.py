@@ -23,16 +23,7 @@ from ..protocols import Attack, CacheKeyed, Dataset, Detector, Executor, LoadedM
 from ..spec import Spec
 from .attack_cache import AttackCache, code_version, model_fingerprint
 from .attacking import AttackRun, AttackStage, attack_stage, seed_everything
-from .context import (
-    KEY_FILE,
-    TRAINED,
-    Context,
-    DetectorHandle,
-    Job,
-    build,
-    dataset_spec,
-    load_model,
-)
+from .context import KEY_FILE, TRAINED, Context, DetectorHandle, Job, build, dataset_spec, load_model
 from .predicting import FIT, TEST, Clean, clean_stage, fit_score
 from .reading import Reader, chunks, default_workers
 from .tables import Table

@@ -7,7 +7,6 @@ Loaders build a bare module, describe its expected input with an `InputSpec`, an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..bounded import loads_json
 from ..errors import TracekitError
 from ..protocols import LoadedModel
 
@@ -96,10 +96,7 @@ def read_class_names(path: Path, where: str) -> list[str]:
         raise TracekitError(f"{where}: cannot read class names file {path}: {exc.strerror or exc}") from None
     if path.suffix.lower() != ".json":
         return [line.strip() for line in text.splitlines() if line.strip()]
-    try:
-        names = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TracekitError(f"{where}: class names file {path} is not valid JSON ({exc})") from None
+    names = loads_json(text, f"{where}: class names file {path}")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise TracekitError(f"{where}: class names file {path} must hold a JSON list of strings")
     return names

@@ -7,7 +7,6 @@ fitted detector (`detector.json`), from which the report recomputes the example 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..bounded import load_yaml, read_json, read_text
 from ..engine.rundir import RESOLVED_SPEC
 from ..engine.summary import EXAMPLES_FILE
 from ..engine.tables import Table
@@ -60,8 +60,8 @@ def read_run(run_dir: str | Path) -> RunData:
     if not path.is_dir():
         raise TracekitError(f"run directory {path} does not exist (or is not a directory)")
     try:
-        data = yaml.safe_load((path / RESOLVED_SPEC).read_text(encoding="utf-8"))
-        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        data = load_yaml(read_text(path / RESOLVED_SPEC, RESOLVED_SPEC), yaml.SafeLoader, str(path / RESOLVED_SPEC))
+        metrics = read_json(path / "metrics.json", "metrics.json")
     except FileNotFoundError as exc:
         raise TracekitError(f"{path} is not a finished tracekit run: {Path(exc.filename).name} is missing") from None
     except (ValueError, yaml.YAMLError) as exc:

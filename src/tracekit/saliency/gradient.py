@@ -10,7 +10,6 @@ samples do not interact.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
