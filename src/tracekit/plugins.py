@@ -81,7 +81,9 @@ def _load() -> _State:
             infos[info.name] = info
         try:
             pm.register(loader(), name=info.name)
-        except Exception as exc:  # a broken plugin must not take the others down
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
             info.error = f"{type(exc).__name__}: {exc}"
 
     registries = {kind: Registry(kind) for kind in KINDS}
@@ -101,7 +103,9 @@ def _load() -> _State:
 
             try:
                 impl.function(register=register)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
     return _State(pm, registries, sorted(infos.values(), key=lambda i: (i.distribution, i.name)))
 
@@ -126,6 +130,20 @@ def registry(kind: str) -> Registry:
 def plugins() -> list[PluginInfo]:
     """Every plugin found, with its distribution, what it registered, and its error if any."""
     return list(_get().plugins)
+
+
+def failed() -> list[PluginInfo]:
+    """The plugins that failed to load (or whose hook raised)."""
+    return [p for p in plugins() if p.error is not None]
+
+
+def failure_note() -> str:
+    """One line about failed plugins (empty when none failed)."""
+    broken = failed()
+    if not broken:
+        return ""
+    names = ", ".join(f"{p.name} ({p.distribution})" for p in broken[:5]) + (", ..." if len(broken) > 5 else "")
+    return f"{len(broken)} plugin(s) failed to load: {names}; `tracekit plugins` shows why"
 
 
 def register_plugin(plugin: Any, name: str) -> None:

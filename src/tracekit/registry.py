@@ -95,14 +95,24 @@ class Registry:
             return self._entries[name]
         except KeyError:
             plugin = KNOWN_PLUGINS.get((self.kind, name))
+            from .plugins import failed, failure_note
+
+            broken = [p for p in failed() if plugin and p.distribution == plugin]
+            if broken:
+                raise UnknownComponentError(
+                    f"unknown {self.kind} '{name}': it comes from the plugin '{plugin}', which is installed but failed "
+                    f"to load ({short(broken[0].error, 160)}); fix or reinstall it"
+                ) from None
             if plugin:
                 raise UnknownComponentError(
                     f"unknown {self.kind} '{name}': it comes from the plugin '{plugin}', which is not installed; "
                     f"install it (`pip install {plugin}`, or `pip install plugins/{plugin}` in a tracekit checkout)"
                 ) from None
+            note = failure_note()
             raise UnknownComponentError(
                 f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
-                f"`tracekit plugins` lists what is installed (a plugin's components appear once it is installed)"
+                + (f"{note} (it may come from one of them)" if note else
+                   "`tracekit plugins` lists what is installed (a plugin's components appear once it is installed)")
             ) from None
 
     def names(self, pattern: str = "*") -> list[str]:

@@ -9,6 +9,7 @@ rejected with the closest known ones, defaults filled in). The result is a `Spec
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -282,6 +283,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     data = parse_yaml(Path(path))
     for assignment in overrides or []:
         apply_override(data, assignment)
+    from .plugins import failure_note
+
+    note = failure_note()
+    if note:
+        warnings.warn(note, stacklevel=2)
     shown = " ".join(o if len(o) <= 60 else f"{o[:57]}..." for o in overrides or [])
     source = str(path) if not overrides else f"{path} (with --set {shown})"
     return validate_spec(data, source=source)

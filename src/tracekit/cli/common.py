@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -62,16 +63,36 @@ def handle_errors(func: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
-            if os.environ.get("TRACEKIT_DEBUG"):
-                traceback.print_exc()
+            if not _no_space(exc):
+                raise _bug(exc) from None
+            where = f" writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
             err_console.print(
-                f"[bold red]unexpected error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
-                "(this is a bug in tracekit or a plugin; set TRACEKIT_DEBUG=1 for the traceback)",
+                f"[bold red]error:[/] no space left on the device{where}; free some space (or point --out / "
+                "TRACEKIT_CACHE elsewhere) and run the same command again: finished work is kept",
                 soft_wrap=True,
             )
-            raise typer.Exit(1) from None
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _no_space(exc: Exception) -> bool:
+    """A full disk or quota, however the library that hit it words it (torch, pyarrow, Python)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+
+
+def _bug(exc: Exception) -> typer.Exit:
+    """Anything else is a bug: one line, exit 1 (the traceback with TRACEKIT_DEBUG=1)."""
+    if os.environ.get("TRACEKIT_DEBUG"):
+        traceback.print_exception(exc)
+    err_console.print(
+        f"[bold red]unexpected error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+        "(this is a bug in tracekit or a plugin; set TRACEKIT_DEBUG=1 for the traceback)",
+        soft_wrap=True,
+    )
+    return typer.Exit(1)
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -47,14 +47,21 @@ def existing_file(path: Path | str, where: str, what: str = "file") -> Path:
 def weights_load_error(path: Path, exc: Exception, where: str) -> TracekitError:
     """The one message for a weights file that could not be loaded (weights only) into a model."""
     text = str(exc)
-    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    # torch's wording changes between versions ("Unsupported global: GLOBAL x", "unsupported GLOBAL
+    # x whose module ... is blocked"); its advice to retry with weights_only=False is never repeated.
+    pickled = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)
     if pickled:
         return TracekitError(
-            f"{where}: {path} holds Python objects besides tensors ({pickled.group(1)}, for example a "
-            "whole pickled model), and tracekit only loads plain weights (torch.load weights_only=True); "
+            f"{where}: {path} holds Python objects besides tensors ({pickled.group(1).rstrip('.')}, for example a "
+            "whole pickled model), "
+            "and tracekit only loads plain weights (torch.load weights_only=True), never arbitrary pickles; "
             "save model.state_dict() instead, or export TorchScript (model: {name: torchscript})"
         )
-    lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+    advice = ("Weights only load failed", "weights_only", "Check the documentation of torch.load")
+    lines = [
+        line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines()
+        if line.strip() and not any(a in line for a in advice)
+    ]
     if lines and lines[0].startswith("Error(s) in loading state_dict"):
         detail = " ".join(lines[1:])
         detail = detail if len(detail) <= 300 else detail[:300] + "..."
