@@ -101,7 +101,7 @@ class Registry:
             if broken:
                 raise UnknownComponentError(
                     f"unknown {self.kind} '{name}': it comes from the plugin '{plugin}', which is installed but failed "
-                    f"to load ({short(broken[0].error, 160)}); fix or reinstall it"
+                    f"to load ({str(broken[0].error)[:160]}); fix or reinstall it"
                 ) from None
             if plugin:
                 raise UnknownComponentError(

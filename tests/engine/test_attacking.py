@@ -49,7 +49,8 @@ def _generate(attack, batch_size: int, seed: int = 0, cache_root=None, n: int = 
 
     context = SimpleNamespace(
         attacks=[attack], model=SimpleNamespace(module=model), device=torch.device("cpu"),
-        spec=SimpleNamespace(seed=seed), reader=SimpleNamespace(read=read),
+        spec=SimpleNamespace(seed=seed, attacks=[{"name": "noise"}], model={"name": "tiny"}),
+        reader=SimpleNamespace(read=read),
     )
     executor = LocalExecutor()
     executor.start(None, context)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import checked, component
 from ..registry import component_spec
 
 SaliencySpec = component_spec("saliency", "guided-backprop")
@@ -20,9 +21,11 @@ class FeatureResponse:
 
     needs_adversarial_fit = False
 
-    def __init__(self, saliency: Any, score: Any) -> None:
+    def __init__(self, saliency: Any, score: Any, names: tuple[str, str] = ("saliency", "score")) -> None:
+        """`names`: the saliency method's and the score's registered names (for messages)."""
         self.saliency = saliency
         self.scorer = score
+        self.names = names
 
     def fit(
         self,
@@ -33,11 +36,14 @@ class FeatureResponse:
         """Nothing to learn: the threshold is calibrated by the engine on clean fit scores."""
 
     def maps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """The feature response maps `[N,C,H,W]` (predicted class)."""
-        return self.saliency.maps(model, images)
+        """The feature response maps `[N,C,H,W]` (predicted class), checked."""
+        n, _, height, width = images.shape
+        maps = self.saliency.maps(model, images)
+        return checked(maps, component("saliency", self.names[0]), (n, None, height, width), "maps")
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        return self.scorer.score(self.maps(model, images))
+        scores = self.scorer.score(self.maps(model, images))
+        return checked(scores, component("score", self.names[1]), (len(images),), "scores")
 
 
 def feature_response(
@@ -51,4 +57,4 @@ def feature_response(
         params = {k: v for k, v in cfg.items() if k not in ("name", "label")}
         return registry(kind).create(cfg["name"], **params)
 
-    return FeatureResponse(build("saliency", saliency), build("score", score))
+    return FeatureResponse(build("saliency", saliency), build("score", score), (saliency["name"], score["name"]))

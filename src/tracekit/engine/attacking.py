@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import checked, component
 from ..errors import TracekitError
 from ..protocols import Attack, Executor
 from .attack_cache import AttackCache, CacheEntry, batch_seed, content_hashes, content_keys
 from .context import Context, DetectorHandle
 from .executing import execute
+from .predicting import probabilities
 from .reading import Chunk
 from .tables import Table
 
@@ -108,12 +110,13 @@ class AttackStage:
             attack.bind(context.detector(handle), threshold)  # type: ignore[attr-defined]
         done = self.table.done()  # a retried shard keeps the chunks it finished
         module, device, seed, key = context.model.module, context.device, context.spec.seed, self.results.key
+        who = (component("attack", context.spec.attacks[self.index]["name"]), component("model", context.spec.model["name"]))
         for batch in context.reader.read([p for p in pieces if p.name not in done]):
             if not np.array_equal(batch.index, batch.chunk.index):
                 missing = sorted(set(batch.chunk.index.tolist()) - set(batch.index.tolist()))
                 raise TracekitError(f"attack {key}: image at position {missing[0]} could no longer be read")
             labels = torch.from_numpy(self.labels_of[batch.index])
-            entry, cached, hashes = _attack_chunk(attack, self.results, module, batch.ids, batch.images, labels, device, seed)
+            entry, cached, hashes = _attack_chunk(attack, self.results, module, batch.ids, batch.images, labels, device, seed, who)
             outcomes = _outcomes(batch.index, batch.ids, batch.images, labels, entry, cached)
             self.table.write(batch.chunk.name, {**outcomes, "content": hashes})
             yield len(batch.ids)
@@ -138,7 +141,7 @@ def attack_stage(executor: Executor, stage: AttackStage) -> None:
 
 def _attack_chunk(
     attack: Attack, run: AttackRun, module: nn.Module, ids: list[str], images: torch.Tensor, labels: torch.Tensor,
-    device: torch.device, seed: int,
+    device: torch.device, seed: int, who: tuple[str, str],
 ) -> tuple[CacheEntry, np.ndarray, list[str]]:
     """One chunk's adversarials (from the cache where it has them), which were cached, and each
     image's content hash. The cache is addressed by ids and content: an image whose pixels
@@ -154,7 +157,7 @@ def _attack_chunk(
         if entry is None:
             entry = _attack_batch(
                 attack, module, images[start : start + step], labels[start : start + step], device,
-                batch_seed(seed, part_ids),
+                batch_seed(seed, part_ids), who,
             )
             run.cache.save(part_keys, entry)
         parts.append(entry)
@@ -197,17 +200,19 @@ def _kept(description: str, finished: int, total: int, cache: AttackCache) -> st
 
 
 def _attack_batch(
-    attack: Attack, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, seed: int
+    attack: Attack, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, seed: int,
+    who: tuple[str, str],
 ) -> CacheEntry:
+    """One batch's adversarials (checked: same shape as the images, finite), clipped to [0, 1],
+    and the model's probabilities on them; `who` names the attack and the model."""
     seed_everything(seed)
     x, y = images.to(device), labels.to(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    adversarial = attack.generate(module, x, y).detach().clamp(0, 1)
+    adversarial = checked(attack.generate(module, x, y), who[0], tuple(x.shape), "adversarials").detach().clamp(0, 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    with torch.no_grad():
-        probs = torch.softmax(module(adversarial).float(), dim=1)
-    return CacheEntry(adversarial.to("cpu", torch.float32), probs.argmax(1).cpu(), probs.cpu(), seconds)
+    probs = probabilities(module, adversarial, device, who[1])
+    return CacheEntry(adversarial.to("cpu", torch.float32), probs.argmax(1), probs, seconds)

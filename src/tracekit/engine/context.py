@@ -75,6 +75,7 @@ class DetectorHandle:
     tag: str
     model: str
     detector: Shared
+    who: str = "the detector"  # `detector 'name' (distribution)`, for messages
 
 
 class Context:

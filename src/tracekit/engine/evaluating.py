@@ -59,7 +59,7 @@ def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any]
     the test part and every attack, and run the spec's controls."""
     spec = prep.spec
     prefix = f"{label}: " if label else ""
-    threshold, handle = fit_and_calibrate(prep, detector, TRAINED, prep.runs, tag, prefix)
+    threshold, handle = fit_and_calibrate(prep, detector, detector_cfg, TRAINED, prep.runs, tag, prefix)
     clean = _score_clean(prep, handle, prefix)
     adaptive = {
         i: prep.attack(i, prep.test, f"attack-{i:02d}-{tag}", (handle, dict(detector_cfg), threshold))
@@ -138,7 +138,7 @@ def _randomized_model(
     each attack's AUC goes beside the real one (`per_attack[key]["randomized_model"]`)."""
     detector: Detector = build("detector", detector_cfg)
     prefix = f"{prefix}randomized model: "
-    threshold, handle = fit_and_calibrate(prep, detector, RANDOMIZED, prep.runs, f"{tag}-random", prefix)
+    threshold, handle = fit_and_calibrate(prep, detector, detector_cfg, RANDOMIZED, prep.runs, f"{tag}-random", prefix)
     clean = _score_clean(prep, handle, prefix)
     for run in runs:
         adversarial = _score_adversarials(prep, handle, run, _successful_test(run, prep.test), prefix)
@@ -159,7 +159,7 @@ def _transfer(prep: Prepared, detector_cfg: Mapping[str, Any], tag: str, prefix:
         except TracekitError:
             matrix[source.key] = {target.key: None for target in prep.runs}  # no fit adversarials
             continue
-        handle = prep.share(detector, f"{tag}-transfer{k:02d}")
+        handle = prep.share(detector, detector_cfg, f"{tag}-transfer{k:02d}")
         clean = _score_clean(prep, handle, here)
         matrix[source.key] = {
             target.key: roc_auc(clean, _score_adversarials(prep, handle, target, _successful_test(target, prep.test), here))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +69,7 @@ def fit(prep: Prepared, detector: Detector, model: LoadedModel, runs: list[Attac
 
 
 def fit_and_calibrate(
-    prep: Prepared, detector: Detector, variant: str, runs: list[AttackRun], tag: str, prefix: str
+    prep: Prepared, detector: Detector, cfg: Mapping[str, Any], variant: str, runs: list[AttackRun], tag: str, prefix: str
 ) -> tuple[float, DetectorHandle]:
     """Fit `detector` to the model `variant` (trained or randomized), hand it to the executor's
     workers (as `tag`); return the threshold at the spec's target FPR of its clean fit-part
@@ -77,7 +79,7 @@ def fit_and_calibrate(
     everything = np.ones(len(subset), dtype=bool)
     held = _cross_fitted(prep, detector, model, runs, tag, prefix) if learns(detector) else np.zeros(0)
     fit(prep, detector, model, runs, prefix, everything)
-    handle = prep.share(detector, tag, variant)
+    handle = prep.share(detector, cfg, tag, variant)
     rest = np.setdiff1d(prep.clean.positions(FIT), subset) if learns(detector) else prep.clean.positions(FIT)
     streamed = score_into(prep.executor, ScoreStage(
         prep.table(f"scores-{tag}-fit"), CleanImages(rest, prep.spec.batch_size), handle, f"{prefix}score fit",

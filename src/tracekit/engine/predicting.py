@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import checked, component
 from ..errors import TracekitError
 from ..progress import progress
 from ..protocols import Executor
@@ -44,9 +45,10 @@ def predict(
 
 
 @torch.no_grad()
-def probabilities(module: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Softmax probabilities `[N,K]` of one batch, on the CPU."""
-    return torch.softmax(module(images.to(device, non_blocking=True)).float(), dim=1).cpu()
+def probabilities(module: nn.Module, images: torch.Tensor, device: torch.device, who: str = "the model") -> torch.Tensor:
+    """Softmax probabilities `[N,K]` of one batch, on the CPU; the logits checked (`who` names the model)."""
+    logits = checked(module(images.to(device, non_blocking=True)), who, (len(images), None), "logits")
+    return torch.softmax(logits.float(), dim=1).cpu()
 
 
 def fit_score(ids: list[str], seed: int | str) -> np.ndarray:
@@ -96,11 +98,12 @@ class PredictClean:
     def run(self, context: Context, pieces: list[Chunk]) -> Iterator[int]:
         done = self.table.done()  # a retried shard keeps the chunks it finished
         for batch in context.reader.read([p for p in pieces if p.name not in done]):
-            self.write(batch, context.model.module, context.device)
+            self.write(batch, context)
             yield len(batch.chunk.index)
 
-    def write(self, batch: Batch, module: nn.Module, device: torch.device) -> None:
-        probs = probabilities(module, batch.images, device)
+    def write(self, batch: Batch, context: Context) -> None:
+        who = component("model", context.spec.model["name"])
+        probs = probabilities(context.model.module, batch.images, context.device, who)
         preds = probs.argmax(1)
         labels = preds if self.predicted_labels else batch.labels
         correct = (preds == labels).numpy()
@@ -132,7 +135,7 @@ def clean_stage(
     else:
         with progress("predict clean", total=None) as advance:
             for batch in reader.read_all(size, stage.table.done()):
-                stage.write(batch, context.model.module, context.device)
+                stage.write(batch, context)
                 advance(len(batch.ids))
     return read_clean(stage.table, where)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from ..cache import cache_dir, ensure_dir
+from ..checks import component
 from ..errors import TracekitError
 from ..plugins import distribution_versions, registry
 from ..protocols import Attack, CacheKeyed, Dataset, Detector, Executor, LoadedModel
@@ -64,9 +66,9 @@ class Prepared:
             self._fit_images = torch.cat([b.images for b in batches])
         return self._fit_images
 
-    def share(self, detector: Detector, tag: str, model: str = TRAINED) -> DetectorHandle:
-        """A fitted detector, handed to the executor's workers."""
-        return DetectorHandle(tag, model, self.executor.share(detector))
+    def share(self, detector: Detector, cfg: Mapping[str, Any], tag: str, model: str = TRAINED) -> DetectorHandle:
+        """A fitted detector (built from `cfg`), handed to the executor's workers."""
+        return DetectorHandle(tag, model, self.executor.share(detector), component("detector", str(cfg["name"])))
 
     def attack(
         self, index: int, positions: np.ndarray, table: str, bind: tuple[DetectorHandle, dict[str, Any], float] | None = None

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..checks import checked, component
 from ..errors import TracekitError
 from ..progress import progress
 from ..protocols import Detector, Executor, LoadedModel
@@ -128,15 +129,15 @@ class ScoreStage:
         done = self.table.done()  # a retried shard keeps the chunks it finished
         todo = [p for p in pieces if p.name not in done]
         for name, positions, ids, images in self.source.images(context, todo):
-            scores = detector.score(model.module, images.to(context.device, non_blocking=True)).detach().double().cpu().numpy()
-            if scores.shape != (len(ids),):
-                raise TracekitError(f"{self.description}: the detector returned {scores.shape} scores for {len(ids)} images")
-            if not np.isfinite(scores).all():
-                bad = int(np.flatnonzero(~np.isfinite(scores))[0])
-                raise TracekitError(f"{self.description}: the detector's score of '{ids[bad]}' is not finite ({scores[bad]})")
-            columns = {"index": positions, "sample_id": ids, "score": scores}
+            try:
+                scores = checked(detector.score(model.module, images.to(context.device, non_blocking=True)),
+                                 self.detector.who, (len(ids),), "scores")  # fmt: skip
+            except TracekitError as exc:
+                raise TracekitError(f"{self.description} (images {ids[0]} .. {ids[-1]}): {exc}") from None
+            columns = {"index": positions, "sample_id": ids, "score": scores.detach().double().cpu().numpy()}
             if self.predictions:
-                columns["pred"] = probabilities(context.model.module, images, context.device).argmax(1).numpy()
+                who = component("model", context.spec.model["name"])
+                columns["pred"] = probabilities(context.model.module, images, context.device, who).argmax(1).numpy()
             self.table.write(name, columns)
             yield len(ids)
 

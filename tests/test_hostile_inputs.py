@@ -1,0 +1,436 @@
+"""A corpus of hostile and broken inputs, each given to the CLI as a user would: every one ends
+with exit code 2 and one clear `error:` line naming what is wrong (never a traceback), within a
+bounded time, and nothing already computed is lost. Categories: specs, images, npz files,
+checkpoints, run directories, plugins and components that return garbage."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from tracekit import hookimpl, plugins
+from tracekit.cli import build_app
+from tracekit.testing import tiny_model
+
+QUICKSTART = str(Path(__file__).parents[1] / "examples" / "quickstart.yaml")
+LIMIT_S = 60  # every case, however hostile, ends within this
+
+
+def invoke(*args: object):
+    started = time.monotonic()
+    result = CliRunner().invoke(build_app(), [str(a) for a in args])
+    assert time.monotonic() - started < LIMIT_S, f"took {time.monotonic() - started:.0f} s"
+    return result
+
+
+def assert_one_clear_error(result, pattern: str) -> None:
+    output = result.output
+    assert result.exit_code == 2, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    import re
+
+    assert re.search(pattern, " ".join(output.split())), output
+    assert len(errors[0]) < 1000, f"an error line of {len(errors[0])} characters"
+
+
+def spec_file(tmp_path: Path, text: str | bytes | dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    if isinstance(text, dict):
+        text = yaml.safe_dump(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+BASE = {
+    "name": "hostile", "model": {"name": "digits-cnn"}, "data": {"name": "digits", "split": "test", "limit": 40},
+    "attacks": [{"name": "fgsm", "eps": 0.1}], "device": "cpu", "batch_size": 16, "evaluation": {"bootstrap": 0},
+}
+
+
+def _laughs(levels: int = 9) -> str:
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\nname: x\n"
+
+
+SPECS = {  # id: (spec text or mapping, extra CLI arguments, the message expected)
+    "not-utf8": (b"\xff\xfe\x00name: x", [], r"not UTF-8 text"),
+    "syntax": ("name: [unclosed", [], r"spec.yaml:\d+:\d+: invalid YAML"),
+    "top-level-list": ("- a\n- b\n", [], r"a spec is a YAML mapping"),
+    "duplicate-key": ("name: a\nname: b\n", [], r"key 'name' is given twice"),
+    "billion-laughs": (_laughs(), [], r"expands to more than 100,000 values"),
+    "deep-nesting": ("name: " + "[" * 200 + "]" * 200 + "\n", [], r"nested more than 64 levels|invalid YAML"),
+    "too-large": ("name: x\n" + "#" * (2**20 + 10) + "\n", [], r"more than the 1,048,576 tracekit reads"),
+    "python-tag": ("name: !!python/object/apply:os.system ['true']\n", [], r"invalid YAML"),
+    "unknown-key": ({**BASE, "atacks": []}, [], r"atacks: unknown key \(did you mean 'attacks'\?\)"),
+    "unknown-attack": ({**BASE, "attacks": [{"name": "fgsn"}]}, [], r"unknown attack 'fgsn' \(did you mean 'fgsm'"),
+    "unknown-param": ({**BASE, "attacks": [{"name": "fgsm", "esp": 0.1}]}, [], r"esp: unknown parameter of attack 'fgsm' \(did you mean 'eps'"),
+    "negative-seed": ({**BASE, "seed": -1}, [], r"seed: Input should be greater than or equal to 0"),
+    "huge-seed": ({**BASE, "seed": 2**70}, [], r"seed: Input should be less than or equal to 9223372036854775807"),
+    "long-label": ({**BASE, "attacks": [{"name": "fgsm", "label": "x" * 300}]}, [], r"is longer than 64 characters"),
+    "slash-label": ({**BASE, "attacks": [{"name": "fgsm", "label": "../x"}]}, [], r"has a slash"),
+    "clean-label": ({**BASE, "attacks": [{"name": "fgsm", "label": "clean"}]}, [], r"'clean' names the clean images"),
+    "twice-label": ({**BASE, "attacks": [{"name": "fgsm"}, {"name": "fgsm"}]}, [], r"'fgsm' appears twice"),
+    "zero-batch": ({**BASE, "batch_size": 0}, [], r"batch_size: Input should be greater than 0"),
+    "fpr-above-one": ({**BASE, "calibration": {"target_fpr": 1.5}}, [], r"target_fpr: Input should be less than 1"),
+    "bool-number": ({**BASE, "attacks": [{"name": "fgsm", "eps": True}]}, [], r"eps: a number, not true"),
+    "device": ({**BASE, "device": "tpu"}, [], r"device is auto, cpu, cuda, cuda:N or mps"),
+    "both-detectors": ({**BASE, "detectors": [{"name": "lid"}], "detector": {"name": "lid"}}, [], r"either 'detector'"),
+    "no-attacks": ({**BASE, "attacks": []}, [], r"attacks: List should have at least 1 item"),
+    "long-value": ({**BASE, "batch_size": "x" * 5000}, [], r"\.\.\. \(5,002 characters\)"),
+    "set-no-equals": (BASE, ["--set", "attacks.0.eps"], r"expected KEY=VALUE"),
+    "set-out-of-range": (BASE, ["--set", "attacks.5.eps=1"], r"index 5 out of range"),
+    "set-unknown-field": (BASE, ["--set", "atacks.0.eps=1"], r"the spec has no field 'atacks'"),
+    "workers-zero": (BASE, ["--set", "executor.name=ray", "--set", "executor.workers=0"], r"executor.workers: Input should be greater than or equal to 1"),
+    "unknown-executor": (BASE, ["--set", "executor.name=slurm"], r"unknown executor 'slurm'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_a_hostile_spec_is_one_clear_error(case, tmp_path):
+    text, extra, said = SPECS[case]
+    assert_one_clear_error(invoke("validate", spec_file(tmp_path, text), *extra), said)
+
+
+def test_a_spec_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.yaml")
+    assert_one_clear_error(invoke("validate", tmp_path / "pipe.yaml"), r"must be a regular file")
+    assert_one_clear_error(invoke("validate", tmp_path), r"is a directory, not a spec file")
+    assert_one_clear_error(invoke("validate", tmp_path / "missing.yaml"), r"does not exist")
+
+
+def _png(path: Path, size: tuple[int, int], mode: str = "L") -> Path:
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        Image.new(mode, size).save(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return path
+
+
+IMAGES = {  # id: (make the file, the message expected)
+    "missing": (lambda d: d / "missing.png", r"no such file"),
+    "directory": (lambda d: d, r"is a directory, not an image file"),
+    "pipe": (lambda d: (os.mkfifo(d / "pipe.png"), d / "pipe.png")[1], r"not a regular file"),
+    "empty": (lambda d: (d / "empty.png").write_bytes(b"") and d / "empty.png" or d / "empty.png", r"not an image file Pillow can read"),
+    "text": (lambda d: (d / "text.png").write_text("hello") and d / "text.png", r"not an image file Pillow can read"),
+    "truncated": (lambda d: _truncated(d / "cut.png"), r"cannot read the image"),
+    "bomb-pil": (lambda d: _png(d / "bomb.png", (20_000, 20_000), "1"), r"exceeds limit|more than the"),
+    "bomb-tracekit": (lambda d: _png(d / "big.png", (8_000, 8_000), "1"), r"64,000,000 pixels, more than the 50,000,000"),
+    "aspect-ratio": (lambda d: _png(d / "thin.png", (1, 60_000)), r"aspect ratio \(1x60000\) would make it"),
+}
+
+
+def _truncated(path: Path) -> Path:
+    _png(path, (64, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(IMAGES))
+def test_a_hostile_image_is_one_clear_error(case, tmp_path):
+    make, said = IMAGES[case]
+    assert_one_clear_error(invoke("explain", make(tmp_path), "--out", tmp_path / "panels"), said)
+
+
+def _npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _absurd_header(path: Path) -> Path:
+    """A folder of .npy files whose images header declares 10^11 images (3.2 TB) over 256 bytes."""
+    np.save(path / "labels.npy", np.zeros(2, np.int64))
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 1, 32, 32), }"
+    body = header.ljust(117) + "\n"
+    with open(path / "images.npy", "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode() + bytes(256))
+    return path
+
+
+GOOD = {"images": np.random.default_rng(0).random((4, 1, 32, 32), dtype=np.float32), "labels": np.arange(4)}
+NPZ = {  # id: (make the data path, the message expected)
+    "not-a-zip": (lambda d: (d / "x.npz").write_text("no") and d / "x.npz", r"cannot read it as a NumPy .npz file"),
+    "single-array": (lambda d: (np.save(d / "x.npy", GOOD["images"]), d / "x.npy")[1], r"holds a single array"),
+    "missing-key": (lambda d: _npz(d / "x.npz", pictures=GOOD["images"], labels=GOOD["labels"]), r"has no images 'images'; its arrays are: labels, pictures"),
+    "absurd-header": (lambda d: _absurd_header(d), r"header declares float32 of shape \[100000000000, 1, 32, 32\] .* holds 256 bytes"),
+    "non-utf8-ids": (lambda d: _npz(d / "x.npz", **GOOD, ids=np.array([b"\xff\xfe", b"b", b"c", b"d"])), r"not UTF-8 text"),
+    "duplicate-ids": (lambda d: _npz(d / "x.npz", **GOOD, ids=np.array(["a", "a", "b", "c"])), r"duplicate ids"),
+    "nan-pixels": (lambda d: _npz(d / "x.npz", images=np.full((4, 1, 32, 32), np.nan, np.float32), labels=GOOD["labels"]), r"contains NaN or infinite values"),
+    "labels-length": (lambda d: _npz(d / "x.npz", images=GOOD["images"], labels=np.arange(3)), r"'labels' must be 4 integers"),
+    "wrong-size": (lambda d: _npz(d / "x.npz", images=np.zeros((4, 1, 9, 9), np.float32), labels=GOOD["labels"]), r"images of shape \[4, 1, 9, 9\] do not fit the model's 1x32x32 input"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NPZ))
+def test_a_hostile_npz_is_one_clear_error(case, tmp_path):
+    make, said = NPZ[case]
+    path = make(tmp_path)
+    data = {"name": "npz", "path": str(path)} | ({"ids_key": "ids"} if "ids" in case else {})
+    spec = spec_file(tmp_path, {**BASE, "data": data})
+    assert_one_clear_error(invoke("run", spec, "--out", tmp_path / "run"), said)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+CHECKPOINTS = {  # id: (make the file, the message expected)
+    "pickled-code": (lambda p: torch.save({"w": _Evil()}, p), r"holds Python objects besides tensors \(posix.system"),
+    "garbage": (lambda p: p.write_bytes(b"garbage" * 100), r"cannot read .* as PyTorch weights"),
+    "wrong-keys": (lambda p: torch.save({"nonsense.weight": torch.zeros(3)}, p), r"does not fit the model"),
+    "empty-dict": (lambda p: torch.save({}, p), r"does not hold a state dict"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINTS))
+def test_a_hostile_checkpoint_is_one_clear_error(case, tmp_path):
+    make, said = CHECKPOINTS[case]
+    weights = tmp_path / "weights.pt"
+    make(weights)
+    model = {"name": "checkpoint", "arch": "squeezenet1_1", "path": str(weights), "num_classes": 10}
+    spec = spec_file(tmp_path, {**BASE, "model": model})
+    result = invoke("run", spec, "--out", tmp_path / "run")
+    assert_one_clear_error(result, said)
+    assert "pwned" not in result.output
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished run, copied per test before being broken."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    result = invoke("run", spec_file(out.parent, BASE), "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _broken_copy(finished: Path, tmp_path: Path, name: str, content: str | bytes) -> Path:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    target = run / name
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content)
+    return run
+
+
+RUN_DIRS = {  # id: (file, its new content, command, the message expected)
+    "detector-not-json": ("detector.json", "{nope", "detect", r"not valid JSON"),
+    "detector-deep": ("detector.json", "[" * 100_000 + "]" * 100_000, "detect", r"nested too deeply"),
+    "detector-not-object": ("detector.json", "[1, 2]", "detect", r"expected a JSON object"),
+    "detector-threshold-nan": ("detector.json", None, "detect", r"finite 'threshold'"),
+    "metrics-broken": ("metrics.json", "{", "report", r"not valid JSON"),
+    "spec-broken": ("spec.resolved.yaml", "name: [", "report", r"invalid YAML|broken run file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_DIRS))
+def test_a_broken_run_directory_is_one_clear_error(case, finished, tmp_path):
+    name, content, command, said = RUN_DIRS[case]
+    if content is None:
+        state = json.loads((finished / name).read_text())
+        content = json.dumps({**state, "threshold": "NaN"})
+    run = _broken_copy(finished, tmp_path, name, content)
+    image = _png(tmp_path / "digit.png", (32, 32))
+    args = ("detect", "--run", run, image) if command == "detect" else ("report", run)
+    assert_one_clear_error(invoke(*args), said)
+
+
+def test_a_run_directory_without_tables_and_missing_ones(finished, tmp_path):
+    import shutil
+
+    run = _broken_copy(finished, tmp_path, "metrics.json", (finished / "metrics.json").read_text())
+    shutil.rmtree(run / "tables")
+    assert_one_clear_error(invoke("report", run), r"has no per-sample tables")
+    assert_one_clear_error(invoke("report", tmp_path / "nowhere"), r"does not exist")
+    assert_one_clear_error(invoke("compare", run, tmp_path / "nowhere"), r"does not exist")
+
+
+def test_a_malformed_cache_entry_is_listed_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEKIT_CACHE", str(tmp_path))
+    for name, meta in [("a", "[1, 2]"), ("b", "{"), ("c", '{"attack": 5}')]:
+        (tmp_path / "attacks" / name).mkdir(parents=True)
+        (tmp_path / "attacks" / name / "meta.json").write_text(meta)
+    result = invoke("cache", "ls")
+    assert result.exit_code == 0 and result.output.count("unreadable") == 3, result.output
+
+
+def test_a_failed_rerun_keeps_the_earlier_results_byte_for_byte(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    bad = spec_file(tmp_path, {**BASE, "data": {"name": "npz", "path": str(tmp_path / "none.npz")}})
+    assert_one_clear_error(invoke("run", bad, "--out", run), r"none.npz")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+# Components that return garbage, registered at run time like a notebook would.
+
+
+class _NaNModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_model().module
+
+    def forward(self, x):
+        return self.inner(x) * float("nan")
+
+
+class _BadAttack:
+    def __init__(self, kind: str) -> None:
+        self.kind, self.calls = kind, 0
+
+    def generate(self, model, images, labels):
+        self.calls += 1
+        if self.kind == "late-nan" and self.calls < 3:
+            return images.clone()
+        if self.kind in ("nan-pixel", "late-nan"):
+            out = images.clone()
+            out[-1, 0, 0, 0] = float("nan")
+            return out
+        if self.kind == "shape":
+            return images[:, :, :8]
+        return images.numpy()
+
+
+class _BadSaliency:
+    def maps(self, model, images, target=None):
+        return torch.full_like(images, float("nan"))
+
+
+class _BadScore:
+    def score(self, maps):
+        return maps.flatten(1).mean(1)[:-1]
+
+
+class _Plugin:
+    @hookimpl
+    def tracekit_register_models(self, register):
+        def nan_model():
+            model = tiny_model()
+            model.module = _NaNModel().eval()
+            return model
+
+        register("nan-model", nan_model)
+        register("tiny-ok", tiny_model)
+
+    @hookimpl
+    def tracekit_register_attacks(self, register):
+        register("bad-attack", lambda kind="nan-pixel": _BadAttack(kind))
+
+    @hookimpl
+    def tracekit_register_saliency(self, register):
+        register("nan-maps", _BadSaliency)
+
+    @hookimpl
+    def tracekit_register_scores(self, register):
+        register("short-score", _BadScore)
+
+
+@pytest.fixture
+def garbage():
+    plugins.register_plugin(_Plugin(), "hostile-components")
+    yield
+    plugins.unregister_plugin("hostile-components")
+
+
+TINY = {**BASE, "model": {"name": "tiny-ok"}, "data": {"name": "random-images", "n": 40}}
+COMPONENTS = {  # id: (spec changes, the message expected)
+    "nan-logits": ({"model": {"name": "nan-model"}}, r"model 'nan-model' \(from <runtime>\) returned NaN or infinite values logits"),
+    "nan-adversarial": ({"attacks": [{"name": "bad-attack"}]}, r"attack 'bad-attack' \(from <runtime>\) returned NaN or infinite values adversarials"),
+    "shape-adversarial": ({"attacks": [{"name": "bad-attack", "kind": "shape"}]}, r"attack 'bad-attack' .* adversarials of shape (\d+)x1x8x16, expected \1x1x16x16"),
+    "array-adversarial": ({"attacks": [{"name": "bad-attack", "kind": "array"}]}, r"attack 'bad-attack' .* returned a ndarray adversarials, not a torch tensor"),
+    "nan-maps": ({"detector": {"name": "feature-response", "saliency": {"name": "nan-maps"}}}, r"saliency 'nan-maps' \(from <runtime>\) returned NaN or infinite values maps"),
+    "short-scores": ({"detector": {"name": "feature-response", "score": {"name": "short-score"}}}, r"score 'short-score' .* scores of shape 15, expected 16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPONENTS))
+def test_a_component_returning_garbage_stops_the_run_naming_it(case, garbage, testing_plugin, tmp_path):
+    changes, said = COMPONENTS[case]
+    result = invoke("run", spec_file(tmp_path, {**TINY, **changes}), "--out", tmp_path / "run")
+    assert_one_clear_error(result, said)
+
+
+def test_finished_adversarials_stay_cached_when_a_later_batch_fails(garbage, testing_plugin, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEKIT_CACHE", str(tmp_path / "cache"))
+    spec = spec_file(tmp_path, {**TINY, "attacks": [{"name": "bad-attack", "kind": "late-nan"}], "batch_size": 4})
+    assert_one_clear_error(invoke("run", spec, "--out", tmp_path / "run"), r"returned NaN")
+    entries = list((tmp_path / "cache" / "attacks").rglob("*.pt"))
+    assert entries  # the batches before the failing one were kept
+
+
+def _install(root: Path, name: str, source: str) -> None:
+    """A fake installed distribution `name` whose `tracekit` entry point is the module `source`."""
+    dist = root / f"{name.replace('-', '_')}-0.1.dist-info"  # the wheel convention: '-' ends the name
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[tracekit]\nfake = {name.replace('-', '_')}\n")
+    (root / f"{name.replace('-', '_')}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for module in [m for m in sys.modules if m.startswith(("hostile_", "tracekit_gradcam"))]:
+        del sys.modules[module]
+    monkeypatch.undo()
+    plugins.reload()
+
+
+def test_a_plugin_that_exits_at_import_cannot_take_the_commands_down(site):
+    _install(site, "hostile-exit", "import sys\nsys.exit(3)\n")
+    plugins.reload()
+    listed = invoke("plugins")
+    assert listed.exit_code == 0 and "SystemExit" in listed.output, listed.output
+    validated = invoke("validate", QUICKSTART)
+    assert validated.exit_code == 0, validated.output
+    assert "1 plugin(s) failed to load: fake (hostile-exit)" in " ".join(validated.output.split())
+
+
+def test_a_hook_that_exits_is_recorded(site):
+    _install(site, "hostile-hook", """
+        import sys
+        import tracekit
+
+        @tracekit.hookimpl
+        def tracekit_register_scores(register):
+            sys.exit("bye")
+    """)
+    plugins.reload()
+    broken = [p for p in plugins.plugins() if p.distribution == "hostile-hook"]
+    assert broken and "SystemExit: bye" in broken[0].error
+    assert invoke("validate", QUICKSTART).exit_code == 0
+
+
+def test_an_unknown_component_of_a_failed_plugin_says_so(site, tmp_path):
+    _install(site, "tracekit-gradcam", "raise ImportError('needs libfoo')\n")
+    plugins.reload()
+    spec = spec_file(tmp_path, {**BASE, "detector": {"name": "feature-response", "saliency": {"name": "grad-cam"}}})
+    assert_one_clear_error(
+        invoke("validate", spec), r"'tracekit-gradcam', which is installed but failed to load \(ImportError: needs libfoo\)"
+    )
