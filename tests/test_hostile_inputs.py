@@ -434,3 +434,22 @@ def test_an_unknown_component_of_a_failed_plugin_says_so(site, tmp_path):
     assert_one_clear_error(
         invoke("validate", spec), r"'tracekit-gradcam', which is installed but failed to load \(ImportError: needs libfoo\)"
     )
+
+
+def test_a_full_disk_is_one_clear_line_and_keeps_finished_work(tmp_path, monkeypatch):
+    import errno
+
+    from tracekit.engine import tables
+
+    real, writes = tables.Table.write, []
+
+    def fills_up(self, chunk, columns):
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.dir / f"{chunk}.parquet"))
+        writes.append(chunk)
+        real(self, chunk, columns)
+
+    monkeypatch.setattr(tables.Table, "write", fills_up)
+    result = invoke("run", spec_file(tmp_path, BASE), "--out", tmp_path / "run")
+    assert_one_clear_error(result, r"no space left on the device writing .*\.parquet; free some space")
+    assert len(list((tmp_path / ".run.partial" / "tables").rglob("*.parquet"))) == 3  # kept for the rerun

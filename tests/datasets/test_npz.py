@@ -199,10 +199,25 @@ def test_a_large_compressed_member_is_refused(tmp_path, rng, monkeypatch):
     dataset = npz(path)  # small: read whole
     assert not dataset.info["memory_mapped"]
     assert torch.equal(torch.stack([i[1][0] for i in items(dataset, model(1))]), torch.from_numpy(images) / 255)
-    monkeypatch.setattr(npyfiles, "MAX_COMPRESSED_BYTES", images.nbytes)
+    monkeypatch.setattr(npyfiles, "MAX_COMPRESSED_BYTES", images.nbytes - 1)
     advice = r"'images.npy' is compressed.*np.savez \(not np.savez_compressed\).*\.npy files"
     with pytest.raises(TracekitError, match=advice):
         npz(path)
+
+
+def test_a_limit_decompresses_only_the_images_it_keeps(tmp_path, rng, monkeypatch):
+    images = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    path = tmp_path / "compressed.npz"
+    np.savez_compressed(path, images=images, labels=np.arange(6) % 3)
+    monkeypatch.setattr(npyfiles, "MAX_COMPRESSED_BYTES", 2 * 64)  # two images' worth
+    with pytest.raises(TracekitError, match="is compressed"):
+        npz(path)
+    dataset = npz(path, limit=2)
+    assert len(dataset) == 2 and dataset.info["file_size"] == 6
+    got = torch.stack([i[1][0] for i in items(dataset, model(1))])
+    assert torch.equal(got, torch.from_numpy(images[:2]) / 255)
+    clone = pickle.loads(pickle.dumps(dataset))  # as a DataLoader worker gets it
+    assert torch.equal(torch.stack([i[1][0] for i in items(clone, model(1))]), got)
 
 
 def test_pickled_object_arrays_are_refused(tmp_path):

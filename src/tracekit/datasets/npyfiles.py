@@ -4,8 +4,10 @@ An array stored uncompressed (a `.npy` file, or an `np.savez` member: zip `STORE
 an `NpyData`: where its data start in the file, with the dtype, shape and order of its `.npy`
 header, checked against the bytes actually there (a header declaring an absurd shape is a clear
 error, never a huge allocation). `NpyData.map()` maps it read-only, so nothing is read until an
-element is. A deflated member (`np.savez_compressed`) cannot be mapped: it is decompressed whole,
-which is refused above `MAX_COMPRESSED_BYTES`.
+element is. A deflated member (`np.savez_compressed`) cannot be mapped: it is decompressed as a
+stream, and only as far as needed: the first `rows` entries (a dataset's `limit`) of a C-order
+array come back as a `Head`, so `limit` bounds memory; what has to be decompressed is refused
+above `MAX_COMPRESSED_BYTES`.
 """
 
 from __future__ import annotations
@@ -43,14 +45,33 @@ class NpyData:
         return np.memmap(self.path, self.dtype, "r", self.offset, self.shape, self.order)
 
 
-def load(array: NpyData | np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Head:
+    """The first rows of a compressed array (`array`), with the shape its header declares."""
+
+    array: np.ndarray
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+
+Array = NpyData | Head | np.ndarray
+
+
+def load(array: Array) -> np.ndarray:
     """The whole array in memory (for the small ones: labels, ids)."""
+    if isinstance(array, Head):
+        raise ValueError("only the first rows of this array were read")
     return np.array(array.map()) if isinstance(array, NpyData) else array
 
 
-def read_arrays(path: Path, keys: dict[str, str], where: str) -> dict[str, NpyData | np.ndarray]:
+def read_arrays(path: Path, keys: dict[str, str], where: str, rows: dict[str, int] | None = None) -> dict[str, Array]:
     """The arrays named `keys` (role -> name) in the folder of `.npy` files or the `.npz` at `path`;
-    missing names are an error that lists the arrays there are."""
+    missing names are an error that lists the arrays there are. `rows[role]`: only that many
+    leading entries of the role's array are needed (a compressed one is not decompressed further)."""
+    rows = rows or {}
     if path.is_dir():
         available = sorted(p.stem for p in path.glob("*.npy") if p.is_file())
         _check_names(keys, available, where)
@@ -73,7 +94,10 @@ def read_arrays(path: Path, keys: dict[str, str], where: str) -> dict[str, NpyDa
         with zipfile.ZipFile(path) as archive, path.open("rb") as f:
             members = {name.removesuffix(".npy"): name for name in archive.namelist() if name.endswith(".npy")}
             _check_names(keys, sorted(members), where)
-            return {role: _member(archive, archive.getinfo(members[key]), path, f, where) for role, key in keys.items()}
+            return {
+                role: _member(archive, archive.getinfo(members[key]), path, f, where, rows.get(role))
+                for role, key in keys.items()
+            }
     except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, struct.error, zipfile.BadZipFile) as exc:
         raise TracekitError(f"{where}: cannot read it as a NumPy .npz file ({exc})") from None
 
@@ -88,10 +112,10 @@ def _check_names(keys: dict[str, str], available: list[str], where: str) -> None
 
 
 def _member(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, f: IO[bytes], where: str
-) -> NpyData | np.ndarray:
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, f: IO[bytes], where: str, rows: int | None = None
+) -> Array:
     """A stored member located in the archive (the file `path`, open as `f`); a deflated one
-    decompressed (if small enough)."""
+    decompressed (if small enough), only its first `rows` entries when it has more."""
     name = f"{where}: '{info.filename}'"
     if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:  # bit 0: encrypted
         f.seek(info.header_offset)
@@ -101,15 +125,22 @@ def _member(
         start = info.header_offset + _ZIP_LOCAL_HEADER.size + name_length + extra_length
         f.seek(0, 2)
         return _located(path, f, start, min(info.file_size, f.tell() - start), name)
-    if info.file_size > MAX_COMPRESSED_BYTES:
-        raise TracekitError(
-            f"{name} is compressed and {info.file_size / 2**20:.0f} MiB uncompressed, too large to read whole "
-            f"(limit {MAX_COMPRESSED_BYTES // 2**20} MiB); save the arrays uncompressed with np.savez (not "
-            "np.savez_compressed), or as .npy files in a folder (np.save), so that they are memory-mapped"
-        )
     with archive.open(info) as member:
         dtype, shape, order = _header(member, info.file_size, name)
-        return np.frombuffer(member.read(), dtype).reshape(shape, order=order)
+        head = rows is not None and order == "C" and len(shape) > 0 and shape[0] > rows
+        wanted = (rows if head else 1) * math.prod(shape[1:] if head else shape) * dtype.itemsize
+        if wanted > MAX_COMPRESSED_BYTES:
+            raise TracekitError(
+                f"{name} is compressed and {wanted / 2**20:.0f} MiB of it would be decompressed into memory "
+                f"(limit {MAX_COMPRESSED_BYTES // 2**20} MiB); save the arrays uncompressed with np.savez (not "
+                "np.savez_compressed), or as .npy files in a folder (np.save), so that they are memory-mapped"
+            )
+        data = member.read(wanted)
+        if len(data) != wanted:
+            raise TracekitError(f"{name}: the compressed data end early; the file is truncated or corrupt, save it again")
+        if head:
+            return Head(np.frombuffer(data, dtype).reshape((rows, *shape[1:])), shape)
+        return np.frombuffer(data, dtype).reshape(shape, order=order)
 
 
 def _located(path: Path, f: IO[bytes], start: int, size: int, name: str) -> NpyData:

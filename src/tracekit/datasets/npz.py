@@ -28,7 +28,7 @@ from pydantic import Field
 
 from ..errors import TracekitError
 from ..protocols import Item, LoadedModel
-from .npyfiles import NpyData, load, read_arrays
+from .npyfiles import Head, NpyData, load, read_arrays
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -71,7 +71,7 @@ class NpzImages:
         if not path.exists():
             raise TracekitError(f"{where}: does not exist; check the path (an .npz file or a folder of .npy files)")
         keys = {"images": images_key, "labels": labels_key} | ({"ids": ids_key} if ids_key is not None else {})
-        arrays = read_arrays(path, keys, where)
+        arrays = read_arrays(path, keys, where, {} if limit is None else {"images": limit})
         images, labels = arrays["images"], load(arrays["labels"])
         n = images.shape[0] if images.shape else 0
         if n == 0:
@@ -103,7 +103,7 @@ class NpzImages:
         keep = n if limit is None else min(limit, n)
         self.where = where
         self._stored = images if isinstance(images, NpyData) else None  # mapped again after unpickling
-        self._images = images.map() if isinstance(images, NpyData) else images
+        self._images = images.map() if isinstance(images, NpyData) else images.array if isinstance(images, Head) else images
         self.labels = labels[:keep].astype(np.int64)
         self.ids = ids[:keep]
         self.info: dict[str, Any] = {
