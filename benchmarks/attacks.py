@@ -11,6 +11,13 @@ difference between their adversarials.
 
     python benchmarks/attacks.py --device cpu --model digits-cnn --n 256 --batch-size 128
     python benchmarks/attacks.py --device cuda --model resnet18 --n 512 --batch-size 128
+    python benchmarks/attacks.py --only pixel --n 40          # the one-pixel search: ART against native
+
+The one-pixel attack (`pixel`, the paper's parameters: one scan pixel, `scale` 4, `max_iter` 10)
+is a search, so its floor is different: the forward passes of as many candidate images as the
+native search evaluated, at the fastest batch size for the model (tried: 32 to 4096). ART runs
+image by image (as the engine runs it, each seeded from its image), native on the whole batch;
+each backend's candidate images per image (model evaluations) are printed beside the times.
 
 Models: `digits-cnn` (the embedded model on correctly classified digits test images), `tiny`
 (tracekit.testing's TinyCNN, 3x32x32, random images) and `resnet18` (torchvision, randomly
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -127,7 +135,7 @@ def main() -> None:
     parser.add_argument("--model", choices=["digits-cnn", "tiny", "resnet18"], default="digits-cnn")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--only", nargs="+", choices=["fgsm", "gradient", "pgd", "deepfool"], help="attacks to run")
+    parser.add_argument("--only", nargs="+", choices=["fgsm", "gradient", "pgd", "deepfool", "pixel"], help="attacks to run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,6 +173,78 @@ def main() -> None:
             f"{success[0]:>7.1%} / {success[1]:>6.1%} {diff:>10.2e}",
             flush=True,
         )
+
+
+    if not args.only or "pixel" in args.only:
+        search_row(model, images, labels)
+
+
+PIXEL = {"pixels": 1, "scale": 4, "max_iter": 10}  # examples/paper.yaml's
+
+
+class Counting(nn.Module):
+    """The model, counting the images it is given."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return self.model(x)
+
+
+def forward_floor(model: nn.Module, images: torch.Tensor, count: int) -> tuple[float, int]:
+    """Seconds `count` forward passes take at the fastest batch size, and that batch size."""
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    best = (float("inf"), 0)
+    for size in (32, 64, 128, 256, 512, 1024, 4096):
+        batch = images.repeat(math.ceil(size / len(images)), 1, 1, 1)[:size]
+        with torch.no_grad():
+            model(batch)
+            sync()
+            start, done = time.perf_counter(), 0
+            while done < 4 * size or time.perf_counter() - start < 0.5:
+                model(batch)
+                done += size
+            sync()
+        per_image = (time.perf_counter() - start) / done
+        best = min(best, (per_image * count, size))
+    return best
+
+
+def search_row(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """The one-pixel search, ART image by image against native on the whole batch."""
+    from tracekit.engine.attack_cache import batch_seed
+    from tracekit.engine.attacking import seed_everything
+
+    art = tracekit.create("attack", "pixel", **PIXEL)
+    native = tracekit.create("attack", "pixel", **PIXEL, backend="native")
+    counted = Counting(model).eval()
+    seeds = [batch_seed(0, [f"image-{i}"]) for i in range(len(images))]
+    start = time.perf_counter()
+    art_adv = []
+    for i, seed in enumerate(seeds):
+        seed_everything(seed)
+        art_adv.append(art.generate(counted, images[i : i + 1], labels[i : i + 1]))
+    art_s, art_evals = time.perf_counter() - start, counted.images
+    start = time.perf_counter()
+    nat_adv = native.generate_seeded(model, images, labels, torch.tensor(seeds, device=images.device))
+    nat_s = time.perf_counter() - start
+    floor, size = forward_floor(model, images, native.evaluations)
+    with torch.no_grad():
+        success = [float((model(adv).argmax(1) != labels).float().mean()) for adv in (torch.cat(art_adv), nat_adv)]
+    n = len(images)
+    print()
+    print(f"one-pixel search {PIXEL}: floor = forward passes of the native search's candidate images at batch {size}")
+    header = f"{'attack':<9} {'floor s':>8} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} {'evals/img ART/nat':>18} {'success ART/nat':>16}"
+    print(header)
+    print("-" * len(header))
+    print(
+        f"{'pixel':<9} {floor:>8.2f} {art_s:>9.2f} {nat_s:>9.2f} {art_s / nat_s:>7.1f}x {nat_s / floor:>8.2f}x "
+        f"{art_evals / n:>8.0f} / {native.evaluations / n:>6.0f} {success[0]:>7.1%} / {success[1]:>6.1%}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

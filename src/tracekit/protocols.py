@@ -89,6 +89,18 @@ class Attack(Protocol):
 
 
 @runtime_checkable
+class SeededAttack(Attack, Protocol):
+    """Optional capability of an attack: it draws its random numbers per image from `seeds` (one
+    integer per image, from the run seed and the image's id), so the engine runs it on whole
+    batches and each image still gets the same adversarial in any batch (the native one-pixel
+    attack). The engine then calls `generate_seeded` instead of `generate`."""
+
+    def generate_seeded(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class CacheKeyed(Protocol):
     """Optional capability of an attack: `cache_key()` adds to what its cached adversarials are
     keyed by (a JSON-able dict: say, the version of an external solver or data file it uses), so

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import TracekitError
 from .art_classifier import ArtAttack, art_classifier
+from .evolution import NativeOnePixel, check_grid
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -107,21 +108,7 @@ class OnePixel(ArtAttack):
         self._view: _LowResolution | None = None
 
     def check(self, input_size: tuple[int, ...]) -> None:
-        """Refuse a `scale` that does not divide the images' height and width, and more `pixels`
-        than the searched grid has."""
-        height, width = input_size[-2:]
-        if height % self.scale or width % self.scale:
-            raise TracekitError(
-                f"attack 'pixel': scale {self.scale} does not divide the {height}x{width} images; "
-                "use a scale that divides both sides (scale: 1 searches the input's own pixels)"
-            )
-        grid = (height // self.scale) * (width // self.scale)
-        if self.pixels > grid:
-            raise TracekitError(
-                f"attack 'pixel': pixels {self.pixels} is more than the {grid} pixels of the "
-                f"{height // self.scale}x{width // self.scale} grid searched at scale {self.scale}; "
-                f"use at most {grid} (the paper changes 1)"
-            )
+        check_grid(input_size, self.scale, self.pixels)
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of `images`; with `scale` > 1, found among changes of the coarse view's pixels."""
@@ -164,11 +151,20 @@ def pixel(
     es: Literal["de", "cma-es"] = "de",
     stop_probability: Annotated[float, Field(gt=0, le=1)] = 0.05,
     scale: Annotated[int, Field(gt=0)] = 1,
-) -> OnePixel:
-    """One-pixel attack (Su et al.) via ART: evolve until the true class's probability is below 5%.
+    backend: Literal["art", "native"] = "art",
+    eval_batch: Annotated[int, Field(gt=0, le=1_000_000)] | None = None,
+) -> OnePixel | NativeOnePixel:
+    """One-pixel attack (Su et al.): evolve until the true class's probability is below 5%.
 
     `scale` > 1 searches the pixels of the image at 1/`scale` resolution (e.g. 4 for the 8x8 digits).
+    `backend: native` evolves every image of a batch at once on the device, `eval_batch` candidate
+    images per forward pass (default 4096 on a GPU, 128 on a CPU; `tracekit/attacks/evolution.py`);
+    `art` runs ART's, image by image.
     """
+    if backend == "native":
+        if es != "de":
+            raise TracekitError("attack 'pixel': backend: native evolves by differential evolution only; use es: de")
+        return NativeOnePixel(pixels, max_iter, stop_probability, scale, eval_batch)
     if es == "cma-es" and importlib.util.find_spec("cma") is None:
         raise TracekitError("attack 'pixel': es: cma-es needs the 'cma' package; pip install cma, or use es: de")
     return OnePixel(pixels, max_iter, 0 if es == "cma-es" else 1, stop_probability, scale)

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..counters import WORD, pcg, uniforms
 from ..errors import TracekitError
 from .layers import forward_hooks
 
-_WORD = 0xFFFFFFFF
 _CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 
@@ -35,26 +35,12 @@ def dropout_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds) and m.p > 0}
 
 
-def _pcg(words: Any) -> Any:
-    """PCG's hash of 32-bit words: Python ints, or int64 tensors (no product exceeds 2**62: exact everywhere)."""
-    state = (words * 747796405 + 2891336453) & _WORD
-    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _WORD
-    return (word >> 22) ^ word
-
-
 def image_keys(images: torch.Tensor) -> torch.Tensor:
     """`[N]` 32-bit keys of the images' content at 8-bit precision (an exact integer sum)."""
     levels = (images.detach().flatten(1).double() * 255).round().long().clamp(0, 255)
-    weights = _pcg(torch.arange(levels.shape[1], device=images.device)) >> 8  # < 2**24
+    weights = pcg(torch.arange(levels.shape[1], device=images.device)) >> 8  # < 2**24
     total = (levels * weights).sum(1)
-    return _pcg((total & _WORD) ^ _pcg(total >> 32))
-
-
-def uniforms(keys: torch.Tensor, size: int, seed: int, site: int, draw: int) -> torch.Tensor:
-    """`[N, size]` numbers in [0, 1), a function of (key, seed, site, draw, position) only."""
-    base = _pcg(keys ^ _pcg((seed & _WORD) ^ _pcg(site * 65599 + draw)))
-    positions = _pcg(torch.arange(size, device=keys.device))
-    return _pcg(base[:, None] ^ positions[None, :]).double() / 2.0**32
+    return pcg((total & WORD) ^ pcg(total >> 32))
 
 
 class PerImageDropout:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checks import checked, component
 from ..errors import TracekitError
-from ..protocols import Attack, Executor
+from ..protocols import Attack, Executor, SeededAttack
 from .attack_cache import AttackCache, CacheEntry, batch_seed, content_hashes, content_keys
 from .context import Context, DetectorHandle
 from .executing import execute
@@ -157,7 +157,7 @@ def _attack_chunk(
         if entry is None:
             entry = _attack_batch(
                 attack, module, images[start : start + step], labels[start : start + step], device,
-                batch_seed(seed, part_ids), who,
+                batch_seed(seed, part_ids), who, [batch_seed(seed, [i]) for i in part_ids],
             )
             run.cache.save(part_keys, entry)
         parts.append(entry)
@@ -201,16 +201,21 @@ def _kept(description: str, finished: int, total: int, cache: AttackCache) -> st
 
 def _attack_batch(
     attack: Attack, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, seed: int,
-    who: tuple[str, str],
+    who: tuple[str, str], seeds: list[int],
 ) -> CacheEntry:
     """One batch's adversarials (checked: same shape as the images, finite), clipped to [0, 1],
-    and the model's probabilities on them; `who` names the attack and the model."""
+    and the model's probabilities on them; `who` names the attack and the model. A `SeededAttack`
+    gets each image's own seed (`seeds`); any other attack the batch's, through the global state."""
     seed_everything(seed)
     x, y = images.to(device), labels.to(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    adversarial = checked(attack.generate(module, x, y), who[0], tuple(x.shape), "adversarials").detach().clamp(0, 1)
+    if isinstance(attack, SeededAttack):
+        raw = attack.generate_seeded(module, x, y, torch.tensor(seeds, dtype=torch.long, device=device))
+    else:
+        raw = attack.generate(module, x, y)
+    adversarial = checked(raw, who[0], tuple(x.shape), "adversarials").detach().clamp(0, 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
