@@ -11,13 +11,14 @@ difference between their adversarials.
 
     python benchmarks/attacks.py --device cpu --model digits-cnn --n 256 --batch-size 128
     python benchmarks/attacks.py --device cuda --model resnet18 --n 512 --batch-size 128
-    python benchmarks/attacks.py --only pixel --n 40          # the one-pixel search: ART against native
+    python benchmarks/attacks.py --only pixel boundary --n 40   # the search attacks: ART against native
 
-The one-pixel attack (`pixel`, the paper's parameters: one scan pixel, `scale` 4, `max_iter` 10)
-is a search, so its floor is different: the forward passes of as many candidate images as the
-native search evaluated, at the fastest batch size for the model (tried: 32 to 4096). ART runs
-image by image (as the engine runs it, each seeded from its image), native on the whole batch;
-each backend's candidate images per image (model evaluations) are printed beside the times.
+The search attacks (`pixel`: one scan pixel, `scale` 4, `max_iter` 10; `boundary`: 100 steps;
+examples/paper.yaml's parameters) have another floor: the forward passes of as many candidate
+images as the native search evaluated, at the fastest batch size for the model (tried: 32 to
+4096). ART runs image by image (as the engine runs it, each seeded from its image), native on
+the whole batch; each backend's model evaluations per image are printed beside the times, and
+for boundary the median L2 of the adversarials and in how many images native's is the smaller.
 
 Models: `digits-cnn` (the embedded model on correctly classified digits test images), `tiny`
 (tracekit.testing's TinyCNN, 3x32x32, random images) and `resnet18` (torchvision, randomly
@@ -135,7 +136,7 @@ def main() -> None:
     parser.add_argument("--model", choices=["digits-cnn", "tiny", "resnet18"], default="digits-cnn")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--only", nargs="+", choices=["fgsm", "gradient", "pgd", "deepfool", "pixel"], help="attacks to run")
+    parser.add_argument("--only", nargs="+", choices=["fgsm", "gradient", "pgd", "deepfool", "pixel", "boundary"], help="attacks to run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -175,11 +176,21 @@ def main() -> None:
         )
 
 
-    if not args.only or "pixel" in args.only:
-        search_row(model, images, labels)
+    searches = [name for name in SEARCHES if not args.only or name in args.only]
+    if searches:
+        print()
+        print("search attacks: floor = forward passes of the native search's candidate images at the fastest batch size")
+        header = (
+            f"{'attack':<9} {'floor s':>8} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} "
+            f"{'evals/img ART/nat':>18} {'success ART/nat':>16}  L2 median ART/nat (nat smaller)"
+        )
+        print(header)
+        print("-" * len(header))
+    for name in searches:
+        search_row(name, model, images, labels)
 
 
-PIXEL = {"pixels": 1, "scale": 4, "max_iter": 10}  # examples/paper.yaml's
+SEARCHES = {"pixel": {"pixels": 1, "scale": 4, "max_iter": 10}, "boundary": {"max_iter": 100}}  # examples/paper.yaml's
 
 
 class Counting(nn.Module):
@@ -213,13 +224,13 @@ def forward_floor(model: nn.Module, images: torch.Tensor, count: int) -> tuple[f
     return best
 
 
-def search_row(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """The one-pixel search, ART image by image against native on the whole batch."""
+def search_row(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """One search attack, ART image by image against native on the whole batch."""
     from tracekit.engine.attack_cache import batch_seed
     from tracekit.engine.attacking import seed_everything
 
-    art = tracekit.create("attack", "pixel", **PIXEL)
-    native = tracekit.create("attack", "pixel", **PIXEL, backend="native")
+    art = tracekit.create("attack", name, **SEARCHES[name])
+    native = tracekit.create("attack", name, **SEARCHES[name], backend="native")
     counted = Counting(model).eval()
     seeds = [batch_seed(0, [f"image-{i}"]) for i in range(len(images))]
     start = time.perf_counter()
@@ -231,18 +242,16 @@ def search_row(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
     start = time.perf_counter()
     nat_adv = native.generate_seeded(model, images, labels, torch.tensor(seeds, device=images.device))
     nat_s = time.perf_counter() - start
-    floor, size = forward_floor(model, images, native.evaluations)
+    floor, _ = forward_floor(model, images, native.evaluations)
+    adversarials = (torch.cat(art_adv), nat_adv)
     with torch.no_grad():
-        success = [float((model(adv).argmax(1) != labels).float().mean()) for adv in (torch.cat(art_adv), nat_adv)]
+        success = [float((model(adv).argmax(1) != labels).float().mean()) for adv in adversarials]
+    l2 = [(adv - images).flatten(1).norm(dim=1) for adv in adversarials]
     n = len(images)
-    print()
-    print(f"one-pixel search {PIXEL}: floor = forward passes of the native search's candidate images at batch {size}")
-    header = f"{'attack':<9} {'floor s':>8} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} {'evals/img ART/nat':>18} {'success ART/nat':>16}"
-    print(header)
-    print("-" * len(header))
     print(
-        f"{'pixel':<9} {floor:>8.2f} {art_s:>9.2f} {nat_s:>9.2f} {art_s / nat_s:>7.1f}x {nat_s / floor:>8.2f}x "
-        f"{art_evals / n:>8.0f} / {native.evaluations / n:>6.0f} {success[0]:>7.1%} / {success[1]:>6.1%}",
+        f"{name:<9} {floor:>8.2f} {art_s:>9.2f} {nat_s:>9.2f} {art_s / nat_s:>7.1f}x {nat_s / floor:>8.2f}x "
+        f"{art_evals / n:>8.0f} / {native.evaluations / n:>6.0f} {success[0]:>7.1%} / {success[1]:>6.1%}  "
+        f"{float(l2[0].median()):.3f} / {float(l2[1].median()):.3f} ({int((l2[1] < l2[0]).sum())}/{n})",
         flush=True,
     )
 

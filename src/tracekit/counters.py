@@ -7,6 +7,7 @@ and the native one-pixel attack's per-image evolution.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -23,6 +24,16 @@ def pcg(words: Any) -> Any:
 
 def uniforms(keys: torch.Tensor, size: int, seed: int, site: int, draw: int) -> torch.Tensor:
     """`[N, size]` float64 numbers in [0, 1), a function of (key, seed, site, draw, position) only."""
+    return words(keys, size, seed, site, draw).double() / 2.0**32
+
+
+def words(keys: torch.Tensor, size: int, seed: int, site: int, draw: int) -> torch.Tensor:
+    """`[N, size]` random 32-bit words (int64), a function of (key, seed, site, draw, position) only."""
     base = pcg((keys & WORD) ^ pcg((seed & WORD) ^ pcg(site * 65599 + draw)))
-    positions = pcg(torch.arange(size, device=keys.device))
-    return pcg(base[:, None] ^ positions[None, :]).double() / 2.0**32
+    return pcg(base[:, None] ^ _positions(size, keys.device)[None, :])
+
+
+@functools.lru_cache(maxsize=8)
+def _positions(size: int, device: torch.device) -> torch.Tensor:
+    """The hashed positions 0..size-1 (the same for every draw: computed once)."""
+    return pcg(torch.arange(size, device=device))

@@ -103,13 +103,17 @@ def test_native_needs_differential_evolution():
         native(es="cma-es")
 
 
-def test_a_run_with_the_native_pixel_attack_is_the_same_in_any_batching(tmp_path):
+def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_path):
     spec = {
-        "name": "native-pixel", "model": {"name": "digits-cnn"}, "device": "cpu",
+        "name": "native-search", "model": {"name": "digits-cnn"}, "device": "cpu",
         "data": {"name": "digits", "split": "test", "limit": 40}, "evaluation": {"bootstrap": 0},
-        "attacks": [{"name": "pixel", "backend": "native", "scale": 4, "max_iter": 5}],
+        "attacks": [
+            {"name": "pixel", "backend": "native", "scale": 4, "max_iter": 5},
+            {"name": "boundary", "backend": "native", "max_iter": 5},
+        ],
     }
     runs = [tracekit.run({**spec, "batch_size": size}, out=tmp_path / f"b{size}", use_cache=False) for size in (3, 16)]
     first, second = ((r.out_dir / "scores.csv").read_bytes() for r in runs)
     assert first == second
     assert runs[0].metrics["attacks"]["pixel"]["n_attacked"] > 0
+    assert runs[0].metrics["attacks"]["boundary"]["success_rate"] == 1.0
