@@ -103,7 +103,7 @@ def test_native_needs_differential_evolution():
         native(es="cma-es")
 
 
-def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_path):
+def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_path, monkeypatch):
     spec = {
         "name": "native-search", "model": {"name": "digits-cnn"}, "device": "cpu",
         "data": {"name": "digits", "split": "test", "limit": 40}, "evaluation": {"bootstrap": 0},
@@ -115,5 +115,11 @@ def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_pa
     runs = [tracekit.run({**spec, "batch_size": size}, out=tmp_path / f"b{size}", use_cache=False) for size in (3, 16)]
     first, second = ((r.out_dir / "scores.csv").read_bytes() for r in runs)
     assert first == second
+    # cached image by image: a run cut into other chunks reuses every adversarial
+    monkeypatch.setenv("TRACEKIT_CACHE", str(tmp_path / "cache"))
+    tracekit.run({**spec, "batch_size": 3}, out=tmp_path / "c3")
+    again = tracekit.run({**spec, "batch_size": 16}, out=tmp_path / "c16")
+    assert all(m["cached_images"] == m["n_clean"] for m in again.metrics["attacks"].values())
+    assert (again.out_dir / "scores.csv").read_bytes() == first
     assert runs[0].metrics["attacks"]["pixel"]["n_attacked"] > 0
     assert runs[0].metrics["attacks"]["boundary"]["success_rate"] == 1.0

@@ -5,7 +5,8 @@ An attack runs on one device batch (a chunk) at a time; its adversarials go to t
 to the attack's table (`attack-<NN>`): prediction, success, confidences, perturbation size and
 seconds. `AttackStage` is the picklable stage an executor runs on any shard of the chunks. Later stages read the adversarials back from the cache chunk by chunk; nothing keeps
 them in memory. A `per_image` attack gets one image at a time, each seeded from its own id and
-cached on its own, so that any batching (or shard split) gives an image the same adversarial.
+cached on its own, so that any batching (or shard split) gives an image the same adversarial; a
+`SeededAttack` gets whole batches with one seed per image, and is cached image by image too.
 """
 
 from __future__ import annotations
@@ -145,23 +146,39 @@ def _attack_chunk(
 ) -> tuple[CacheEntry, np.ndarray, list[str]]:
     """One chunk's adversarials (from the cache where it has them), which were cached, and each
     image's content hash. The cache is addressed by ids and content: an image whose pixels
-    changed (another dataset with the same ids, a file edited in place) is attacked anew."""
-    step = 1 if run.per_image else len(ids)
+    changed (another dataset with the same ids, a file edited in place) is attacked anew.
+
+    Entries are per chunk, or per image (`run.per_image`) for an attack whose result for an
+    image does not depend on its batch: a `per_image` attack, called one image at a time, and a
+    `SeededAttack`, called once for the chunk's uncached images and cached image by image, so
+    that a run cut into other chunks (a comparison's, another batch size) reuses them."""
     hashes = content_hashes(images)
     keys = content_keys(ids, hashes)
-    parts, cached = [], []
-    for start in range(0, len(ids), step):
-        part_ids, part_keys = ids[start : start + step], keys[start : start + step]
-        entry = run.cache.load(part_keys)
-        cached += [entry is not None] * len(part_ids)
+    seeds = [batch_seed(seed, [i]) for i in ids]
+    if not run.per_image:
+        entry = run.cache.load(keys)
         if entry is None:
-            entry = _attack_batch(
-                attack, module, images[start : start + step], labels[start : start + step], device,
-                batch_seed(seed, part_ids), who, [batch_seed(seed, [i]) for i in part_ids],
+            entry = _attack_batch(attack, module, images, labels, device, batch_seed(seed, ids), who, seeds)
+            run.cache.save(keys, entry)
+            return entry, np.zeros(len(ids), dtype=bool), hashes
+        return entry, np.ones(len(ids), dtype=bool), hashes
+    found = [run.cache.load([k]) for k in keys]
+    missing = [i for i, entry in enumerate(found) if entry is None]
+    groups = [[i] for i in missing] if not isinstance(attack, SeededAttack) else ([missing] if missing else [])
+    for group in groups:
+        pick = torch.tensor(group)
+        entry = _attack_batch(
+            attack, module, images[pick], labels[pick], device, batch_seed(seed, [ids[i] for i in group]), who,
+            [seeds[i] for i in group],
+        )
+        for k, i in enumerate(group):
+            found[i] = CacheEntry(
+                entry.adversarial[k : k + 1], entry.preds[k : k + 1], entry.probs[k : k + 1], entry.seconds / len(group)
             )
-            run.cache.save(part_keys, entry)
-        parts.append(entry)
-    return _joined(parts), np.array(cached), hashes
+            run.cache.save([keys[i]], found[i])
+    cached = np.ones(len(ids), dtype=bool)
+    cached[missing] = False
+    return _joined(found), cached, hashes  # type: ignore[arg-type]
 
 
 def _joined(parts: list[CacheEntry]) -> CacheEntry:

@@ -21,7 +21,7 @@ from ..cache import cache_dir, ensure_dir
 from ..checks import component
 from ..errors import TracekitError
 from ..plugins import distribution_versions, registry
-from ..protocols import Attack, CacheKeyed, Dataset, Detector, Executor, LoadedModel
+from ..protocols import Attack, CacheKeyed, Dataset, Detector, Executor, LoadedModel, SeededAttack
 from ..spec import Spec
 from .attack_cache import AttackCache, code_version, model_fingerprint
 from .attacking import AttackRun, AttackStage, attack_stage, seed_everything
@@ -89,7 +89,7 @@ class Prepared:
         cache = AttackCache(self.fingerprint, cache_key, spec.seed, root=self.cache_root)
         run = AttackRun(
             key, self.table(table), cache, chunks(positions, spec.batch_size),
-            bool(getattr(attack, "per_image", False)),
+            bool(getattr(attack, "per_image", False)) or isinstance(attack, SeededAttack),
         )
         labels_of = self.clean.by_position(self.clean.labels)
         attack_stage(self.executor, AttackStage(index, run, labels_of, None if bind is None else (handle, threshold)))
