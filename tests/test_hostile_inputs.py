@@ -84,7 +84,7 @@ SPECS = {  # id: (spec text or mapping, extra CLI arguments, the message expecte
     "slash-label": ({**BASE, "attacks": [{"name": "fgsm", "label": "../x"}]}, [], r"has a slash"),
     "clean-label": ({**BASE, "attacks": [{"name": "fgsm", "label": "clean"}]}, [], r"'clean' names the clean images"),
     "twice-label": ({**BASE, "attacks": [{"name": "fgsm"}, {"name": "fgsm"}]}, [], r"'fgsm' appears twice"),
-    "zero-batch": ({**BASE, "batch_size": 0}, [], r"batch_size: Input should be greater than 0"),
+    "zero-batch": ({**BASE, "batch_size": 0}, [], r"batch_size: a positive number of images or .auto., got 0"),
     "fpr-above-one": ({**BASE, "calibration": {"target_fpr": 1.5}}, [], r"target_fpr: Input should be less than 1"),
     "bool-number": ({**BASE, "attacks": [{"name": "fgsm", "eps": True}]}, [], r"eps: a number, not true"),
     "device": ({**BASE, "device": "tpu"}, [], r"device is auto, cpu, cuda, cuda:N or mps"),

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .bounded import read_json
+from .compute import Compute
 from .errors import TracekitError, did_you_mean
 from .images import ImageInput, read_inputs
 from .protocols import Detector, LoadedModel, StatefulDetector
@@ -66,13 +67,17 @@ class ScoringSetup:
 
 
 def build_setup(model_cfg: dict[str, Any], detector_cfg: dict[str, Any], device: torch.device,
-                threshold: float | None = None, fitted: dict[str, Any] | None = None) -> ScoringSetup:
+                threshold: float | None = None, fitted: dict[str, Any] | None = None,
+                compute: Compute | None = None) -> ScoringSetup:
     """Build the model and the detector of resolved component specs; `fitted`: the detector's
-    learned state (`StatefulDetector.state_dict()`), which a detector that learns needs."""
+    learned state (`StatefulDetector.state_dict()`), which a detector that learns needs;
+    `compute`: the run's compute settings (its model scores as it did in the run)."""
+    from .compute import apply as apply_compute
     from .engine.context import build
 
     model: LoadedModel = build("model", model_cfg)
     model.module.to(device).eval()
+    apply_compute(model.module, compute or Compute(), device)
     detector: Detector = build("detector", detector_cfg)
     if isinstance(detector, StatefulDetector) and fitted is not None:
         try:
@@ -187,7 +192,8 @@ def load_run(run_dir: str | Path, device: str | None = None, detector: str | Non
     dev = resolve_device(device or str(state.get("device") or "auto"))
     fitted = read_fitted(run_dir, state, dev)
     try:
-        setup = build_setup(state["model"], state["detector"], dev, float(state["threshold"]), fitted)
+        compute = Compute.model_validate(state.get("compute") or {})
+        setup = build_setup(state["model"], state["detector"], dev, float(state["threshold"]), fitted, compute)
     except TracekitError as exc:
         raise TracekitError(f"run directory {run_dir}: {exc}") from None
     expected = state.get("model_fingerprint")

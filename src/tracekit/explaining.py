@@ -38,7 +38,7 @@ def load_setup(model: Any = None, device: str | None = None, detector: str | Non
         if not path.exists():
             raise TracekitError(f"model {str(model)!r}: no such spec file or run directory")
     spec = as_spec(model)
-    return build_setup(spec.model, _spec_detector(spec, detector), resolve_device(device or spec.device))
+    return build_setup(spec.model, _spec_detector(spec, detector), resolve_device(device or spec.device), compute=spec.compute)
 
 
 def _spec_detector(spec: Any, label: str | None) -> dict[str, Any]:

@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from .bounded import MAX_SPEC_BYTES, load_yaml, read_text, short
+from .compute import Compute
 from .errors import SpecError, TracekitError, closest
 
 Component = dict[str, Any]
@@ -34,6 +35,12 @@ def _device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
         raise ValueError(f"device is auto, cpu, cuda, cuda:N or mps, got {value!r}")
     return value
+
+
+def _batch_size(value: Any) -> int | str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError(f"a positive number of images or 'auto', got {short(value)}")
 
 
 class Calibration(BaseModel):
@@ -72,7 +79,8 @@ class Spec(BaseModel):
     calibration: Calibration = Calibration()
     evaluation: Evaluation = Evaluation()
     controls: list[Literal["noise", "randomized-model"]] = []
-    batch_size: int = Field(128, gt=0)
+    batch_size: Annotated[int | str, BeforeValidator(_batch_size)] = 128  # or auto: the largest that fits the GPU
+    compute: Compute = Compute()  # precision, channels_last, cudnn_benchmark (tracekit.compute)
     num_workers: int | None = Field(None, ge=0, le=64)  # image-decoding processes; None: chosen from the machine
     executor: Component = {"name": "local"}  # where per-image stages run: local, ray, or a plugin's
     provenance: dict[str, Any] | None = None  # written by `run`; ignored on input

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..compute import apply as apply_compute
 from ..errors import TracekitError
 from ..plugins import registry
 from ..protocols import Attack, Detector, LoadedModel, Shared
@@ -43,8 +44,10 @@ def build(kind: str, cfg: dict[str, Any]) -> Any:
 
 
 def load_model(spec: Spec, device: torch.device) -> LoadedModel:
+    """The spec's model on `device`, in eval mode, set up as `compute:` says."""
     model: LoadedModel = build("model", spec.model)
     model.module.to(device).eval()
+    apply_compute(model.module, spec.compute, device)
     return model
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..cache import cache_dir, ensure_dir
 from ..checks import component
+from ..compute import auto_batch_size
 from ..errors import TracekitError
 from ..plugins import distribution_versions, registry
 from ..protocols import Attack, CacheKeyed, Dataset, Detector, Executor, LoadedModel, SeededAttack
@@ -131,6 +132,8 @@ def prepare(
     """
     seed_everything(spec.seed)
     model = load_model(spec, device)
+    if spec.batch_size == "auto":  # resolved once, here; workers get the number with the spec
+        spec.batch_size = auto_batch_size(model.module, tuple(model.input_size), device)
     attacks: list[Attack] = [build("attack", cfg) for cfg in spec.attacks]
     bound = screen_attacks(spec, attacks, model)
     dataset: Dataset = build("dataset", dataset_spec(spec))

@@ -152,6 +152,7 @@ def write_detector(
         "threshold": threshold,
         "target_fpr": spec.calibration.target_fpr,
         "device": spec.device,
+        "compute": spec.compute.model_dump(),  # so that detect scores as the run did
     }
     if isinstance(detector, StatefulDetector):
         torch.save(detector.state_dict(), directory / STATE_FILE)
