@@ -17,13 +17,14 @@ and recorded in the resolved spec; on a CPU, where memory is not what limits a b
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch import nn
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:  # torch is imported where it is used: the spec (and `validate`) must not need it
+    import torch
+    from torch import nn
+
 CPU_BATCH = 128
 MAX_BATCH = 4096
 
@@ -40,17 +41,21 @@ class Compute(BaseModel):
 
 def apply(module: nn.Module, compute: Compute, device: torch.device) -> None:
     """Set `module` (already on `device`) up as `compute` says."""
+    import torch
+
     if compute.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if compute.channels_last:
         module.to(memory_format=torch.channels_last)
     if compute.precision != "fp32":
-        _autocast(module, device.type, PRECISIONS[compute.precision])
+        _autocast(module, device.type, {"bf16": torch.bfloat16, "fp16": torch.float16}[compute.precision])
 
 
 def _autocast(module: nn.Module, device_type: str, dtype: torch.dtype) -> None:
     """Run every forward pass of `module` under autocast, its output cast back to float32 (hooks:
     the module and its layer names stay as they are, which layer-based detectors rely on)."""
+    import torch
+
     contexts: list[Any] = []
 
     def enter(_: nn.Module, args: Any) -> None:
@@ -68,6 +73,8 @@ def _autocast(module: nn.Module, device_type: str, dtype: torch.dtype) -> None:
 
 def auto_batch_size(module: nn.Module, input_size: tuple[int, ...], device: torch.device) -> int:
     """The largest power-of-two batch (at most `MAX_BATCH`) whose forward and backward pass fits."""
+    import torch
+
     if device.type != "cuda":
         return CPU_BATCH
 
@@ -86,6 +93,8 @@ def largest_fitting(attempt: Callable[[int], None], start: int = 1, cap: int = M
     """Double the batch from `start` while `attempt(size)` fits; the last size that did. Backs
     off once more (halving) on a first out-of-memory, so that the runs' own extra memory
     (saliency maps, attack state) has room."""
+    import torch
+
     size, fits = start, 0
     while size <= cap:
         try:
