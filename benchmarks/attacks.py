@@ -150,12 +150,7 @@ def main() -> None:
         f"batch {args.batch_size}  threads {torch.get_num_threads()}  median of {args.repeats} after a warm-up"
     )
     print("floor: one forward+backward pass (input gradient only) over the same images, timed alongside each attack")
-    header = (
-        f"{'attack':<9} {'floor s':>8} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} "
-        f"{'success ART/nat':>16} {'max|diff|':>10}"
-    )
-    print(header)
-    print("-" * len(header))
+    print_header(f"{'success ART/nat':>16} {'max|diff|':>10}")
     for name, (art, native) in attacks(args.batch_size).items():
         if args.only and name not in args.only:
             continue
@@ -180,14 +175,15 @@ def main() -> None:
     if searches:
         print()
         print("search attacks: floor = forward passes of the native search's candidate images at the fastest batch size")
-        header = (
-            f"{'attack':<9} {'floor s':>8} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} "
-            f"{'evals/img ART/nat':>18} {'success ART/nat':>16}  L2 median ART/nat (nat smaller)"
-        )
-        print(header)
-        print("-" * len(header))
+        print_header(f"{'evals/img ART/nat':>18} {'success ART/nat':>16}  L2 median ART/nat (nat smaller)")
     for name in searches:
         search_row(name, model, images, labels)
+
+
+def print_header(rest: str) -> None:
+    header = f"{'attack':<9} {'floor s':>8} {'ART s':>9} {'native s':>9} {'ART/nat':>8} {'nat/floor':>9} {rest}"
+    print(header)
+    print("-" * len(header))
 
 
 SEARCHES = {"pixel": {"pixels": 1, "scale": 4, "max_iter": 10}, "boundary": {"max_iter": 100}}  # examples/paper.yaml's

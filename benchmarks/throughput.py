@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import median_seconds  # benchmarks/timing.py
 from torch import nn
 
 import tracekit
@@ -45,21 +46,6 @@ def build(name: str, size: int, classes: int, device: torch.device) -> nn.Module
     from torchvision import models
 
     return getattr(models, name)(weights=None, num_classes=classes).to(device).eval()
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
-    """Seconds of one call (median of `repeats`, after a warm-up), CUDA synchronized."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def in_batches(fn: Callable[[torch.Tensor, torch.Tensor], object], x: torch.Tensor, y: torch.Tensor, batch: int) -> Callable[[], None]:
@@ -101,8 +87,8 @@ def main() -> None:
         xb = xb.detach().requires_grad_(True)
         torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
 
-    fwd = timed(in_batches(forward, x, y, args.batch), device, args.repeats)
-    fwd_bwd = timed(in_batches(forward_backward, x, y, args.batch), device, args.repeats)
+    fwd = median_seconds(in_batches(forward, x, y, args.batch), args.repeats, device)
+    fwd_bwd = median_seconds(in_batches(forward_backward, x, y, args.batch), args.repeats, device)
     per_image = {}  # stage -> seconds per image
     detector = tracekit.create("detector", "feature-response")
     rows: list[tuple[str, float, str, float, str]] = []
@@ -113,8 +99,8 @@ def main() -> None:
 
     row("forward (floor)", fwd, fwd, "forward")
     row("forward+backward (floor)", fwd_bwd, fwd_bwd, "fwd+bwd")
-    row("clean prediction", timed(in_batches(lambda xb, yb: probabilities(model, xb, device), x, y, args.batch), device, args.repeats), fwd, "forward")
-    row("paper's detector", timed(in_batches(lambda xb, yb: detector.score(model, xb), x, y, args.batch), device, args.repeats), fwd_bwd, "fwd+bwd")
+    row("clean prediction", median_seconds(in_batches(lambda xb, yb: probabilities(model, xb, device), x, y, args.batch), args.repeats, device), fwd, "forward")
+    row("paper's detector", median_seconds(in_batches(lambda xb, yb: detector.score(model, xb), x, y, args.batch), args.repeats, device), fwd_bwd, "fwd+bwd")
     gradient_attacks = {
         "fgsm": {"eps": 0.03}, "gradient": {"eps": 2.0}, "pgd-10": {"eps": 0.03, "eps_step": 0.01, "max_iter": 10},
         "deepfool": {"max_iter": 20},
@@ -123,7 +109,7 @@ def main() -> None:
         attack_name = "pgd" if stage == "pgd-10" else stage
         for backend in ("art", "native"):
             attack = tracekit.create("attack", attack_name, **params, backend=backend)
-            seconds = timed(in_batches(lambda xb, yb, a=attack: a.generate(model, xb, yb), x, y, args.batch), device, args.repeats)
+            seconds = median_seconds(in_batches(lambda xb, yb, a=attack: a.generate(model, xb, yb), x, y, args.batch), args.repeats, device)
             row(f"{stage} ({backend})", seconds, fwd_bwd, "fwd+bwd")
     searches = {"pixel": {"pixels": 1, "max_iter": args.pixel_iters}, "boundary": {"max_iter": args.boundary_steps}}
     for stage, params in searches.items():

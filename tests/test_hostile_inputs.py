@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from typer.testing import CliRunner
 
 from tracekit import hookimpl, plugins
 from tracekit.cli import build_app
-from tracekit.testing import tiny_model
+from tracekit.testing import install_fake_distribution, tiny_model
 
 QUICKSTART = str(Path(__file__).parents[1] / "examples" / "quickstart.yaml")
 LIMIT_S = 60  # every case, however hostile, ends within this
@@ -383,15 +382,6 @@ def test_finished_adversarials_stay_cached_when_a_later_batch_fails(garbage, tes
     assert entries  # the batches before the failing one were kept
 
 
-def _install(root: Path, name: str, source: str) -> None:
-    """A fake installed distribution `name` whose `tracekit` entry point is the module `source`."""
-    dist = root / f"{name.replace('-', '_')}-0.1.dist-info"  # the wheel convention: '-' ends the name
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[tracekit]\nfake = {name.replace('-', '_')}\n")
-    (root / f"{name.replace('-', '_')}.py").write_text(textwrap.dedent(source))
-
-
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -403,7 +393,7 @@ def site(tmp_path, monkeypatch):
 
 
 def test_a_plugin_that_exits_at_import_cannot_take_the_commands_down(site):
-    _install(site, "hostile-exit", "import sys\nsys.exit(3)\n")
+    install_fake_distribution(site, "hostile-exit", "import sys\nsys.exit(3)\n")
     plugins.reload()
     listed = invoke("plugins")
     assert listed.exit_code == 0 and "SystemExit" in listed.output, listed.output
@@ -413,7 +403,7 @@ def test_a_plugin_that_exits_at_import_cannot_take_the_commands_down(site):
 
 
 def test_a_hook_that_exits_is_recorded(site):
-    _install(site, "hostile-hook", """
+    install_fake_distribution(site, "hostile-hook", """
         import sys
         import tracekit
 
@@ -428,7 +418,7 @@ def test_a_hook_that_exits_is_recorded(site):
 
 
 def test_an_unknown_component_of_a_failed_plugin_says_so(site, tmp_path):
-    _install(site, "tracekit-gradcam", "raise ImportError('needs libfoo')\n")
+    install_fake_distribution(site, "tracekit-gradcam", "raise ImportError('needs libfoo')\n")
     plugins.reload()
     spec = spec_file(tmp_path, {**BASE, "detector": {"name": "feature-response", "saliency": {"name": "grad-cam"}}})
     assert_one_clear_error(

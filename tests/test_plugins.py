@@ -1,13 +1,13 @@
 """Plugins are found through the `tracekit` entry-point group, like a third party's."""
 
 import sys
-import textwrap
 
 import pytest
 
 import tracekit
 from tracekit import plugins
 from tracekit.registry import KINDS
+from tracekit.testing import install_fake_distribution
 
 
 def test_builtins_registered_through_entry_points():
@@ -18,14 +18,6 @@ def test_builtins_registered_through_entry_points():
                        ("saliency", "guided-backprop"), ("score", "local-entropy"), ("detector", "feature-response")]:
         assert name in tracekit.available(kind)
         assert plugins.registry(kind).get(name).source == "tracekit"
-
-
-def _install_fake_distribution(root, name, module_source, entry_point="fake"):
-    dist = root / f"{name}-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[tracekit]\n{entry_point} = {name.replace('-', '_')}\n")
-    (root / f"{name.replace('-', '_')}.py").write_text(textwrap.dedent(module_source))
 
 
 @pytest.fixture
@@ -39,7 +31,7 @@ def site(tmp_path, monkeypatch):
 
 
 def test_third_party_distribution_found_and_usable(site):
-    _install_fake_distribution(site, "thirdparty-score", """
+    install_fake_distribution(site, "thirdparty-score", """
         import tracekit
 
         class Peak:
@@ -64,7 +56,7 @@ def test_third_party_distribution_found_and_usable(site):
 
 
 def test_broken_plugin_reported_not_fatal(site):
-    _install_fake_distribution(site, "thirdparty-broken", "raise ImportError('needs libfoo')\n")
+    install_fake_distribution(site, "thirdparty-broken", "raise ImportError('needs libfoo')\n")
     plugins.reload()
     broken = [p for p in plugins.plugins() if p.distribution == "thirdparty-broken"]
     assert broken and "needs libfoo" in broken[0].error
@@ -72,7 +64,7 @@ def test_broken_plugin_reported_not_fatal(site):
 
 
 def test_duplicate_name_from_plugin_reported(site):
-    _install_fake_distribution(site, "thirdparty-dup", """
+    install_fake_distribution(site, "thirdparty-dup", """
         import tracekit
 
         @tracekit.hookimpl

@@ -8,6 +8,7 @@ and `mean-abs` (score) when passed to `tracekit.plugins.register_plugin(testing_
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import torch
@@ -137,3 +138,18 @@ class _TestingPlugin:
 
 
 testing_plugin = _TestingPlugin()
+
+
+def install_fake_distribution(root: Path, name: str, source: str, entry_point: str = "fake") -> None:
+    """A fake installed distribution `name` in the folder `root` (put it on `sys.path`), whose
+    `tracekit` entry point `entry_point` is a module with the (dedented) `source`: how plugin tests
+    install a third party without pip. The `.dist-info` folder is named as wheels name it (`-` in
+    the name becomes `_`), so that importlib reads the name right."""
+    import textwrap
+
+    module = name.replace("-", "_")
+    dist = root / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[tracekit]\n{entry_point} = {module}\n")
+    (root / f"{module}.py").write_text(textwrap.dedent(source))

@@ -33,3 +33,17 @@ def batch(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         right = model(images).argmax(1) == labels
     assert right.sum() >= 100, "the test model did not learn the synthetic problem"
     return images[right][:100], labels[right][:100]
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """digits-cnn and 30 correctly classified test digits (the embedded default)."""
+    import tracekit
+
+    model = tracekit.create("model", "digits-cnn")
+    dataset = tracekit.create("dataset", "digits", split="test", limit=80)
+    images, labels = zip(*[(x, y) for _, x, y in dataset.samples(model)])
+    x, y = torch.stack(images), torch.tensor(labels)
+    with torch.no_grad():
+        right = model.module(x).argmax(1) == y
+    return model.module.eval(), x[right][:30], y[right][:30]

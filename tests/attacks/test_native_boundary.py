@@ -3,24 +3,11 @@ is reproducible per image whatever the batching, and does what ART's does on the
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
 import tracekit
 from tracekit.engine.attacking import seed_everything
-
-
-@pytest.fixture(scope="module")
-def digits():
-    """digits-cnn and 24 correctly classified test digits (the embedded default)."""
-    model = tracekit.create("model", "digits-cnn")
-    dataset = tracekit.create("dataset", "digits", split="test", limit=60)
-    images, labels = zip(*[(x, y) for _, x, y in dataset.samples(model)])
-    x, y = torch.stack(images), torch.tensor(labels)
-    with torch.no_grad():
-        right = model.module(x).argmax(1) == y
-    return model.module.eval(), x[right][:24], y[right][:24]
 
 
 def native(**params):
@@ -32,7 +19,7 @@ def l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def test_it_stays_adversarial_and_walks_towards_the_original(digits):
-    model, images, labels = digits
+    model, images, labels = digits[0], digits[1][:24], digits[2][:24]
     seeds = torch.arange(len(images))
     start = native(max_iter=1, num_trial=1).generate_seeded(model, images, labels, seeds)
     walked = native(max_iter=40).generate_seeded(model, images, labels, seeds)
@@ -69,7 +56,7 @@ def test_without_misclassified_noise_the_image_comes_back_unchanged():
 
 
 def test_it_does_what_arts_does_on_the_digits(digits):
-    model, images, labels = digits
+    model, images, labels = digits[0], digits[1][:24], digits[2][:24]
     params = {"max_iter": 30}
     mine = native(**params).generate_seeded(model, images, labels, torch.arange(len(images)))
     art = tracekit.create("attack", "boundary", **params)

@@ -11,18 +11,6 @@ from tracekit.attacks.evolution import evaluations_per_image
 from tracekit.engine.attacking import seed_everything
 
 
-@pytest.fixture(scope="module")
-def digits():
-    """digits-cnn and 30 correctly classified test digits (the embedded default)."""
-    model = tracekit.create("model", "digits-cnn")
-    dataset = tracekit.create("dataset", "digits", split="test", limit=80)
-    images, labels = zip(*[(x, y) for _, x, y in dataset.samples(model)])
-    x, y = torch.stack(images), torch.tensor(labels)
-    with torch.no_grad():
-        right = model.module(x).argmax(1) == y
-    return model.module.eval(), x[right][:30], y[right][:30]
-
-
 def native(**params):
     return tracekit.create("attack", "pixel", backend="native", **params)
 

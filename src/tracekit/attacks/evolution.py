@@ -33,38 +33,27 @@ from torch import nn
 
 from ..counters import uniforms
 from ..errors import TracekitError
-from .native import evaluating, to_model_device
+from .native import BatchedSearch
 
 POPULATION = 400  # ART's: popsize = max(1, 400 // D) candidates per dimension
 _INIT, _STRATA, _DITHER, _PICK_A, _PICK_B, _REDRAW = range(6)  # `uniforms` sites, one per purpose
 
 
-class NativeOnePixel:
+class NativeOnePixel(BatchedSearch):
     """One-pixel differential evolution over whole batches (see the module's docstring)."""
 
     def __init__(self, pixels: int, max_iter: int, stop_probability: float, scale: int, eval_batch: int | None) -> None:
         """`eval_batch` None: 4096 candidate images per forward pass on a GPU, 128 on a CPU (where
         small batches stay in cache: measured fastest for the digits model on 2 cores)."""
+        super().__init__(eval_batch)
         self.pixels, self.max_iter, self.stop_probability = pixels, max_iter, stop_probability
-        self.scale, self.batch = scale, eval_batch
-        self.eval_batch = eval_batch or 128
-        self.evaluations = 0  # candidate images forwarded, over the attack's life (for benchmarks)
+        self.scale = scale
 
     def check(self, input_size: tuple[int, ...]) -> None:
         check_grid(input_size, self.scale, self.pixels)
 
-    def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Without per-image seeds (a direct call): every image gets seed 0."""
-        return self.generate_seeded(model, images, labels, torch.zeros(len(images), dtype=torch.long))
-
-    @torch.no_grad()
-    def generate_seeded(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor
-    ) -> torch.Tensor:
-        with evaluating(model), torch.no_grad():
-            x = to_model_device(model, images)
-            self.eval_batch = self.batch or (4096 if x.is_cuda else 128)
-            return _Evolution(self, model, x, labels.to(x.device), seeds.to(x.device)).run().to(images.device, images.dtype)
+    def search(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        return _Evolution(self, model, x, labels, seeds).run()
 
 
 class _Evolution:

@@ -285,3 +285,33 @@ class NativeDeepFool:
         index = torch.arange(n, device=x.device)
         size = f_diff[index, closest].abs() / (lengths[index, closest] ** 2 + _DEEPFOOL_TOL)
         return size.view(-1, *[1] * (x.dim() - 1)) * grad_diff[index, closest]
+
+
+class BatchedSearch:
+    """Base of the native search attacks (one-pixel, boundary): `generate_seeded` runs `search`
+    on the batch on the model's device and in its dtype; `generate` (a direct call) gives every
+    image seed 0. `eval_batch` None: 4096 candidate images per forward pass on a GPU,
+    `cpu_batch` on a CPU (where small batches stay in cache)."""
+
+    cpu_batch = 128
+
+    def __init__(self, eval_batch: int | None) -> None:
+        self.batch = eval_batch
+        self.eval_batch = eval_batch or self.cpu_batch
+        self.evaluations = 0  # candidate images forwarded, over the attack's life (for benchmarks)
+
+    def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.generate_seeded(model, images, labels, torch.zeros(len(images), dtype=torch.long))
+
+    @torch.no_grad()
+    def generate_seeded(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor
+    ) -> torch.Tensor:
+        with evaluating(model), torch.no_grad():
+            x = to_model_device(model, images)
+            self.eval_batch = self.batch or (4096 if x.is_cuda else self.cpu_batch)
+            adversarial = self.search(model, x, labels.to(x.device), seeds.to(x.device))
+            return adversarial.to(images.device, images.dtype)
+
+    def search(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
