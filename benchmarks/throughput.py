@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--pixel-iters", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median), after a warm-up")
     args = parser.parse_args()
     device = torch.device(args.device)
     model = build(args.model, args.size, args.classes, device)
