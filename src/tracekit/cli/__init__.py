@@ -6,6 +6,8 @@ Commands only parse, call the engine, and print. Exit codes: 0 success, 2 bad in
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from . import cache as cache_cmd
@@ -64,5 +66,13 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM and SIGHUP (a job scheduler's stop, a closed
+    terminal) stop the work like Ctrl-C: a message, finished work kept, the same command resumes."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _interrupt)
     build_app()()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
