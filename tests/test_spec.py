@@ -215,3 +215,20 @@ def test_overriding_a_defaulted_component_keeps_its_default_name(tmp_path):
                             "attacks": [{"name": "fgsm"}]})  # fmt: skip
     spec = load_spec(bare, ["detector.score.size=7"])
     assert spec.detector["name"] == "feature-response" and spec.detector["score"]["size"] == 7
+
+
+def test_structure_and_component_errors_come_together():
+    from tracekit.errors import SpecError
+    from tracekit.spec import validate_spec
+
+    data = {
+        "name": "x", "model": {"name": "digits-cnn"}, "data": {"name": "digits"},
+        "attacks": [{"name": "fgsn"}, {"name": "fgsm", "esp": 0.1}], "atacks": [],
+    }
+    with pytest.raises(SpecError) as caught:
+        validate_spec(data, source="spec.yaml")
+    message = str(caught.value)
+    assert message.startswith("spec.yaml: atacks: unknown key (did you mean 'attacks'?); ")
+    assert "attacks.0.name: unknown attack 'fgsn' (did you mean 'fgsm'" in message
+    assert "attacks.1.esp: unknown parameter of attack 'fgsm' (did you mean 'eps'?)" in message
+    assert message.count("spec.yaml") == 1

@@ -181,8 +181,9 @@ def validate_spec(data: Mapping[str, Any], source: str = "spec") -> Spec:
     """Structure, then components: the fully validated `Spec` or one `SpecError`."""
     try:
         spec = Spec.model_validate(dict(data))
-    except pydantic.ValidationError as exc:
-        raise SpecError(f"{source}: {_structure_error(exc)}") from None
+    except pydantic.ValidationError as exc:  # the components' errors too, all in one message
+        problems = [_structure_error(exc), *map(str, _component_problems(data, source))]
+        raise SpecError(f"{source}: " + "; ".join(problems)) from None
     spec = _resolve_components(spec, source)
     spec._source = source
     return spec
@@ -219,8 +220,6 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 def _resolve_components(spec: Spec, source: str) -> Spec:
     """Resolve every component; report all their errors together, in spec order."""
-    from .plugins import registry
-
     if spec.detector is None and spec.detectors is None:
         spec.detector = {}
     if isinstance(spec.detector, dict) and "name" not in spec.detector:  # none, or --set detector.score.size=5
@@ -228,22 +227,9 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
     if spec.detector is not None and spec.detectors is not None:
         raise SpecError(f"{source}: give either 'detector' (tracekit run) or 'detectors' (tracekit compare), not both")
     problems: list[TracekitError] = []
-
-    def resolve(kind: str, component: Any, where: str) -> Any:
-        try:
-            return registry(kind).resolve(component, where)
-        except TracekitError as exc:
-            problems.append(exc)
-            return component
-
-    spec.model = resolve("model", spec.model, "model")
-    spec.data = _resolve_data(spec.data, source, resolve)
-    spec.attacks = [resolve("attack", a, f"attacks.{i}") for i, a in enumerate(spec.attacks)]
-    if spec.detector is not None:
-        spec.detector = resolve("detector", spec.detector, "detector")
-    if spec.detectors is not None:
-        spec.detectors = [resolve("detector", d, f"detectors.{i}") for i, d in enumerate(spec.detectors)]
-    spec.executor = resolve("executor", {"name": "local", **spec.executor} if isinstance(spec.executor, Mapping) else spec.executor, "executor")
+    fields = {name: getattr(spec, name) for name in ("model", "data", "attacks", "detector", "detectors", "executor")}
+    for name, value in _resolve_fields(fields, source, problems).items():
+        setattr(spec, name, value)
     if problems:  # one problem keeps its own type (e.g. UnknownComponentError)
         kind = type(problems[0]) if len(problems) == 1 else SpecError
         raise kind(f"{source}: " + "; ".join(map(str, problems)))
@@ -257,6 +243,48 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
     if spec.detectors is not None:
         _unique(source, "detectors", [spec.detector_key(i) for i in range(len(spec.detectors))])
     return spec
+
+
+def _resolve_fields(fields: Mapping[str, Any], source: str, problems: list[TracekitError]) -> dict[str, Any]:
+    """The component fields present in `fields` (a spec's, or a raw mapping's that failed its
+    structure check) resolved against their registries; each error goes to `problems`."""
+    from .plugins import registry
+
+    def resolve(kind: str, component: Any, where: str) -> Any:
+        try:
+            return registry(kind).resolve(component, where)
+        except TracekitError as exc:
+            problems.append(exc)
+            return component
+
+    out: dict[str, Any] = {}
+    if "model" in fields:
+        out["model"] = resolve("model", fields["model"], "model")
+    if "data" in fields:
+        try:
+            out["data"] = _resolve_data(fields["data"], source, resolve)
+        except TracekitError as exc:
+            problems.append(exc)
+    if isinstance(fields.get("attacks"), list):
+        out["attacks"] = [resolve("attack", a, f"attacks.{i}") for i, a in enumerate(fields["attacks"])]
+    if fields.get("detector") is not None:
+        out["detector"] = resolve("detector", fields["detector"], "detector")
+    if isinstance(fields.get("detectors"), list):
+        out["detectors"] = [resolve("detector", d, f"detectors.{i}") for i, d in enumerate(fields["detectors"])]
+    executor = fields.get("executor")
+    if executor is not None:
+        out["executor"] = resolve("executor", {"name": "local", **executor} if isinstance(executor, Mapping) else executor, "executor")
+    return out
+
+
+def _component_problems(data: Mapping[str, Any], source: str) -> list[TracekitError]:
+    """The component errors of a raw spec whose structure is wrong (so that all come at once)."""
+    problems: list[TracekitError] = []
+    fields = dict(data) if isinstance(data, Mapping) else {}
+    if isinstance(fields.get("detector"), Mapping) and "name" not in fields["detector"]:
+        fields["detector"] = {"name": DEFAULT_DETECTOR, **fields["detector"]}
+    _resolve_fields(fields, source, problems)
+    return [TracekitError(str(p).removeprefix(f"{source}: ")) for p in problems]
 
 
 LABELS = ("dataset", "predicted")
