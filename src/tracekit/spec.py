@@ -182,7 +182,7 @@ def validate_spec(data: Mapping[str, Any], source: str = "spec") -> Spec:
     try:
         spec = Spec.model_validate(dict(data))
     except pydantic.ValidationError as exc:  # the components' errors too, all in one message
-        problems = [_structure_error(exc), *map(str, _component_problems(data, source))]
+        problems = [_structure_error(exc), *map(str, _component_problems(data))]
         raise SpecError(f"{source}: " + "; ".join(problems)) from None
     spec = _resolve_components(spec, source)
     spec._source = source
@@ -228,7 +228,7 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
         raise SpecError(f"{source}: give either 'detector' (tracekit run) or 'detectors' (tracekit compare), not both")
     problems: list[TracekitError] = []
     fields = {name: getattr(spec, name) for name in ("model", "data", "attacks", "detector", "detectors", "executor")}
-    for name, value in _resolve_fields(fields, source, problems).items():
+    for name, value in _resolve_fields(fields, problems).items():
         setattr(spec, name, value)
     if problems:  # one problem keeps its own type (e.g. UnknownComponentError)
         kind = type(problems[0]) if len(problems) == 1 else SpecError
@@ -245,7 +245,7 @@ def _resolve_components(spec: Spec, source: str) -> Spec:
     return spec
 
 
-def _resolve_fields(fields: Mapping[str, Any], source: str, problems: list[TracekitError]) -> dict[str, Any]:
+def _resolve_fields(fields: Mapping[str, Any], problems: list[TracekitError]) -> dict[str, Any]:
     """The component fields present in `fields` (a spec's, or a raw mapping's that failed its
     structure check) resolved against their registries; each error goes to `problems`."""
     from .plugins import registry
@@ -262,7 +262,7 @@ def _resolve_fields(fields: Mapping[str, Any], source: str, problems: list[Trace
         out["model"] = resolve("model", fields["model"], "model")
     if "data" in fields:
         try:
-            out["data"] = _resolve_data(fields["data"], source, resolve)
+            out["data"] = _resolve_data(fields["data"], resolve)
         except TracekitError as exc:
             problems.append(exc)
     if isinstance(fields.get("attacks"), list):
@@ -277,27 +277,27 @@ def _resolve_fields(fields: Mapping[str, Any], source: str, problems: list[Trace
     return out
 
 
-def _component_problems(data: Mapping[str, Any], source: str) -> list[TracekitError]:
+def _component_problems(data: Mapping[str, Any]) -> list[TracekitError]:
     """The component errors of a raw spec whose structure is wrong (so that all come at once)."""
     problems: list[TracekitError] = []
     fields = dict(data) if isinstance(data, Mapping) else {}
     if isinstance(fields.get("detector"), Mapping) and "name" not in fields["detector"]:
         fields["detector"] = {"name": DEFAULT_DETECTOR, **fields["detector"]}
-    _resolve_fields(fields, source, problems)
-    return [TracekitError(str(p).removeprefix(f"{source}: ")) for p in problems]
+    _resolve_fields(fields, problems)
+    return problems
 
 
 LABELS = ("dataset", "predicted")
 
 
-def _resolve_data(data: Component, source: str, resolve: Any) -> Component:
+def _resolve_data(data: Component, resolve: Any) -> Component:
     """The dataset component plus the engine's `labels:` option (any dataset): `dataset` (its own
     labels, the default) or `predicted` (the model's clean prediction is the label)."""
     if not isinstance(data, Mapping) or "labels" not in data:
         return resolve("dataset", data, "data")
     labels = data["labels"]
     if labels not in LABELS:
-        raise SpecError(f"{source}: data.labels: expected one of {', '.join(LABELS)}, got {short(labels)}")
+        raise SpecError(f"data.labels: expected one of {', '.join(LABELS)}, got {short(labels)}")
     resolved = resolve("dataset", {k: v for k, v in data.items() if k != "labels"}, "data")
     return {**resolved, "labels": labels}
 

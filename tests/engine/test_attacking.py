@@ -48,7 +48,7 @@ def _generate(attack, batch_size: int, seed: int = 0, cache_root=None, n: int = 
             yield Batch(chunk, chunk.index, [ids[i] for i in chunk.index], images[chunk.index], torch.zeros(len(chunk.index)))
 
     context = SimpleNamespace(
-        attacks=[attack], model=SimpleNamespace(module=model), device=torch.device("cpu"),
+        attacks=[attack], model=SimpleNamespace(module=model), model_who="model 'tiny'", device=torch.device("cpu"),
         spec=SimpleNamespace(seed=seed, attacks=[{"name": "noise"}], model={"name": "tiny"}),
         reader=SimpleNamespace(read=read),
     )

@@ -111,7 +111,7 @@ class AttackStage:
             attack.bind(context.detector(handle), threshold)  # type: ignore[attr-defined]
         done = self.table.done()  # a retried shard keeps the chunks it finished
         module, device, seed, key = context.model.module, context.device, context.spec.seed, self.results.key
-        who = (component("attack", context.spec.attacks[self.index]["name"]), component("model", context.spec.model["name"]))
+        who = (component("attack", context.spec.attacks[self.index]["name"]), context.model_who)
         for batch in context.reader.read([p for p in pieces if p.name not in done]):
             if not np.array_equal(batch.index, batch.chunk.index):
                 missing = sorted(set(batch.chunk.index.tolist()) - set(batch.index.tolist()))

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
+from ..checks import component
 from ..compute import apply as apply_compute
 from ..errors import TracekitError
 from ..plugins import registry
@@ -91,6 +91,7 @@ class Context:
     ) -> None:
         self.spec, self.device, self.work, self.cache_root = spec, device, work, cache_root
         self.model, self.reader, self.attacks = model, reader, attacks
+        self.model_who = component("model", str(spec.model["name"]))  # names the model in messages
         self._models: dict[str, LoadedModel] = {TRAINED: model}
         self._detectors: dict[str, Detector] = {}
 
@@ -161,7 +162,3 @@ class Done:
 
     images: int
     warnings: list[str] = field(default_factory=list)
-
-
-def positions_of(pieces: list[Chunk]) -> np.ndarray:
-    return np.concatenate([p.index for p in pieces]) if pieces else np.zeros(0, np.int64)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import checked, component
+from ..checks import checked
 from ..errors import TracekitError
 from ..progress import progress
 from ..protocols import Executor
@@ -102,8 +102,7 @@ class PredictClean:
             yield len(batch.chunk.index)
 
     def write(self, batch: Batch, context: Context) -> None:
-        who = component("model", context.spec.model["name"])
-        probs = probabilities(context.model.module, batch.images, context.device, who)
+        probs = probabilities(context.model.module, batch.images, context.device, context.model_who)
         preds = probs.argmax(1)
         labels = preds if self.predicted_labels else batch.labels
         correct = (preds == labels).numpy()

@@ -36,25 +36,48 @@ from .tables import Table
 class Prepared:
     """Model, data, the clean table and the attacks that need no detector, ready for detectors."""
 
-    spec: Spec
-    device: torch.device
-    work: Path  # the run's (temporary) directory, where its tables are
-    model: LoadedModel
+    context: Context  # the driver's own: spec, device, run directory, model, reader, attacks
+    executor: Executor  # where the per-image stages run
     dataset: Dataset
-    reader: Reader
     clean: Clean
     fingerprint: str  # of the model weights: keys the attack cache, recorded in detector.json
-    attacks: list[Attack]  # built once, in spec order
     runs: list[AttackRun]  # attacks that need no detector, in spec order
     bound: list[int]  # indices of the spec's detector-bound (adaptive) attacks
     fit_subset: np.ndarray  # positions of the fit images a learning detector is fitted on
-    cache_root: Path
-    executor: Executor  # where the per-image stages run
-    context: Context  # the driver's own: model, reader, attacks
     _fit_images: torch.Tensor | None = field(default=None, repr=False)
 
+    @property
+    def spec(self) -> Spec:
+        return self.context.spec
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    @property
+    def work(self) -> Path:
+        """The run's (temporary) directory, where its tables are."""
+        return self.context.work
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.context.model
+
+    @property
+    def reader(self) -> Reader:
+        return self.context.reader
+
+    @property
+    def attacks(self) -> list[Attack]:
+        """Built once, in spec order."""
+        return self.context.attacks
+
+    @property
+    def cache_root(self) -> Path:
+        return self.context.cache_root
+
     def table(self, name: str) -> Table:
-        return Table(self.work, name)
+        return self.context.table(name)
 
     @property
     def test(self) -> np.ndarray:
@@ -152,10 +175,7 @@ def prepare(
     fit = clean.positions(FIT)
     ranked = fit[np.argsort(fit_score(clean.ids[clean.part == FIT].tolist(), f"{spec.seed}:fit-subset"), kind="stable")]
     fit_subset = np.sort(ranked[: spec.calibration.fit_images])
-    prep = Prepared(
-        spec, device, work, model, dataset, reader, clean, fingerprint, attacks, [], bound, fit_subset, cache_root,
-        executor, context,
-    )
+    prep = Prepared(context, executor, dataset, clean, fingerprint, [], bound, fit_subset)
     attacked = np.union1d(prep.test, fit_subset) if adversarial_fit else prep.test
     prep.runs = [prep.attack(i, attacked, f"attack-{i:02d}") for i in range(len(attacks)) if i not in bound]
     return prep

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..checks import checked, component
+from ..checks import checked
 from ..errors import TracekitError
 from ..progress import progress
 from ..protocols import Detector, Executor, LoadedModel
@@ -136,8 +136,7 @@ class ScoreStage:
                 raise TracekitError(f"{self.description} (images {ids[0]} .. {ids[-1]}): {exc}") from None
             columns = {"index": positions, "sample_id": ids, "score": scores.detach().double().cpu().numpy()}
             if self.predictions:
-                who = component("model", context.spec.model["name"])
-                columns["pred"] = probabilities(context.model.module, images, context.device, who).argmax(1).numpy()
+                columns["pred"] = probabilities(context.model.module, images, context.device, context.model_who).argmax(1).numpy()
             self.table.write(name, columns)
             yield len(ids)
 
