@@ -75,14 +75,26 @@ def test_hand_computed_values():
     assert local_entropy_map(board)[0, 1, 1].item() == pytest.approx(-p * math.log2(p) - (1 - p) * math.log2(1 - p))
 
 
-def test_batch_equals_images_one_by_one_across_chunks(monkeypatch):
+@pytest.mark.parametrize("size", [3, 5])
+def test_batch_equals_images_one_by_one_across_chunks(monkeypatch, size):
     images = torch.cat([test_images(19, 13, seed=s) for s in range(3)])
-    whole = local_entropy_map(images, 5)
+    whole = local_entropy_map(images, size)
     # equal up to float64 rounding: vectorized and scalar log2 may differ in the last bit
     monkeypatch.setattr(entropy_module, "_CPU_CHUNK_BYTES", 1)  # one image per chunk
-    torch.testing.assert_close(local_entropy_map(images, 5), whole, rtol=0, atol=1e-12)
+    monkeypatch.setattr(entropy_module, "_CPU_CHUNK_PIXELS", 1)
+    torch.testing.assert_close(local_entropy_map(images, size), whole, rtol=0, atol=1e-12)
     for i in range(len(images)):
-        torch.testing.assert_close(local_entropy_map(images[i : i + 1], 5)[0], whole[i], rtol=0, atol=1e-12)
+        torch.testing.assert_close(local_entropy_map(images[i : i + 1], size)[0], whole[i], rtol=0, atol=1e-12)
+
+
+def test_sorting_network_sorts():
+    """The 3x3 way's network sorts every 0/1 input of 9 (the 0-1 principle: then it sorts all)."""
+    network = entropy_module._sorting_network(9)
+    patterns = (torch.arange(512)[:, None] >> torch.arange(9)) & 1
+    values = list(patterns.T.clone())
+    for a, b in network:
+        values[a], values[b] = torch.minimum(values[a], values[b]), torch.maximum(values[a], values[b])
+    assert torch.equal(torch.stack(values).T, patterns.sort(dim=1).values)
 
 
 def test_integer_valued_inputs_of_other_dtypes():
@@ -129,8 +141,8 @@ def test_score_in_chunks_of_maps(monkeypatch):
     gen = torch.Generator().manual_seed(8)
     maps = torch.randn((5, 1, 12, 12), generator=gen)
     whole = LocalEntropy().score(maps)
-    monkeypatch.setattr(entropy_module, "_MAPS_PER_CHUNK", 2)
-    torch.testing.assert_close(LocalEntropy().score(maps), whole, rtol=0, atol=1e-12)
+    monkeypatch.setattr(entropy_module, "_CPU_CHUNK_PIXELS", 2 * 12 * 12)  # two maps per chunk
+    assert torch.equal(LocalEntropy().score(maps), whole)
     assert LocalEntropy().score(maps[:0]).shape == (0,)
 
 

@@ -1,16 +1,27 @@
 """Local spatial entropy of 8-bit gray maps (DESIGN.md, step 3) and the `local-entropy` score.
 
 For a pixel with `n` neighbours inside the image, the entropy of its window's histogram `h` is
-`log2(n) - (1/n) * sum_v h_v log2(h_v)`, and `sum_v h_v log2(h_v) = sum_i log2(c_i)` where `c_i`
-counts the window entries equal to entry `i`. The counts come from equality tests between the
-image and shifted copies of itself, so the whole batch is a handful of vectorized tensor
-operations, on whatever device the input is on.
+`log2(n) - (1/n) * S` with `S = sum_v h_v log2(h_v)`. Everything is vectorized over the batch,
+on whatever device the input is on; two ways to get `S`:
+
+- 3x3 (the paper's window, the hot path): the nine shifted copies of the image go through a
+  sorting network (elementwise min/max), so equal values become neighbours; the 8 "equals the
+  next" bits of a pixel's sorted window are a byte that indexes a 256-entry table of `S`.
+  About 2x faster than the general way on a CPU (`benchmarks/throughput.py`).
+- Other sizes: `S = sum_i log2(c_i)` where `c_i` counts the window entries equal to entry `i`,
+  the counts from equality tests between the image and shifted copies of itself.
+
+scikit-image's `rank.entropy` is the reference (tests), not the implementation: it runs image
+by image on a CPU with a sliding histogram.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
+
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +34,15 @@ from .gray import to_gray_u8
 # enough to keep kernel launches few.
 _CPU_CHUNK_BYTES = 1 << 21
 _ACCELERATOR_CHUNK_BYTES = 1 << 28
-_MAPS_PER_CHUNK = 64  # bounds the float64 gray conversion's memory in `LocalEntropy`
+# Pixels per chunk of the 3x3 way (nine uint8 planes of them stay within a CPU's L2/L3 cache)
+# and of `LocalEntropy`'s float64 gray conversion (bounds its memory).
+_CPU_CHUNK_PIXELS = 1 << 18
+_ACCELERATOR_CHUNK_PIXELS = 1 << 24
+
+
+def _chunk(device: torch.device, pixels: int) -> int:
+    """Images of `pixels` pixels per chunk on `device`."""
+    return max(1, (_CPU_CHUNK_PIXELS if device.type == "cpu" else _ACCELERATOR_CHUNK_PIXELS) // max(pixels, 1))
 
 
 def _as_u8(images: torch.Tensor) -> torch.Tensor:
@@ -107,6 +126,83 @@ def _outside_counts(h: int, w: int, size: int, device: torch.device) -> torch.Te
     return size * size - inside(h)[:, None] * inside(w)[None, :]
 
 
+@functools.cache
+def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort for `n` inputs, as (low, high) comparators in order.
+
+    Built for the next power of two and pruned: inputs past `n` would be +inf and never move,
+    so comparators reaching them do nothing. For n = 9: 28 comparators.
+    """
+    m = 1 << (n - 1).bit_length()
+    pairs = []
+    p = 1
+    while p < m:
+        k = p
+        while k >= 1:
+            for j in range(k % p, m - k, 2 * k):
+                for i in range(min(k, m - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        pairs.append((a, b))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+@functools.cache
+def _run_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indexed by the byte whose bit k says "sorted entry k+1 equals entry k" (9 entries), all
+    float64: the entropy of a full window, `S = sum over runs of c log2 c`, and the first run's
+    length."""
+    bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+    s = torch.zeros(256, dtype=torch.float64)
+    run = torch.ones(256, dtype=torch.float64)
+    first = torch.ones(256, dtype=torch.float64)
+    in_first = torch.ones(256, dtype=torch.bool)
+    for k in range(8):
+        same = bits[:, k] == 1
+        s += torch.where(same, 0.0, _x_log2_x(run))
+        run = torch.where(same, run + 1, 1.0)
+        in_first &= same
+        first += in_first
+    s += _x_log2_x(run)
+    full = (math.log2(9) - s / 9).clamp_(min=0.0)
+    return full.to(device), s.to(device), first.to(device)
+
+
+def _local_entropy_3x3(images: torch.Tensor, border: torch.Tensor, outside: torch.Tensor, out: torch.Tensor) -> None:
+    """Local entropy of each pixel's 3x3 window into `out` (float64 `[N,H,W]`, contiguous).
+
+    Interior pixels read their entropy from the table. Outside entries read as 0, the smallest
+    value, so at the `border` pixels (flat indices, `outside` entries each) the first run of
+    the sorted window holds them and the window's z zeros: its `(k + z) log2(k + z)` in `S` is
+    replaced by `z log2 z`, and the window has `9 - k` entries.
+    """
+    n, h, w = images.shape
+    padded = F.pad(images, (1,) * 4)
+    s_n, s_h, s_w = padded.stride()
+    windows = padded.as_strided((3, 3, n, h, w), (s_h, s_w, s_n, s_h, s_w)).flatten(0, 1)
+    planes = [plane.clone() for plane in windows]
+    spare = torch.empty_like(planes[0])
+    for a, b in _sorting_network(9):
+        torch.minimum(planes[a], planes[b], out=spare)
+        torch.maximum(planes[a], planes[b], out=planes[b])
+        planes[a], spare = spare, planes[a]
+    code = torch.eq(planes[1], planes[0]).view(torch.uint8)
+    same = spare.view(torch.bool)
+    for k in range(1, 8):
+        torch.eq(planes[k + 1], planes[k], out=same)
+        code.add_(same.view(torch.uint8), alpha=1 << k)
+    full, sums, first = _run_tables(images.device)
+    index = code.flatten().int()
+    torch.index_select(full, 0, index, out=out.view(-1))
+    at_border = index.view(n, h * w)[:, border].flatten()
+    run = first.index_select(0, at_border).view(n, -1)
+    inside = 9 - outside
+    s = sums.index_select(0, at_border).view(n, -1) - (_x_log2_x(run) - _x_log2_x(run - outside))
+    out.view(n, h * w)[:, border] = torch.log2(inside) - s / inside
+
+
 def local_entropy_map(u8: torch.Tensor, size: int = 3) -> torch.Tensor:
     """Local entropy (bits, float64) of each pixel's `size` x `size` neighbourhood in `u8[N,H,W]`.
 
@@ -122,22 +218,28 @@ def local_entropy_map(u8: torch.Tensor, size: int = 3) -> torch.Tensor:
         return out
     r = size // 2
     # The k entries outside the image read as 0, so near the border the z zero pixels of a
-    # window and its k outside entries form one group: sum_i log2(c_i) over the inside entries
-    # is the sum over all entries - (k + z) log2(k + z) + z log2(z).
+    # window and its k outside entries form one group: its (k + z) log2(k + z) in the sum over
+    # all entries is replaced by z log2 z.
     outside = _outside_counts(h, w, size, images.device)
     inside = size * size - outside
     log2_n, inv_n = torch.log2(inside), 1 / inside
     border = (outside > 0).flatten().nonzero().squeeze(1)
     k = outside.flatten()[border]
-    budget = _CPU_CHUNK_BYTES if images.device.type == "cpu" else _ACCELERATOR_CHUNK_BYTES
-    chunk = max(1, budget // ((4 * r + 1) ** 2 * (h + 2 * r) * (w + 2 * r)))
+    if size == 3:
+        chunk = _chunk(images.device, h * w)
+    else:
+        budget = _CPU_CHUNK_BYTES if images.device.type == "cpu" else _ACCELERATOR_CHUNK_BYTES
+        chunk = max(1, budget // ((4 * r + 1) ** 2 * (h + 2 * r) * (w + 2 * r)))
     for start in range(0, n, chunk):
         part = images[start : start + chunk]
-        logs = _sum_log2_counts(part, size)
+        if size == 3:
+            _local_entropy_3x3(part, border, k, out[start : start + chunk])
+            continue
+        sums = _sum_log2_counts(part, size)
         zeros = F.pad((part == 0).view(torch.uint8), (r,) * 4)
         z = _window_sums(_window_sums(zeros, 1, size), 2, size).flatten(1)[:, border].to(torch.float64)
-        logs.flatten(1)[:, border] -= _x_log2_x(z + k) - _x_log2_x(z)
-        torch.addcmul(log2_n, logs, inv_n, value=-1, out=out[start : start + chunk])
+        sums.flatten(1)[:, border] -= _x_log2_x(z + k) - _x_log2_x(z)
+        torch.addcmul(log2_n, sums, inv_n, value=-1, out=out[start : start + chunk])
     return out.clamp_(min=0.0)  # a uniform window can round to -1e-16
 
 
@@ -149,7 +251,7 @@ class LocalEntropy:
 
     def map(self, maps: torch.Tensor) -> torch.Tensor:
         """`maps[N,C,H,W]` -> local entropy `Tensor[N,H,W]` of their default gray conversion."""
-        parts = maps.split(_MAPS_PER_CHUNK)
+        parts = maps.split(_chunk(maps.device, maps.shape[-2] * maps.shape[-1])) if maps.ndim == 4 else [maps]
         return torch.cat([local_entropy_map(to_gray_u8(part), self.size) for part in parts])
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:

@@ -40,17 +40,17 @@ def to_gray_float(maps: torch.Tensor) -> torch.Tensor:
     if maps.ndim != 4:
         raise TracekitError(f"gray conversion: expected maps of shape [N,C,H,W], got {tuple(maps.shape)}")
     n, _, h, w = maps.shape
-    g = torch.linalg.vector_norm(maps, ord=1, dim=1, dtype=torch.float64)
+    # abs().sum(): torch.linalg.vector_norm(ord=1, dim=1) over channels is 70x slower on a CPU
+    g = maps.abs().sum(dim=1, dtype=torch.float64)
     if g.numel() == 0:
         return g
-    flat = g.reshape(n, h * w)
-    low = flat.amin(dim=1)
-    span = (percentile_rows(flat, PERCENTILE) - low)[:, None]
-    above = flat - low[:, None]
-    scaled = torch.where(span > 0, above / span, (above > 0).to(above.dtype))
-    return scaled.clamp_(0.0, 1.0).reshape(n, h, w)
+    flat = g.view(n, h * w)
+    low = flat.amin(dim=1, keepdim=True)
+    span = percentile_rows(flat, PERCENTILE)[:, None] - low
+    # In place on g's buffer; where span is 0, x/0 is inf (-> 1) above the minimum, nan (-> 0) at it.
+    return flat.sub_(low).div_(span).nan_to_num_(nan=0.0).clamp_(0.0, 1.0).view(n, h, w)
 
 
 def to_gray_u8(maps: torch.Tensor) -> torch.Tensor:
     """`maps[N,C,H,W]` -> 8-bit gray `Tensor[N,H,W]` (uint8), tracekit's default conversion."""
-    return torch.floor(to_gray_float(maps) * 255).to(torch.uint8)
+    return to_gray_float(maps).mul_(255).floor_().to(torch.uint8)
