@@ -17,7 +17,7 @@ evaluated (in the towards-original step, only the orthogonal step's adversarial 
 
 Every random number is drawn per image from its seed (the engine's, from the run seed and the
 image's id) with a counter-based hash (`tracekit.counters`; normals by Box-Muller on 16-bit
-uniforms), so an
+uniforms, a cosine and a sine per word), so an
 image's walk is the same alone or in any batch. ART draws from NumPy's global state instead: the
 two backends take different random walks of the same kind.
 """
@@ -68,13 +68,14 @@ class _Walk:
         return torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool, device=self.x.device)
 
     def _normals(self, which: torch.Tensor, count: int, draw: int) -> torch.Tensor:
-        """`[len(which), count, *image]` standard normals: Box-Muller on one random 32-bit word per
-        number, split into two 16-bit uniforms (plenty for a random direction in many dimensions)."""
-        word = words(self.seeds[which], count * self.numel, 0, _NORMAL, draw)
-        u = ((word >> 16).float() + 0.5) / 65536
-        v = (word & 0xFFFF).float() / 65536
-        normal = torch.sqrt(-2 * torch.log(u)) * torch.cos(2 * math.pi * v)
-        return normal.to(self.x.dtype).view(len(which), count, *self.x.shape[1:])
+        """`[len(which), count * numel]` standard normals: Box-Muller on one random 32-bit word per
+        pair of numbers (its cosine and sine halves), split into two 16-bit uniforms (plenty for
+        a random direction in many dimensions; the hash is most of the cost, so one per pair)."""
+        size = count * self.numel
+        word = words(self.seeds[which], (size + 1) // 2, 0, _NORMAL, draw)
+        radius = ((word >> 16).to(self.x.dtype) + 0.5).div_(65536).log_().mul_(-2).sqrt_()
+        angle = (word & 0xFFFF).to(self.x.dtype).mul_(2 * math.pi / 65536)
+        return torch.cat([radius * angle.cos(), radius * angle.sin()], dim=1)[:, :size]
 
     def _start(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's first misclassified uniform-noise image, and which images have one."""
@@ -95,21 +96,22 @@ class _Walk:
         return current, found
 
     def _orthogonal(self, which: torch.Tensor, current: torch.Tensor, delta: torch.Tensor, draw: int) -> torch.Tensor:
-        """ART's spherical candidates around `current` `[A, S, *image]` (its `_orthogonal_perturb`)."""
+        """ART's spherical candidates around `current` `[A, S, *image]` (its `_orthogonal_perturb`:
+        a random direction of length `delta * |original - current|`, made orthogonal to
+        `original - current`, then the step back onto the sphere around `original`), with the
+        per-image scalars folded so each big tensor is touched a few times only."""
         s = self.attack.sample_size
-        original = self.x[which][:, None]
-        point = current[:, None]
-        perturb = self._normals(which, s, draw)
-        flat = perturb.flatten(2)
-        flat = flat / flat.norm(dim=2, keepdim=True)
-        distance = (original - point).flatten(2).norm(dim=2, keepdim=True)
-        flat = flat * delta.view(-1, 1, 1) * distance
-        direction = (original - point).flatten(2)
-        direction = direction / direction.norm(dim=2, keepdim=True)
-        flat = flat - (flat * direction).sum(2, keepdim=True) * direction
-        hypotenuse = torch.sqrt(1 + delta.view(-1, 1, 1) ** 2)
-        step = ((1 - hypotenuse) * (point - original).flatten(2) + flat) / hypotenuse
-        return (point + step.view_as(perturb)).clamp(0, 1)
+        towards = (self.x[which] - current).flatten(1)[:, None]  # [A, 1, D]
+        distance = towards.norm(dim=2, keepdim=True)
+        direction = towards / distance
+        delta = delta.view(-1, 1, 1)
+        hypotenuse = torch.sqrt(1 + delta**2)
+        flat = self._normals(which, s, draw).view(len(which), s, -1)
+        flat *= delta * distance / (flat.norm(dim=2, keepdim=True) * hypotenuse)
+        # minus the component along `direction`, one fused pass
+        flat = torch.baddbmm(flat, torch.bmm(flat, direction.transpose(1, 2)), direction, alpha=-1)
+        base = current.flatten(1)[:, None] - (1 - hypotenuse) / hypotenuse * towards  # [A, 1, D]
+        return flat.add_(base).clamp_(0, 1).view(len(which), s, *self.x.shape[1:])
 
     def _adapt(self, value: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         step = self.attack.step_adapt
@@ -126,7 +128,7 @@ class _Walk:
                 break
             # the orthogonal step: tries until some candidates stay adversarial
             pending = torch.ones(len(which), dtype=torch.bool, device=self.x.device)
-            kept = torch.zeros(len(which), attack.sample_size, *self.x.shape[1:], dtype=self.x.dtype, device=self.x.device)
+            kept = torch.empty(len(which), attack.sample_size, *self.x.shape[1:], dtype=self.x.dtype, device=self.x.device)  # read only where set
             satisfied = torch.zeros(len(which), attack.sample_size, dtype=torch.bool, device=self.x.device)
             for trial in range(attack.num_trial):
                 rows = pending.nonzero()[:, 0]
