@@ -7,8 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import TracekitError
 
 
@@ -36,6 +34,8 @@ def ensure_dir(path: Path) -> Path:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save` to a temporary file beside `path`, then rename: never a half-written file."""
+    import torch  # here, not at the top: `tracekit cache ls` and the spec's checks must not need it
+
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -8,12 +8,13 @@ response (gray map) and the local-entropy map of that response.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .detecting import ScoringSetup, build_setup, load_run
 from .errors import TracekitError, did_you_mean
-from .images import read_inputs
 from .spec import component_label
+
+if TYPE_CHECKING:  # torch comes with them, imported where used: `tracekit --help` must not need it
+    from .detecting import ScoringSetup
 
 DEFAULT_MODEL: dict[str, Any] = {"name": "digits-cnn"}
 DEFAULT_DETECTOR: dict[str, Any] = {"name": "feature-response"}
@@ -24,6 +25,7 @@ def load_setup(model: Any = None, device: str | None = None, detector: str | Non
     """`model`: None (the embedded digits-cnn with the feature-response detector), a run
     directory (its model, fitted detector and threshold; a comparison's detector `detector`), or
     a spec (path, dict or `Spec`)."""
+    from .detecting import build_setup, load_run
     from .engine.device import resolve_device
     from .engine.run import as_spec
 
@@ -65,6 +67,7 @@ def explain(
     Returns one dict per image as `tracekit.detect` does, plus `panel` (the PNG written into
     `out`, default `./explain/`; None for unreadable inputs).
     """
+    from .images import read_inputs
     from .report.figures import explain_panel, feature_maps, file_stem
 
     setup = load_setup(model, device, detector)

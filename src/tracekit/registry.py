@@ -10,6 +10,7 @@ their bodies, so listing and validating stays fast.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import inspect
 import types
 import typing
@@ -37,10 +38,10 @@ RESERVED_KEYS = ("name", "label")
 def params_model(name: str, factory: Callable[..., Any]) -> type[pydantic.BaseModel]:
     """A pydantic model of `factory`'s keyword parameters (types, defaults, constraints)."""
     fields: dict[str, Any] = {}
-    for pname, p in inspect.signature(factory, eval_str=True).parameters.items():
+    for pname, p in inspect.signature(factory).parameters.items():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in ("self", "cls"):
             continue
-        annotation = Any if p.annotation is p.empty else p.annotation
+        annotation = Any if p.annotation is p.empty else _evaluated(p.annotation, factory)
         default = ... if p.default is p.empty else p.default
         fields[pname] = (annotation, default)
     model_name = "".join(part.capitalize() for part in name.replace("_", "-").split("-")) + "Params"
@@ -49,6 +50,18 @@ def params_model(name: str, factory: Callable[..., Any]) -> type[pydantic.BaseMo
         __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False),
         **fields,
     )
+
+
+def _evaluated(annotation: Any, factory: Callable[..., Any]) -> Any:
+    """A parameter's annotation as an object (a string one, under `from __future__ import
+    annotations`, evaluated in the factory's module). Only the parameters' are: a factory that
+    imports its implementation in its body, so that listing and validating stay light, names its
+    return type for type checkers alone (`if TYPE_CHECKING:`)."""
+    if not isinstance(annotation, str):
+        return annotation
+    function = factory.func if isinstance(factory, functools.partial) else factory
+    function = inspect.unwrap(function.__init__ if isinstance(function, type) else function)
+    return eval(annotation, getattr(function, "__globals__", {}))  # noqa: S307 (the factory's own source)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tracekit.attacks.fast_gradient import fgsm, gradient
+from tracekit.attacks.factories import fgsm, gradient
 from tracekit.errors import SpecError, TracekitError
 from tracekit.plugins import registry
 from tracekit.testing import tiny_model

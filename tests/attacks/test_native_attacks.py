@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from tracekit.attacks.art_classifier import ArtAttack
-from tracekit.attacks.fast_gradient import FastGradient, fgsm, gradient
+from tracekit.attacks.factories import fgsm, gradient
+from tracekit.attacks.fast_gradient import FastGradient
 from tracekit.attacks.native import NativeDeepFool, NativeFastGradient, NativePGD
 from tracekit.errors import TracekitError
 from tracekit.testing import tiny_model, train_briefly

@@ -10,7 +10,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import tracekit
-from tracekit.datasets.digits import DigitsDataset, digits, digits_arrays
+from tracekit.datasets.digits import DigitsDataset, digits_arrays
+from tracekit.datasets.factories import digits
 from tracekit.errors import SpecError, TracekitError
 from tracekit.protocols import Dataset
 from tracekit.testing import tiny_model

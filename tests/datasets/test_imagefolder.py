@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from tracekit.datasets.imagefolder import imagefolder
+from tracekit.datasets.factories import imagefolder
 from tracekit.errors import TracekitError
 from tracekit.protocols import LoadedModel, Unreadable
 from tracekit.testing import TinyCNN

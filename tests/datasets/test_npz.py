@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tracekit.datasets import npyfiles
-from tracekit.datasets.npz import npz
+from tracekit.datasets.factories import npz
 from tracekit.errors import TracekitError
 from tracekit.protocols import LoadedModel
 from tracekit.testing import TinyCNN

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tracekit
-from tracekit.datasets.synthetic import synthetic
+from tracekit.datasets.factories import synthetic
 from tracekit.errors import SpecError, TracekitError
 from tracekit.testing import tiny_model
 

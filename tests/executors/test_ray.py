@@ -182,7 +182,7 @@ def test_an_unreachable_address_fails_within_its_timeout(tmp_path):
 
 
 def test_ray_not_installed_names_the_extra(monkeypatch):
-    from tracekit.executors.ray_executor import ray as make
+    from tracekit.executors.factories import ray as make
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(TracekitError, match=r"executor 'ray' needs Ray, which is not installed: pip install 'tracekit\[ray\]'"):

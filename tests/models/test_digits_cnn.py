@@ -17,9 +17,11 @@ import pytest
 import torch
 
 import tracekit
-from tracekit.datasets.digits import digits, digits_arrays
+from tracekit.datasets.digits import digits_arrays
+from tracekit.datasets.factories import digits
 from tracekit.errors import TracekitError
 from tracekit.models import digits_cnn as dc
+from tracekit.models.factories import digits_cnn
 from tracekit.protocols import LoadedModel
 from tracekit.testing import tiny_model
 
@@ -74,7 +76,7 @@ def test_second_load_reuses_the_cache(trained, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("TRACEKIT_CACHE", str(path.parent.parent))
     monkeypatch.setattr(dc, "train", lambda: pytest.fail("retrained although the cache was valid"))
     mtime = path.stat().st_mtime_ns
-    again = dc.digits_cnn()
+    again = digits_cnn()
     assert path.stat().st_mtime_ns == mtime
     assert all(torch.equal(v, _state(model)[k]) for k, v in _state(again).items())
     assert again.info["sha256"] == model.info["sha256"]
@@ -87,7 +89,7 @@ def test_corrupt_cache_is_retrained_to_identical_weights(trained, tmp_path: Path
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match=rf"retraining.*{corrupt.name}"):
-        retrained = dc.digits_cnn()
+        retrained = digits_cnn()
     assert _state(retrained).keys() == _state(model).keys()
     assert all(torch.equal(v, _state(model)[k]) for k, v in _state(retrained).items())
     assert corrupt.read_bytes() == path.read_bytes()  # deterministic: byte-identical file
@@ -107,11 +109,11 @@ def test_weights_file_is_loaded_instead_of_the_cache(trained, tmp_path: Path, mo
 def test_missing_or_foreign_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pt"
     with pytest.raises(TracekitError, match=rf"{missing.name}.*does not exist"):
-        dc.digits_cnn(weights=missing)
+        digits_cnn(weights=missing)
     foreign = tmp_path / "tiny.pt"
     torch.save(tiny_model().module.state_dict(), foreign)
     with pytest.raises(TracekitError, match="does not fit"):
-        dc.digits_cnn(weights=foreign)
+        digits_cnn(weights=foreign)
 
 
 def test_works_with_captum_guided_backprop_and_leaves_the_model_unchanged(trained) -> None:

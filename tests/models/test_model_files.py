@@ -12,10 +12,13 @@ import torch
 import torchvision
 
 from tracekit.errors import TracekitError
-from tracekit.models.files import checkpoint_model, torchscript_model
+from tracekit.models.factories import (
+    checkpoint_model,
+    timm_model,
+    torchscript_model,
+    torchvision_model,
+)
 from tracekit.models.normalize import IMAGENET_MEAN, IMAGENET_STD
-from tracekit.models.timm_models import timm_model
-from tracekit.models.torchvision_models import torchvision_model
 from tracekit.registry import params_model
 from tracekit.testing import TinyCNN
 

@@ -11,9 +11,9 @@ import torch
 import torchvision
 
 from tracekit.errors import TracekitError
+from tracekit.models.factories import timm_model, torchvision_model
 from tracekit.models.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalized
-from tracekit.models.timm_models import timm_model
-from tracekit.models.torchvision_models import cached_weights_file, torchvision_model
+from tracekit.models.torchvision_models import cached_weights_file
 
 
 @pytest.fixture(autouse=True)

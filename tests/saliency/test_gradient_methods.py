@@ -11,7 +11,7 @@ from torch import nn
 
 import tracekit
 from tracekit.errors import TracekitError
-from tracekit.saliency.gradient import gradient
+from tracekit.saliency.factories import gradient
 from tracekit.testing import tiny_model
 
 METHODS = {

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tracekit.errors import TracekitError
-from tracekit.saliency.guided_backprop import GuidedBackprop, GuidedReLUMode, guided_backprop
+from tracekit.saliency.factories import guided_backprop
+from tracekit.saliency.guided_backprop import GuidedBackprop, GuidedReLUMode
 from tracekit.testing import tiny_model
 
 ORIGINAL_RELU = F.relu

@@ -8,14 +8,14 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_attacks(register: Register) -> None:
-    from . import adaptive_entropy, autoattack, boundary, carlini, deepfool, fast_gradient, pgd, pixel
+    from . import factories  # light: each factory imports its attack (torch, ART) when called
 
-    register("fgsm", fast_gradient.fgsm)
-    register("gradient", fast_gradient.gradient)
-    register("pixel", pixel.pixel)
-    register("deepfool", deepfool.deepfool)
-    register("boundary", boundary.boundary)
-    register("pgd", pgd.pgd)
-    register("cw-l2", carlini.cw_l2)
-    register("autoattack", autoattack.autoattack)
-    register("adaptive-entropy", adaptive_entropy.adaptive_entropy)
+    register("fgsm", factories.fgsm)
+    register("gradient", factories.gradient)
+    register("pixel", factories.pixel)
+    register("deepfool", factories.deepfool)
+    register("boundary", factories.boundary)
+    register("pgd", factories.pgd)
+    register("cw-l2", factories.cw_l2)
+    register("autoattack", factories.autoattack)
+    register("adaptive-entropy", factories.adaptive_entropy)

@@ -19,24 +19,19 @@ misclassified gets the first run's last iterate.
 The engine builds it after the detector is fitted and calibrated: `needs_detector = True`, then
 `bind(detector, threshold)`, then `generate` in batches. Cost per step and image: one real score
 (guided backprop + entropy) and, for lambda > 0, a second-order backward through the model.
-No `from __future__ import annotations`: the registry reads the factory's annotations as objects.
+Its factory (`adaptive_entropy`, with the default `lambdas`) is in `tracekit.attacks.factories`.
 """
 
 import math
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from ..errors import TracekitError
 from ..scores.entropy_surrogate import DEFAULT_BETA, DEFAULT_SIGMA, surrogate_score
 from .native import evaluating, norm_order, to_model_device, project, random_in_ball, unit_step
-from .pgd import Eps, Norm
-
-DEFAULT_LAMBDAS = (0.0, 3.0, 10.0, 30.0)  # on digits-cnn the surrogate's input gradient is ~1/25 of the margin's
-Lambdas = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1, max_length=8)]
 
 
 class AdaptiveEntropy:
@@ -155,19 +150,3 @@ class AdaptiveEntropy:
             loss = ((true - other).clamp(min=-self.confidence) + lam * surrogate).sum()
         (grad,) = torch.autograd.grad(loss, images)
         return grad
-
-
-def adaptive_entropy(
-    norm: Norm = "inf",
-    eps: Eps = 0.1,
-    eps_step: Annotated[float, Field(gt=0)] = 0.01,
-    max_iter: Annotated[int, Field(gt=0)] = 20,
-    lambdas: Lambdas = list(DEFAULT_LAMBDAS),  # noqa: B006 (validated copy)
-    beta: Annotated[float, Field(gt=0)] = DEFAULT_BETA,
-    sigma: Annotated[float, Field(gt=0)] = DEFAULT_SIGMA,
-    confidence: Annotated[float, Field(ge=0)] = 1.0,
-    random_init: bool = False,
-    batch_size: Annotated[int, Field(gt=0)] = 64,
-) -> AdaptiveEntropy:
-    """Adaptive PGD against the feature-response detector via a differentiable local-entropy surrogate."""
-    return AdaptiveEntropy(norm, eps, eps_step, max_iter, lambdas, beta, sigma, confidence, random_init, batch_size)

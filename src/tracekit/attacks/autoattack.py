@@ -16,14 +16,12 @@ the cost (minutes per batch at ART's budget on a CPU).
 """
 
 import contextlib
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from .art_classifier import ArtAttack, model_untouched
-from .pgd import Eps, Norm, art_norm
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -97,16 +95,3 @@ class AutoAttack(ArtAttack):
             )  # fmt: skip
         )
         return _Sequential(classifier, attacks, self.norm, self.eps)
-
-
-def autoattack(
-    norm: Norm = "inf",
-    eps: Eps = 0.1,
-    eps_step: Annotated[float, Field(gt=0)] = 0.03,
-    max_iter: Annotated[int, Field(gt=0)] = 100,
-    restarts: Annotated[int, Field(gt=0)] = 1,
-    square_max_iter: Annotated[int, Field(gt=0)] = 1000,
-    batch_size: Annotated[int, Field(gt=0)] = 128,
-) -> AutoAttack:
-    """AutoAttack as ART runs it (APGD-CE, APGD-DLR, DeepFool, Square), not Croce & Hein's APGD-T/FAB-T set."""
-    return AutoAttack(art_norm(norm), eps, eps_step, batch_size, max_iter, restarts, square_max_iter)

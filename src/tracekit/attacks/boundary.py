@@ -15,13 +15,11 @@ Two changes to ART 1.20.1, in the subclass built by `_seeded_boundary_attack`:
 """
 
 import functools
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import Field
 
 from .art_classifier import ArtAttack
-from .boundary_walk import NativeBoundary
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -64,39 +62,3 @@ class Boundary(ArtAttack):
 
     def build(self, classifier: "PyTorchClassifier") -> Any:
         return _seeded_boundary_attack()(classifier, targeted=False, **self.params, verbose=False)
-
-
-def boundary(
-    delta: Annotated[float, Field(gt=0)] = 0.01,
-    epsilon: Annotated[float, Field(gt=0)] = 0.01,
-    step_adapt: Annotated[float, Field(gt=0, lt=1)] = 0.667,
-    max_iter: Annotated[int, Field(gt=0)] = 200,
-    num_trial: Annotated[int, Field(gt=0)] = 25,
-    sample_size: Annotated[int, Field(gt=0)] = 20,
-    init_size: Annotated[int, Field(gt=0)] = 100,
-    min_epsilon: Annotated[float, Field(ge=0)] = 0.0,
-    batch_size: Annotated[int, Field(gt=0)] = 64,
-    backend: Literal["art", "native"] = "art",
-    eval_batch: Annotated[int, Field(gt=0, le=1_000_000)] | None = None,
-) -> Boundary | NativeBoundary:
-    """Boundary attack (Brendel et al.), untargeted and decision-based (black-box).
-
-    `backend: native` walks every image of a batch at once on the device, `eval_batch` candidate
-    images per forward pass (default 4096 on a GPU, 256 on a CPU; `tracekit/attacks/boundary_walk.py`);
-    `art` runs ART's, image by image.
-    """
-    if backend == "native":
-        return NativeBoundary(
-            delta, epsilon, step_adapt, max_iter, num_trial, sample_size, init_size, min_epsilon, batch_size, eval_batch
-        )
-    return Boundary(
-        delta=delta,
-        epsilon=epsilon,
-        step_adapt=step_adapt,
-        max_iter=max_iter,
-        num_trial=num_trial,
-        sample_size=sample_size,
-        init_size=init_size,
-        min_epsilon=min_epsilon,
-        batch_size=batch_size,
-    )

@@ -1,11 +1,9 @@
 """DeepFool (Moosavi-Dezfooli et al.) through ART, or tracekit's native torch version.
 
-No `from __future__ import annotations`: the registry reads the factories' annotations as objects.
+Its factory (`deepfool`) is in `tracekit.attacks.factories`.
 """
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-
-from pydantic import Field
+from typing import TYPE_CHECKING, Any
 
 from .art_classifier import ArtAttack
 
@@ -28,18 +26,3 @@ class DeepFool(ArtAttack):
         from art.attacks.evasion import DeepFool as ArtDeepFool
 
         return ArtDeepFool(classifier, **self.params, verbose=False)
-
-
-def deepfool(
-    max_iter: Annotated[int, Field(gt=0)] = 100,
-    overshoot: Annotated[float, Field(ge=0, le=1)] = 0.02,
-    nb_grads: Annotated[int, Field(gt=0)] = 10,
-    batch_size: Annotated[int, Field(gt=0)] = 128,
-    backend: Literal["art", "native"] = "art",
-) -> Any:
-    """DeepFool (Moosavi-Dezfooli et al.), minimal L2 steps to the nearest boundary, via ART or natively."""
-    if backend == "native":
-        from .native import NativeDeepFool
-
-        return NativeDeepFool(max_iter=max_iter, overshoot=overshoot, nb_grads=nb_grads)
-    return DeepFool(max_iter=max_iter, epsilon=overshoot, nb_grads=nb_grads, batch_size=batch_size)

@@ -1,14 +1,10 @@
 """The paper's single-step gradient attacks through ART's `FastGradientMethod`: FGSM (L-inf) and L2.
 
 `backend: native` runs them as `NativeFastGradient` instead (same results, whole batches on the device).
-
-No `from __future__ import annotations`: the registry reads the factories' annotations as objects.
+Their factories (`fgsm`, `gradient`) are in `tracekit.attacks.factories`.
 """
 
-import math
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-
-from pydantic import AfterValidator, Field, ValidationInfo
+from typing import TYPE_CHECKING, Any
 
 from .art_classifier import ArtAttack
 from .native import NativeFastGradient, minimal_step_count
@@ -51,41 +47,7 @@ class FastGradient(ArtAttack):
         )
 
 
-def _not_with_minimal(count: int, info: ValidationInfo) -> int:
-    """Random starts need `minimal: false` (declare `minimal` first): ART ignores them otherwise."""
-    if count and info.data.get("minimal"):
-        raise ValueError("num_random_init needs minimal: false (a minimal attack starts from the clean image)")
-    return count
-
-
-RandomInits = Annotated[int, Field(ge=0), AfterValidator(_not_with_minimal)]
-
-
-def fgsm(
-    eps: Annotated[float, Field(gt=0, le=1)] = 0.1,
-    minimal: bool = False,
-    eps_step: Annotated[float, Field(gt=0, le=1)] = 0.01,
-    num_random_init: RandomInits = 0,
-    batch_size: Annotated[int, Field(gt=0)] = 128,
-    backend: Literal["art", "native"] = "art",
-) -> FastGradient | NativeFastGradient:
-    """Fast gradient sign method, L-inf (Goodfellow et al.) via ART (or natively)."""
-    return _fast_gradient(math.inf, eps, minimal, eps_step, num_random_init, batch_size, backend)
-
-
-def gradient(
-    eps: Annotated[float, Field(gt=0)] = 1.0,
-    minimal: bool = False,
-    eps_step: Annotated[float, Field(gt=0)] = 0.1,
-    num_random_init: RandomInits = 0,
-    batch_size: Annotated[int, Field(gt=0)] = 128,
-    backend: Literal["art", "native"] = "art",
-) -> FastGradient | NativeFastGradient:
-    """Single-step L2 gradient attack (the paper's): loss gradient scaled to L2 norm eps, via ART (or natively)."""
-    return _fast_gradient(2.0, eps, minimal, eps_step, num_random_init, batch_size, backend)
-
-
-def _fast_gradient(
+def fast_gradient_attack(
     norm: float, eps: float, minimal: bool, eps_step: float, num_random_init: int, batch_size: int, backend: str
 ) -> FastGradient | NativeFastGradient:
     """The ART attack, or the native one (which takes the engine's batch whole: no `batch_size`)."""

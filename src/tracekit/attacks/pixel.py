@@ -25,18 +25,15 @@ unmodified on that low-resolution view, one image at a time (as it does anyway).
 """
 
 import functools
-import importlib.util
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from ..errors import TracekitError
 from .art_classifier import ArtAttack, art_classifier
-from .evolution import NativeOnePixel, check_grid
+from .evolution import check_grid
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -143,28 +140,3 @@ class OnePixel(ArtAttack):
             targeted=False,
             verbose=False,
         )
-
-
-def pixel(
-    pixels: Annotated[int, Field(gt=0)] = 1,
-    max_iter: Annotated[int, Field(gt=0)] = 100,
-    es: Literal["de", "cma-es"] = "de",
-    stop_probability: Annotated[float, Field(gt=0, le=1)] = 0.05,
-    scale: Annotated[int, Field(gt=0)] = 1,
-    backend: Literal["art", "native"] = "art",
-    eval_batch: Annotated[int, Field(gt=0, le=1_000_000)] | None = None,
-) -> OnePixel | NativeOnePixel:
-    """One-pixel attack (Su et al.): evolve until the true class's probability is below 5%.
-
-    `scale` > 1 searches the pixels of the image at 1/`scale` resolution (e.g. 4 for the 8x8 digits).
-    `backend: native` evolves every image of a batch at once on the device, `eval_batch` candidate
-    images per forward pass (default 4096 on a GPU, 128 on a CPU; `tracekit/attacks/evolution.py`);
-    `art` runs ART's, image by image.
-    """
-    if backend == "native":
-        if es != "de":
-            raise TracekitError("attack 'pixel': backend: native evolves by differential evolution only; use es: de")
-        return NativeOnePixel(pixels, max_iter, stop_probability, scale, eval_batch)
-    if es == "cma-es" and importlib.util.find_spec("cma") is None:
-        raise TracekitError("attack 'pixel': es: cma-es needs the 'cma' package; pip install cma, or use es: de")
-    return OnePixel(pixels, max_iter, 0 if es == "cma-es" else 1, stop_probability, scale)

@@ -10,8 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import compare, progress
-from ..engine.compare import compare_runs
-from ..engine.metrics import headline_level
 from ..errors import TracekitError
 from ..spec import load_spec
 from .common import console, err_console, fmt, handle_errors
@@ -48,6 +46,9 @@ def register(app: typer.Typer) -> None:
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),
     ) -> None:
         """Compare detectors on identical images (a spec), or finished runs side by side."""
+        from ..engine.compare import compare_runs
+        from ..engine.metrics import headline_level
+
         if len(targets) == 1 and not targets[0].is_dir():
             spec = load_spec(targets[0], set_)
             progress.enable()

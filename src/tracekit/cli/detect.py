@@ -12,9 +12,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import progress
-from ..detecting import load_run
-from ..images import read_inputs
-from ..report.figures import percent
 from .common import console, err_console, fmt, handle_errors
 
 ImagesArg = typer.Argument(..., metavar="IMAGE", help="Image files (PNG, JPEG; any size or mode).", show_default=False)
@@ -28,6 +25,8 @@ VERDICTS = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]
 
 def results_table(results: list[dict[str, Any]], title: str) -> Table:
     """Image, prediction, score, and where present threshold, verdict and panel file."""
+    from ..report.figures import percent
+
     verdicts = any(r["threshold"] is not None for r in results)
     panels = any(r.get("panel") for r in results)
     columns = ["image", "prediction", "score", *(["threshold", "verdict"] if verdicts else []), *(["panel"] if panels else [])]
@@ -70,6 +69,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Score images with a finished run's model, detector and calibrated threshold."""
+        from ..detecting import load_run
+        from ..images import read_inputs
+
         progress.enable()
         setup = load_run(run_dir, device, detector)
         results = setup.results(read_inputs(images, setup.model))

@@ -12,9 +12,9 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_datasets(register: Register) -> None:
-    from . import digits, imagefolder, npz, synthetic
+    from . import factories  # light: each factory imports its dataset (and torch) when called
 
-    register("digits", digits.digits)
-    register("imagefolder", imagefolder.imagefolder)
-    register("npz", npz.npz)
-    register("synthetic", synthetic.synthetic)
+    register("digits", factories.digits)
+    register("imagefolder", factories.imagefolder)
+    register("npz", factories.npz)
+    register("synthetic", factories.synthetic)

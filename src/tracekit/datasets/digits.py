@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
 from ..errors import TracekitError
 from ..protocols import Item, LoadedModel
-
-Split = Literal["train", "test", "all"]
+from .factories import Split
 IMAGE_SIZE = (1, 32, 32)
 TEST_FRACTION = 0.3
 SPLIT_SEED = 0
@@ -86,8 +84,3 @@ class DigitsDataset:
         """Yield `(sample_id, image[1,32,32], label)`; the model must take 1x32x32 inputs."""
         for index in range(len(self)):
             yield self.item(index, model)
-
-
-def digits(split: Split = "test", limit: Annotated[int, Field(gt=0)] | None = None) -> DigitsDataset:
-    """scikit-learn's handwritten digits at 1x32x32 (embedded, no download)."""
-    return DigitsDataset(split, limit)

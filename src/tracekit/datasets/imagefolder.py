@@ -24,9 +24,7 @@ import warnings
 from collections.abc import Iterator
 from itertools import zip_longest
 from pathlib import Path
-from typing import Annotated, Any
-
-from pydantic import Field
+from typing import Any
 
 from ..errors import TracekitError, closest
 from ..images import Preparation
@@ -185,12 +183,3 @@ class ImageFolder:
             yield got
         if count == 0:
             raise TracekitError(f"imagefolder: none of the images under {self.root} could be read")
-
-
-def imagefolder(
-    root: Path,
-    size: Annotated[int, Field(gt=0)] | None = None,
-    limit: Annotated[int, Field(gt=0)] | None = None,
-) -> ImageFolder:
-    """Your images in ROOT/<class>/*.png|jpg, resized and center-cropped for the model."""
-    return ImageFolder(root, size, limit)

@@ -20,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from ..errors import TracekitError
 from ..protocols import Item, LoadedModel
@@ -162,14 +161,3 @@ class NpzImages:
         self.info.update(layout=layout, channels=f"{stored} -> {model.input_size[0]}")
         for index in range(len(self)):
             yield self.item(index, model)
-
-
-def npz(
-    path: Path,
-    limit: Annotated[int, Field(gt=0)] | None = None,
-    images_key: str = "images",
-    labels_key: str = "labels",
-    ids_key: str | None = None,
-) -> NpzImages:
-    """Images and labels from a NumPy .npz file or a folder of .npy files (uint8 or [0,1] floats; not resized)."""
-    return NpzImages(path, limit, images_key, labels_key, ids_key)

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import Field
 
 from ..errors import TracekitError
 from ..protocols import Item, LoadedModel
@@ -73,13 +72,3 @@ class Synthetic:
         """Yield `(synthetic-<index>, image[C,H,W] in [0, 1], 0)` for every image."""
         for index in range(self.n):
             yield self.item(index, model)
-
-
-def synthetic(
-    n: Annotated[int, Field(gt=0)] = 64,
-    size: Annotated[int, Field(gt=0)] | None = None,
-    channels: Annotated[int, Field(gt=0)] | None = None,
-    seed: int = 0,
-) -> Synthetic:
-    """Seeded smooth random images at the model's input size, for `labels: predicted` (no files)."""
-    return Synthetic(n, size, channels, seed)

@@ -8,10 +8,10 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_detectors(register: Register) -> None:
-    from . import feature_response, feature_squeezing, kd_bu, lid, mahalanobis
+    from . import factories  # light: each factory imports its detector (and torch) when called
 
-    register("feature-response", feature_response.feature_response)
-    register("feature-squeezing", feature_squeezing.feature_squeezing)
-    register("lid", lid.lid)
-    register("mahalanobis", mahalanobis.mahalanobis)
-    register("kd-bu", kd_bu.kd_bu)
+    register("feature-response", factories.feature_response)
+    register("feature-squeezing", factories.feature_squeezing)
+    register("lid", factories.lid)
+    register("mahalanobis", factories.mahalanobis)
+    register("kd-bu", factories.kd_bu)

@@ -10,10 +10,6 @@ import torch
 from torch import nn
 
 from ..checks import checked, component
-from ..registry import component_spec
-
-SaliencySpec = component_spec("saliency", "guided-backprop")
-ScoreSpec = component_spec("score", "local-entropy")
 
 
 class FeatureResponse:
@@ -44,17 +40,3 @@ class FeatureResponse:
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         scores = self.scorer.score(self.maps(model, images))
         return checked(scores, component("score", self.names[1]), (len(images),), "scores")
-
-
-def feature_response(
-    saliency: SaliencySpec = {"name": "guided-backprop"},  # noqa: B006 (validated copy)
-    score: ScoreSpec = {"name": "local-entropy"},  # noqa: B006
-) -> FeatureResponse:
-    """The paper's detector: saliency map -> score -> calibrated threshold."""
-    from ..plugins import registry
-
-    def build(kind: str, cfg: dict[str, Any]) -> Any:
-        params = {k: v for k, v in cfg.items() if k not in ("name", "label")}
-        return registry(kind).create(cfg["name"], **params)
-
-    return FeatureResponse(build("saliency", saliency), build("score", score), (saliency["name"], score["name"]))

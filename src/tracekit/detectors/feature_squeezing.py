@@ -16,10 +16,7 @@ images, non-local means, is not implemented.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from .layers import model_device
@@ -81,11 +78,3 @@ class FeatureSqueezing:
             probs = model(images).softmax(1)
             distances = [(model(s).softmax(1) - probs).abs().sum(1) for s in self.squeezed(images)]
         return torch.stack(distances).amax(0)
-
-
-def feature_squeezing(
-    bits: Annotated[int, Field(ge=1, le=8)] | None = None,
-    median_sizes: Annotated[list[Annotated[int, Field(ge=2, le=5)]], Field(max_length=4)] = [2],  # noqa: B006
-) -> FeatureSqueezing:
-    """Feature squeezing (Xu et al. 2018): bit depth and median smoothing, max L1 softmax change."""
-    return FeatureSqueezing(bits, list(median_sizes))

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from .layers import batches, flatten, layer_features, map_batches, model_device, resolve_layers
@@ -148,15 +147,3 @@ class KernelDensityUncertainty:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.layer_, self.support, self.support_labels = str(state["layer"]), state["support"], state["support_labels"]
         self.combiner.load_state_dict(state["combiner"])
-
-
-def kd_bu(
-    layer: str | None = None,
-    bandwidth: Annotated[float, Field(gt=0)] = 1.0,
-    n_samples: Annotated[int, Field(ge=2)] = 50,
-    rate: Annotated[float, Field(gt=0, lt=1)] = 0.5,
-    batch_size: Annotated[int, Field(gt=0)] = 128,
-    seed: int = 0,
-) -> KernelDensityUncertainty:
-    """Kernel density on last hidden features plus MC-dropout uncertainty (Feinman et al. 2017)."""
-    return KernelDensityUncertainty(layer, bandwidth, n_samples, rate, batch_size, seed)

@@ -19,11 +19,10 @@ of the logistic regression).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..errors import TracekitError
@@ -105,15 +104,3 @@ class LocalIntrinsicDimensionality:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.layers_, self.reference = list(state["layers"]), list(state["reference"])
         self.combiner.load_state_dict(state["combiner"])
-
-
-def lid(
-    layers: Annotated[list[str], Field(min_length=1)] | None = None,
-    k: Annotated[int, Field(ge=2)] = 20,
-    batch_size: Annotated[int, Field(ge=3)] = 100,
-    seed: int = 0,
-) -> LocalIntrinsicDimensionality:
-    """Local intrinsic dimensionality of activations (Ma et al. 2018) with a logistic regression."""
-    if k >= batch_size:
-        raise TracekitError(f"{WHERE}: k={k} must be smaller than batch_size={batch_size} (the reference batch)")
-    return LocalIntrinsicDimensionality(None if layers is None else list(layers), k, batch_size, seed)

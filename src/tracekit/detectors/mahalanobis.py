@@ -19,11 +19,10 @@ smaller, by a fraction of about features / images).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from .layers import batches, layer_features, map_batches, model_device, resolve_layers, spatial_mean
@@ -127,12 +126,3 @@ class Mahalanobis:
         self.layers_ = list(state["layers"])
         self.gaussians = [TiedGaussian(m, p) for m, p in zip(state["means"], state["precisions"])]
         self.combiner.load_state_dict(state["combiner"])
-
-
-def mahalanobis(
-    layers: Annotated[list[str], Field(min_length=1)] | None = None,
-    noise: Annotated[float, Field(ge=0, le=1)] = 0.0014,
-    batch_size: Annotated[int, Field(gt=0)] = 128,
-) -> Mahalanobis:
-    """Mahalanobis confidence on layer features (Lee et al. 2018): tied Gaussians, pre-processing, ensemble."""
-    return Mahalanobis(None if layers is None else list(layers), noise, batch_size)

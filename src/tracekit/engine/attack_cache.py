@@ -21,18 +21,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import read_json
 from ..cache import atomic_torch_save, cache_dir, ensure_dir
 from ..errors import TracekitError
 
+if TYPE_CHECKING:  # torch is imported where it is used: `tracekit cache ls/clear` must not need it
+    import torch
+    from torch import nn
+
 
 def model_fingerprint(module: nn.Module) -> str:
     """sha256 of the module's class and every parameter and buffer (names, shapes, values)."""
+    import torch
+
     digest = hashlib.sha256(type(module).__qualname__.encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -60,6 +63,8 @@ def code_version(obj: object) -> str:
 
 def content_hashes(images: torch.Tensor) -> list[str]:
     """sha256 (32 hex digits) of each image's float32 pixels, shape included."""
+    import torch
+
     flat = images.detach().to("cpu", torch.float32).contiguous()
     shape = "x".join(map(str, flat.shape[1:])).encode()
     return [hashlib.sha256(shape + image.numpy().tobytes()).hexdigest()[:32] for image in flat]
@@ -116,6 +121,8 @@ class AttackCache:
         path = self._path(keys)
         if not path.exists():
             return None
+        import torch
+
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
             if data.get("key") != self.key:

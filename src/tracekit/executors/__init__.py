@@ -8,7 +8,7 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_executors(register: Register) -> None:
-    from . import local, ray_executor
+    from . import factories  # light: each factory imports its executor (the engine, torch, Ray) when called
 
-    register("local", local.local)
-    register("ray", ray_executor.ray)
+    register("local", factories.local)
+    register("ray", factories.ray)

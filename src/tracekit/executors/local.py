@@ -42,8 +42,3 @@ class LocalExecutor:
 
     def close(self) -> None:
         self.context = None
-
-
-def local() -> LocalExecutor:
-    """Run every stage in this process (the default)."""
-    return LocalExecutor()

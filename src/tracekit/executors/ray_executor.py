@@ -27,9 +27,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Annotated, Any
-
-from pydantic import Field
+from typing import Any
 
 from ..cache import cache_dir
 from ..engine.context import Context, Done, Job, Stage, build_context
@@ -285,25 +283,3 @@ def _shards(pieces: list[Chunk], workers: int, size: int | None) -> list[list[Ch
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def ray(
-    address: str | None = None,
-    workers: Annotated[int, Field(ge=1, le=100_000)] | None = None,
-    gpus_per_worker: Annotated[float, Field(ge=0, le=64)] | None = None,
-    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1.0,
-    shard_chunks: Annotated[int, Field(ge=1, le=100_000)] | None = None,
-    connect_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0,
-) -> RayExecutor:
-    """Run per-image stages on Ray actors (one per GPU), on a local Ray instance or a cluster.
-
-    `address`: null starts a local instance, `auto` joins the one running on this machine,
-    `HOST:PORT` a cluster's head. `workers` defaults to one per GPU (else one per
-    `cpus_per_worker` CPUs); `shard_chunks` (chunks of `batch_size` images per task) defaults to
-    about four shards per worker; `connect_timeout` bounds joining a cluster."""
-    try:
-        import ray as _  # noqa: F401
-    except ImportError:
-        raise TracekitError(f"executor 'ray' needs Ray, which is not installed: {EXTRA}") from None
-    return RayExecutor(address, workers, gpus_per_worker, cpus_per_worker, shard_chunks, connect_timeout)
-

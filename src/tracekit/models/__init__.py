@@ -8,10 +8,10 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_models(register: Register) -> None:
-    from . import digits_cnn, files, timm_models, torchvision_models
+    from . import factories  # light: each factory imports its loader (torch, torchvision, timm) when called
 
-    register("digits-cnn", digits_cnn.digits_cnn)
-    register("torchvision", torchvision_models.torchvision_model)
-    register("timm", timm_models.timm_model)
-    register("torchscript", files.torchscript_model)
-    register("checkpoint", files.checkpoint_model)
+    register("digits-cnn", factories.digits_cnn)
+    register("torchvision", factories.torchvision_model)
+    register("timm", factories.timm_model)
+    register("torchscript", factories.torchscript_model)
+    register("checkpoint", factories.checkpoint_model)

@@ -121,8 +121,9 @@ def _load_cached() -> tuple[Normalized, dict[str, str]]:
     return _load(path)
 
 
-def digits_cnn(weights: Path | None = None) -> LoadedModel:
-    """Small CNN for the embedded digits, trained on first use and cached (or a weights file)."""
+def load_model(weights: Path | None) -> LoadedModel:
+    """The model of the factory `digits_cnn` (`tracekit.models.factories`): the cached one, trained
+    first if need be, or the one in `weights`."""
     model, info = _load_cached() if weights is None else _load(weights)
     mean, std = (tuple(t.flatten().tolist()) for t in (model.mean, model.std))
     spec = InputSpec(IMAGE_SIZE, mean=mean, std=std, crop_pct=1.0)

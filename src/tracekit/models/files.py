@@ -12,17 +12,16 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..errors import TracekitError
 from ..protocols import LoadedModel
-from .normalize import ClassNames, InputSpec, MeanStd, class_names_for, class_names_given, loaded_model
+from .factories import ClassNames, InputSize, MeanStd
+from .normalize import InputSpec, class_names_for, class_names_given, loaded_model
 
-InputSize = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
 _SHOWN = 3  # keys shown per kind of mismatch
 
 
@@ -155,14 +154,10 @@ def _num_outputs(module: nn.Module, spec: InputSpec, where: str) -> int:
     return int(out.shape[1])
 
 
-def torchscript_model(
-    path: Path,
-    input_size: InputSize = (3, 224, 224),
-    mean: MeanStd = None,
-    std: MeanStd = None,
-    class_names: ClassNames = None,
+def load_torchscript(
+    path: Path, input_size: InputSize, mean: MeanStd, std: MeanStd, class_names: ClassNames
 ) -> LoadedModel:
-    """A TorchScript classifier file (mean/std: its normalization, if not built in)."""
+    """The model of the factory `torchscript_model` (`tracekit.models.factories`)."""
     where = "torchscript model"
     path = existing_file(path, where, "model file")
     spec = InputSpec(tuple(input_size), mean=None, std=None).override(where, mean=mean, std=std)
@@ -182,17 +177,17 @@ def torchscript_model(
     return loaded_model(module, spec, names, wnids, info)
 
 
-def checkpoint_model(
+def load_checkpoint(
     path: Path,
     arch: str,
-    source: Literal["torchvision", "timm"] = "torchvision",
-    num_classes: Annotated[int, Field(gt=0)] | None = None,
-    input_size: InputSize | None = None,
-    mean: MeanStd = None,
-    std: MeanStd = None,
-    class_names: ClassNames = None,
+    source: str,
+    num_classes: int | None,
+    input_size: InputSize | None,
+    mean: MeanStd,
+    std: MeanStd,
+    class_names: ClassNames,
 ) -> LoadedModel:
-    """A state-dict file of a torchvision or timm architecture (e.g. fine-tuned weights)."""
+    """The model of the factory `checkpoint_model` (`tracekit.models.factories`)."""
     from . import timm_models, torchvision_models
 
     where = f"checkpoint model '{arch}'"

@@ -18,14 +18,11 @@ from torch import nn
 from ..bounded import loads_json
 from ..errors import TracekitError
 from ..protocols import LoadedModel
+from .factories import ClassNames, MeanStd
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875  # 224 / 256: ImageNet evaluation resizes to 256, then crops 224
-
-# The parameter types loaders share (a spec gives lists; pydantic turns them into these).
-MeanStd = tuple[float, ...] | None
-ClassNames = list[str] | Path | None
 
 
 class Normalized(nn.Module):

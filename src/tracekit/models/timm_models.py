@@ -120,8 +120,8 @@ def _with_weights_file(arch: str, file: Path, where: str) -> nn.Module:
         raise weights_load_error(file, exc, where) from None
 
 
-def timm_model(arch: str, pretrained: bool = False, weights: Path | None = None) -> LoadedModel:
-    """A timm classifier; pretrained weights only from the local cache, or from a weights file."""
+def load_model(arch: str, pretrained: bool, weights: Path | None) -> LoadedModel:
+    """The model of the factory `timm_model` (`tracekit.models.factories`)."""
     where = f"timm model '{arch}'"
     if pretrained and weights is not None:
         raise TracekitError(f"{where}: give either pretrained: true or weights: FILE, not both")

@@ -11,10 +11,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import Field
 from torch import nn
 
 from ..datasets.imagenet_classes import imagenet_classes
@@ -136,12 +135,8 @@ def _from_weights_entry(arch: str, weights: Any, num_classes: int | None, where:
     return loaded_model(module, _input_spec(weights), categories, wnids, info)
 
 
-def torchvision_model(
-    arch: str,
-    weights: str | None = None,
-    num_classes: Annotated[int, Field(gt=0)] | None = None,
-) -> LoadedModel:
-    """A torchvision classifier; weights: a name like IMAGENET1K_V1 (from the local cache) or a file."""
+def load_model(arch: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    """The model of the factory `torchvision_model` (`tracekit.models.factories`)."""
     where = f"torchvision model '{arch}'"
     _check_arch(arch)
     enum = _weights_enum(arch)

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..hookspecs import Register
 from ..plugins import hookimpl
-from .targets import check_images, target_classes
 
 
 @hookimpl
 def tracekit_register_saliency(register: Register) -> None:
-    from . import gradient, guided_backprop, integrated_gradients, smoothgrad
+    from . import factories  # light: each factory imports its method (and torch) when called
 
-    register("guided-backprop", guided_backprop.guided_backprop)
-    register("gradient", gradient.gradient)
-    register("integrated-gradients", integrated_gradients.integrated_gradients)
-    register("smoothgrad", smoothgrad.smoothgrad)
+    register("guided-backprop", factories.guided_backprop)
+    register("gradient", factories.gradient)
+    register("integrated-gradients", factories.integrated_gradients)
+    register("smoothgrad", factories.smoothgrad)
+
+
+def __getattr__(name: str) -> Any:
+    """The public checks, imported on first use: they need torch, registering does not."""
+    if name in ("check_images", "target_classes"):
+        from . import targets
+
+        return getattr(targets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["check_images", "target_classes"]

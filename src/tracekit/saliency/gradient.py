@@ -44,8 +44,3 @@ class Gradient:
     def maps(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Maps `[N,C,H,W]` (detached) for class `target[i]` of image i; None = predicted class."""
         return input_gradients(model, images, target, "gradient")
-
-
-def gradient() -> Gradient:
-    """Vanilla gradient of the target logit w.r.t. the input (Simonyan et al.)."""
-    return Gradient()

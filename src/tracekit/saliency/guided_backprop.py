@@ -98,8 +98,3 @@ class GuidedBackprop:
             target = target_classes(logits, target, "guided-backprop", type(model).__name__)
             (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
         return grad.detach()
-
-
-def guided_backprop() -> GuidedBackprop:
-    """Guided-backpropagation maps (Springenberg et al.), the paper's feature response."""
-    return GuidedBackprop()

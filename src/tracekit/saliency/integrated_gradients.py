@@ -10,10 +10,7 @@ when the batch alone is larger), so memory stays that of a plain gradient of the
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from .gradient import check_images, input_gradients, resolve_target
@@ -40,8 +37,3 @@ class IntegratedGradients:
                 grads = input_gradients(model, scaled, target.repeat(len(part)), METHOD)
                 total += grads.view(len(part), *x.shape).sum(0)
             return x * total / self.steps
-
-
-def integrated_gradients(steps: Annotated[int, Field(ge=1, le=1024)] = 32) -> IntegratedGradients:
-    """Integrated gradients from a black image (Sundararajan et al.), right Riemann sum."""
-    return IntegratedGradients(steps)

@@ -19,18 +19,13 @@ the `n` copies of one image). On the CPU each image's map is exactly Captum's
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from ..protocols import Saliency
-from ..registry import component_spec
 from .gradient import check_images, resolve_target
 
 METHOD = "smoothgrad"
-SaliencySpec = component_spec("saliency", "guided-backprop")
 
 
 class SmoothGrad:
@@ -55,15 +50,3 @@ class SmoothGrad:
                 maps = self.base.maps(model, noisy, part_target.repeat_interleave(n))
                 out.append(maps.detach().view(len(part), n, *maps.shape[1:]).mean(1))
             return torch.cat(out)  # split() gives at least one part, even of an empty batch
-
-
-def smoothgrad(
-    base: SaliencySpec = {"name": "guided-backprop"},  # noqa: B006 (validated copy)
-    n_samples: Annotated[int, Field(ge=1, le=1024)] = 16,
-    noise: Annotated[float, Field(ge=0, le=1)] = 0.15,
-    seed: int = 0,
-) -> SmoothGrad:
-    """SmoothGrad (Smilkov et al.): a base saliency averaged over noisy copies of the image."""
-    from ..plugins import registry
-
-    return SmoothGrad(registry("saliency").create(**base), n_samples, noise, seed)

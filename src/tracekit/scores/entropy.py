@@ -18,14 +18,12 @@ by image on a CPU with a sliding histogram.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
 
 import functools
 import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, Field
 
 from ..errors import TracekitError
 from .gray import to_gray_u8
@@ -257,14 +255,3 @@ class LocalEntropy:
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Mean local entropy per map, `Tensor[N]` (float64)."""
         return self.map(maps).mean(dim=(1, 2))
-
-
-def _odd(size: int) -> int:
-    if size % 2 == 0:
-        raise ValueError(f"size must be odd (the window is centred on the pixel), e.g. {size - 1} or {size + 1}")
-    return size
-
-
-def local_entropy(size: Annotated[int, Field(ge=1, le=15), AfterValidator(_odd)] = 3) -> LocalEntropy:
-    """Mean local spatial entropy of the gray feature response map (size x size window)."""
-    return LocalEntropy(size)

@@ -40,10 +40,8 @@ from torch import nn
 from ..errors import TracekitError
 from ..saliency.guided_backprop import GuidedReLUMode
 from ..saliency.targets import check_images, target_classes
+from .factories import DEFAULT_BETA, DEFAULT_SIGMA
 from .gray import PERCENTILE, percentile_rows
-
-DEFAULT_BETA = 10.0
-DEFAULT_SIGMA = 1.0
 
 
 def smooth_guided_maps(

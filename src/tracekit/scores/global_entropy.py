@@ -46,8 +46,3 @@ class GlobalEntropy:
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Histogram entropy per map, `Tensor[N]` (float64, bits, in [0, 8])."""
         return histogram_entropy(to_gray_u8(maps))
-
-
-def global_entropy() -> GlobalEntropy:
-    """Shannon entropy of the whole gray feature response map's 256-bin histogram."""
-    return GlobalEntropy()

@@ -1,0 +1,87 @@
+"""The built-in detectors' factories: each one's parameters (its signature, checked when a spec
+loads) and summary. This module stays light: a factory imports its detector (torch) in its body,
+so that `tracekit validate` and `tracekit plugins` never import torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
+
+from ..errors import TracekitError
+from ..registry import component_spec
+
+if TYPE_CHECKING:
+    from .feature_response import FeatureResponse
+    from .feature_squeezing import FeatureSqueezing
+    from .kd_bu import KernelDensityUncertainty
+    from .lid import LocalIntrinsicDimensionality
+    from .mahalanobis import Mahalanobis
+
+SaliencySpec = component_spec("saliency", "guided-backprop")
+ScoreSpec = component_spec("score", "local-entropy")
+
+
+def feature_response(
+    saliency: SaliencySpec = {"name": "guided-backprop"},  # noqa: B006 (validated copy)
+    score: ScoreSpec = {"name": "local-entropy"},  # noqa: B006
+) -> FeatureResponse:
+    """The paper's detector: saliency map -> score -> calibrated threshold."""
+    from ..plugins import registry
+    from .feature_response import FeatureResponse
+
+    def build(kind: str, cfg: dict[str, Any]) -> Any:
+        params = {k: v for k, v in cfg.items() if k not in ("name", "label")}
+        return registry(kind).create(cfg["name"], **params)
+
+    return FeatureResponse(build("saliency", saliency), build("score", score), (saliency["name"], score["name"]))
+
+
+def feature_squeezing(
+    bits: Annotated[int, Field(ge=1, le=8)] | None = None,
+    median_sizes: Annotated[list[Annotated[int, Field(ge=2, le=5)]], Field(max_length=4)] = [2],  # noqa: B006
+) -> FeatureSqueezing:
+    """Feature squeezing (Xu et al. 2018): bit depth and median smoothing, max L1 softmax change."""
+    from .feature_squeezing import FeatureSqueezing
+
+    return FeatureSqueezing(bits, list(median_sizes))
+
+
+def lid(
+    layers: Annotated[list[str], Field(min_length=1)] | None = None,
+    k: Annotated[int, Field(ge=2)] = 20,
+    batch_size: Annotated[int, Field(ge=3)] = 100,
+    seed: int = 0,
+) -> LocalIntrinsicDimensionality:
+    """Local intrinsic dimensionality of activations (Ma et al. 2018) with a logistic regression."""
+    from .lid import WHERE, LocalIntrinsicDimensionality
+
+    if k >= batch_size:
+        raise TracekitError(f"{WHERE}: k={k} must be smaller than batch_size={batch_size} (the reference batch)")
+    return LocalIntrinsicDimensionality(None if layers is None else list(layers), k, batch_size, seed)
+
+
+def mahalanobis(
+    layers: Annotated[list[str], Field(min_length=1)] | None = None,
+    noise: Annotated[float, Field(ge=0, le=1)] = 0.0014,
+    batch_size: Annotated[int, Field(gt=0)] = 128,
+) -> Mahalanobis:
+    """Mahalanobis confidence on layer features (Lee et al. 2018): tied Gaussians, pre-processing, ensemble."""
+    from .mahalanobis import Mahalanobis
+
+    return Mahalanobis(None if layers is None else list(layers), noise, batch_size)
+
+
+def kd_bu(
+    layer: str | None = None,
+    bandwidth: Annotated[float, Field(gt=0)] = 1.0,
+    n_samples: Annotated[int, Field(ge=2)] = 50,
+    rate: Annotated[float, Field(gt=0, lt=1)] = 0.5,
+    batch_size: Annotated[int, Field(gt=0)] = 128,
+    seed: int = 0,
+) -> KernelDensityUncertainty:
+    """Kernel density on last hidden features plus MC-dropout uncertainty (Feinman et al. 2017)."""
+    from .kd_bu import KernelDensityUncertainty
+
+    return KernelDensityUncertainty(layer, bandwidth, n_samples, rate, batch_size, seed)

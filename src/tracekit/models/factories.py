@@ -1,0 +1,74 @@
+"""The built-in models' factories: each one's parameters (its signature, checked when a spec
+loads) and summary. This module stays light: a factory imports its loader (torch, torchvision,
+timm) in its body, so that `tracekit validate` and `tracekit plugins` never import torch.
+
+Also the parameter types the loaders share (a spec gives lists; pydantic turns them into these).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
+
+if TYPE_CHECKING:
+    from ..protocols import LoadedModel
+
+MeanStd = tuple[float, ...] | None
+ClassNames = list[str] | Path | None
+InputSize = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
+
+
+def digits_cnn(weights: Path | None = None) -> LoadedModel:
+    """Small CNN for the embedded digits, trained on first use and cached (or a weights file)."""
+    from .digits_cnn import load_model
+
+    return load_model(weights)
+
+
+def torchvision_model(
+    arch: str,
+    weights: str | None = None,
+    num_classes: Annotated[int, Field(gt=0)] | None = None,
+) -> LoadedModel:
+    """A torchvision classifier; weights: a name like IMAGENET1K_V1 (from the local cache) or a file."""
+    from .torchvision_models import load_model
+
+    return load_model(arch, weights, num_classes)
+
+
+def timm_model(arch: str, pretrained: bool = False, weights: Path | None = None) -> LoadedModel:
+    """A timm classifier; pretrained weights only from the local cache, or from a weights file."""
+    from .timm_models import load_model
+
+    return load_model(arch, pretrained, weights)
+
+
+def torchscript_model(
+    path: Path,
+    input_size: InputSize = (3, 224, 224),
+    mean: MeanStd = None,
+    std: MeanStd = None,
+    class_names: ClassNames = None,
+) -> LoadedModel:
+    """A TorchScript classifier file (mean/std: its normalization, if not built in)."""
+    from .files import load_torchscript
+
+    return load_torchscript(path, input_size, mean, std, class_names)
+
+
+def checkpoint_model(
+    path: Path,
+    arch: str,
+    source: Literal["torchvision", "timm"] = "torchvision",
+    num_classes: Annotated[int, Field(gt=0)] | None = None,
+    input_size: InputSize | None = None,
+    mean: MeanStd = None,
+    std: MeanStd = None,
+    class_names: ClassNames = None,
+) -> LoadedModel:
+    """A state-dict file of a torchvision or timm architecture (e.g. fine-tuned weights)."""
+    from .files import load_checkpoint
+
+    return load_checkpoint(path, arch, source, num_classes, input_size, mean, std, class_names)

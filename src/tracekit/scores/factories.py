@@ -1,0 +1,40 @@
+"""The built-in scores' factories: each one's parameters (its signature, checked when a spec
+loads) and summary. This module stays light: a factory imports its score (torch) in its body, so
+that `tracekit validate` and `tracekit plugins` never import torch.
+
+Also the defaults of the differentiable surrogate of the local-entropy score
+(`tracekit.scores.entropy_surrogate`), which the `adaptive-entropy` attack's parameters name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import AfterValidator, Field
+
+if TYPE_CHECKING:
+    from .entropy import LocalEntropy
+    from .global_entropy import GlobalEntropy
+
+DEFAULT_BETA = 10.0
+DEFAULT_SIGMA = 1.0
+
+
+def _odd(size: int) -> int:
+    if size % 2 == 0:
+        raise ValueError(f"size must be odd (the window is centred on the pixel), e.g. {size - 1} or {size + 1}")
+    return size
+
+
+def local_entropy(size: Annotated[int, Field(ge=1, le=15), AfterValidator(_odd)] = 3) -> LocalEntropy:
+    """Mean local spatial entropy of the gray feature response map (size x size window)."""
+    from .entropy import LocalEntropy
+
+    return LocalEntropy(size)
+
+
+def global_entropy() -> GlobalEntropy:
+    """Shannon entropy of the whole gray feature response map's 256-bin histogram."""
+    from .global_entropy import GlobalEntropy
+
+    return GlobalEntropy()
