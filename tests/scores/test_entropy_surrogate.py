@@ -13,7 +13,7 @@ import tracekit
 from tracekit.attacks.native import NativeFastGradient
 from tracekit.datasets.digits import digits_arrays
 from tracekit.errors import TracekitError
-from tracekit.models.digits_cnn import _one_thread
+from tracekit.models.embedded import one_thread
 from tracekit.saliency.guided_backprop import GuidedBackprop
 from tracekit.scores.entropy import local_entropy_map
 from tracekit.scores.entropy_surrogate import (
@@ -30,7 +30,7 @@ from tracekit.testing import tiny_model
 def one_thread():
     """One torch thread: small second-order graphs are many times slower with two threads while
     other work shares a 2-core machine."""
-    with _one_thread():
+    with one_thread():
         yield
 
 

@@ -1,4 +1,4 @@
-"""Built-in datasets: the embedded `digits`, an `imagefolder` of your own images, `npz` arrays,
+"""Built-in datasets: the embedded `digits` and `digit-scenes`, an `imagefolder` of your own images, `npz` arrays,
 seeded `synthetic` images.
 
 All of them offer random access (`tracekit.protocols.RandomAccessDataset`: `len` and `item`).
@@ -15,6 +15,7 @@ def tracekit_register_datasets(register: Register) -> None:
     from . import factories  # light: each factory imports its dataset (and torch) when called
 
     register("digits", factories.digits)
+    register("digit-scenes", factories.digit_scenes)
     register("imagefolder", factories.imagefolder)
     register("npz", factories.npz)
     register("synthetic", factories.synthetic)

@@ -14,9 +14,12 @@ if TYPE_CHECKING:
     from .digits import DigitsDataset
     from .imagefolder import ImageFolder
     from .npz import NpzImages
+    from .scenes import DigitScenes
     from .synthetic import Synthetic
 
 Split = Literal["train", "test", "all"]
+# digit-scenes' defaults (the scenes digit-scenes-cnn is trained on)
+SCENE_SIZE, DIGIT_SIZE, CLUTTER, DISTRACTORS = 48, 16, 0.3, 3
 
 
 def digits(split: Split = "test", limit: Annotated[int, Field(gt=0)] | None = None) -> DigitsDataset:
@@ -24,6 +27,24 @@ def digits(split: Split = "test", limit: Annotated[int, Field(gt=0)] | None = No
     from .digits import DigitsDataset
 
     return DigitsDataset(split, limit)
+
+
+def digit_scenes(
+    split: Split = "test",
+    limit: Annotated[int, Field(gt=0)] | None = None,
+    size: Annotated[int, Field(ge=8, le=256)] = SCENE_SIZE,
+    digit_size: Annotated[int, Field(ge=4, le=256)] = DIGIT_SIZE,
+    clutter: Annotated[float, Field(ge=0.0, le=1.0)] = CLUTTER,
+    distractors: Annotated[int, Field(ge=0, le=16)] = DISTRACTORS,
+    copies: Annotated[int, Field(ge=1, le=64)] = 1,
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
+) -> DigitScenes:
+    """Handwritten digits placed in larger cluttered scenes, 1 x size x size (embedded, no download)."""
+    if digit_size > size:
+        raise ValueError(f"digit_size {digit_size} is larger than the scene (size {size}); use digit_size <= size")
+    from .scenes import DigitScenes
+
+    return DigitScenes(split, limit, size, digit_size, clutter, distractors, range(copies), seed)
 
 
 def imagefolder(

@@ -1,4 +1,4 @@
-"""Built-in models: the embedded `digits-cnn`, torchvision and timm models by name, files."""
+"""Built-in models: the embedded `digits-cnn` and `digit-scenes-cnn`, torchvision and timm models by name, files."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ def tracekit_register_models(register: Register) -> None:
     from . import factories  # light: each factory imports its loader (torch, torchvision, timm) when called
 
     register("digits-cnn", factories.digits_cnn)
+    register("digit-scenes-cnn", factories.digit_scenes_cnn)
     register("torchvision", factories.torchvision_model)
     register("timm", factories.timm_model)
     register("torchscript", factories.torchscript_model)

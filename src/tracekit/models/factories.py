@@ -27,6 +27,13 @@ def digits_cnn(weights: Path | None = None) -> LoadedModel:
     return load_model(weights)
 
 
+def digit_scenes_cnn(weights: Path | None = None) -> LoadedModel:
+    """VGG-style CNN for the embedded digit-scenes, trained on first use and cached (or a weights file)."""
+    from .scenes_cnn import load_model
+
+    return load_model(weights)
+
+
 def torchvision_model(
     arch: str,
     weights: str | None = None,
