@@ -20,7 +20,7 @@ EPS, STEP, ITERS = 0.1, 0.02, 20
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_torch_thread():
     """One torch thread: a step is hundreds of small ops, and with two threads each waits for the
     second core (many times slower while other work shares a 2-core machine)."""
     with one_thread():

@@ -27,7 +27,7 @@ from tracekit.testing import tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_torch_thread():
     """One torch thread: small second-order graphs are many times slower with two threads while
     other work shares a 2-core machine."""
     with one_thread():
