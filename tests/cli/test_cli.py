@@ -187,5 +187,5 @@ def test_the_summary_caption_mentions_intervals_only_when_there_are_some():
         return console.export_text()
 
     plain = caption({"attacks": {"fgsm": row}})
-    assert "n_attacked: successful adversarials" in plain and "bootstrap" not in plain
+    assert "n_attacked successful adversarials" in plain and "bootstrap" not in plain
     assert "bootstrap" in caption({"attacks": {"fgsm": {**row, "auc_ci": [0.6, 0.8]}}})

@@ -116,9 +116,10 @@ def test_compare_runs_bad_dirs(tmp_path, result):
 
 
 def test_cli_compare_table(result, tmp_path):
-    out = CliRunner().invoke(build_app(), ["compare", str(result.out_dir), str(result.out_dir)])
+    out = CliRunner().invoke(build_app(), ["compare", str(result.out_dir), str(result.out_dir), "--out", str(tmp_path / "side")])
     assert out.exit_code == 0, out.output
     assert "paper" in out.output and "AUC" in out.output
+    assert (tmp_path / "side" / "report.html").is_file()
     bad = CliRunner().invoke(build_app(), ["compare", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
 

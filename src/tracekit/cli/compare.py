@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -15,24 +16,67 @@ from ..spec import load_spec
 from .common import console, err_console, fmt, handle_errors
 from .run import DeviceOpt, SetOpt
 
+DETECTOR_WIDTH, ATTACK_WIDTH = 28, 12  # at most, before a label or an attack name wraps
 
-def compare_table(detectors: dict[str, dict[str, Any]], title: str, level: float) -> Table:
-    """Detectors x attacks: AUC and TPR at the FPR `level`."""
+
+def compare_tables(detectors: dict[str, dict[str, Any]], title: str, level: float, width: int = 80) -> list[Table]:
+    """Detectors x attacks: a table of AUCs, then one of TPRs at the FPR `level`, each split into
+    several tables of fewer attacks where all would not fit `width` columns."""
     attacks: list[str] = []
     for per_attack in detectors.values():
         attacks += [a for a in per_attack if a not in attacks]
-    table = Table(title=title)
-    table.add_column("detector")
+    first = min(max((len(label) for label in detectors), default=8), DETECTOR_WIDTH) + 2
+    chunks: list[list[str]] = [[]]
+    used = first
     for attack in attacks:
-        table.add_column(f"{attack}\nAUC", justify="right")
-        table.add_column(f"{attack}\nTPR@{level:.0%}", justify="right")
-    for label, per_attack in detectors.items():
-        cells = []
-        for attack in attacks:
-            m = per_attack.get(attack)
-            cells += [fmt(m["auc"]), fmt(m["tpr_at_fpr"][str(level)])] if m else ["n/a", "n/a"]
-        table.add_row(escape(label), *cells)
-    return table
+        need = max(min(len(attack), ATTACK_WIDTH), 5) + 2
+        if chunks[-1] and used + need > width:
+            chunks.append([])
+            used = first
+        chunks[-1].append(attack)
+        used += need
+    tables = []
+    for what, key in (("ROC AUC (0.5: chance)", "auc"), (f"TPR at {level:.0%} FPR (share of adversarials flagged)", str(level))):
+        for i, chunk in enumerate(chunks):
+            part = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+            table = Table(title=f"{title}\n{what}{part}", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), pad_edge=False)
+            table.add_column("detector", overflow="fold", max_width=DETECTOR_WIDTH)
+            for attack in chunk:
+                table.add_column(escape(attack), justify="right", overflow="fold", min_width=5)
+            for label, per_attack in detectors.items():
+                cells = []
+                for attack in chunk:
+                    m = per_attack.get(attack)
+                    cells.append("n/a" if not m else fmt(m["auc"] if key == "auc" else m["tpr_at_fpr"][key]))
+                table.add_row(escape(label), *cells)
+            tables.append(table)
+    return tables
+
+
+def calibration_lines(
+    detectors: dict[str, dict[str, Any]], target_fpr: float, targets: dict[str, float] | None = None
+) -> list[str]:
+    """One yellow line per calibration problem of each detector (`label: problem`), against its
+    own target FPR where `targets` has one."""
+    from ..report.verdicts import calibration_problems
+
+    return [
+        f"[yellow]calibration:[/] {escape(label)}: {escape(problem.short)}"
+        for label, per_attack in detectors.items()
+        for problem in calibration_problems(per_attack, (targets or {}).get(label, target_fpr))
+    ]
+
+
+def print_comparison(
+    detectors: dict[str, dict[str, Any]], title: str, target_fpr: float, targets: dict[str, float] | None = None
+) -> None:
+    """The AUC and TPR tables, then the calibration problems."""
+    from ..engine.metrics import headline_level
+
+    for table in compare_tables(detectors, title, headline_level(target_fpr), console.width):
+        console.print(table)
+    for line in calibration_lines(detectors, target_fpr, targets):
+        console.print(line)
 
 
 def register(app: typer.Typer) -> None:
@@ -40,14 +84,13 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def compare_command(
         targets: list[Path] = typer.Argument(..., metavar="TARGET", help="A spec with `detectors:`, or finished run directories."),
-        out: Path = typer.Option(None, "--out", metavar="DIR", help="Comparison directory (default runs/<name>-<timestamp>/); an earlier one there is replaced."),
+        out: Path = typer.Option(None, "--out", metavar="DIR", help="Comparison directory (default runs/<name>-<timestamp>/, for run directories runs/compare-runs-<timestamp>/); an earlier one there is replaced."),
         device: str = DeviceOpt,
         set_: list[str] = SetOpt,
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),
     ) -> None:
         """Compare detectors on identical images (a spec), or finished runs side by side."""
-        from ..engine.compare import compare_runs
-        from ..engine.metrics import headline_level
+        from ..engine.compare import compare_runs, write_runs_comparison
 
         if len(targets) == 1 and not targets[0].is_dir():
             spec = load_spec(targets[0], set_)
@@ -56,13 +99,19 @@ def register(app: typer.Typer) -> None:
             detectors = {label: d["attacks"] for label, d in result.metrics["detectors"].items()}
             data = result.metrics["data"]
             title = f"{spec.name}: {data['n_fit']} fit / {data['n_test']} test images, same for every detector"
-            console.print(compare_table(detectors, title, headline_level(spec.calibration.target_fpr)))
+            print_comparison(detectors, title, spec.calibration.target_fpr)
             console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
             console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")
             return
-        if set_ or out or device or no_cache:
-            raise TracekitError("--set, --out, --device and --no-cache apply to a comparison spec, not to run directories")
+        if set_ or device or no_cache:
+            raise TracekitError("--set, --device and --no-cache apply to a comparison spec, not to run directories")
+        from ..report import write_report
+
         comparison = compare_runs(list(targets))
         for warning in comparison.warnings:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-        console.print(compare_table(comparison.detectors, "finished runs", headline_level(comparison.target_fpr)))
+        targets = {label: run["target_fpr"] for label, run in comparison.runs.items()}
+        print_comparison(comparison.detectors, "finished runs", comparison.target_fpr, targets)
+        directory = write_runs_comparison(comparison, out=out, finish=write_report)
+        console.print(f"comparison directory: [bold]{escape(str(directory))}[/]")
+        console.print(f"report: {escape(str(directory / 'report.html'))}")

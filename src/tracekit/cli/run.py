@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -20,51 +22,94 @@ DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto | cpu | 
 
 
 def summary_table(metrics: dict[str, Any], title: str) -> Table:
-    """Per attack: images, success rate, AUC and TPR at 1/5/10% FPR."""
+    """Per attack: successful adversarials, AUC and TPR at 1/5/10% FPR (intervals on a second, dim
+    line), realized FPR and evasion rate, in 80 columns. The full table (confidences, perturbation
+    sizes, precision, recall, seconds) is in metrics.json and the report."""
     intervals = any(m.get("auc_ci") for m in metrics["attacks"].values())
-    caption = "n_attacked: successful adversarials, the positives scored against n_clean clean images"
+    caption = (
+        "successful: n_attacked successful adversarials (share of the attacked), the positives scored against "
+        "the clean test images; FPR: clean test images flagged; evades: misclassified and not flagged"
+    )
     if intervals:
-        caption += "; AUC and TPR with bootstrap confidence intervals"
-    table = Table(title=title, caption=caption)
-    columns = ("attack", "n_clean", "n_attacked", "success", "AUC", "TPR@1%", "TPR@5%", "TPR@10%", "FPR", "evades",
-               "L2", "Linf", "seconds")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "attack" else "right")
+        caption += "; second line: bootstrap confidence interval"
+    table = compact_table(title, caption)
+    table.add_column("attack", overflow="fold", min_width=8)
+    for column in ("successful", "AUC", "TPR@1%", "TPR@5%", "TPR@10%", "FPR", "evades"):
+        table.add_column(column, justify="right", no_wrap=True)
     for name, m in metrics["attacks"].items():
         tpr, tpr_ci = m["tpr_at_fpr"], m.get("tpr_at_fpr_ci") or {}
-        size = m.get("perturbation") or {}
         table.add_row(
-            escape(name), str(m["n_clean"]), str(m["n_attacked"]), fmt(m["success_rate"]),
+            escape(name), f"{m['n_attacked']} ({percent(m['success_rate'])})",
             with_ci(m["auc"], m.get("auc_ci")),
             *(with_ci(tpr[level], tpr_ci.get(level)) for level in ("0.01", "0.05", "0.1")),
-            fmt(m["fpr"]), fmt(m.get("evasion_rate")), fmt(size.get("l2"), 2), fmt(size.get("linf"), 3),
-            fmt(m["seconds"], 1),
+            fmt(m["fpr"]), percent(m.get("evasion_rate")),
         )
     return table
 
 
 def controls_table(metrics: dict[str, Any]) -> Table | None:
-    """Per attack: its AUC beside the noise controls' and the randomized model's."""
+    """Per attack: its AUC and share flagged beside the noise controls' and the randomized model's."""
     rows = [(name, m) for name, m in metrics["attacks"].items() if "noise" in m or "randomized_model" in m]
     if not rows:
         return None
-    table = Table(title="controls: is it detecting the attack, or noise / an untrained model?")
-    for column in ("attack", "AUC", "flagged", "sign-noise AUC", "sign flagged", "gauss-noise AUC", "gauss flagged",
-                   "random-model AUC"):
-        table.add_column(column, justify="left" if column == "attack" else "right")
+    table = compact_table(
+        "controls: detecting the attack, or noise / an untrained model?",
+        "sign, gauss: random noise as large as each adversarial's perturbation (L∞, L2); flagged: share above the "
+        "threshold; random model: the model's weights re-initialized, the detector fitted again",
+    )
+    table.add_column("attack", overflow="fold", min_width=8)
+    for column in ("AUC", "flagged", "sign\nAUC", "sign\nflagged", "gauss\nAUC", "gauss\nflagged", "random\nmodel\nAUC"):
+        table.add_column(column, justify="right", no_wrap=True)
     for name, m in rows:
         noise = m.get("noise") or {}
         sign, gauss = noise.get("sign") or {}, noise.get("gaussian") or {}
         table.add_row(
-            escape(name), fmt(m["auc"]), fmt(m["recall"]), fmt(sign.get("auc")), fmt(sign.get("flag_rate")),
-            fmt(gauss.get("auc")), fmt(gauss.get("flag_rate")), fmt((m.get("randomized_model") or {}).get("auc")),
+            escape(name), fmt(m["auc"]), percent(m["recall"]), fmt(sign.get("auc")), percent(sign.get("flag_rate")),
+            fmt(gauss.get("auc")), percent(gauss.get("flag_rate")), fmt((m.get("randomized_model") or {}).get("auc")),
         )
     return table
 
 
+def compact_table(title: str, caption: str) -> Table:
+    """A table without vertical rules and two spaces between columns: fits 80 columns."""
+    return Table(
+        title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+        padding=(0, 1, 0, 0), pad_edge=False,
+    )
+
+
+def verdict_lines(metrics: dict[str, Any]) -> Group:
+    """The report's verdict per attack, its control notes and the calibration problems (yellow), under
+    a heading, as a borderless two-column grid that wraps."""
+    from ..report.verdicts import calibration_problems, verdicts
+
+    target = float(metrics.get("target_fpr") or 0.05)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", overflow="fold", max_width=16)
+    grid.add_column(overflow="fold")
+    for v in verdicts(metrics["attacks"], target):
+        grid.add_row(escape(v.attack), escape(v.text))
+        for note in v.short_notes:
+            grid.add_row("", f"[yellow]{escape(note)}[/]")
+    for problem in calibration_problems(metrics["attacks"], target):
+        grid.add_row("[yellow]calibration[/]", f"[yellow]{escape(problem.short)}[/]")
+    heading = "\n[bold]verdict[/] (successful adversarials vs clean test images; rules in report.html)"
+    return Group(heading, grid)
+
+
 def with_ci(value: Any, ci: list[float] | None) -> str:
-    """`0.912 [0.880, 0.940]`, or just the value when there is no interval."""
-    return fmt(value) if not ci else f"{fmt(value)}\n[dim][{ci[0]:.3f}, {ci[1]:.3f}][/]"
+    """`0.912` and, on a second dim line, its interval as `.88-.94`."""
+    return fmt(value) if not ci else f"{fmt(value)}\n[dim]{short_ci(ci)}[/]"
+
+
+def short_ci(ci: list[float]) -> str:
+    """An interval of a rate in [0, 1], two decimals without leading zeros: `.88-.94`, `.95-1.00`."""
+    return "-".join(f"{v:.2f}".removeprefix("0") for v in ci)
+
+
+def percent(value: Any) -> str:
+    """A rate as a whole percentage; missing as an en dash."""
+    return "–" if value is None else f"{value:.0%}"
 
 
 def register(app: typer.Typer) -> None:
@@ -90,5 +135,6 @@ def register(app: typer.Typer) -> None:
         controls = controls_table(result.metrics)
         if controls is not None:
             console.print(controls)
+        console.print(verdict_lines(result.metrics))
         console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
         console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")

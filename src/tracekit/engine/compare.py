@@ -9,9 +9,10 @@ Each fitted detector is kept under `detectors/<NN>-<label>/` (as a run keeps its
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +94,20 @@ def compare(
     return CompareResult(final, metrics, spec)
 
 
+RUNS_COMPARISON = "comparison.json"  # what marks (and describes) a directory of finished runs compared
+
+
 @dataclass
 class RunsComparison:
-    """Finished runs side by side: `{label: {attack: metrics}}` and what differs between them."""
+    """Finished runs side by side: `{label: {attack: metrics}}` and what differs between them;
+    per label (`"<run directory name>: <detector>"`) its run (`runs`: `run_dir`, `detector`,
+    `threshold`, `target_fpr`) and its `scores.csv` rows (`rows`: the columns of `SCORE_COLUMNS`)."""
 
     detectors: dict[str, dict[str, Any]]
     warnings: list[str]
     target_fpr: float  # the first run's calibration target
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
 
 def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
@@ -111,11 +119,16 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
     adversarials: dict[str, Outcomes] = {}
     runs: dict[str, str] = {}  # detector key -> its run directory's name
     parameters: dict[str, dict[str, Any]] = {}  # detector key -> attack -> its resolved parameters
+    info: dict[str, dict[str, Any]] = {}
+    score_rows: dict[str, list[dict[str, str]]] = {}
     for raw in run_dirs:
         path = Path(raw)
-        metrics, spec, clean_ids, outcomes = _read_run(path)
+        metrics, spec, clean_ids, outcomes, rows = _read_run(path)
         try:
-            entries = metrics["detectors"] if "detectors" in metrics else {_detector_label(spec): {"attacks": metrics["attacks"]}}
+            entries = (
+                metrics["detectors"] if "detectors" in metrics
+                else {_detector_label(spec): {"attacks": metrics["attacks"], "threshold": metrics.get("threshold")}}
+            )  # fmt: skip
             for label, entry in entries.items():
                 key = f"{path.name}: {label}"
                 detectors[key] = dict(entry["attacks"])
@@ -124,6 +137,8 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
                 adversarials[key] = outcomes.get(label, outcomes.get("", {}))
                 runs[key] = path.name
                 targets[key] = float(metrics.get("target_fpr", DEFAULT_TARGET_FPR))
+                info[key] = {"run_dir": str(path), "detector": label, "threshold": entry.get("threshold"), "target_fpr": targets[key]}
+                score_rows[key] = rows.get(label, rows.get("", []))
                 parameters[key] = {
                     component_label(a): {k: v for k, v in a.items() if k != "label"}
                     for a in (spec or {}).get("attacks") or []
@@ -160,7 +175,28 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
                 warnings.append(message)
         if targets[key] != targets[keys[0]]:
             warnings.append(f"'{key}' calibrated its threshold at {targets[key]:.1%} FPR, '{keys[0]}' at {targets[keys[0]]:.1%}")
-    return RunsComparison(detectors, warnings, targets[keys[0]] if keys else DEFAULT_TARGET_FPR)
+    return RunsComparison(detectors, warnings, targets[keys[0]] if keys else DEFAULT_TARGET_FPR, info, score_rows)
+
+
+def write_runs_comparison(comparison: RunsComparison, out: str | Path | None = None, finish: Finish | None = None) -> Path:
+    """Write a comparison of finished runs into its own directory (`out`, else
+    `runs/compare-runs-<timestamp>/`): `comparison.json` (the side-by-side metrics, the runs and the
+    warnings) and `scores.csv` (every compared detector's rows, labelled as in the comparison), then
+    `finish(directory)` (the report); returns the directory."""
+    final, work = rundir.make_run_dir(out, "compare-runs", marker=RUNS_COMPARISON)
+    document = {
+        "detectors": comparison.detectors,
+        "runs": comparison.runs,
+        "warnings": comparison.warnings,
+        "target_fpr": comparison.target_fpr,
+    }
+    (work / RUNS_COMPARISON).write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    rows = ((key, *(row.get(column, "") for column in SCORE_COLUMNS)) for key, mine in comparison.rows.items() for row in mine)
+    write_scores(work / "scores.csv", rows, COMPARE_COLUMNS)
+    if finish is not None:
+        finish(work)
+    rundir.finish(work, final, ())
+    return final
 
 
 def _parameter_changes(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
@@ -177,9 +213,11 @@ def _parameter_changes(first: dict[str, Any], other: dict[str, Any]) -> list[str
 Outcomes = dict[str, set[tuple[str, str, str]]]  # attack -> {(sample id, prediction, success)}
 
 
-def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set[str]], dict[str, Outcomes]]:
-    """A finished run's metrics and spec, and per detector label ("" for a run) its clean test ids
-    and what each attack's adversarials of them did."""
+def _read_run(
+    path: Path,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, set[str]], dict[str, Outcomes], dict[str, list[dict[str, str]]]]:
+    """A finished run's metrics and spec, and per detector label ("" for a run) its clean test ids,
+    what each attack's adversarials of them did, and its `scores.csv` rows."""
     if path.is_file():
         raise TracekitError(
             f"{path} is a file, not a run directory; compare takes one spec, or finished run directories"
@@ -200,15 +238,17 @@ def _read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, set
         raise TracekitError(f"{path}/metrics.json has neither 'attacks' nor 'detectors'; is it a tracekit run?")
     clean_ids: dict[str, set[str]] = {}
     outcomes: dict[str, Outcomes] = {}
+    by_label: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         label = row.get("detector", "")
+        by_label.setdefault(label, []).append(row)
         if row.get("attack") == "clean":
             clean_ids.setdefault(label, set()).add(row["sample_id"])
         else:
             outcomes.setdefault(label, {}).setdefault(row["attack"], set()).add(
                 (row["sample_id"], row["pred"], row["success"])
             )
-    return metrics, spec, clean_ids, outcomes
+    return metrics, spec, clean_ids, outcomes, by_label
 
 
 def _detector_label(spec: Any) -> str:

@@ -34,20 +34,20 @@ def detector_dir(run_dir: Path, index: int, label: str) -> Path:
     return run_dir / DETECTORS_DIR / f"{index:02d}-{safe}"
 
 
-def make_run_dir(out: str | Path | None, name: str) -> tuple[Path, Path]:
+def make_run_dir(out: str | Path | None, name: str, marker: str = RESOLVED_SPEC) -> tuple[Path, Path]:
     """`(final, work)`: the run directory (`--out DIR`, else `runs/<name>-<timestamp>/`, never
     an existing one) and the temporary directory beside it that the run writes into.
 
     The work directory is named after the final one (`.<name>.partial`), so an interrupted run
     given the same `--out` resumes from its tables. `finish` swaps it in on success; an earlier
     run in `--out` stays untouched until then. A non-empty `--out` that is not a tracekit run
-    directory is refused rather than replaced.
+    directory (one without `marker`) is refused rather than replaced.
     """
     if out is not None:
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise TracekitError(f"--out {path} exists and is not a directory")
-        if path.is_dir() and not (path / RESOLVED_SPEC).is_file() and any(path.iterdir()):
+        if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
             left = ", ".join(sorted(p.name for p in path.iterdir())[:5])
             raise TracekitError(
                 f"--out {path} holds files that are not a tracekit run ({left}); a run replaces its --out "

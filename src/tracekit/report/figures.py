@@ -27,7 +27,7 @@ from torch import nn
 
 from ..engine.summary import scores_of_test_part
 from ..protocols import Detector
-from .rundata import RunData
+from .rundata import RunData, RunsData
 
 ENTROPY_SIZE = 3  # the paper's 3x3 neighbourhood
 ENTROPY_MAX = math.log2(ENTROPY_SIZE * ENTROPY_SIZE)  # the largest possible 3x3 local entropy (bits)
@@ -152,26 +152,69 @@ def _show_maps(ax_gray: Any, ax_entropy: Any, gray: torch.Tensor, entropy: torch
     return ax_entropy.imshow(entropy.numpy(), cmap="magma", vmin=0, vmax=ENTROPY_MAX)
 
 
+def curve_styles(n: int) -> list[tuple[Any, Any]]:
+    """`(color, linestyle)` for `n` curves, every pair different: tab10's ten colors, then tab20's
+    lighter shades, each curve also with its own dash pattern (solid, dashed, dash-dot, dotted in
+    turn), so that curves stay apart in gray print and for color-blind readers too."""
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors
+    colors = [*tab20[0::2], *tab20[1::2]]  # the ten strong colors, then their lighter shades
+    dashes = ["-", (0, (5, 2)), (0, (6, 2, 1.5, 2)), (0, (1.5, 1.5))]
+    return [(colors[i % len(colors)], dashes[(i + i // len(colors)) % len(dashes)]) for i in range(n)]
+
+
+def _legend_inches(labels: list[str], ncols: int) -> float:
+    """The width of a legend of `labels` in `ncols` columns (at the legend's font size, with the
+    line samples, their padding, the spacing between columns and the border; matplotlib's defaults)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    size = float(STYLE["legend.fontsize"])
+    measure, prop = TextToPath(), FontProperties(size=size)
+    text = max((measure.get_text_width_height_descent(label, prop, ismath=False)[0] for label in labels), default=0.0)
+    # handlelength 3.2 and handletextpad 0.8 em a column, columnspacing 2.0 em between, borderpad about 1 em
+    return (ncols * (text + 4.0 * size) + (ncols - 1) * 2.0 * size + 1.0 * size) / 72
+
+
 def roc_figure(
-    path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, float | None], title: str
-) -> None:
-    """ROC curves in one plot, one per `name: (clean scores, successful adversarials' scores)`."""
+    path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, float | None], title: str,
+    width: float = 5.6,
+) -> Any:
+    """ROC curves in one plot, one per `name: (clean scores, successful adversarials' scores)`,
+    each in its own color and dash pattern; the legend (AUC and number of adversarials) below the
+    axes, where it hides no curve. Returns the (saved) figure."""
     from sklearn.metrics import roc_curve
 
-    with _figure(path, figsize=(5.6, 5.0)) as fig:
+    sizes = {len(adv) for clean, adv in curves.values() if len(adv) and len(clean)}
+    shared = len(sizes) == 1 and len(curves) > 1  # every curve on as many adversarials: said once, in the title
+    if shared:
+        title += f"\n{sizes.pop()} successful adversarials each"
+    labels = {
+        name: (f"{name} (AUC {aucs[name]:.3f})" if shared else f"{name} (AUC {aucs[name]:.3f}, n={len(adv)})")
+        if len(adv) and len(clean) else f"{name}: no successful adversarials"
+        for name, (clean, adv) in curves.items()
+    }  # fmt: skip
+    # The legend below the axes, in two columns where they fit, else in one; the figure widens for
+    # labels longer than it.
+    ncols = 2 if len(curves) > 4 and _legend_inches(list(labels.values()), 2) <= width - 0.1 else 1
+    width = max(width, _legend_inches(list(labels.values()), ncols) + 0.1)
+    legend_rows = math.ceil((len(curves) + 1) / ncols)
+    with _figure(path, figsize=(width, min(width, 5.6) + 0.2 * legend_rows + 0.2 * shared)) as fig:
         ax = fig.add_subplot()
-        ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
-        for name, (clean, adv) in curves.items():
+        ax.plot([0, 1], [0, 1], ls=":", lw=1, color="0.6", label="chance (AUC 0.5)")
+        for (name, (clean, adv)), (color, dashes) in zip(curves.items(), curve_styles(len(curves))):
             if len(adv) == 0 or len(clean) == 0:
-                ax.plot([], [], " ", label=f"{name}: no successful adversarials")
+                ax.plot([], [], color=color, ls=dashes, lw=2, label=labels[name])
                 continue
             y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
             fpr, tpr, _ = roc_curve(y, np.r_[clean, adv])
-            ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {aucs[name]:.3f}, n={len(adv)})")
+            ax.plot(fpr, tpr, color=color, ls=dashes, lw=2, label=labels[name])
         ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
                xlabel="false positive rate (clean images flagged)", ylabel="true positive rate (adversarials flagged)")  # fmt: skip
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        fig.legend(loc="outside lower center", ncols=ncols, frameon=False, handlelength=3.2)
+    return fig
 
 
 def auc_heatmap_figure(path: Path, aucs: dict[str, dict[str, float | None]]) -> None:
@@ -199,28 +242,44 @@ def auc_heatmap_figure(path: Path, aucs: dict[str, dict[str, float | None]]) -> 
         fig.colorbar(image, ax=ax, label="AUC (0.5 = chance)", shrink=0.9)
 
 
-def score_hist_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.ndarray], threshold: float) -> None:
-    """Histograms of the score, clean vs each attack (one panel per attack), with the threshold."""
+def hist_grid(n: int) -> tuple[int, int]:
+    """`(rows, columns)` of `n` histogram panels: up to three a row (four as two by two)."""
+    ncols = 2 if n == 4 else max(min(n, 3), 1)
+    return math.ceil(n / ncols), ncols
+
+
+def score_hist_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.ndarray], threshold: float) -> Any:
+    """Histograms of the score, clean vs each attack (one panel per attack, all on the same bins
+    and each with its own tick labels), with the threshold; one legend below the panels. Returns
+    the (saved) figure."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     names = list(adversarial)
-    ncols = min(len(names), 3)
-    nrows = math.ceil(len(names) / ncols)
+    nrows, ncols = hist_grid(len(names))
     values = np.concatenate([clean, *adversarial.values(), [threshold]])
     bins = np.histogram_bin_edges(values, bins=30)
-    with _figure(path, figsize=(4.3 * ncols, 3.3 * nrows)) as fig:
+    with _figure(path, figsize=(0.4 + 3.5 * ncols, 0.7 + 2.9 * nrows)) as fig:
         axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
         for ax, name in zip(axes, names):
-            ax.hist(clean, bins, density=True, alpha=0.55, color=CLEAN_COLOR, label=f"clean (n={len(clean)})")
+            ax.hist(clean, bins, density=True, alpha=0.55, color=CLEAN_COLOR)
             if len(adversarial[name]):
-                ax.hist(adversarial[name], bins, density=True, alpha=0.55, color=ADV_COLOR,
-                        label=f"adversarial (n={len(adversarial[name])})")  # fmt: skip
+                ax.hist(adversarial[name], bins, density=True, alpha=0.55, color=ADV_COLOR)
             else:
                 ax.text(0.5, 0.5, "no successful adversarials", transform=ax.transAxes, ha="center", color=ADV_COLOR)
-            ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.4g}")
-            ax.set(title=name, xlabel="score", ylabel="density")
-            ax.legend()
+            ax.axvline(threshold, color="black", ls="--", lw=1)
+            ax.set(title=f"{name}: {len(adversarial[name])} adversarials", xlabel="score", ylabel="density")
+            ax.tick_params(labelbottom=True)  # shared bins, but every panel keeps its tick values
         for ax in axes[len(names) :]:
             ax.set_visible(False)
+        handles = [
+            Patch(color=CLEAN_COLOR, alpha=0.55, label=f"clean test images (n={len(clean)})"),
+            Patch(color=ADV_COLOR, alpha=0.55, label="successful adversarials"),
+            Line2D([], [], color="black", ls="--", lw=1, label=f"threshold {threshold:.4g}"),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False, fontsize=9)
         fig.suptitle("Score distributions on the test part (successful adversarials only)")
+    return fig
 
 
 def example_figure(
@@ -319,7 +378,7 @@ def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
     taken = {"roc", "score_hist"}
     with progress("figures", total=2 + len(attacks), unit="fig") as advance:
         curves = {attack: (clean["score"], adv) for attack, adv in adversarial.items()}
-        roc_figure(run.dir / out["roc"], curves, aucs, f"ROC, test part ({len(clean['score'])} clean images)")
+        roc_figure(run.dir / out["roc"], curves, aucs, f"ROC, test part ({len(clean['score'])} clean images)", width=4.8)
         advance(1)
         score_hist_figure(run.dir / out["score_hist"], clean["score"], adversarial, threshold)
         advance(1)
@@ -371,28 +430,43 @@ def write_compare_figures(run: RunData) -> dict[str, Any]:
 
     Returns `{"heatmap": file, "rocs": [{"attack", "file"}]}`; file names relative to the directory.
     """
-    from ..progress import progress
-
     detectors = run.metrics["detectors"]
-    attacks = list(dict.fromkeys(a for entry in detectors.values() for a in entry["attacks"]))
     per_detector = {}
     for index, label in enumerate(detectors):
         clean, rows = scores_of_test_part(run.dir, run.spec, f"d{index:02d}")
         per_detector[label] = (clean["score"], {key: r["score"][r["success"]] for key, r in rows.items()})
+    return _comparison_figures(run.dir, {label: entry["attacks"] for label, entry in detectors.items()}, per_detector)
+
+
+def write_runs_figures(runs: RunsData) -> dict[str, Any]:
+    """The figures of finished runs compared side by side, as a comparison's (`write_compare_figures`),
+    from the runs' score rows kept in the comparison's `scores.csv`."""
+    return _comparison_figures(runs.dir, runs.document["detectors"], runs.scores)
+
+
+def _comparison_figures(
+    directory: Path, detectors: dict[str, dict[str, Any]], scores: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]
+) -> dict[str, Any]:
+    """The AUC heatmap of `detectors` (`{label: {attack: metrics}}`) and per attack the ROC curves
+    of every detector from `scores` (`{label: (clean test scores, {attack: successful adversarials'
+    scores})}`)."""
+    from ..progress import progress
+
+    attacks = list(dict.fromkeys(a for per_attack in detectors.values() for a in per_attack))
     out: dict[str, Any] = {"heatmap": "auc_heatmap.png", "rocs": []}
     taken: set[str] = set()
     with progress("figures", total=1 + len(attacks), unit="fig") as advance:
         auc_heatmap_figure(
-            run.dir / out["heatmap"],
-            {label: {a: m["auc"] for a, m in entry["attacks"].items()} for label, entry in detectors.items()},
+            directory / out["heatmap"],
+            {label: {a: m["auc"] for a, m in per_attack.items()} for label, per_attack in detectors.items()},
         )
         advance(1)
         for attack in attacks:
-            curves = {label: (clean, adv[attack]) for label, (clean, adv) in per_detector.items() if attack in adv}
-            aucs = {label: detectors[label]["attacks"][attack]["auc"] for label in curves}
+            curves = {label: (clean, adv[attack]) for label, (clean, adv) in scores.items() if attack in adv}
+            aucs = {label: detectors[label][attack]["auc"] for label in curves}
             n_clean = max((len(clean) for clean, _ in curves.values()), default=0)
             file = f"roc_{file_stem(attack, taken)}.png"
-            roc_figure(run.dir / file, curves, aucs, f"{attack}: ROC per detector, test part ({n_clean} clean images)")
+            roc_figure(directory / file, curves, aucs, f"{attack}: ROC per detector, test part ({n_clean} clean images)", width=5.4)
             out["rocs"].append({"attack": attack, "file": file})
             advance(1)
     return out

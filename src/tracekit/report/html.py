@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engine.metrics import FPR_LEVELS, headline_level
+from . import verdicts
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
     from ..spec import Spec
-    from .rundata import RunData
+    from .rundata import RunData, RunsData
 
 Column = tuple[str, str, str]  # (header, metrics.json key, number format); "a.b" = m["a"]["b"]
 Group = tuple[str, list[Column]]  # columns under one spanning header
@@ -84,6 +85,13 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def figure(path: Path) -> dict[str, Any]:
+    """A PNG for the page: its `uri` and its `width` in pixels (shown at most at that size)."""
+    data = path.read_bytes()
+    width = int.from_bytes(data[16:20], "big") if data[12:16] == b"IHDR" else None
+    return {"uri": "data:image/png;base64," + base64.b64encode(data).decode("ascii"), "width": width}
+
+
 def _plain(value: Any) -> str:
     """A provenance value as text (nested structures as compact JSON)."""
     return value if isinstance(value, str) else json.dumps(value, default=str)
@@ -117,6 +125,7 @@ def _environment(headline: float) -> Environment:
     )
     env.filters["fmt"] = fmt
     env.globals.update(
+        verdict_rules=verdicts.rules_text(),
         metric=metric,
         interval=interval,
         noise_titles=NOISE_TITLES,
@@ -124,6 +133,15 @@ def _environment(headline: float) -> Environment:
         headline_pct=f"{headline:.0%}",
     )
     return env
+
+
+def shown_dir(run_dir: Path) -> str:
+    """The run directory as the reader will find it: a report written while the run finishes sits in
+    `.<name>.partial`, which becomes `<name>`."""
+    name = run_dir.name
+    if name.startswith(".") and name.endswith(".partial"):
+        return str(run_dir.parent / name[1 : -len(".partial")])
+    return str(run_dir)
 
 
 def _page(template: str, spec: Spec, run_dir: Path, **context: Any) -> str:
@@ -139,7 +157,7 @@ def _page(template: str, spec: Spec, run_dir: Path, **context: Any) -> str:
         spec_yaml=dump_spec(spec.model_copy(update={"provenance": None})),
         versions={k: _plain(v) for k, v in versions.items()},
         provenance={k: _plain(v) for k, v in provenance.items()},
-        run_dir=str(run_dir),
+        run_dir=shown_dir(run_dir),
         intervals=f"{ev.confidence:.0%} bootstrap intervals ({ev.bootstrap} resamples)" if ev.bootstrap else None,
         **context,
     )
@@ -151,16 +169,21 @@ def render_report(run: RunData, figures: dict[str, Any]) -> str:
         {**entry, "uri": data_uri(run.dir / entry["file"]), "examples": [asdict(e) for e in entry["examples"]]}
         for entry in figures.get("examples", [])
     ]
+    target = float(run.metrics.get("target_fpr", run.spec.calibration.target_fpr))
+    found = verdicts.verdicts(run.metrics["attacks"], target)
     return _page(
         "report.html.j2",
         run.spec,
         run.dir,
+        verdicts=found,
+        overall=verdicts.overall(found),
+        problems=verdicts.calibration_problems(run.metrics["attacks"], target),
         metrics=run.metrics,
         attack_groups=ATTACK_GROUPS,
         detection_groups=DETECTION_GROUPS,
         controls=controls(run.metrics["attacks"], run.metrics),
-        roc_uri=data_uri(run.dir / figures["roc"]),
-        hist_uri=data_uri(run.dir / figures["score_hist"]),
+        roc=figure(run.dir / figures["roc"]),
+        hist=figure(run.dir / figures["score_hist"]),
         examples=examples,
     )
 
@@ -174,26 +197,72 @@ def render_compare_report(run: RunData, figures: dict[str, Any]) -> str:
         for attack in attacks
     }
     per_detector = {label: controls(entry["attacks"], entry) for label, entry in detectors.items()}
+    target = float(run.metrics.get("target_fpr", run.spec.calibration.target_fpr))
+    problems = {label: verdicts.calibration_problems(entry["attacks"], target) for label, entry in detectors.items()}
     return _page(
         "compare.html.j2",
         run.spec,
         run.dir,
+        summary=verdicts.compare_summary(by_attack),
+        problems={label: found for label, found in problems.items() if found},
         metrics=run.metrics,
         detectors=detectors,
         attacks=attacks,
         by_attack=by_attack,
         detail_groups=COMPARE_DETAIL_GROUPS,
         controls={label: c for label, c in per_detector.items() if c},
-        heatmap_uri=data_uri(run.dir / figures["heatmap"]),
-        rocs=[{**entry, "uri": data_uri(run.dir / entry["file"])} for entry in figures["rocs"]],
+        heatmap=figure(run.dir / figures["heatmap"]),
+        rocs=[{**entry, **figure(run.dir / entry["file"])} for entry in figures["rocs"]],
+    )
+
+
+def render_runs_report(runs: RunsData, figures: dict[str, Any]) -> str:
+    """The report page of finished runs compared side by side (`tracekit compare RUN_DIR...`)."""
+    from .. import __version__
+
+    document = runs.document
+    detectors = document["detectors"]
+    attacks = list(dict.fromkeys(a for per_attack in detectors.values() for a in per_attack))
+    by_attack = {
+        attack: {label: per_attack[attack] for label, per_attack in detectors.items() if attack in per_attack}
+        for attack in attacks
+    }
+    info = document.get("runs") or {}
+    problems = {
+        label: verdicts.calibration_problems(per_attack, float((info.get(label) or {}).get("target_fpr") or document["target_fpr"]))
+        for label, per_attack in detectors.items()
+    }
+    env = _environment(headline_level(float(document["target_fpr"])))
+    return env.get_template("runs.html.j2").render(
+        name="finished runs",
+        run_dir=shown_dir(runs.dir),
+        version=__version__,
+        document=document,
+        detectors=detectors,
+        info=info,
+        n_runs=len({r.get("run_dir") for r in info.values()}),
+        attacks=attacks,
+        by_attack=by_attack,
+        summary=verdicts.compare_summary(by_attack),
+        problems={label: found for label, found in problems.items() if found},
+        detail_groups=COMPARE_DETAIL_GROUPS,
+        heatmap=figure(runs.dir / figures["heatmap"]),
+        rocs=[{**entry, **figure(runs.dir / entry["file"])} for entry in figures["rocs"]],
+        intervals=any(m.get("auc_ci") for per_attack in detectors.values() for m in per_attack.values()),
     )
 
 
 def write_report(run_dir: str | Path, examples: int = 4) -> Path:
-    """Figures and `report.html` of a finished run or comparison, rebuilt from its directory alone."""
-    from .figures import write_compare_figures, write_figures
-    from .rundata import read_run
+    """Figures and `report.html` of a finished run or comparison (or of finished runs compared side
+    by side), rebuilt from its directory alone."""
+    from .figures import write_compare_figures, write_figures, write_runs_figures
+    from .rundata import is_runs_comparison, read_run, read_runs_comparison
 
+    if is_runs_comparison(run_dir):
+        runs = read_runs_comparison(run_dir)
+        path = runs.dir / "report.html"
+        path.write_text(render_runs_report(runs, write_runs_figures(runs)), encoding="utf-8")
+        return path
     run = read_run(run_dir)
     if run.is_comparison:
         page = render_compare_report(run, write_compare_figures(run))

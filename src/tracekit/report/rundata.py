@@ -74,3 +74,57 @@ def read_run(run_dir: str | Path) -> RunData:
     if not Table(path, "clean").exists():
         raise TracekitError(f"{path} has no per-sample tables (tables/clean is missing); run the spec again to write them")
     return RunData(path, spec, metrics)
+
+
+RUNS_COMPARISON = "comparison.json"  # as `engine.compare.RUNS_COMPARISON` (not imported: that module is heavy)
+
+
+@dataclass
+class RunsData:
+    """Finished runs compared side by side (`tracekit compare RUN_DIR...`): `comparison.json` and,
+    per compared detector, its clean test scores and each attack's successful adversarials' scores."""
+
+    dir: Path
+    document: dict[str, Any]
+    scores: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]
+
+
+def is_runs_comparison(run_dir: str | Path) -> bool:
+    path = Path(run_dir)
+    return (path / RUNS_COMPARISON).is_file() and not (path / RESOLVED_SPEC).is_file()
+
+
+def read_runs_comparison(run_dir: str | Path) -> RunsData:
+    """A directory written by `tracekit compare RUN_DIR...`, or one clear error."""
+    import csv
+
+    path = Path(run_dir)
+    try:
+        document = read_json(path / RUNS_COMPARISON, RUNS_COMPARISON)
+        with open(path / "scores.csv", newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError as exc:
+        raise TracekitError(f"{path} is not a finished comparison of runs: {Path(exc.filename).name} is missing") from None
+    except ValueError as exc:
+        raise TracekitError(f"{path} holds a broken comparison file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("detectors"), dict) or "target_fpr" not in document:
+        raise TracekitError(f"{path}/{RUNS_COMPARISON} is not a comparison of runs; compare the runs again")
+    clean: dict[str, list[float]] = {}
+    adversarial: dict[str, dict[str, list[float]]] = {}
+    try:
+        for row in rows:
+            label, attack = row["detector"], row["attack"]
+            if attack == "clean":
+                clean.setdefault(label, []).append(float(row["score"]))
+            elif row["success"] == "1":
+                adversarial.setdefault(label, {}).setdefault(attack, []).append(float(row["score"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TracekitError(f"{path}/scores.csv is broken ({type(exc).__name__}: {exc}); compare the runs again") from None
+    scores = {
+        label: (
+            np.asarray(clean.get(label, []), dtype=float),
+            {attack: np.asarray(adversarial.get(label, {}).get(attack, []), dtype=float) for attack in per_attack},
+        )
+        for label, per_attack in document["detectors"].items()
+    }
+    return RunsData(path, document, scores)
