@@ -11,6 +11,12 @@ import pytest
 _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="tracekit-test-cache-"))
 os.environ["TRACEKIT_CACHE"] = str(_SESSION_CACHE)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests compare runs bit for bit, and some CPU kernels' float results depend on the thread count;
+# `threads: auto` follows the machine's load from run to run, so the session fixes it (auto takes
+# OMP_NUM_THREADS) at torch's own default, one per usable core. Tests of auto remove the variable.
+os.environ.setdefault(
+    "OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+)
 
 
 @pytest.fixture

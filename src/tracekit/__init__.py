@@ -41,22 +41,26 @@ def load_spec(path: Any, overrides: list[str] | None = None) -> Spec:
     return _load(path, overrides or [])
 
 
-def run(spec: Any, out: Any = None, device: str | None = None, use_cache: bool = True) -> RunResult:
+def run(
+    spec: Any, out: Any = None, device: str | None = None, use_cache: bool = True, threads: int | None = None
+) -> RunResult:
     """Run a detection spec (a `Spec`, a path, or a dict) and write its run directory, report
-    included."""
+    included. `threads` (torch's CPU threads) overrides the spec's `threads:`."""
     from .engine.run import run as _run
     from .report import write_report
 
-    return _run(spec, out=out, device=device, use_cache=use_cache, finish=write_report)
+    return _run(spec, out=out, device=device, use_cache=use_cache, finish=write_report, threads=threads)
 
 
-def compare(spec: Any, out: Any = None, device: str | None = None, use_cache: bool = True) -> CompareResult:
+def compare(
+    spec: Any, out: Any = None, device: str | None = None, use_cache: bool = True, threads: int | None = None
+) -> CompareResult:
     """Evaluate every detector of a comparison spec on the same images; write its run directory,
-    report included."""
+    report included. `threads` (torch's CPU threads) overrides the spec's `threads:`."""
     from .engine.compare import compare as _compare
     from .report import write_report
 
-    return _compare(spec, out=out, device=device, use_cache=use_cache, finish=write_report)
+    return _compare(spec, out=out, device=device, use_cache=use_cache, finish=write_report, threads=threads)
 
 
 def rebuild_report(run_dir: Any) -> Any:
@@ -67,7 +71,8 @@ def rebuild_report(run_dir: Any) -> Any:
 
 
 def explain(
-    images: Any, model: Any = None, out: Any = None, device: str | None = None, detector: str | None = None
+    images: Any, model: Any = None, out: Any = None, device: str | None = None, detector: str | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Predicted class, score and a panel PNG (image, feature response, local entropy) per image.
 
@@ -77,15 +82,18 @@ def explain(
     """
     from .explaining import explain as _explain
 
-    return _explain(images, model=model, out=out, device=device, detector=detector)
+    return _explain(images, model=model, out=out, device=device, detector=detector, threads=threads)
 
 
-def detect(run_dir: Any, images: Any, device: str | None = None, detector: str | None = None) -> list[dict[str, Any]]:
+def detect(
+    run_dir: Any, images: Any, device: str | None = None, detector: str | None = None, threads: int | None = None
+) -> list[dict[str, Any]]:
     """Score images with a finished run's model, detector and calibrated threshold (one dict each);
-    for a comparison's directory, with its detector labelled `detector`."""
+    for a comparison's directory, with its detector labelled `detector`. `threads`: torch's CPU
+    threads (default auto)."""
     from .detecting import detect as _detect
 
-    return _detect(run_dir, images, device=device, detector=detector)
+    return _detect(run_dir, images, device=device, detector=detector, threads=threads)
 
 
 __all__ = [

@@ -209,11 +209,15 @@ def load_run(run_dir: str | Path, device: str | None = None, detector: str | Non
 
 
 def detect(
-    run_dir: str | Path, images: Any, device: str | None = None, detector: str | None = None
+    run_dir: str | Path, images: Any, device: str | None = None, detector: str | None = None, threads: int | None = None
 ) -> list[dict[str, Any]]:
     """Score `images` (paths, PIL images, tensors/arrays `[C,H,W]` or `[N,C,H,W]` in [0, 1]) with a
     run's detector (a comparison's: the one labelled `detector`): one dict per image with `image`,
     `pred`, `class`, `confidence`, `score`, `threshold`, `verdict` (`adversarial` when score > threshold, else `clean`) and `error`
-    (the reason an input could not be read, else None; its other values are then None)."""
-    setup = load_run(run_dir, device, detector)
-    return setup.results(read_inputs(images, setup.model))
+    (the reason an input could not be read, else None; its other values are then None). `threads`:
+    torch's CPU threads (default auto, `tracekit.threads`)."""
+    from .threads import applied, choose
+
+    with applied(choose(override=threads).threads):
+        setup = load_run(run_dir, device, detector)
+        return setup.results(read_inputs(images, setup.model))

@@ -60,13 +60,23 @@ def _spec_detector(spec: Any, label: str | None) -> dict[str, Any]:
 
 def explain(
     images: Any, model: Any = None, out: str | Path | None = None, device: str | None = None,
-    detector: str | None = None,
+    detector: str | None = None, threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Predict, score and draw a panel for each of `images` (paths, PIL images, tensors/arrays).
 
     Returns one dict per image as `tracekit.detect` does, plus `panel` (the PNG written into
-    `out`, default `./explain/`; None for unreadable inputs).
+    `out`, default `./explain/`; None for unreadable inputs). `threads`: torch's CPU threads
+    (default auto, `tracekit.threads`).
     """
+    from .threads import applied, choose
+
+    with applied(choose(override=threads).threads):
+        return _explain(images, model, out, device, detector)
+
+
+def _explain(
+    images: Any, model: Any, out: str | Path | None, device: str | None, detector: str | None
+) -> list[dict[str, Any]]:
     from .images import read_inputs
     from .report.figures import explain_panel, feature_maps, file_stem
 

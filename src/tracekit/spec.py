@@ -43,6 +43,12 @@ def _batch_size(value: Any) -> int | str:
     raise ValueError(f"a positive number of images or 'auto', got {short(value)}")
 
 
+def _threads(value: Any) -> int | str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1024):
+        return value
+    raise ValueError(f"a number of CPU threads from 1 to 1024, or 'auto', got {short(value)}")
+
+
 class Calibration(BaseModel):
     """How clean images are split and the detection threshold calibrated."""
 
@@ -81,15 +87,32 @@ class Spec(BaseModel):
     controls: list[Literal["noise", "randomized-model"]] = []
     batch_size: Annotated[int | str, BeforeValidator(_batch_size)] = 128  # or auto: the largest that fits the GPU
     compute: Compute = Compute()  # precision, channels_last, cudnn_benchmark (tracekit.compute)
+    # torch's CPU threads; auto: OMP_NUM_THREADS if set, else the free cores (tracekit.threads)
+    threads: Annotated[int | str, BeforeValidator(_threads)] = "auto"
     num_workers: int | None = Field(None, ge=0, le=64)  # image-decoding processes; None: chosen from the machine
     executor: Component = {"name": "local"}  # where per-image stages run: local, ray, or a plugin's
     provenance: dict[str, Any] | None = None  # written by `run`; ignored on input
     _source: str = PrivateAttr("spec")  # where it was read from, for later errors
+    _threads_chosen: dict[str, Any] | None = PrivateAttr(None)  # how `threads` was resolved (provenance)
 
     @property
     def source(self) -> str:
         """The spec file (or "spec") it was validated from."""
         return self._source
+
+    @property
+    def threads_chosen(self) -> dict[str, Any] | None:
+        """How `threads` was resolved (`tracekit.threads.Choice.record`), once `choose_threads` ran."""
+        return self._threads_chosen
+
+    def choose_threads(self, override: int | None = None) -> int:
+        """Resolve `threads` to a number (`auto`: from the machine; `override`, e.g. `--threads`,
+        wins) and keep how it was chosen for the provenance."""
+        from .threads import choose
+
+        choice = choose(self.threads, override)
+        self.threads, self._threads_chosen = choice.threads, choice.record()
+        return choice.threads
 
     def attack_key(self, index: int) -> str:
         """The name results of attack `index` are keyed by (its `label`, else its `name`)."""

@@ -14,7 +14,7 @@ from .. import compare, progress
 from ..errors import TracekitError
 from ..spec import load_spec
 from .common import console, err_console, fmt, handle_errors
-from .run import DeviceOpt, SetOpt
+from .run import DeviceOpt, SetOpt, ThreadsOpt
 
 DETECTOR_WIDTH, ATTACK_WIDTH = 28, 12  # at most, before a label or an attack name wraps
 
@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
         targets: list[Path] = typer.Argument(..., metavar="TARGET", help="A spec with `detectors:`, or finished run directories."),
         out: Path = typer.Option(None, "--out", metavar="DIR", help="Comparison directory (default runs/<name>-<timestamp>/, for run directories runs/compare-runs-<timestamp>/); an earlier one there is replaced."),
         device: str = DeviceOpt,
+        threads: int = ThreadsOpt,
         set_: list[str] = SetOpt,
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),
     ) -> None:
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
         if len(targets) == 1 and not targets[0].is_dir():
             spec = load_spec(targets[0], set_)
             progress.enable()
-            result = compare(spec, out=out, device=device, use_cache=not no_cache)
+            result = compare(spec, out=out, device=device, use_cache=not no_cache, threads=threads)
             detectors = {label: d["attacks"] for label, d in result.metrics["detectors"].items()}
             data = result.metrics["data"]
             title = f"{spec.name}: {data['n_fit']} fit / {data['n_test']} test images, same for every detector"
@@ -103,8 +104,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
             console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")
             return
-        if set_ or device or no_cache:
-            raise TracekitError("--set, --device and --no-cache apply to a comparison spec, not to run directories")
+        if set_ or device or no_cache or threads is not None:
+            raise TracekitError("--set, --device, --threads and --no-cache apply to a comparison spec, not to run directories")
         from ..report import write_report
 
         comparison = compare_runs(list(targets))

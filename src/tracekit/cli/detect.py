@@ -19,6 +19,10 @@ DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto | cpu | 
 DetectorOpt = typer.Option(
     None, "--detector", metavar="LABEL", help="Which of a comparison's detectors to use, by label (a comparison directory, or for explain a spec).", show_default=False
 )
+ThreadsOpt = typer.Option(
+    None, "--threads", metavar="N", show_default=False,
+    help="torch's CPU threads, 1-1024 (default auto: OMP_NUM_THREADS if set, else the usable cores not busy with other work).",
+)
 JsonOpt = typer.Option(False, "--json", help="One JSON object per image (JSON lines) instead of a table.")
 VERDICTS = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]"}
 
@@ -65,14 +69,13 @@ def register(app: typer.Typer) -> None:
             ..., "--run", metavar="RUN_DIR", help="A run directory written by `tracekit run` (or `tracekit compare`).", show_default=False
         ),
         device: str = DeviceOpt,
+        threads: int = ThreadsOpt,
         detector: str = DetectorOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Score images with a finished run's model, detector and calibrated threshold."""
-        from ..detecting import load_run
-        from ..images import read_inputs
+        from ..detecting import detect
 
         progress.enable()
-        setup = load_run(run_dir, device, detector)
-        results = setup.results(read_inputs(images, setup.model))
+        results = detect(run_dir, images, device, detector, threads)
         print_results(results, as_json, f"detect with {run_dir} (flagged when score > threshold)")

@@ -10,7 +10,7 @@ import typer
 from .. import progress
 from ..explaining import DEFAULT_OUT, explain
 from .common import handle_errors
-from .detect import DetectorOpt, DeviceOpt, ImagesArg, JsonOpt, print_results
+from .detect import DetectorOpt, DeviceOpt, ImagesArg, JsonOpt, ThreadsOpt, print_results
 
 
 def register(app: typer.Typer) -> None:
@@ -23,10 +23,11 @@ def register(app: typer.Typer) -> None:
         ),
         out: Path = typer.Option(DEFAULT_OUT, "--out", metavar="DIR", help="Directory for the panel PNGs."),
         device: str = DeviceOpt,
+        threads: int = ThreadsOpt,
         detector: str = DetectorOpt,
         as_json: bool = JsonOpt,
     ) -> None:
         """Show what the network looks at: prediction, score and a feature-response panel per image."""
         progress.enable()
-        results = explain(images, model=model, out=out, device=device, detector=detector)
+        results = explain(images, model=model, out=out, device=device, detector=detector, threads=threads)
         print_results(results, as_json, f"explain ({model or 'embedded digits-cnn'})")

@@ -19,6 +19,11 @@ from .common import console, fmt, handle_errors
 SpecArg = typer.Argument(..., metavar="SPEC", help="YAML spec file (see examples/quickstart.yaml).", show_default=False)
 SetOpt = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a spec field, e.g. --set attacks.0.eps=0.05 (repeatable).")
 DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (overrides the spec).")
+THREADS_HELP = (
+    "torch's CPU threads, 1-1024 (overrides the spec's `threads:`; default auto: OMP_NUM_THREADS "
+    "if set, else the usable cores not busy with other work)."
+)
+ThreadsOpt = typer.Option(None, "--threads", metavar="N", help=THREADS_HELP, show_default=False)
 
 
 def summary_table(metrics: dict[str, Any], title: str) -> Table:
@@ -119,13 +124,14 @@ def register(app: typer.Typer) -> None:
         spec: Path = SpecArg,
         out: Path = typer.Option(None, "--out", metavar="DIR", help="Run directory (default runs/<name>-<timestamp>/); an earlier run there is replaced."),
         device: str = DeviceOpt,
+        threads: int = ThreadsOpt,
         set_: list[str] = SetOpt,
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),
     ) -> None:
         """Run a detection spec and write its run directory."""
         resolved = load_spec(spec, set_)
         progress.enable()
-        result = run_engine(resolved, out=out, device=device, use_cache=not no_cache)
+        result = run_engine(resolved, out=out, device=device, use_cache=not no_cache, threads=threads)
         data = result.metrics["data"]
         title = (
             f"{resolved.name}: {data['n_correct']}/{data['n_images']} clean correct, "

@@ -14,19 +14,25 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..bounded import load_yaml, read_json, read_text
 from ..errors import SpecError, TracekitError
 from ..spec import Calibration, Spec, component_label
+from ..threads import applied
 from . import rundir
 from .context import build
 from .evaluating import evaluate
 from .preparing import prepare
 from .run import SCRATCH, Finish, as_spec, data_summary, record_provenance, start
 from .summary import SCORE_COLUMNS, write_scores
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..protocols import Executor
 
 COMPARE_COLUMNS = ("detector", *SCORE_COLUMNS)
 DEFAULT_TARGET_FPR = Calibration().target_fpr
@@ -47,13 +53,22 @@ def compare(
     device: str | None = None,
     use_cache: bool = True,
     finish: Finish | None = None,
+    threads: int | None = None,
 ) -> CompareResult:
     """Fit and score every detector of the spec on the same images; write the run directory,
-    then `finish(run_dir)` (the report)."""
+    then `finish(run_dir)` (the report). `threads` (torch's CPU threads) overrides the spec's."""
     spec = as_spec(spec)
     if not spec.detectors:
         raise SpecError("`tracekit compare` needs a spec with `detectors:` (a list); this one has a single `detector:`")
-    spec, dev, executor, final, work = start(spec, out, device)
+    spec, dev, executor, final, work = start(spec, out, device, threads)
+    with applied(int(spec.threads)):
+        return _compare(spec, dev, executor, final, work, use_cache, finish)
+
+
+def _compare(
+    spec: Spec, dev: torch.device, executor: Executor, final: Path, work: Path, use_cache: bool, finish: Finish | None
+) -> CompareResult:
+    assert spec.detectors is not None
     started = time.perf_counter()
     labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
     per_detector: dict[str, Any] = {}

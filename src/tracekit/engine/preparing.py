@@ -138,9 +138,10 @@ def screen_attacks(spec: Spec, attacks: list[Attack], model: LoadedModel) -> lis
 
 
 def stage_key(spec: Spec, fingerprint: str) -> str:
-    """What a run's tables depend on: the spec (without provenance and reading settings) and the
-    model's weights. A resumed run reuses the tables of an interrupted one only when it matches."""
-    data = spec.model_dump(mode="json", exclude={"provenance", "num_workers", "executor"})
+    """What a run's tables depend on: the spec (without provenance, reading settings and CPU
+    threads) and the model's weights. A resumed run reuses the tables of an interrupted one only
+    when it matches (`threads: auto` may choose another count when the machine's load differs)."""
+    data = spec.model_dump(mode="json", exclude={"provenance", "num_workers", "executor", "threads"})
     return hashlib.sha256(json.dumps([data, fingerprint], sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -21,6 +21,7 @@ from ..errors import SpecError
 from ..plugins import registry
 from ..protocols import Detector, Executor
 from ..spec import Spec, load_spec, validate_spec
+from ..threads import applied
 from . import rundir
 from .context import KEY_FILE, build
 from .device import resolve_device
@@ -52,13 +53,15 @@ def as_spec(spec: Spec | str | Path | Mapping[str, Any]) -> Spec:
 
 
 def start(
-    spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None, device: str | None
+    spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None, device: str | None, threads: int | None = None
 ) -> tuple[Spec, torch.device, Executor, Path, Path]:
-    """Validate the spec (with a `--device` override), check the device, build the executor,
-    make the run's final and work directories."""
+    """Validate the spec (with a `--device` override), check the device, choose the CPU threads
+    (`threads` overrides the spec's; applied by the caller), build the executor, make the run's
+    final and work directories."""
     spec = as_spec(spec)
     if device is not None:
         spec = validate_spec({**spec.model_dump(exclude_none=True), "device": device}, source="--device")
+    spec.choose_threads(threads)
     dev = resolve_device(spec.device)
     final, work = rundir.make_run_dir(out, spec.name)
     executor: Executor = build("executor", spec.executor)
@@ -88,7 +91,10 @@ def record_provenance(prep: Prepared) -> None:
         data["skipped"] = skipped
     spec.provenance = rundir.provenance(
         spec, prep.device, dists,
-        {"model": prep.model.info, "data": data, "num_workers": prep.reader.num_workers, "executor": prep.executor.info},
+        {
+            "model": prep.model.info, "data": data, "num_workers": prep.reader.num_workers,
+            "threads": spec.threads_chosen, "executor": prep.executor.info,
+        },
     )
 
 
@@ -98,16 +104,25 @@ def run(
     device: str | None = None,
     use_cache: bool = True,
     finish: Finish | None = None,
+    threads: int | None = None,
 ) -> RunResult:
     """Run the detection spec; write `spec.resolved.yaml`, `metrics.json`, `scores.csv`,
     `detector.json` and the per-sample tables, then `finish(run_dir)` (the report).
 
-    `use_cache=False` recomputes every attack and leaves the attack cache untouched.
+    `use_cache=False` recomputes every attack and leaves the attack cache untouched. `threads`
+    (torch's CPU threads) overrides the spec's `threads:`; the previous count is restored after.
     """
     spec = as_spec(spec)
     if spec.detector is None:
         raise SpecError("this spec lists `detectors:`; run it with `tracekit compare`, or give one `detector:`")
-    spec, dev, executor, final, work = start(spec, out, device)
+    spec, dev, executor, final, work = start(spec, out, device, threads)
+    with applied(int(spec.threads)):
+        return _run(spec, dev, executor, final, work, use_cache, finish)
+
+
+def _run(
+    spec: Spec, dev: torch.device, executor: Executor, final: Path, work: Path, use_cache: bool, finish: Finish | None
+) -> RunResult:
     started = time.perf_counter()
     try:
         detector: Detector = build("detector", spec.detector)
