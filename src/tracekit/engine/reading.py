@@ -125,6 +125,7 @@ class Reader:
             pin_memory=self.pin,
             prefetch_factor=4 if workers else None,
             persistent_workers=False,
+            worker_init_fn=_quiet_fd_sharing if workers else None,
         )
         for chunk, (positions, ids, images, labels, unreadable) in zip(todo, loader):
             yield self._checked(chunk, np.asarray(positions, dtype=np.int64), ids, images, labels, unreadable)
@@ -227,3 +228,19 @@ def _collate(items: list[tuple[int, object]]) -> tuple[list[int], list[str], tor
     images = torch.stack([it[1] for _, it in good]) if good else torch.zeros(0)
     labels = torch.tensor([it[2] for _, it in good], dtype=torch.long)
     return [i for i, _ in good], [it[0] for _, it in good], images, labels, unreadable
+
+
+def _quiet_fd_sharing(worker_id: int) -> None:
+    """In a decoding worker: no traceback when the run stops (Ctrl-C, SIGTERM) while the worker's
+    multiprocessing thread hands a batch's file descriptors to the main process, whose end of
+    the connection is gone; other threads' errors are reported as usual."""
+    import threading
+
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        serving = args.thread is not None and args.thread.name.endswith("(_serve)")
+        if not (serving and issubclass(args.exc_type, (OSError, EOFError))):
+            default(args)
+
+    threading.excepthook = hook
