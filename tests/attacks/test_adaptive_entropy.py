@@ -14,7 +14,7 @@ from tracekit.attacks.adaptive_entropy import AdaptiveEntropy
 from tracekit.attacks.native import NativePGD
 from tracekit.datasets.digits import digits_arrays
 from tracekit.errors import TracekitError
-from tracekit.models.embedded import one_thread
+from tracekit.threads import applied
 
 EPS, STEP, ITERS = 0.1, 0.02, 20
 
@@ -23,7 +23,7 @@ EPS, STEP, ITERS = 0.1, 0.02, 20
 def one_torch_thread():
     """One torch thread: a step is hundreds of small ops, and with two threads each waits for the
     second core (many times slower while other work shares a 2-core machine)."""
-    with one_thread():
+    with applied(1):
         yield
 
 

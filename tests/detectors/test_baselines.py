@@ -25,6 +25,7 @@ from tracekit.detectors.mc_dropout import image_keys, uniforms
 from tracekit.errors import SpecError, TracekitError
 from tracekit.protocols import Detector, StatefulDetector
 from tracekit.testing import tiny_model
+from tracekit.threads import applied
 
 BASELINES = ["feature-squeezing", "lid", "mahalanobis", "kd-bu"]
 FAST = {"kd-bu": {"n_samples": 10}}  # fewer MC passes than the paper's 50 keep the test fast
@@ -34,10 +35,8 @@ N_FIT, N_TEST = 100, 100
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     """Small convolutions on a shared 2-core machine run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with applied(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import tracekit
 from tracekit.attacks.native import NativeFastGradient
 from tracekit.datasets.digits import digits_arrays
 from tracekit.errors import TracekitError
-from tracekit.models.embedded import one_thread
 from tracekit.saliency.guided_backprop import GuidedBackprop
 from tracekit.scores.entropy import local_entropy_map
 from tracekit.scores.entropy_surrogate import (
@@ -24,13 +23,14 @@ from tracekit.scores.entropy_surrogate import (
 )
 from tracekit.scores.gray import to_gray_float
 from tracekit.testing import tiny_model
+from tracekit.threads import applied
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """One torch thread: small second-order graphs are many times slower with two threads while
     other work shares a 2-core machine."""
-    with one_thread():
+    with applied(1):
         yield
 
 

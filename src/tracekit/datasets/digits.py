@@ -22,15 +22,16 @@ TEST_FRACTION = 0.3
 SPLIT_SEED = 0
 
 
-@lru_cache(maxsize=1)
-def _all_digits() -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
-    """Every image `[1797,1,32,32]`, every label, and the indices of each split (sorted)."""
+@lru_cache(maxsize=4)
+def upscaled(size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
+    """Every digit `[1797,1,size,size]` in [0, 1] (the 8x8 scan resized bilinearly), every label,
+    and the indices of each split (sorted). `digit-scenes` places them at its `digit_size`."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     raw = load_digits()
     small = torch.as_tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = torch.nn.functional.interpolate(small, size=IMAGE_SIZE[1:], mode="bilinear", align_corners=False)
+    images = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
     labels = torch.as_tensor(raw.target, dtype=torch.long)
     indices = list(range(len(labels)))
     train, test = train_test_split(
@@ -38,6 +39,11 @@ def _all_digits() -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
     )
     splits = {"train": sorted(train), "test": sorted(test), "all": indices}
     return images.clamp_(0.0, 1.0), labels, splits
+
+
+def _all_digits() -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]]]:
+    """Every image `[1797,1,32,32]`, every label, and the indices of each split (sorted)."""
+    return upscaled(IMAGE_SIZE[1])
 
 
 def digits_arrays(split: Split) -> tuple[list[str], torch.Tensor, torch.Tensor]:

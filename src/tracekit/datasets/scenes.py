@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from ..counters import uniforms
 from ..errors import TracekitError
 from ..protocols import Item, LoadedModel
-from .digits import _all_digits
+from .digits import upscaled
 from .factories import Split
 
 FRAGMENT_BRIGHTNESS = 0.5
@@ -41,13 +42,9 @@ _BACKGROUND, _PLACE, _PICK, _HALF = range(4)
 
 def digit_sources(split: Split, digit_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices (into the 1797 digits), labels and images `[N, digit_size, digit_size]` of a part."""
-    _, labels, splits = _all_digits()
-    from sklearn.datasets import load_digits
-
+    images, labels, splits = upscaled(digit_size)
     index = torch.tensor(splits[split], dtype=torch.long)
-    small = torch.as_tensor(load_digits().images, dtype=torch.float32)[index, None] / 16.0
-    images = F.interpolate(small, size=(digit_size, digit_size), mode="bilinear", align_corners=False)
-    return index, labels[index], images[:, 0].clamp_(0.0, 1.0)
+    return index, labels[index], images[index, 0]
 
 
 def _paste(canvas: torch.Tensor, patches: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """What the embedded models (`digits-cnn`, `digit-scenes-cnn`) share: deterministic training on
 first use and a cache of the trained weights.
 
-Training is deterministic: fixed seeds, a seeded shuffle, one CPU thread (the result does not
-depend on the machine's thread count, and small convolutions run faster than with threads
-competing for busy cores), Adam with a one-cycle schedule, a progress bar. The weights, with the
+Training is deterministic: fixed seeds, a seeded shuffle, one CPU thread (`threads.applied(1)`:
+the result does not depend on the machine's thread count, and small convolutions run faster than
+with threads competing for busy cores), Adam with a one-cycle schedule, a progress bar. The weights, with the
 training data's normalization folded in as buffers, are cached under
 `cache_dir()/models/<name>-<recipe>.pt`; a recipe version is bumped whenever a model's
 architecture or its training changes. Other library versions may train slightly different
@@ -13,8 +13,7 @@ weights from the same recipe.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,19 +23,9 @@ from torch import nn
 from ..cache import atomic_torch_save, cache_dir
 from ..errors import TracekitError
 from ..progress import progress
+from ..threads import applied
 from .files import load_weights
 from .normalize import Normalized
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one CPU thread (see the module's docstring)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -63,7 +52,7 @@ def train(
     standard deviation.
     """
     images, labels = data(0)
-    with one_thread(), torch.random.fork_rng(devices=[]), torch.enable_grad():
+    with applied(1), torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(recipe.seed)
         model = Normalized(build(), [images.mean().item()], [images.std().item()])
         shuffle = torch.Generator().manual_seed(recipe.seed)
