@@ -39,6 +39,25 @@ class TinyCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+class HalfReLU(nn.Module):
+    """conv -> ReLU on the first two of four channels -> linear, on 3x8x8 images. With
+    `in_place_on_view`, the ReLU is `relu_` on a channel slice (whose backward is recorded on the
+    whole tensor, not on the slice), else an `nn.ReLU` module on it: the same function."""
+
+    def __init__(self, in_place_on_view: bool) -> None:
+        super().__init__()
+        self.conv, self.fc, self.act = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 5), nn.ReLU()
+        self.in_place_on_view = in_place_on_view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if self.in_place_on_view:
+            h[:, :2].relu_()
+        else:
+            h = torch.cat([self.act(h[:, :2]), h[:, 2:]], 1)
+        return self.fc(h.flatten(1))
+
+
 def tiny_model(channels: int = 1, size: int = 16, num_classes: int = 3, seed: int = 0) -> LoadedModel:
     """A randomly initialized (seeded) `TinyCNN` ready for tracekit; image files are taken whole
     (`crop_pct` 1.0: resized to the input, no border cropped), as for the embedded digits-cnn."""

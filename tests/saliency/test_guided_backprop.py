@@ -14,7 +14,7 @@ from torch import nn
 from tracekit.errors import TracekitError
 from tracekit.saliency.factories import guided_backprop
 from tracekit.saliency.guided_backprop import GuidedBackprop, GuidedReLUMode
-from tracekit.testing import tiny_model
+from tracekit.testing import HalfReLU, tiny_model
 
 ORIGINAL_RELU = F.relu
 
@@ -104,6 +104,17 @@ def test_every_relu_spelling_is_guided(spelling: str) -> None:
     assert mode.calls == 1
     assert torch.equal(logits, reference(images))  # forward unchanged (in-place effect kept)
     assert_maps_close(guided_backprop().maps(model, images, target), captum_maps(reference, images, target))
+
+
+def test_in_place_relu_on_a_view_guides_only_that_view() -> None:
+    reference = seeded(lambda: HalfReLU(in_place_on_view=False))
+    model = copy.deepcopy(reference)
+    model.in_place_on_view = True
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    target = torch.tensor([1, 2, 4])
+    ours = guided_backprop().maps(model, images, target)
+    assert_maps_close(ours, captum_maps(reference, images, target))
+    assert not torch.allclose(ours, guided_backprop().maps(seeded(lambda: FunctionalNet()), images, target))
 
 
 def test_matches_captum_on_resnet18() -> None:

@@ -22,7 +22,7 @@ from tracekit.scores.entropy_surrogate import (
     surrogate_score,
 )
 from tracekit.scores.gray import to_gray_float
-from tracekit.testing import tiny_model
+from tracekit.testing import HalfReLU, tiny_model
 from tracekit.threads import applied
 
 
@@ -73,6 +73,17 @@ def test_smoothed_maps_tend_to_guided_backprop_as_beta_grows() -> None:
     ]
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 1e-2
+
+
+def test_in_place_relu_on_a_view_is_smoothed_and_guided() -> None:
+    torch.manual_seed(0)
+    reference = HalfReLU(in_place_on_view=False).eval()
+    model = copy.deepcopy(reference)
+    model.in_place_on_view = True
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    target = torch.tensor([1, 2, 4])
+    ours = smooth_guided_maps(model, images, target).detach()
+    torch.testing.assert_close(ours, smooth_guided_maps(reference, images, target).detach())
 
 
 def test_surrogate_gradient_matches_finite_differences() -> None:

@@ -6,8 +6,8 @@ every ReLU's backward pass lets through only positive gradients where its input 
 sees every ReLU.
 
 How: during the forward pass only, a thread-local `TorchFunctionMode` swaps each ReLU call for
-the native ReLU plus a hook on its output's gradient that lets only positive values through (the
-native backward then applies the `x > 0` mask). No model mutation, no module hooks, no monkey
+the native ReLU plus a hook on its backward node that lets only positive values through (the
+native backward applies the `x > 0` mask). No model mutation, no module hooks, no monkey
 patching; the model, its weights, hooks, train/eval mode and parameters' `.grad` stay as they
 were, and `torch.autograd.grad` leaves `.grad` untouched.
 
@@ -40,16 +40,30 @@ _OUT_OF_PLACE = frozenset({F.relu, torch.relu, torch.Tensor.relu})
 _IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})  # F.relu_ is torch.relu_
 
 
-def _guided_relu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """ReLU (the native op, in place or not) whose output's gradient is clamped at zero first.
+def _clamp_input_gradient(grad_inputs: tuple, grad_outputs: tuple) -> None:
+    """Post-hook of a ReLU's backward node: its input's gradient, fresh from the native
+    `threshold_backward`, clamped at zero in place (masking by `x > 0` commutes with the clamp)."""
+    if grad_inputs[0] is not None:
+        grad_inputs[0].clamp_(min=0)
 
-    The native backward then masks where the output is 0, so `grad_in = relu(grad_out) * (x > 0)`
-    in one extra elementwise pass: cheaper than a Python autograd function, whose backward
-    needs three (measured on digits-cnn: maps 1.40x -> 1.05x a forward+backward pass).
+
+def _guided_relu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """ReLU (the native op, in place or not) whose backward also clamps the gradient at zero.
+
+    `grad_in = relu(grad_out) * (x > 0)` costs one extra in-place pass over the native backward's
+    output, through a post-hook on the ReLU's own backward node: no new tensor, no Python
+    autograd function (measured on digits-cnn at batch 128: maps 1.05x a forward+backward pass
+    with a hook on the output's gradient, which allocates, 1.02x with this one).
+
+    In place on a view (`h[:, :2].relu_()`), autograd records the ReLU inside a node of the
+    whole base tensor, out of reach, and the view itself may never be used again (so a hook on
+    it would never run): there the ReLU runs out of place and is copied back into the view.
     """
+    if inplace and x.requires_grad and x._is_view():
+        return x.copy_(_guided_relu(x, inplace=False))
     out = x.relu_() if inplace else x.relu()
     if out.requires_grad:
-        out.register_hook(torch.relu)
+        out.grad_fn.register_hook(_clamp_input_gradient)
     return out
 
 

@@ -124,6 +124,24 @@ def _outside_counts(h: int, w: int, size: int, device: torch.device) -> torch.Te
     return size * size - inside(h)[:, None] * inside(w)[None, :]
 
 
+@functools.lru_cache(maxsize=32)
+def _geometry(h: int, w: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per image shape (cached; read only): `log2(n)` and `1/n` of each pixel's window of n
+    entries inside the image (float64 `[H,W]`), the flat indices of the border pixels, which
+    have entries outside, and their counts of outside entries (float64)."""
+    outside = _outside_counts(h, w, size, device)
+    inside = size * size - outside
+    border = (outside > 0).flatten().nonzero().squeeze(1)
+    return torch.log2(inside), 1 / inside, border, outside.flatten()[border]
+
+
+@functools.lru_cache(maxsize=32)
+def _table_offsets(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """`256 k` for each pixel (int32 `[H*W]`) whose 3x3 window has k entries outside the image:
+    its row of `_entropy_table`. Cached; read only."""
+    return (_outside_counts(h, w, 3, device).flatten() * 256).int()
+
+
 @functools.cache
 def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     """Batcher's odd-even merge sort for `n` inputs, as (low, high) comparators in order.
@@ -148,57 +166,69 @@ def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
 
 
 @functools.cache
-def _run_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indexed by the byte whose bit k says "sorted entry k+1 equals entry k" (9 entries), all
-    float64: the entropy of a full window, `S = sum over runs of c log2 c`, and the first run's
-    length."""
+def _entropy_table(device: torch.device) -> torch.Tensor:
+    """The entropy of a 3x3 window with k entries outside the image (read as 0), at `256 k + c`
+    (float64), where bit i of the byte c says "sorted entry i+1 equals entry i".
+
+    With the run lengths of the sorted window, `S = sum over runs of c log2 c`. The k outside
+    entries, 0 and the smallest values, lie in the first run with the window's z zeros: its
+    `(k + z) log2(k + z)` in `S` is replaced by `z log2 z`, and the window has `9 - k` entries.
+    Rows for impossible (k, c) pairs (a first run shorter than k) are never read.
+    """
     bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
     s = torch.zeros(256, dtype=torch.float64)
     run = torch.ones(256, dtype=torch.float64)
     first = torch.ones(256, dtype=torch.float64)
     in_first = torch.ones(256, dtype=torch.bool)
-    for k in range(8):
-        same = bits[:, k] == 1
+    for i in range(8):
+        same = bits[:, i] == 1
         s += torch.where(same, 0.0, _x_log2_x(run))
         run = torch.where(same, run + 1, 1.0)
         in_first &= same
         first += in_first
     s += _x_log2_x(run)
-    full = (math.log2(9) - s / 9).clamp_(min=0.0)
-    return full.to(device), s.to(device), first.to(device)
+    k = torch.arange(9, dtype=torch.float64)[:, None]
+    inside = 9 - k
+    entropy = torch.log2(inside) - (s - (_x_log2_x(first) - _x_log2_x(first - k))) / inside
+    return entropy.clamp_(min=0.0).flatten().to(device)
 
 
-def _local_entropy_3x3(images: torch.Tensor, border: torch.Tensor, outside: torch.Tensor, out: torch.Tensor) -> None:
-    """Local entropy of each pixel's 3x3 window into `out` (float64 `[N,H,W]`, contiguous).
-
-    Interior pixels read their entropy from the table. Outside entries read as 0, the smallest
-    value, so at the `border` pixels (flat indices, `outside` entries each) the first run of
-    the sorted window holds them and the window's z zeros: its `(k + z) log2(k + z)` in `S` is
-    replaced by `z log2 z`, and the window has `9 - k` entries.
-    """
+def _sorted_windows(images: torch.Tensor) -> list[torch.Tensor]:
+    """The nine entries of each pixel's 3x3 window (outside ones 0) in ascending order, as nine
+    uint8 planes `[N,H,W]`. The planes start as strided views of the padded images and each gets
+    its own buffer at its first comparator, so no window is copied first."""
     n, h, w = images.shape
     padded = F.pad(images, (1,) * 4)
     s_n, s_h, s_w = padded.stride()
-    windows = padded.as_strided((3, 3, n, h, w), (s_h, s_w, s_n, s_h, s_w)).flatten(0, 1)
-    planes = [plane.clone() for plane in windows]
-    spare = torch.empty_like(planes[0])
+    planes = list(padded.as_strided((3, 3, n, h, w), (s_h, s_w, s_n, s_h, s_w)).flatten(0, 1))
+    owned: set[int] = set()
+    spare = None  # a buffer no plane uses any more
     for a, b in _sorting_network(9):
-        torch.minimum(planes[a], planes[b], out=spare)
-        torch.maximum(planes[a], planes[b], out=planes[b])
-        planes[a], spare = spare, planes[a]
+        low = torch.minimum(planes[a], planes[b], out=spare)
+        if b in owned:
+            torch.maximum(planes[a], planes[b], out=planes[b])
+        else:
+            planes[b] = torch.maximum(planes[a], planes[b])
+            owned.add(b)
+        spare = planes[a] if a in owned else None
+        planes[a] = low
+        owned.add(a)
+    return planes
+
+
+def _local_entropy_3x3(images: torch.Tensor, out: torch.Tensor) -> None:
+    """Local entropy of each pixel's 3x3 window into `out` (float64 `[N,H,W]`, contiguous): the
+    equalities of neighbours in its sorted window make a byte, which with the count of its
+    window's entries outside the image indexes `_entropy_table`."""
+    n, h, w = images.shape
+    planes = _sorted_windows(images)
     code = torch.eq(planes[1], planes[0]).view(torch.uint8)
-    same = spare.view(torch.bool)
+    same = torch.empty_like(code, dtype=torch.bool)
     for k in range(1, 8):
         torch.eq(planes[k + 1], planes[k], out=same)
         code.add_(same.view(torch.uint8), alpha=1 << k)
-    full, sums, first = _run_tables(images.device)
-    index = code.flatten().int()
-    torch.index_select(full, 0, index, out=out.view(-1))
-    at_border = index.view(n, h * w)[:, border].flatten()
-    run = first.index_select(0, at_border).view(n, -1)
-    inside = 9 - outside
-    s = sums.index_select(0, at_border).view(n, -1) - (_x_log2_x(run) - _x_log2_x(run - outside))
-    out.view(n, h * w)[:, border] = torch.log2(inside) - s / inside
+    index = code.view(n, h * w) + _table_offsets(h, w, images.device)  # int32
+    torch.index_select(_entropy_table(images.device), 0, index.view(-1), out=out.view(-1))
 
 
 def local_entropy_map(u8: torch.Tensor, size: int = 3) -> torch.Tensor:
@@ -214,31 +244,27 @@ def local_entropy_map(u8: torch.Tensor, size: int = 3) -> torch.Tensor:
     out = torch.empty((n, h, w), dtype=torch.float64, device=images.device)
     if out.numel() == 0:
         return out
+    if size == 3:
+        chunk = _chunk(images.device, h * w)
+        for start in range(0, n, chunk):
+            _local_entropy_3x3(images[start : start + chunk], out[start : start + chunk])
+        return out
     r = size // 2
     # The k entries outside the image read as 0, so near the border the z zero pixels of a
     # window and its k outside entries form one group: its (k + z) log2(k + z) in the sum over
     # all entries is replaced by z log2 z.
-    outside = _outside_counts(h, w, size, images.device)
-    inside = size * size - outside
-    log2_n, inv_n = torch.log2(inside), 1 / inside
-    border = (outside > 0).flatten().nonzero().squeeze(1)
-    k = outside.flatten()[border]
-    if size == 3:
-        chunk = _chunk(images.device, h * w)
-    else:
-        budget = _CPU_CHUNK_BYTES if images.device.type == "cpu" else _ACCELERATOR_CHUNK_BYTES
-        chunk = max(1, budget // ((4 * r + 1) ** 2 * (h + 2 * r) * (w + 2 * r)))
+    log2_n, inv_n, border, k = _geometry(h, w, size, images.device)
+    budget = _CPU_CHUNK_BYTES if images.device.type == "cpu" else _ACCELERATOR_CHUNK_BYTES
+    chunk = max(1, budget // ((4 * r + 1) ** 2 * (h + 2 * r) * (w + 2 * r)))
     for start in range(0, n, chunk):
         part = images[start : start + chunk]
-        if size == 3:
-            _local_entropy_3x3(part, border, k, out[start : start + chunk])
-            continue
         sums = _sum_log2_counts(part, size)
         zeros = F.pad((part == 0).view(torch.uint8), (r,) * 4)
         z = _window_sums(_window_sums(zeros, 1, size), 2, size).flatten(1)[:, border].to(torch.float64)
         sums.flatten(1)[:, border] -= _x_log2_x(z + k) - _x_log2_x(z)
         torch.addcmul(log2_n, sums, inv_n, value=-1, out=out[start : start + chunk])
-    return out.clamp_(min=0.0)  # a uniform window can round to -1e-16
+        out[start : start + chunk].clamp_(min=0.0)  # a uniform window can round to -1e-16
+    return out
 
 
 @dataclass(frozen=True)
@@ -250,7 +276,8 @@ class LocalEntropy:
     def map(self, maps: torch.Tensor) -> torch.Tensor:
         """`maps[N,C,H,W]` -> local entropy `Tensor[N,H,W]` of their default gray conversion."""
         parts = maps.split(_chunk(maps.device, maps.shape[-2] * maps.shape[-1])) if maps.ndim == 4 else [maps]
-        return torch.cat([local_entropy_map(to_gray_u8(part), self.size) for part in parts])
+        entropy = [local_entropy_map(to_gray_u8(part), self.size) for part in parts]
+        return entropy[0] if len(entropy) == 1 else torch.cat(entropy)
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Mean local entropy per map, `Tensor[N]` (float64)."""

@@ -59,9 +59,8 @@ def smooth_guided_maps(
 
     def smooth_relu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
         out = F.softplus(x.clone() if inplace else x, beta=beta)
-        out = x.copy_(out) if inplace else out
-        hooks.append(out.register_hook(_positive))
-        return out
+        hooks.append(out.register_hook(_positive))  # on `out`: an in-place call may be on a view never used again
+        return x.copy_(out) if inplace else out
 
     with torch.inference_mode(False), torch.enable_grad():
         x = images if images.requires_grad else images.detach().clone().requires_grad_(True)
