@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timing import median_seconds  # benchmarks/timing.py
+from timing import median_seconds, paired_seconds  # benchmarks/timing.py
 from torch import nn
 
 import tracekit
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--pixel-iters", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median), after a warm-up")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (median), each paired with a run of its floor, after a warm-up")
     args = parser.parse_args()
     device = torch.device(args.device)
     model = build(args.model, args.size, args.classes, device)
@@ -87,20 +87,27 @@ def main() -> None:
         xb = xb.detach().requires_grad_(True)
         torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
 
-    fwd = median_seconds(in_batches(forward, x, y, args.batch), args.repeats, device)
-    fwd_bwd = median_seconds(in_batches(forward_backward, x, y, args.batch), args.repeats, device)
+    forward_batches = in_batches(forward, x, y, args.batch)
+    fwd_bwd_batches = in_batches(forward_backward, x, y, args.batch)
+    fwd = median_seconds(forward_batches, args.repeats, device)
+    fwd_bwd = median_seconds(fwd_bwd_batches, args.repeats, device)
+    floors = {"forward": forward_batches, "fwd+bwd": fwd_bwd_batches}
     per_image = {}  # stage -> seconds per image
     detector = tracekit.create("detector", "feature-response")
     rows: list[tuple[str, float, str, float, str]] = []
 
-    def row(stage: str, seconds: float, floor: float, floor_name: str, note: str = "") -> None:
+    def row(stage: str, seconds: float, ratio: float, floor_name: str, note: str = "") -> None:
         per_image[stage] = seconds / args.n
-        rows.append((stage, args.n / seconds, floor_name, seconds / floor, note))
+        rows.append((stage, args.n / seconds, floor_name, ratio, note))
 
-    row("forward (floor)", fwd, fwd, "forward")
-    row("forward+backward (floor)", fwd_bwd, fwd_bwd, "fwd+bwd")
-    row("clean prediction", median_seconds(in_batches(lambda xb, yb: probabilities(model, xb, device), x, y, args.batch), args.repeats, device), fwd, "forward")
-    row("paper's detector", median_seconds(in_batches(lambda xb, yb: detector.score(model, xb), x, y, args.batch), args.repeats, device), fwd_bwd, "fwd+bwd")
+    def paired(stage: str, fn: Callable[[torch.Tensor, torch.Tensor], object], floor_name: str) -> None:
+        """A stage timed alternately with its floor: its ratio is the median of the pairs'."""
+        row(stage, *paired_seconds(in_batches(fn, x, y, args.batch), floors[floor_name], args.repeats, device), floor_name)
+
+    row("forward (floor)", fwd, 1.0, "forward")
+    row("forward+backward (floor)", fwd_bwd, 1.0, "fwd+bwd")
+    paired("clean prediction", lambda xb, yb: probabilities(model, xb, device), "forward")
+    paired("paper's detector", lambda xb, yb: detector.score(model, xb), "fwd+bwd")
     gradient_attacks = {
         "fgsm": {"eps": 0.03}, "gradient": {"eps": 2.0}, "pgd-10": {"eps": 0.03, "eps_step": 0.01, "max_iter": 10},
         "deepfool": {"max_iter": 20},
@@ -109,8 +116,7 @@ def main() -> None:
         attack_name = "pgd" if stage == "pgd-10" else stage
         for backend in ("art", "native"):
             attack = tracekit.create("attack", attack_name, **params, backend=backend)
-            seconds = median_seconds(in_batches(lambda xb, yb, a=attack: a.generate(model, xb, yb), x, y, args.batch), args.repeats, device)
-            row(f"{stage} ({backend})", seconds, fwd_bwd, "fwd+bwd")
+            paired(f"{stage} ({backend})", lambda xb, yb, a=attack: a.generate(model, xb, yb), "fwd+bwd")
     searches = {"pixel": {"pixels": 1, "max_iter": args.pixel_iters}, "boundary": {"max_iter": args.boundary_steps}}
     for stage, params in searches.items():
         native = tracekit.create("attack", stage, **params, backend="native")
@@ -119,13 +125,13 @@ def main() -> None:
             native.generate_seeded(model, x[begin : begin + args.batch], y[begin : begin + args.batch], seeds[begin : begin + args.batch])
         seconds = time.perf_counter() - start
         evals = native.evaluations / args.n
-        row(f"{stage} (native)", seconds, fwd * evals, "its evals", f"{evals:,.0f} evals/img")
+        row(f"{stage} (native)", seconds, seconds / (fwd * evals), "its evals", f"{evals:,.0f} evals/img")
         art = tracekit.create("attack", stage, **params)
         start = time.perf_counter()
         for i in range(min(args.n, 4)):  # ART image by image: a few suffice
             art.generate(model, x[i : i + 1], y[i : i + 1])
         art_seconds = (time.perf_counter() - start) * args.n / min(args.n, 4)
-        row(f"{stage} (art)", art_seconds, fwd * evals, "native's evals", "extrapolated from 4 images")
+        row(f"{stage} (art)", art_seconds, art_seconds / (fwd * evals), "native's evals", "extrapolated from 4 images")
 
     print(f"{'stage':<26} {'images/s':>10} {'x floor':>8}  {'floor':<15} note")
     for stage, rate, floor_name, ratio, note in rows:

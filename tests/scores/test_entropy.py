@@ -104,6 +104,16 @@ def test_integer_valued_inputs_of_other_dtypes():
         assert torch.equal(local_entropy_map(images.to(dtype)), expected)
 
 
+def test_into_a_given_buffer():
+    images = test_images(9, 11, seed=9)
+    out = torch.full((len(images), 9, 11), -1.0, dtype=torch.float64)
+    assert local_entropy_map(images, out=out) is out
+    assert torch.equal(out, local_entropy_map(images))
+    for bad in (out.float(), out[:, :, :10], out.transpose(1, 2).contiguous().transpose(1, 2)):
+        with pytest.raises(TracekitError, match="contiguous float64 tensor of shape"):
+            local_entropy_map(images, out=bad)
+
+
 def test_empty_batch():
     assert local_entropy_map(torch.zeros((0, 5, 5), dtype=torch.uint8)).shape == (0, 5, 5)
 
@@ -124,13 +134,17 @@ def test_bad_input_is_a_clear_error(images, size, message):
         local_entropy_map(images, size)
 
 
-def test_score_is_the_mean_of_the_map_of_the_gray_conversion():
+@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("channels, dtype", [(3, torch.float32), (1, torch.float64)])
+def test_score_is_the_mean_of_the_map_of_the_gray_conversion(size, channels, dtype):
     gen = torch.Generator().manual_seed(7)
-    maps = torch.randn((4, 3, 16, 16), generator=gen)
+    maps = torch.randn((4, channels, 16, 16), generator=gen, dtype=dtype)
     maps[1] = 0.0
-    scorer = LocalEntropy(size=5)
-    expected_map = local_entropy_map(to_gray_u8(maps), 5)
+    before = maps.clone()
+    scorer = LocalEntropy(size=size)
+    expected_map = local_entropy_map(to_gray_u8(maps), size)
     assert torch.equal(scorer.map(maps), expected_map)
+    assert torch.equal(maps, before)  # the gray buffer the map is written over is its own
     scores = scorer.score(maps)
     assert scores.shape == (4,)
     torch.testing.assert_close(scores, expected_map.mean(dim=(1, 2)))

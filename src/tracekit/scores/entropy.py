@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TracekitError
-from .gray import to_gray_u8
+from .gray import to_gray_float
 
 # Bytes of equality masks per chunk of images: within a CPU's cache; on an accelerator, large
 # enough to keep kernel launches few.
@@ -230,17 +230,22 @@ def _local_entropy_3x3(images: torch.Tensor, out: torch.Tensor) -> None:
     torch.index_select(_entropy_table(images.device), 0, index.view(-1), out=out.view(-1))
 
 
-def local_entropy_map(u8: torch.Tensor, size: int = 3) -> torch.Tensor:
+def local_entropy_map(u8: torch.Tensor, size: int = 3, out: torch.Tensor | None = None) -> torch.Tensor:
     """Local entropy (bits, float64) of each pixel's `size` x `size` neighbourhood in `u8[N,H,W]`.
 
     Neighbours outside the image are not counted; equals
     `skimage.filters.rank.entropy(image, footprint_rectangle((size, size)))` for each image.
+    `out`: a contiguous float64 `[N,H,W]` tensor to write it into (e.g. the gray conversion's
+    own buffer, still in cache), else a new one.
     """
     if not (isinstance(size, int) and size >= 1 and size % 2 == 1):
         raise TracekitError(f"local entropy: size must be a positive odd integer (3, 5, 7, ...), got {size!r}")
     images = _as_u8(u8)
     n, h, w = images.shape
-    out = torch.empty((n, h, w), dtype=torch.float64, device=images.device)
+    if out is None:
+        out = torch.empty((n, h, w), dtype=torch.float64, device=images.device)
+    elif not (out.shape == images.shape and out.dtype == torch.float64 and out.device == images.device and out.is_contiguous()):
+        raise TracekitError(f"local entropy: out must be a contiguous float64 tensor of shape {tuple(images.shape)} on {images.device}")
     if out.numel() == 0:
         return out
     if size == 3:
@@ -275,7 +280,11 @@ class LocalEntropy:
     def map(self, maps: torch.Tensor) -> torch.Tensor:
         """`maps[N,C,H,W]` -> local entropy `Tensor[N,H,W]` of their default gray conversion."""
         parts = maps.split(_chunk(maps.device, maps.shape[-2] * maps.shape[-1])) if maps.ndim == 4 else [maps]
-        entropy = [local_entropy_map(to_gray_u8(part), self.size) for part in parts]
+        entropy = []
+        for part in parts:
+            gray = to_gray_float(part)  # float64 [N,H,W], in cache: the entropy is written over it
+            u8 = gray.mul_(255).to(torch.uint8)  # to_gray_u8, in place
+            entropy.append(local_entropy_map(u8, self.size, out=gray))
         return entropy[0] if len(entropy) == 1 else torch.cat(entropy)
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:
