@@ -35,8 +35,9 @@ def checked(value: object, who: str, shape: Sequence[int | None], what: str = ""
         raise TracekitError(f"{who} returned{what} of shape {'x'.join(map(str, value.shape)) or 'scalar'}, expected {expected}")
     if not value.is_floating_point():
         raise TracekitError(f"{who} returned{what} of dtype {value.dtype}, expected floating point")
-    bad = ~torch.isfinite(value.detach())
-    if bad.any():
+    finite = torch.isfinite(value.detach())
+    if not finite.all():
+        bad = ~finite
         first = int(bad.flatten(1).any(1).nonzero()[0]) if value.ndim > 1 else int(bad.nonzero()[0])
         raise TracekitError(f"{who} returned NaN or infinite values{what} (the first for item {first} of the batch)")
     return value

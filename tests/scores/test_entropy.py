@@ -89,7 +89,7 @@ def test_batch_equals_images_one_by_one_across_chunks(monkeypatch, size):
 
 def test_sorting_network_sorts():
     """The 3x3 way's network sorts every 0/1 input of 9 (the 0-1 principle: then it sorts all)."""
-    network = entropy_module._sorting_network(9)
+    network = entropy_module._SORT_9
     patterns = (torch.arange(512)[:, None] >> torch.arange(9)) & 1
     values = list(patterns.T.clone())
     for a, b in network:

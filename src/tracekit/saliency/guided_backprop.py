@@ -97,10 +97,11 @@ class GuidedBackprop:
     def maps(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Maps `[N,C,H,W]` (detached) for class `target[i]` of image i; None = predicted class."""
         check_images(images, "guided-backprop")
-        # Grad on even under no_grad/inference_mode callers; the leaf is a fresh copy (works for
-        # inference tensors) and the model gets a non-leaf copy, so it may modify its input in place.
+        # Grad on even under no_grad/inference_mode callers; the leaf is the images detached (a
+        # copy of inference tensors, which cannot require grad) and the model gets a non-leaf
+        # copy, so it may modify its input in place.
         with torch.inference_mode(False), torch.enable_grad():
-            x = images.detach().clone().requires_grad_(True)
+            x = (images.clone() if images.is_inference() else images.detach()).requires_grad_(True)
             with GuidedReLUMode() as mode:
                 logits = model(x.clone())
             if mode.calls == 0:
