@@ -16,9 +16,11 @@ difference between their adversarials.
 The search attacks (`pixel`: one scan pixel, `scale` 4, `max_iter` 10; `boundary`: 100 steps;
 examples/paper.yaml's parameters) have another floor: the forward passes of as many candidate
 images as the native search evaluated, at the fastest batch size for the model (tried: 32 to
-4096). ART runs image by image (as the engine runs it, each seeded from its image), native on
-the whole batch; each backend's model evaluations per image are printed beside the times, and
-for boundary the median L2 of the adversarials and in how many images native's is the smaller.
+4096), timed after each of `--repeats` native runs (nat/floor: the median of the pairs'
+ratios). ART runs once, image by image (as the engine runs it, each seeded from its image),
+native on the whole batch; each backend's model evaluations per image are printed beside the
+times, and for boundary the median L2 of the adversarials and in how many images native's is
+the smaller.
 
 Models: `digits-cnn` (the embedded model on correctly classified digits test images), `tiny`
 (tracekit.testing's TinyCNN, 3x32x32, random images) and `resnet18` (torchvision, randomly
@@ -174,10 +176,13 @@ def main() -> None:
     searches = [name for name in SEARCHES if not args.only or name in args.only]
     if searches:
         print()
-        print("search attacks: floor = forward passes of the native search's candidate images at the fastest batch size")
+        print(
+            "search attacks: floor = forward passes of the native search's candidate images at the fastest batch size, "
+            f"timed after each of {args.repeats} native runs (ART: one run)"
+        )
         print_header(f"{'evals/img ART/nat':>18} {'success ART/nat':>16}  L2 median ART/nat (nat smaller)")
     for name in searches:
-        search_row(name, model, images, labels)
+        search_row(name, model, images, labels, args.repeats)
 
 
 def print_header(rest: str) -> None:
@@ -201,32 +206,35 @@ class Counting(nn.Module):
         return self.model(x)
 
 
-def forward_floor(model: nn.Module, images: torch.Tensor, count: int) -> tuple[float, int]:
-    """Seconds `count` forward passes take at the fastest batch size, and that batch size."""
+def fastest_batch(model: nn.Module, images: torch.Tensor) -> int:
+    """The batch size at which forward passes cost least per image (tried: 32 to 4096)."""
+    return min((32, 64, 128, 256, 512, 1024, 4096), key=lambda size: forward_seconds(model, images, 4 * size, size))
+
+
+def forward_seconds(model: nn.Module, images: torch.Tensor, count: int, size: int) -> float:
+    """Seconds `count` forward passes take in batches of `size` copies of `images` (one batch
+    first, untimed); at least 0.5 s of them, scaled to `count`."""
     sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
-    best = (float("inf"), 0)
-    for size in (32, 64, 128, 256, 512, 1024, 4096):
-        batch = images.repeat(math.ceil(size / len(images)), 1, 1, 1)[:size]
-        with torch.no_grad():
+    batch = images.repeat(math.ceil(size / len(images)), 1, 1, 1)[:size]
+    with torch.no_grad():
+        model(batch)
+        sync()
+        start, done = time.perf_counter(), 0
+        while done < count or time.perf_counter() - start < 0.5:
             model(batch)
-            sync()
-            start, done = time.perf_counter(), 0
-            while done < 4 * size or time.perf_counter() - start < 0.5:
-                model(batch)
-                done += size
-            sync()
-        per_image = (time.perf_counter() - start) / done
-        best = min(best, (per_image * count, size))
-    return best
+            done += size
+        sync()
+    return (time.perf_counter() - start) / done * count
 
 
-def search_row(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """One search attack, ART image by image against native on the whole batch."""
+def search_row(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, repeats: int) -> None:
+    """One search attack, ART image by image against native on the whole batch. Native runs
+    `repeats` times, each followed by its floor (its evaluations' forward passes at the fastest
+    batch size): the times are medians, and nat/floor is the median of the pairs' ratios."""
     from tracekit.engine.attack_cache import batch_seed
     from tracekit.engine.attacking import seed_everything
 
     art = tracekit.create("attack", name, **SEARCHES[name])
-    native = tracekit.create("attack", name, **SEARCHES[name], backend="native")
     counted = Counting(model).eval()
     seeds = [batch_seed(0, [f"image-{i}"]) for i in range(len(images))]
     start = time.perf_counter()
@@ -235,17 +243,23 @@ def search_row(name: str, model: nn.Module, images: torch.Tensor, labels: torch.
         seed_everything(seed)
         art_adv.append(art.generate(counted, images[i : i + 1], labels[i : i + 1]))
     art_s, art_evals = time.perf_counter() - start, counted.images
-    start = time.perf_counter()
-    nat_adv = native.generate_seeded(model, images, labels, torch.tensor(seeds, device=images.device))
-    nat_s = time.perf_counter() - start
-    floor, _ = forward_floor(model, images, native.evaluations)
+    size = fastest_batch(model, images)
+    pairs = []
+    for _ in range(repeats):
+        native = tracekit.create("attack", name, **SEARCHES[name], backend="native")
+        start = time.perf_counter()
+        nat_adv = native.generate_seeded(model, images, labels, torch.tensor(seeds, device=images.device))
+        nat_s = time.perf_counter() - start
+        pairs.append((nat_s, forward_seconds(model, images, native.evaluations, size)))
+    nat_s, floor = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    ratio = statistics.median(p[0] / p[1] for p in pairs)
     adversarials = (torch.cat(art_adv), nat_adv)
     with torch.no_grad():
         success = [float((model(adv).argmax(1) != labels).float().mean()) for adv in adversarials]
     l2 = [(adv - images).flatten(1).norm(dim=1) for adv in adversarials]
     n = len(images)
     print(
-        f"{name:<9} {floor:>8.2f} {art_s:>9.2f} {nat_s:>9.2f} {art_s / nat_s:>7.1f}x {nat_s / floor:>8.2f}x "
+        f"{name:<9} {floor:>8.2f} {art_s:>9.2f} {nat_s:>9.2f} {art_s / nat_s:>7.1f}x {ratio:>8.2f}x "
         f"{art_evals / n:>8.0f} / {native.evaluations / n:>6.0f} {success[0]:>7.1%} / {success[1]:>6.1%}  "
         f"{float(l2[0].median()):.3f} / {float(l2[1].median()):.3f} ({int((l2[1] < l2[0]).sum())}/{n})",
         flush=True,
