@@ -76,16 +76,40 @@ class RandomAccessDataset(Dataset, Protocol):
 @runtime_checkable
 class Attack(Protocol):
     """Turns a batch of correctly classified images into adversarial images (same shape).
-
-    Optional: `per_image = True` makes the engine call `generate` one image at a time, each with
-    the random state seeded from the run's seed and the image's id alone, so that a random search
-    gives an image the same adversarial however the images are batched (for attacks that search
-    image by image anyway, like ART's one-pixel and boundary attacks). Optional
-    `check(input_size)`: raise `TracekitError` for a model input the attack cannot work on; the
-    engine calls it before any work starts.
-    """
+    Optional capabilities: `PerImageAttack`, `SeededAttack`, `InputChecked`, `CacheKeyed`,
+    `DetectorBound`."""
 
     def generate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PerImageAttack(Attack, Protocol):
+    """Optional capability of an attack: `per_image = True` makes the engine call `generate` one
+    image at a time, each with the random state seeded from the run's seed and the image's id
+    alone, so that a random search gives an image the same adversarial however the images are
+    batched (for attacks that search image by image anyway, like ART's one-pixel and boundary
+    attacks)."""
+
+    per_image: bool
+
+
+@runtime_checkable
+class InputChecked(Protocol):
+    """Optional capability of an attack: `check(input_size)` raises `TracekitError` for a model
+    input the attack cannot work on; the engine calls it before any work starts."""
+
+    def check(self, input_size: tuple[int, ...]) -> None: ...
+
+
+@runtime_checkable
+class DetectorBound(Attack, Protocol):
+    """Optional capability of an attack: with `needs_detector = True` it attacks the run's own
+    fitted detector (an adaptive attack). The engine runs it after the detector is fitted and
+    calibrated, calling `bind(detector, threshold)` before `generate`."""
+
+    needs_detector: bool
+
+    def bind(self, detector: Any, threshold: float) -> None: ...
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import nn
 
 from ..checks import checked, component
 from ..errors import TracekitError
-from ..protocols import Attack, Executor, SeededAttack
+from ..protocols import Attack, DetectorBound, Executor, SeededAttack
 from .attack_cache import AttackCache, CacheEntry, batch_seed, content_hashes, content_keys
 from .context import Context, DetectorHandle
 from .executing import execute
@@ -108,7 +108,7 @@ class AttackStage:
         attack = context.attacks[self.index]
         if self.bind is not None:
             handle, threshold = self.bind
-            attack.bind(context.detector(handle), threshold)  # type: ignore[attr-defined]
+            cast(DetectorBound, attack).bind(context.detector(handle), threshold)  # screened as one
         done = self.table.done()  # a retried shard keeps the chunks it finished
         module, device, seed, key = context.model.module, context.device, context.spec.seed, self.results.key
         who = (component("attack", context.spec.attacks[self.index]["name"]), context.model_who)

@@ -22,7 +22,9 @@ from ..checks import component
 from ..compute import auto_batch_size
 from ..errors import TracekitError
 from ..plugins import distribution_versions, registry
-from ..protocols import Attack, CacheKeyed, Dataset, Detector, Executor, LoadedModel, SeededAttack
+from ..protocols import (
+    Attack, CacheKeyed, Dataset, DetectorBound, Detector, Executor, InputChecked, LoadedModel, PerImageAttack, SeededAttack,
+)
 from ..spec import Spec
 from .attack_cache import AttackCache, code_version, model_fingerprint
 from .attacking import AttackRun, AttackStage, attack_stage, seed_everything
@@ -113,7 +115,7 @@ class Prepared:
         cache = AttackCache(self.fingerprint, cache_key, spec.seed, root=self.cache_root)
         run = AttackRun(
             key, self.table(table), cache, chunks(positions, spec.batch_size),
-            bool(getattr(attack, "per_image", False)) or isinstance(attack, SeededAttack),
+            (isinstance(attack, PerImageAttack) and attack.per_image) or isinstance(attack, SeededAttack),
         )
         labels_of = self.clean.by_position(self.clean.labels)
         attack_stage(self.executor, AttackStage(index, run, labels_of, None if bind is None else (handle, threshold)))
@@ -126,13 +128,12 @@ def screen_attacks(spec: Spec, attacks: list[Attack], model: LoadedModel) -> lis
     target a fitted, calibrated detector and so run after calibration."""
     bound = []
     for i, attack in enumerate(attacks):
-        check = getattr(attack, "check", None)
-        if check is not None:
+        if isinstance(attack, InputChecked):
             try:
-                check(tuple(model.input_size))
+                attack.check(tuple(model.input_size))
             except TracekitError as exc:
                 raise TracekitError(f"{spec.source}: attacks.{i}: {exc}") from None
-        if getattr(attack, "needs_detector", False):
+        if isinstance(attack, DetectorBound) and attack.needs_detector:
             bound.append(i)
     return bound
 
