@@ -17,14 +17,15 @@ PERCENTILE = 99.0
 _SMALLEST_DOUBLE = math.ulp(0.0)  # 5e-324, a subnormal
 
 
-def percentile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-th percentile of each row of `x[N,M]`, exactly as `numpy.percentile` (linear)."""
+def percentile_rows(x: torch.Tensor, q: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The q-th percentile of each row of `x[N,M]`, exactly as `numpy.percentile` (linear) on
+    `x` converted to `dtype` (default: its own), without converting `x`."""
     m = x.shape[1]
     virtual = (m - 1) * (q / 100)
     lo = math.floor(virtual)
     t = virtual - lo
     # The order statistics lo and lo+1 are the last two of the (m - lo) largest values.
-    top = torch.topk(x, m - lo, dim=1, largest=True, sorted=True).values
+    top = torch.topk(x, m - lo, dim=1, largest=True, sorted=True).values.to(dtype or x.dtype)
     a = top[:, -1]
     b = top[:, -2] if m - lo > 1 else a
     diff = b - a
@@ -41,18 +42,22 @@ def to_gray_float(maps: torch.Tensor) -> torch.Tensor:
     if maps.ndim != 4:
         raise TracekitError(f"gray conversion: expected maps of shape [N,C,H,W], got {tuple(maps.shape)}")
     n, _, h, w = maps.shape
-    # abs().sum(): torch.linalg.vector_norm(ord=1, dim=1) over channels is 70x slower on a CPU;
-    # one channel skips the sum over it, 2.5x slower than the conversion alone.
-    g = maps[:, 0].abs().to(torch.float64) if maps.shape[1] == 1 else maps.abs().sum(dim=1, dtype=torch.float64)
+    if maps.shape[1] == 1:
+        # |map| is exact in the maps' own dtype, so its minimum and order statistics are found
+        # there (half the bytes of float64 for float32 maps), and float64 starts at the subtraction.
+        g = maps[:, 0].abs().reshape(n, h * w)
+    else:
+        # abs().sum(): torch.linalg.vector_norm(ord=1, dim=1) over channels is 70x slower on a CPU
+        g = maps.abs().sum(dim=1, dtype=torch.float64).view(n, h * w)
     if g.numel() == 0:
-        return g
-    flat = g.view(n, h * w)
-    low = flat.amin(dim=1, keepdim=True)
+        return g.to(torch.float64).view(n, h, w)
+    low = g.amin(dim=1, keepdim=True).to(torch.float64)
     # A span of 0 becomes the smallest positive double, which no positive span is below: then
     # x / span >= 1 (-> 1) above the minimum and 0 at it, the formula's limits, without a pass
-    # over the pixels to replace NaNs. In place on g's buffer.
-    span = (percentile_rows(flat, PERCENTILE)[:, None] - low).clamp_(min=_SMALLEST_DOUBLE)
-    return flat.sub_(low).div_(span).clamp_(0.0, 1.0).view(n, h, w)
+    # over the pixels to replace NaNs.
+    span = (percentile_rows(g, PERCENTILE, torch.float64)[:, None] - low).clamp_(min=_SMALLEST_DOUBLE)
+    gray = g.sub_(low) if g.dtype == torch.float64 else torch.sub(g, low)  # in place on float64 buffers of our own
+    return gray.div_(span).clamp_(0.0, 1.0).view(n, h, w)
 
 
 def to_gray_u8(maps: torch.Tensor) -> torch.Tensor:
