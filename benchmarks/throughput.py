@@ -67,7 +67,10 @@ def main() -> None:
     parser.add_argument("--pixel-iters", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (median), each paired with a run of its floor, after a warm-up")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = build(args.model, args.size, args.classes, device)
     channels = 1 if args.model == "digits-cnn" else 3
@@ -125,13 +128,14 @@ def main() -> None:
             native.generate_seeded(model, x[begin : begin + args.batch], y[begin : begin + args.batch], seeds[begin : begin + args.batch])
         seconds = time.perf_counter() - start
         evals = native.evaluations / args.n
-        row(f"{stage} (native)", seconds, seconds / (fwd * evals), "its evals", f"{evals:,.0f} evals/img")
+        forward_now = median_seconds(forward_batches, args.repeats, device)  # the floor, timed next to the search
+        row(f"{stage} (native)", seconds, seconds / (forward_now * evals), "its evals", f"{evals:,.0f} evals/img")
         art = tracekit.create("attack", stage, **params)
         start = time.perf_counter()
         for i in range(min(args.n, 4)):  # ART image by image: a few suffice
             art.generate(model, x[i : i + 1], y[i : i + 1])
         art_seconds = (time.perf_counter() - start) * args.n / min(args.n, 4)
-        row(f"{stage} (art)", art_seconds, art_seconds / (fwd * evals), "native's evals", "extrapolated from 4 images")
+        row(f"{stage} (art)", art_seconds, art_seconds / (forward_now * evals), "native's evals", "extrapolated from 4 images")
 
     print(f"{'stage':<26} {'images/s':>10} {'x floor':>8}  {'floor':<15} note")
     for stage, rate, floor_name, ratio, note in rows:
