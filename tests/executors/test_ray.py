@@ -91,8 +91,9 @@ def _worker_pids() -> set[int]:
     return pids
 
 
-def _when_chunks(table: Path, count: int, action, timeout: float = 120) -> threading.Thread:
-    """Call `action()` once `table` holds `count` chunk files (in a thread)."""
+def _when_chunks(table: Path, count: int, action, timeout: float = 600) -> threading.Thread:
+    """Call `action()` once `table` holds `count` chunk files (in a thread). The timeout is
+    generous: under a full test session's load, starting a run's Ray workers has taken minutes."""
 
     def watch():
         deadline = time.monotonic() + timeout
