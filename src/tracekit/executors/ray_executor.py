@@ -22,13 +22,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from ..cache import cache_dir
@@ -140,21 +138,16 @@ class RayExecutor:
         waiting = list(reversed(shards))
         running: dict[Any, Any] = {}  # task -> actor
         try:
-            with _stops_remembered() as stopped:
-                for actor in self.actors:
-                    if waiting:
-                        running[actor.run.remote(staged, waiting.pop())] = actor
-                while running:
-                    finished, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_SECONDS)
-                    if stopped():
-                        raise KeyboardInterrupt
-                    if not finished:
-                        continue
-                    actor = running.pop(finished[0])
-                    images, messages = self._gather(finished, f"a shard of {type(stage).__name__}")[0]
-                    if waiting:
-                        running[actor.run.remote(staged, waiting.pop())] = actor
-                    yield Done(images, messages)
+            for actor in self.actors:
+                if waiting:
+                    running[actor.run.remote(staged, waiting.pop())] = actor
+            while running:
+                finished, _ = ray.wait(list(running), num_returns=1)
+                actor = running.pop(finished[0])
+                images, messages = self._gather(finished, f"a shard of {type(stage).__name__}")[0]
+                if waiting:
+                    running[actor.run.remote(staged, waiting.pop())] = actor
+                yield Done(images, messages)
         except BaseException:
             self._stop()  # Ctrl-C or a failed shard: no more work anywhere; finished chunks stay
             raise
@@ -192,39 +185,6 @@ class RayExecutor:
                 f"{what}: a Ray worker died {RETRIES + 1} times ({_first_line(exc)}); out of memory? "
                 "try fewer workers per node or a smaller batch_size"
             ) from None
-
-
-_POLL_SECONDS = 0.5  # how often the driver looks up from waiting on its workers
-
-
-@contextlib.contextmanager
-def _stops_remembered() -> Iterator[Callable[[], bool]]:
-    """While the driver waits on its workers: Ctrl-C (and SIGTERM or SIGHUP, where Python code
-    handles them) is remembered as well as handled as before, and `stopped()` says whether one
-    came. Ray's wait checks for signals itself, running their handlers inside its own code,
-    where the `KeyboardInterrupt` they raise can be lost (seen: a run on Ray that finished as if
-    no Ctrl-C had come); the remembered stop is raised at the next look-up instead."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    seen: list[int] = []
-    wrapped = {}
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        signum = getattr(signal, name, None)
-        handler = signal.getsignal(signum) if signum is not None else None
-        if callable(handler):
-
-            def remember(number: int, frame: Any, _handler: Callable[..., Any] = handler) -> None:
-                seen.append(number)
-                _handler(number, frame)
-
-            wrapped[signum] = handler
-            signal.signal(signum, remember)
-    try:
-        yield lambda: bool(seen)
-    finally:
-        for signum, handler in wrapped.items():
-            signal.signal(signum, handler)
 
 
 class WorkerError(RuntimeError):
