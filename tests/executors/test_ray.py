@@ -92,8 +92,8 @@ def _worker_pids() -> set[int]:
 
 
 def _when_chunks(table: Path, count: int, action, timeout: float = 600) -> threading.Thread:
-    """Call `action()` once `table` holds `count` chunk files (in a thread). The timeout is
-    generous: under a full test session's load, starting a run's Ray workers has taken minutes."""
+    """Call `action()` once `table` holds `count` chunk files (in a thread); the timeout is
+    generous, for a loaded machine."""
 
     def watch():
         deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TracekitError
-from .gray import to_gray_float
+from .gray import quantized, to_gray_float
 
 # Bytes of equality masks per chunk of images: within a CPU's cache; on an accelerator, large
 # enough to keep kernel launches few.
@@ -274,8 +274,7 @@ class LocalEntropy:
         entropy = []
         for part in parts:
             gray = to_gray_float(part)  # float64 [N,H,W], in cache: the entropy is written over it
-            u8 = gray.mul_(255).to(torch.uint8)  # to_gray_u8, in place
-            entropy.append(local_entropy_map(u8, self.size, out=gray))
+            entropy.append(local_entropy_map(quantized(gray), self.size, out=gray))
         return entropy[0] if len(entropy) == 1 else torch.cat(entropy)
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:

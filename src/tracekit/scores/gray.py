@@ -60,7 +60,12 @@ def to_gray_float(maps: torch.Tensor) -> torch.Tensor:
     return gray.div_(span).clamp_(0.0, 1.0).view(n, h, w)
 
 
+def quantized(gray: torch.Tensor) -> torch.Tensor:
+    """`floor(gray * 255)` as uint8 for `gray` from `to_gray_float`, whose buffer it scales in place."""
+    # The conversion to uint8 truncates, which is the floor on [0, 255].
+    return gray.mul_(255).to(torch.uint8)
+
+
 def to_gray_u8(maps: torch.Tensor) -> torch.Tensor:
     """`maps[N,C,H,W]` -> 8-bit gray `Tensor[N,H,W]` (uint8), tracekit's default conversion."""
-    # The conversion to uint8 truncates, which is the floor on [0, 255].
-    return to_gray_float(maps).mul_(255).to(torch.uint8)
+    return quantized(to_gray_float(maps))
