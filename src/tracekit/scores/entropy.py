@@ -190,7 +190,8 @@ def _sorted_windows(images: torch.Tensor) -> list[torch.Tensor]:
     n, h, w = images.shape
     padded = F.pad(images, (1,) * 4)
     s_n, s_h, s_w = padded.stride()
-    planes = list(padded.as_strided((3, 3, n, h, w), (s_h, s_w, s_n, s_h, s_w)).flatten(0, 1))
+    windows = padded.as_strided((3, 3, n, h, w), (s_h, s_w, s_n, s_h, s_w))
+    planes = [plane for row in windows for plane in row]  # views (flattening the offsets would copy)
     owned: set[int] = set()
     spare = None  # a buffer no plane uses any more
     for a, b in _SORT_9:
