@@ -135,7 +135,7 @@ def test_bad_input_is_a_clear_error(images, size, message):
 
 
 @pytest.mark.parametrize("size", [3, 5])
-@pytest.mark.parametrize("channels, dtype", [(3, torch.float32), (1, torch.float64)])
+@pytest.mark.parametrize("channels, dtype", [(3, torch.float32), (1, torch.float32), (1, torch.float64)])
 def test_score_is_the_mean_of_the_map_of_the_gray_conversion(size, channels, dtype):
     gen = torch.Generator().manual_seed(7)
     maps = torch.randn((4, channels, 16, 16), generator=gen, dtype=dtype)

@@ -183,12 +183,17 @@ def _entropy_table(device: torch.device) -> torch.Tensor:
     return entropy.clamp_(min=0.0).flatten().to(device)
 
 
-def _sorted_windows(images: torch.Tensor) -> list[torch.Tensor]:
-    """The nine entries of each pixel's 3x3 window (outside ones 0) in ascending order, as nine
-    uint8 planes `[N,H,W]`. The planes start as strided views of the padded images and each gets
-    its own buffer at its first comparator, so no window is copied first."""
-    n, h, w = images.shape
-    padded = F.pad(images, (1,) * 4)
+def _bordered(n: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """A uint8 `[N,H+2,W+2]` buffer of zeros: images of `[N,H,W]` go inside its one-pixel border."""
+    return torch.zeros((n, h + 2, w + 2), dtype=torch.uint8, device=device)
+
+
+def _sorted_windows(padded: torch.Tensor) -> list[torch.Tensor]:
+    """The nine entries of each pixel's 3x3 window in `padded` (images inside a zero border, so
+    outside entries are 0) in ascending order, as nine uint8 planes `[N,H,W]`. The planes start
+    as strided views of `padded` and each gets its own buffer at its first comparator, so no
+    window is copied first."""
+    n, h, w = padded.shape[0], padded.shape[1] - 2, padded.shape[2] - 2
     s_n, s_h, s_w = padded.stride()
     windows = padded.as_strided((3, 3, n, h, w), (s_h, s_w, s_n, s_h, s_w))
     planes = [plane for row in windows for plane in row]  # views (flattening the offsets would copy)
@@ -207,19 +212,20 @@ def _sorted_windows(images: torch.Tensor) -> list[torch.Tensor]:
     return planes
 
 
-def _local_entropy_3x3(images: torch.Tensor, out: torch.Tensor) -> None:
-    """Local entropy of each pixel's 3x3 window into `out` (float64 `[N,H,W]`, contiguous): the
-    equalities of neighbours in its sorted window make a byte, which with the count of its
-    window's entries outside the image indexes `_entropy_table`."""
-    n, h, w = images.shape
-    planes = _sorted_windows(images)
+def _local_entropy_3x3(padded: torch.Tensor, out: torch.Tensor) -> None:
+    """Local entropy of each pixel's 3x3 window into `out` (float64 `[N,H,W]`, contiguous), for
+    the images inside the zero border of `padded` (`_bordered`): the equalities of neighbours in
+    its sorted window make a byte, which with the count of its window's entries outside the
+    image indexes `_entropy_table`."""
+    n, h, w = out.shape
+    planes = _sorted_windows(padded)
     code = torch.eq(planes[1], planes[0]).view(torch.uint8)
     same = torch.empty_like(code, dtype=torch.bool)
     for k in range(1, 8):
         torch.eq(planes[k + 1], planes[k], out=same)
         code.add_(same.view(torch.uint8), alpha=1 << k)
-    index = code.view(n, h * w) + _table_offsets(h, w, images.device)  # int32
-    torch.index_select(_entropy_table(images.device), 0, index.view(-1), out=out.view(-1))
+    index = code.view(n, h * w) + _table_offsets(h, w, padded.device)  # int32
+    torch.index_select(_entropy_table(padded.device), 0, index.view(-1), out=out.view(-1))
 
 
 def local_entropy_map(u8: torch.Tensor, size: int = 3, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -243,7 +249,7 @@ def local_entropy_map(u8: torch.Tensor, size: int = 3, out: torch.Tensor | None 
     if size == 3:
         chunk = _chunk(images.device, h * w)
         for start in range(0, n, chunk):
-            _local_entropy_3x3(images[start : start + chunk], out[start : start + chunk])
+            _local_entropy_3x3(F.pad(images[start : start + chunk], (1,) * 4), out[start : start + chunk])
         return out
     r = size // 2
     # The k entries outside the image read as 0, so near the border the z zero pixels of a
@@ -275,7 +281,13 @@ class LocalEntropy:
         entropy = []
         for part in parts:
             gray = to_gray_float(part)  # float64 [N,H,W], in cache: the entropy is written over it
-            entropy.append(local_entropy_map(quantized(gray), self.size, out=gray))
+            if self.size == 3:  # quantized straight into the bordered image the 3x3 way reads
+                padded = _bordered(*gray.shape, gray.device)
+                quantized(gray, out=padded[:, 1:-1, 1:-1])
+                _local_entropy_3x3(padded, out=gray)
+            else:
+                local_entropy_map(quantized(gray), self.size, out=gray)
+            entropy.append(gray)
         return entropy[0] if len(entropy) == 1 else torch.cat(entropy)
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:

@@ -62,10 +62,13 @@ def to_gray_float(maps: torch.Tensor) -> torch.Tensor:
     return gray.sub_(low).div_(span).clamp_(0.0, 1.0).view(n, h, w)
 
 
-def quantized(gray: torch.Tensor) -> torch.Tensor:
-    """`floor(gray * 255)` as uint8 for `gray` from `to_gray_float`, whose buffer it scales in place."""
+def quantized(gray: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`floor(gray * 255)` as uint8 for `gray` from `to_gray_float`, whose buffer it scales in
+    place; written into `out` (a uint8 tensor of gray's shape, e.g. the inside of a bordered
+    image) where given."""
     # The conversion to uint8 truncates, which is the floor on [0, 255].
-    return gray.mul_(255).to(torch.uint8)
+    scaled = gray.mul_(255)
+    return scaled.to(torch.uint8) if out is None else out.copy_(scaled)
 
 
 def to_gray_u8(maps: torch.Tensor) -> torch.Tensor:
