@@ -3,6 +3,7 @@ model's own bare passes on the same batch, and the projected hours of the paper'
 
     python benchmarks/throughput.py                                   # VGG19 (random weights), 32x32, CPU
     python benchmarks/throughput.py --device cuda --size 224 --n 256 --batch 64 --pixel-iters 100 --boundary-steps 100
+    python benchmarks/throughput.py --model digits-cnn --n 512 --batch 128 --only detector fgsm   # a few stages
 
 Model: torchvision's VGG19 with random weights by default (the paper's architecture; weights do
 not change the cost), 1000 classes, attacking its own predictions on seeded uniform images.
@@ -37,6 +38,7 @@ from tracekit.engine.predicting import probabilities
 PAPER_IMAGES = {"fgsm": 50_014, "gradient": 50_014, "pixel": 50_014, "deepfool": 50_014, "boundary": 4_013}
 PAPER_GPU_DAYS = {"fgsm": 3, "gradient": 15, "pixel": 32, "deepfool": 42, "boundary": 17}  # TitanX, the paper's Table 1
 PAPER_SEARCH = {"pixel": 100, "boundary": 100}  # generations / steps projected to
+STAGES = ["prediction", "detector", "fgsm", "gradient", "pgd-10", "deepfool", "pixel", "boundary"]
 
 
 def build(name: str, size: int, classes: int, device: torch.device) -> nn.Module:
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--boundary-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (median), each paired with a run of its floor, after a warm-up")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--only", nargs="+", choices=STAGES, default=STAGES, help="these stages only (the projection needs all)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,19 +112,25 @@ def main() -> None:
 
     row("forward (floor)", fwd, 1.0, "forward")
     row("forward+backward (floor)", fwd_bwd, 1.0, "fwd+bwd")
-    paired("clean prediction", lambda xb, yb: probabilities(model, xb, device), "forward")
-    paired("paper's detector", lambda xb, yb: detector.score(model, xb), "fwd+bwd")
+    if "prediction" in args.only:
+        paired("clean prediction", lambda xb, yb: probabilities(model, xb, device), "forward")
+    if "detector" in args.only:
+        paired("paper's detector", lambda xb, yb: detector.score(model, xb), "fwd+bwd")
     gradient_attacks = {
         "fgsm": {"eps": 0.03}, "gradient": {"eps": 2.0}, "pgd-10": {"eps": 0.03, "eps_step": 0.01, "max_iter": 10},
         "deepfool": {"max_iter": 20},
     }
     for stage, params in gradient_attacks.items():
+        if stage not in args.only:
+            continue
         attack_name = "pgd" if stage == "pgd-10" else stage
         for backend in ("art", "native"):
             attack = tracekit.create("attack", attack_name, **params, backend=backend)
             paired(f"{stage} ({backend})", lambda xb, yb, a=attack: a.generate(model, xb, yb), "fwd+bwd")
     searches = {"pixel": {"pixels": 1, "max_iter": args.pixel_iters}, "boundary": {"max_iter": args.boundary_steps}}
     for stage, params in searches.items():
+        if stage not in args.only:
+            continue
         native = tracekit.create("attack", stage, **params, backend="native")
         start = time.perf_counter()
         for begin in range(0, args.n, args.batch):
@@ -141,6 +150,8 @@ def main() -> None:
     for stage, rate, floor_name, ratio, note in rows:
         print(f"{stage:<26} {rate:>10.2f} {ratio:>7.2f}x  {floor_name:<15} {note}")
 
+    if set(args.only) != set(STAGES):
+        return
     print()
     print("projected hours of the paper's Table 1 on this device (native backends; the paper: TitanX GPU-days)")
     total = 0.0
