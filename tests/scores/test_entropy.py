@@ -151,6 +151,13 @@ def test_score_is_the_mean_of_the_map_of_the_gray_conversion(size, channels, dty
     assert 0 <= scores[1] < 1e-12 and (scores[[0, 2, 3]] > 1).all()
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 1, 1), (3, 1, 1, 7), (2, 3, 5, 3), (2, 1, 0, 4)])
+def test_map_of_small_and_thin_maps(shape):
+    # LocalEntropy quantizes into the bordered image the 3x3 way reads; local_entropy_map pads
+    maps = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    assert torch.equal(LocalEntropy().map(maps), local_entropy_map(to_gray_u8(maps), 3))
+
+
 def test_score_in_chunks_of_maps(monkeypatch):
     gen = torch.Generator().manual_seed(8)
     maps = torch.randn((5, 1, 12, 12), generator=gen)
