@@ -35,9 +35,16 @@ def checked(value: object, who: str, shape: Sequence[int | None], what: str = ""
         raise TracekitError(f"{who} returned{what} of shape {'x'.join(map(str, value.shape)) or 'scalar'}, expected {expected}")
     if not value.is_floating_point():
         raise TracekitError(f"{who} returned{what} of dtype {value.dtype}, expected floating point")
-    finite = torch.isfinite(value.detach())
-    if not finite.all():
-        bad = ~finite
+    if value.numel() and not _finite(value.detach()):
+        bad = ~torch.isfinite(value.detach())
         first = int(bad.flatten(1).any(1).nonzero()[0]) if value.ndim > 1 else int(bad.nonzero()[0])
         raise TracekitError(f"{who} returned NaN or infinite values{what} (the first for item {first} of the batch)")
     return value
+
+
+def _finite(value: torch.Tensor) -> bool:
+    """Whether every value of non-empty floating `value` is finite, in one reduction: a NaN
+    makes the minimum and maximum NaN, an infinity shows at one end. (`torch.isfinite(x).all()`
+    is four elementwise passes and a bool tensor, 5x slower on a batch of maps.)"""
+    low, high = torch.aminmax(value)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
