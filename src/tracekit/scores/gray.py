@@ -56,8 +56,9 @@ def to_gray_float(maps: torch.Tensor) -> torch.Tensor:
     # x / span >= 1 (-> 1) above the minimum and 0 at it, the formula's limits, without a pass
     # over the pixels to replace NaNs.
     span = (percentile_rows(g, PERCENTILE, torch.float64)[:, None] - low).clamp_(min=_SMALLEST_DOUBLE)
-    # Converted first, then in place: a float32 - float64 `torch.sub` casts inside the op, which
-    # measured up to 10x slower on a CPU right after a backward pass (digits-cnn, batch 128).
+    # Converted first, then subtracted in place: a float32 - float64 `torch.sub` casts through a
+    # temporary inside the op, measured 0.6-2 ms on 128 32x32 maps right after a backward pass on
+    # a CPU, against about 0.1 ms for the conversion and the in-place subtraction.
     gray = g if g.dtype == torch.float64 else g.to(torch.float64)
     return gray.sub_(low).div_(span).clamp_(0.0, 1.0).view(n, h, w)
 
