@@ -5,6 +5,8 @@ cam-spread score's properties, and the plugin found through its entry point once
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -172,6 +174,21 @@ def test_listed_and_validated_by_the_cli(tmp_path) -> None:
     result = CliRunner().invoke(build_app(), ["validate", str(spec), "--show"])
     assert result.exit_code == 0, result.output
     assert "grad-cam" in result.output and "is a valid spec" in result.output
+
+
+def test_listing_and_validating_with_it_installed_do_not_import_torch() -> None:
+    # A fresh interpreter: loading the plugin and checking a spec of its components only runs
+    # its light factories module (tracekit's own light-import tests then hold with it installed).
+    probe = (
+        "import sys\n"
+        "from tracekit import plugins\n"
+        "assert plugins.registry('saliency').resolve({'name': 'grad-cam', 'layer': 'features'})['layer'] == 'features'\n"
+        "assert plugins.registry('score').get('cam-spread').source == 'tracekit-gradcam'\n"
+        "print(sorted(m for m in ('torch', 'tracekit_gradcam.gradcam', 'tracekit_gradcam.spread') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_a_spec_using_it_runs(tmp_path, monkeypatch) -> None:

@@ -12,13 +12,13 @@ from tracekit.hookspecs import Register
 
 @tracekit.hookimpl
 def tracekit_register_saliency(register: Register) -> None:
-    from .gradcam import grad_cam
+    from .factories import grad_cam
 
     register("grad-cam", grad_cam)
 
 
 @tracekit.hookimpl
 def tracekit_register_scores(register: Register) -> None:
-    from .spread import cam_spread
+    from .factories import cam_spread
 
     register("cam-spread", cam_spread)

@@ -128,8 +128,3 @@ def _single_activation(outputs: list[Any], name: str) -> torch.Tensor:
             "[N, K, h, w] outputs"
         )
     return output
-
-
-def grad_cam(layer: str | None = None) -> GradCam:
-    """Grad-CAM (Selvaraju et al.) at `layer` (default: the last feature map), upsampled."""
-    return GradCam(layer)

@@ -35,8 +35,3 @@ class CamSpread:
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Normalized entropy per map, `Tensor[N]` (float64, in [0, 1])."""
         return self.map(maps).sum(dim=(1, 2))
-
-
-def cam_spread() -> CamSpread:
-    """Normalized entropy of the map's mass over pixels: 0 = one pixel, 1 = uniform."""
-    return CamSpread()
