@@ -134,9 +134,10 @@ def test_an_interrupted_driver_resumes_with_the_same_command(cluster, tmp_path):
     path = tmp_path / "spec.json"  # JSON is YAML
     path.write_text(json.dumps(spec({**RAY2, "address": cluster}, **slow)))
     out = tmp_path / "ray"
-    # Started with SIGINT at its default, as from a terminal: in a full test session this process
-    # has at times had SIGINT ignored (by some library), and a child inherits an ignored signal,
-    # which Python then leaves ignored, so Ctrl-C never reached the run.
+    # Started with SIGINT at its default, as from a terminal: a test session started in the
+    # background by a shell without job control (`bash -c 'pytest &'`, as scripts do) has SIGINT
+    # ignored (POSIX), a child inherits that, and Python then leaves it ignored, so Ctrl-C would
+    # never reach the run. (SIGTERM, which such jobs are stopped with, is handled either way.)
     command = [
         sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
         "os.execv(sys.argv[1], sys.argv[1:])", str(Path(sys.executable).parent / "tracekit"), "run", str(path),
