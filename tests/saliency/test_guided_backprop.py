@@ -117,6 +117,61 @@ def test_in_place_relu_on_a_view_guides_only_that_view() -> None:
     assert not torch.allclose(ours, guided_backprop().maps(seeded(lambda: FunctionalNet()), images, target))
 
 
+def test_a_model_hiding_a_relu_in_an_in_place_op_on_a_view_is_run_under_the_mode_from_then_on() -> None:
+    forwards = []
+    model = seeded(lambda: HalfReLU(in_place_on_view=True))
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    first = guided_backprop().maps(model, images)
+    assert len(forwards) == 2  # the graph walked, then the forward again under the mode
+    assert torch.equal(guided_backprop().maps(model, images), first)
+    assert len(forwards) == 3  # remembered: straight to the mode
+    plain = seeded(FunctionalNet)
+    plain.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    guided_backprop().maps(plain, images)
+    guided_backprop().maps(plain, images)
+    assert len(forwards) == 5  # one forward a batch where every ReLU's node is in reach
+
+
+class ReLUElsewhere(nn.Module):
+    """FunctionalNet's function, its ReLU called as `torch.ops.aten.relu` or on another thread."""
+
+    def __init__(self, net: nn.Module, how: str) -> None:
+        super().__init__()
+        self.net, self.how = net, how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net.conv(x)
+        if self.how == "aten":
+            h = torch.ops.aten.relu(h)
+        else:
+            out: list[torch.Tensor] = []
+            thread = threading.Thread(target=lambda: out.append(F.relu(h)))
+            thread.start()
+            thread.join()
+            h = out[0]
+        return self.net.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("how", ["aten", "thread"])
+def test_relus_the_forward_calls_do_not_show_are_guided(how: str) -> None:
+    reference = seeded(FunctionalNet)
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([0, 3, 4])
+    ours = guided_backprop().maps(ReLUElsewhere(reference, how), images, target)
+    assert_maps_close(ours, captum_maps(reference, images, target))
+
+
+def test_a_torchscript_model_is_guided() -> None:
+    reference = seeded(FunctionalNet)
+    scripted = torch.jit.script(seeded(FunctionalNet))
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([0, 3, 4])
+    expected = captum_maps(reference, images, target)
+    for _ in range(3):  # the profiling executor optimizes the graph after its first runs
+        assert_maps_close(guided_backprop().maps(scripted, images, target), expected)
+
+
 def test_matches_captum_on_resnet18() -> None:
     from torchvision.models import resnet18
 
@@ -282,5 +337,4 @@ def test_bad_images_and_outputs_are_clear_errors(tiny) -> None:
     with pytest.raises(TracekitError, match="images must be floating point"):
         guided_backprop().maps(tiny.module, torch.zeros(1, 1, 16, 16, dtype=torch.uint8))
     with pytest.raises(TracekitError, match=r"Flatten returned \(256,\); expected logits of shape \[N, classes\]"):
-        with pytest.warns(UserWarning, match="no ReLU was seen"):
-            guided_backprop().maps(nn.Flatten(0), torch.rand(1, 1, 16, 16))
+        guided_backprop().maps(nn.Flatten(0), torch.rand(1, 1, 16, 16))

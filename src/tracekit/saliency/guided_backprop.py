@@ -5,19 +5,26 @@ every ReLU's backward pass lets through only positive gradients where its input 
 `grad_in = relu(grad_out) * (x > 0)`. It agrees with Captum's `GuidedBackprop` wherever Captum
 sees every ReLU.
 
-How: during the forward pass only, a thread-local `TorchFunctionMode` swaps each ReLU call for
-the native ReLU plus a hook on its backward node that lets only positive values through (the
-native backward applies the `x > 0` mask). No model mutation, no module hooks, no monkey
-patching; the model, its weights, hooks, train/eval mode and parameters' `.grad` stay as they
-were, and `torch.autograd.grad` leaves `.grad` untouched.
+How: the forward pass runs as it is; then the autograd graph of the target logits is walked,
+and the backward node of every ReLU in it (`ReluBackward0`, whatever spelling made it) gets a
+hook that lets only positive values through (the node's native backward applies the `x > 0`
+mask). No model mutation, no module hooks, no monkey patching; the model, its weights, hooks,
+train/eval mode and parameters' `.grad` stay as they were, and `torch.autograd.grad` leaves
+`.grad` untouched. The walk costs about a microsecond per node, once per batch; intercepting
+the forward's calls instead (`GuidedReLUMode`, below) cost every torch call of the forward
+several (measured in paired runs: the maps 3-7% faster on digits-cnn at batch 128 on a
+two-core CPU).
 
-Supported: `nn.ReLU` modules (in place or not) and every Python-level ReLU spelling, which
-Captum misses: `F.relu` (including `inplace=True`, as torchvision's DenseNet uses), `F.relu_`,
-`torch.relu`, `torch.relu_`, `Tensor.relu`, `Tensor.relu_` (in-place calls stay in place).
-Not supported: ReLUs inside TorchScript or compiled graphs, custom C++ ops, and forward passes
-run on other threads (`nn.DataParallel`); their gradient passes unguided. Other activations
-(ReLU6, LeakyReLU, GELU, ...) pass the plain gradient by design. A forward pass in which no
-ReLU was seen emits a warning naming the model class.
+Supported: `nn.ReLU` modules (in place or not) and every ReLU spelling, which Captum misses:
+`F.relu` (including `inplace=True`, as torchvision's DenseNet uses), `F.relu_`, `torch.relu`,
+`torch.relu_`, `Tensor.relu`, `Tensor.relu_`, `torch.ops.aten.relu`, also in TorchScript modules
+and on other threads. One case hides its node: an in-place op on a view (`h[:, :2].relu_()`) is
+recorded inside a node of the whole base tensor, out of reach. A graph with such a node is
+computed again under `GuidedReLUMode`, which runs those ReLUs out of place; the model is
+remembered, and its later batches go that way at once. Not supported: ReLUs inside compiled
+graphs or custom autograd functions; their gradient passes unguided. Other activations (ReLU6,
+LeakyReLU, GELU, ...) pass the plain gradient by design. A target whose graph has no ReLU emits
+a warning naming the model class.
 
 Call it on eval-mode models (the engine hands those): the maps are batched, which is exact only
 when samples do not interact (no batch statistics).
@@ -26,6 +33,7 @@ when samples do not interact (no batch statistics).
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +99,31 @@ class GuidedReLUMode(TorchFunctionMode):
         return self.relu(x, inplace)
 
 
+# Models whose graphs hid ReLUs inside in-place ops on views: their maps are computed under the
+# mode at once (a cache: either way gives the same maps).
+_INTERCEPTED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def _relu_nodes(root: torch.autograd.graph.Node | None) -> list[torch.autograd.graph.Node] | None:
+    """The ReLU backward nodes of the autograd graph below `root`, or None where an in-place op
+    on a view (`CopySlices`) may hide one."""
+    stack = [root] if root is not None else []
+    seen = set(stack)
+    relus = []
+    while stack:
+        node = stack.pop()
+        kind = type(node).__name__
+        if kind == "ReluBackward0":
+            relus.append(node)
+        elif kind == "CopySlices":
+            return None
+        for child, _ in node.next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return relus
+
+
 class GuidedBackprop:
     """Guided-backpropagation maps of a classifier's logits, batched, on the images' device."""
 
@@ -102,14 +135,29 @@ class GuidedBackprop:
         # copy, so it may modify its input in place.
         with torch.inference_mode(False), torch.enable_grad():
             x = (images.clone() if images.is_inference() else images.detach()).requires_grad_(True)
-            with GuidedReLUMode() as mode:
+            relus = None
+            if model not in _INTERCEPTED:
                 logits = model(x.clone())
-            if mode.calls == 0:
+                target = target_classes(logits, target, "guided-backprop", type(model).__name__)
+                selected = logits.gather(1, target[:, None]).sum()
+                relus = _relu_nodes(selected.grad_fn)
+                if relus is None:
+                    _INTERCEPTED.add(model)
+            if relus is None:
+                with GuidedReLUMode() as mode:
+                    logits = model(x.clone())
+                target = target_classes(logits, target, "guided-backprop", type(model).__name__)
+                selected = logits.gather(1, target[:, None]).sum()
+                seen = mode.calls
+            else:
+                for node in relus:
+                    node.register_hook(_clamp_input_gradient)
+                seen = len(relus)
+            if seen == 0:
                 warnings.warn(
                     f"guided-backprop: no ReLU was seen in {type(model).__name__}'s forward pass; "
                     "guided backprop equals the plain gradient",
                     stacklevel=2,
                 )
-            target = target_classes(logits, target, "guided-backprop", type(model).__name__)
-            (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
+            (grad,) = torch.autograd.grad(selected, x)
         return grad.detach()
