@@ -4,6 +4,7 @@ on clean fit images."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -31,12 +32,17 @@ class FeatureResponse:
     ) -> None:
         """Nothing to learn: the threshold is calibrated by the engine on clean fit scores."""
 
+    @functools.cached_property
+    def _who(self) -> tuple[str, str]:
+        """The saliency method and the score, as messages name them (looked up once)."""
+        return component("saliency", self.names[0]), component("score", self.names[1])
+
     def maps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The feature response maps `[N,C,H,W]` (predicted class), checked."""
         n, _, height, width = images.shape
         maps = self.saliency.maps(model, images)
-        return checked(maps, component("saliency", self.names[0]), (n, None, height, width), "maps")
+        return checked(maps, self._who[0], (n, None, height, width), "maps")
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         scores = self.scorer.score(self.maps(model, images))
-        return checked(scores, component("score", self.names[1]), (len(images),), "scores")
+        return checked(scores, self._who[1], (len(images),), "scores")
