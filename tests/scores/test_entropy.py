@@ -149,6 +149,8 @@ def test_score_is_the_mean_of_the_map_of_the_gray_conversion(size, channels, dty
     assert scores.shape == (4,)
     torch.testing.assert_close(scores, expected_map.mean(dim=(1, 2)))
     assert 0 <= scores[1] < 1e-12 and (scores[[0, 2, 3]] > 1).all()
+    assert not scores.is_inference()  # computed in inference mode, but callers may modify it
+    scores.add_(1)
 
 
 @pytest.mark.parametrize("shape", [(3, 1, 1, 1), (3, 1, 1, 7), (2, 3, 5, 3), (2, 1, 0, 4)])

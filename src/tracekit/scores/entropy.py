@@ -297,9 +297,9 @@ class LocalEntropy:
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Mean local entropy per map, `Tensor[N]` (float64)."""
-        # In inference mode: each op skips autograd's dispatch and bookkeeping, which nothing
-        # here needs (measured: the score 5% faster right after a backward pass on a CPU). The
-        # mean is copied out of it, so callers get an ordinary tensor they may modify.
+        # The map in inference mode: each op skips autograd's dispatch and bookkeeping, which
+        # nothing here needs (measured: the score 5% faster right after a backward pass on a
+        # CPU). Its mean, taken outside, is an ordinary tensor that callers may modify.
         with torch.inference_mode():
-            mean = self.map(maps).mean(dim=(1, 2))
-        return mean.clone()
+            entropy = self.map(maps)
+        return entropy.mean(dim=(1, 2))
