@@ -31,9 +31,20 @@ def component_label(component: Mapping[str, Any]) -> str:
     return str(component.get("label") or component["name"])
 
 
-def _device(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-        raise ValueError(f"device is auto, cpu, cuda, cuda:N or mps, got {value!r}")
+# Apple's MPS backend has no float64, in which the gray conversion, the entropies and several
+# detectors compute: refused up front rather than failing at the first score.
+MPS_UNSUPPORTED = (
+    "device 'mps' is not supported: the gray conversion, the entropies and several detectors "
+    "compute in float64, which Apple's MPS backend lacks; use cpu (auto picks it on a Mac)"
+)
+
+
+def check_device(value: str) -> str:
+    """`value` if it names a device tracekit runs on (auto, cpu, cuda, cuda:N), else ValueError."""
+    if value == "mps":
+        raise ValueError(MPS_UNSUPPORTED)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ValueError(f"device is auto, cpu, cuda or cuda:N, got {value!r}")
     return value
 
 
@@ -76,7 +87,7 @@ class Spec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     seed: int = Field(0, ge=0, le=2**63 - 1)  # torch takes 64-bit seeds
-    device: Annotated[str, AfterValidator(_device)] = "auto"
+    device: Annotated[str, AfterValidator(check_device)] = "auto"
     model: Component
     data: Component
     attacks: list[Component] = Field(min_length=1)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import torch
 
 from ..errors import TracekitError
+from ..spec import check_device
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` | `cpu` | `cuda` | `cuda:N` | `mps` -> an available `torch.device`."""
+    """`auto` | `cpu` | `cuda` | `cuda:N` -> an available `torch.device`."""
+    try:
+        check_device(name)
+    except ValueError as exc:
+        raise TracekitError(str(exc)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
@@ -23,6 +28,4 @@ def resolve_device(name: str) -> torch.device:
                 f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
                 f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
             )
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise TracekitError("device 'mps' requested but MPS is not available; use --device cpu (or auto)")
     return torch.device(name)
