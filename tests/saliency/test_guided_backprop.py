@@ -133,6 +133,21 @@ def test_a_model_hiding_a_relu_in_an_in_place_op_on_a_view_is_run_under_the_mode
     assert len(forwards) == 5  # one forward a batch where every ReLU's node is in reach
 
 
+class Unhashable(HalfReLU):
+    def __eq__(self, other: object) -> bool:  # and so no __hash__
+        return self is other
+
+
+@pytest.mark.parametrize("in_place_on_view", [False, True])
+def test_an_unhashable_model(in_place_on_view: bool) -> None:
+    model = seeded(lambda: Unhashable(in_place_on_view))
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for _ in range(2):
+        maps = guided_backprop().maps(model, images)
+    model.in_place_on_view = not in_place_on_view  # the same function
+    assert torch.equal(maps, guided_backprop().maps(model, images))
+
+
 class ReLUElsewhere(nn.Module):
     """FunctionalNet's function, its ReLU called as `torch.ops.aten.relu` or on another thread."""
 

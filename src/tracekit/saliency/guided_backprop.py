@@ -100,8 +100,14 @@ class GuidedReLUMode(TorchFunctionMode):
 
 
 # Models whose graphs hid ReLUs inside in-place ops on views: their maps are computed under the
-# mode at once (a cache: either way gives the same maps).
-_INTERCEPTED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+# mode at once (a cache: either way gives the same maps). Keyed by id, not by the model, which may
+# be unhashable (a class with `__eq__`); the weak reference tells a reused id apart.
+_INTERCEPTED: dict[int, weakref.ref[nn.Module]] = {}
+
+
+def _intercepted(model: nn.Module) -> bool:
+    known = _INTERCEPTED.get(id(model))
+    return known is not None and known() is model
 
 
 def _relu_nodes(root: torch.autograd.graph.Node | None) -> list[torch.autograd.graph.Node] | None:
@@ -136,13 +142,13 @@ class GuidedBackprop:
         with torch.inference_mode(False), torch.enable_grad():
             x = (images.clone() if images.is_inference() else images.detach()).requires_grad_(True)
             relus = None
-            if model not in _INTERCEPTED:
+            if not _intercepted(model):
                 logits = model(x.clone())
                 target = target_classes(logits, target, "guided-backprop", type(model).__name__)
                 selected = logits.gather(1, target[:, None]).sum()
                 relus = _relu_nodes(selected.grad_fn)
                 if relus is None:
-                    _INTERCEPTED.add(model)
+                    _INTERCEPTED[id(model)] = weakref.ref(model)
             if relus is None:
                 with GuidedReLUMode() as mode:
                     logits = model(x.clone())
