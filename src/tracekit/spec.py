@@ -31,18 +31,15 @@ def component_label(component: Mapping[str, Any]) -> str:
     return str(component.get("label") or component["name"])
 
 
-# Apple's MPS backend has no float64, in which the gray conversion, the entropies and several
-# detectors compute: refused up front rather than failing at the first score.
-MPS_UNSUPPORTED = (
-    "device 'mps' is not supported: the gray conversion, the entropies and several detectors "
-    "compute in float64, which Apple's MPS backend lacks; use cpu (auto picks it on a Mac)"
-)
-
-
 def check_device(value: str) -> str:
-    """`value` if it names a device tracekit runs on (auto, cpu, cuda, cuda:N), else ValueError."""
+    """`value` if it names a device tracekit runs on (auto, cpu, cuda, cuda:N), else ValueError.
+    Apple's MPS backend has no float64, in which the gray conversion, the entropies and several
+    detectors compute: refused up front rather than failing at the first score."""
     if value == "mps":
-        raise ValueError(MPS_UNSUPPORTED)
+        raise ValueError(
+            "device 'mps' is not supported: the gray conversion, the entropies and several detectors "
+            "compute in float64, which Apple's MPS backend lacks; use cpu (auto picks it on a Mac)"
+        )
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise ValueError(f"device is auto, cpu, cuda or cuda:N, got {value!r}")
     return value

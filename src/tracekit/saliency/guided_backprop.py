@@ -130,6 +130,12 @@ def _relu_nodes(root: torch.autograd.graph.Node | None) -> list[torch.autograd.g
     return relus
 
 
+def _target_logits(logits: Any, target: torch.Tensor | None, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sum of each image's logit for its target class (checked; None = predicted), and the targets."""
+    target = target_classes(logits, target, "guided-backprop", type(model).__name__)
+    return logits.gather(1, target[:, None]).sum(), target
+
+
 class GuidedBackprop:
     """Guided-backpropagation maps of a classifier's logits, batched, on the images' device."""
 
@@ -143,17 +149,14 @@ class GuidedBackprop:
             x = (images.clone() if images.is_inference() else images.detach()).requires_grad_(True)
             relus = None
             if not _intercepted(model):
-                logits = model(x.clone())
-                target = target_classes(logits, target, "guided-backprop", type(model).__name__)
-                selected = logits.gather(1, target[:, None]).sum()
+                selected, target = _target_logits(model(x.clone()), target, model)
                 relus = _relu_nodes(selected.grad_fn)
                 if relus is None:
                     _INTERCEPTED[id(model)] = weakref.ref(model)
             if relus is None:
                 with GuidedReLUMode() as mode:
                     logits = model(x.clone())
-                target = target_classes(logits, target, "guided-backprop", type(model).__name__)
-                selected = logits.gather(1, target[:, None]).sum()
+                selected, target = _target_logits(logits, target, model)
                 seen = mode.calls
             else:
                 for node in relus:
