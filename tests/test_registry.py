@@ -7,9 +7,17 @@ from tracekit.errors import PluginError, SpecError, UnknownComponentError
 from tracekit.registry import Registry
 
 
+class _FakeAttack:
+    def __init__(self, eps: float, steps: int, norm: str) -> None:
+        self.params = (eps, steps, norm)
+
+    def generate(self, model, images, labels):
+        return images
+
+
 def _attack(eps: Annotated[float, Field(gt=0, le=1)] = 0.1, steps: int = 10, norm: str = "inf"):
     """A fake attack."""
-    return ("attack", eps, steps, norm)
+    return _FakeAttack(eps, steps, norm)
 
 
 @pytest.fixture
@@ -26,7 +34,7 @@ def test_resolve_fills_defaults_and_coerces(reg):
 
 
 def test_create_builds_with_params(reg):
-    assert reg.create("fake-pgd", eps=0.5) == ("attack", 0.5, 10, "inf")
+    assert reg.create("fake-pgd", eps=0.5).params == (0.5, 10, "inf")
 
 
 def test_duplicate_names_refused(reg):

@@ -3,9 +3,10 @@
 `run` writes `detector.json` into the run directory (format, model, detector, calibrated
 threshold, target FPR, device) and, for a detector that learns (`StatefulDetector`: LID,
 Mahalanobis, KD+BU), `detector_state.pt` with what it learned; `compare` writes the same for
-each of its detectors under `detectors/<NN>-<label>/`. `load_run` rebuilds the model and the
-fitted detector from them. An image is flagged `adversarial` when its score is above the
-threshold (as in calibration).
+each of its detectors under `detectors/<NN>-<label>/`. `load_run` rebuilds the fitted detector
+and the run context (`tracekit.engine.context.build_context`, as a run and its workers build it)
+from them. An image is flagged `adversarial` when its score is above the threshold (as in
+calibration).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,7 +22,12 @@ from .bounded import read_json
 from .compute import Compute
 from .errors import TracekitError, did_you_mean
 from .images import ImageInput, read_inputs
+from .layout import DETECTOR, DETECTORS, RunLayout
 from .protocols import Detector, LoadedModel, StatefulDetector
+from .spec import Spec
+
+if TYPE_CHECKING:
+    from .engine.context import RunContext
 
 BATCH_SIZE = 64
 HOW_TO_FIX = "re-run its spec with `tracekit run` to write a current run directory"
@@ -29,12 +35,21 @@ HOW_TO_FIX = "re-run its spec with `tracekit run` to write a current run directo
 
 @dataclass
 class ScoringSetup:
-    """A model and a detector ready to score images, with a threshold where one was calibrated."""
+    """A run context (its model) and a detector ready to score images, with a threshold where one
+    was calibrated."""
 
-    model: LoadedModel
+    context: RunContext
     detector: Detector
-    device: torch.device
+    detector_cfg: dict[str, Any]  # its resolved spec
     threshold: float | None = None
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.context.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
 
     def evaluate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(predicted class [N], softmax probabilities [N,K], scores [N] float64)` of `images`."""
@@ -66,18 +81,29 @@ class ScoringSetup:
         return out
 
 
-def build_setup(model_cfg: dict[str, Any], detector_cfg: dict[str, Any], device: torch.device,
-                threshold: float | None = None, fitted: dict[str, Any] | None = None,
-                compute: Compute | None = None) -> ScoringSetup:
-    """Build the model and the detector of resolved component specs; `fitted`: the detector's
-    learned state (`StatefulDetector.state_dict()`), which a detector that learns needs;
-    `compute`: the run's compute settings (its model scores as it did in the run)."""
-    from .compute import apply as apply_compute
-    from .engine.context import build
+def scoring_spec(
+    model_cfg: dict[str, Any], detector_cfg: dict[str, Any], compute: Compute | None = None, device: str = "auto"
+) -> Spec:
+    """The spec of scoring single images with a model and a detector (resolved component specs,
+    checked again when they are built): no data and no attacks, which scoring never builds."""
+    return Spec.model_construct(
+        name="detect", model=model_cfg, data={}, attacks=[], detector=detector_cfg, compute=compute or Compute(),
+        device=device,
+    )
 
-    model: LoadedModel = build("model", model_cfg)
-    model.module.to(device).eval()
-    apply_compute(model.module, compute or Compute(), device)
+
+def build_setup(
+    spec: Spec, detector_cfg: dict[str, Any], device: torch.device, threshold: float | None = None,
+    fitted: dict[str, Any] | None = None,
+) -> ScoringSetup:
+    """The run context of `spec` (its model, as `compute:` says) and the detector of
+    `detector_cfg`; `fitted`: the detector's learned state (`StatefulDetector.state_dict()`),
+    which a detector that learns needs."""
+    from .engine.context import build, build_context
+    from .plugins import registry
+
+    context = build_context(spec, device)
+    detector_cfg = registry("detector").resolve(detector_cfg, "detector")
     detector: Detector = build("detector", detector_cfg)
     if isinstance(detector, StatefulDetector) and fitted is not None:
         try:
@@ -92,7 +118,7 @@ def build_setup(model_cfg: dict[str, Any], detector_cfg: dict[str, Any], device:
             f"detector '{detector_cfg.get('name')}' learns from data, so it scores images only as fitted in a run; "
             "give a run directory (written by `tracekit run`) instead of a spec"
         )
-    return ScoringSetup(model, detector, device, threshold)
+    return ScoringSetup(context, detector, detector_cfg, threshold)
 
 
 def read_fitted(run_dir: Path, state: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
@@ -120,14 +146,12 @@ def _label(state: dict[str, Any]) -> str:
 def find_detector(run_dir: str | Path, detector: str | None = None) -> tuple[Path, dict[str, Any]]:
     """The directory whose `detector.json` to use, and that file read: a run's own, or its detector
     `detector` when `run_dir` is a comparison (`tracekit compare SPEC`), which keeps one per detector."""
-    from .engine.rundir import DETECTORS_DIR
-
     path = Path(run_dir)
     if not path.exists():
         raise TracekitError(f"run directory {path} does not exist; give a directory written by `tracekit run`")
     if not path.is_dir():
         raise TracekitError(f"{path} is not a directory; give a run directory written by `tracekit run`")
-    if (path / "detector.json").is_file():
+    if RunLayout(path).detector.is_file():
         state = read_state(path)
         if detector not in (None, _label(state)):
             raise TracekitError(
@@ -135,7 +159,7 @@ def find_detector(run_dir: str | Path, detector: str | None = None) -> tuple[Pat
             )
         return path, state
     compared = {}
-    for state_file in sorted((path / DETECTORS_DIR).glob("*/detector.json")):
+    for state_file in sorted((path / DETECTORS).glob(f"*/{DETECTOR}")):
         state = read_state(state_file.parent)
         compared[_label(state)] = (state_file.parent, state)
     if not compared:
@@ -155,7 +179,7 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
     from .engine.rundir import DETECTOR_FORMAT
 
     path = Path(run_dir)
-    state_file = path / "detector.json"
+    state_file = RunLayout(path).detector
     if not state_file.is_file():
         raise TracekitError(
             f"{path} has no detector.json: not a run directory, or one from an older tracekit; {HOW_TO_FIX}"
@@ -193,14 +217,13 @@ def load_run(run_dir: str | Path, device: str | None = None, detector: str | Non
     fitted = read_fitted(run_dir, state, dev)
     try:
         compute = Compute.model_validate(state.get("compute") or {})
-        setup = build_setup(state["model"], state["detector"], dev, float(state["threshold"]), fitted, compute)
+        spec = scoring_spec(state["model"], state["detector"], compute)
+        setup = build_setup(spec, state["detector"], dev, float(state["threshold"]), fitted)
     except TracekitError as exc:
         raise TracekitError(f"run directory {run_dir}: {exc}") from None
     expected = state.get("model_fingerprint")
     if expected:
-        from .engine.attack_cache import model_fingerprint
-
-        if model_fingerprint(setup.model.module) != expected:
+        if setup.context.fingerprint != expected:
             raise TracekitError(
                 f"run directory {run_dir}: the model rebuilt from its spec is not the one the run used "
                 "(its weights changed since); its threshold does not apply to this model"

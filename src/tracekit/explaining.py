@@ -25,14 +25,15 @@ def load_setup(model: Any = None, device: str | None = None, detector: str | Non
     """`model`: None (the embedded digits-cnn with the feature-response detector), a run
     directory (its model, fitted detector and threshold; a comparison's detector `detector`), or
     a spec (path, dict or `Spec`)."""
-    from .detecting import build_setup, load_run
+    from .detecting import build_setup, load_run, scoring_spec
     from .engine.device import resolve_device
     from .engine.run import as_spec
 
     if detector is not None and model is None:
         raise TracekitError("--detector picks a detector of a comparison (spec or directory); give one with --model")
     if model is None:
-        return build_setup(DEFAULT_MODEL, DEFAULT_DETECTOR, resolve_device(device or "auto"))
+        spec = scoring_spec(DEFAULT_MODEL, DEFAULT_DETECTOR)
+        return build_setup(spec, DEFAULT_DETECTOR, resolve_device(device or "auto"))
     if isinstance(model, (str, Path)):
         path = Path(model)
         if path.is_dir():
@@ -40,7 +41,7 @@ def load_setup(model: Any = None, device: str | None = None, detector: str | Non
         if not path.exists():
             raise TracekitError(f"model {str(model)!r}: no such spec file or run directory")
     spec = as_spec(model)
-    return build_setup(spec.model, _spec_detector(spec, detector), resolve_device(device or spec.device), compute=spec.compute)
+    return build_setup(spec, _spec_detector(spec, detector), resolve_device(device or spec.device))
 
 
 def _spec_detector(spec: Any, label: str | None) -> dict[str, Any]:
@@ -78,7 +79,10 @@ def _explain(
     images: Any, model: Any, out: str | Path | None, device: str | None, detector: str | None
 ) -> list[dict[str, Any]]:
     from .images import read_inputs
-    from .report.figures import explain_panel, feature_maps, file_stem
+    import torch
+
+    from .engine.summary import map_title, pictures
+    from .report.figures import Pictures, explain_panel, file_stem
 
     setup = load_setup(model, device, detector)
     inputs = read_inputs(images, setup.model)
@@ -91,10 +95,12 @@ def _explain(
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TracekitError(f"cannot create the output directory {out_dir}: {exc.strerror}") from None
-        maps = feature_maps(setup.detector, setup.model.module, [item.image for item, _ in readable], setup.device)
+        images = torch.stack([item.image for item, _ in readable])
+        drawn = pictures(setup.detector, setup.model.module, images, setup.device)
+        shown = None if drawn is None else Pictures(drawn[0], drawn[1], map_title(setup.detector_cfg))
         for i, (item, row) in enumerate(readable):
             path = out_dir / f"{file_stem(Path(item.name).stem, taken)}.explain.png"
-            explain_panel(path, item.image, None if maps is None else (maps[0][i], maps[1][i]), row)
+            explain_panel(path, item.image.numpy(), None if shown is None else shown.part(slice(i, i + 1)), row)
             row["panel"] = str(path)
     for row in results:
         row.setdefault("panel", None)

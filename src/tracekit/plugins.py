@@ -3,23 +3,31 @@
 Built-ins are registered through the same entry-point group as third-party plugins (see
 tracekit's own pyproject). A plugin that fails to import, or whose hook raises, is recorded
 with its error (`tracekit plugins` shows it) and never stops the others from loading.
+
+`TRACEKIT_LOAD_PLUGINS`, when set, names the third-party plugins to load (comma-separated
+distribution or entry-point names; empty: none), so that a run can be reproduced, or a broken
+plugin kept out, without uninstalling anything. tracekit's built-ins always load.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata as metadata
+import os
+import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, closest
 from .registry import KINDS, Registry
 
 GROUP = "tracekit"
+LOAD_PLUGINS = "TRACEKIT_LOAD_PLUGINS"
 hookimpl = pluggy.HookimplMarker("tracekit")
 
 
@@ -40,6 +48,7 @@ class _State:
     pm: pluggy.PluginManager
     registries: dict[str, Registry]
     plugins: list[PluginInfo]
+    selection: str  # a note of the installed plugins TRACEKIT_LOAD_PLUGINS leaves out, if it does
 
 
 _lock = threading.Lock()
@@ -58,13 +67,48 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return out
 
 
+def _normalized(name: str) -> str:
+    """A distribution or entry-point name as packaging compares them: `Tracekit_GradCAM` is `tracekit-gradcam`."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def _selected(entry_points: list[metadata.EntryPoint]) -> tuple[list[metadata.EntryPoint], str]:
+    """The entry points to load: tracekit's own, and the third parties' that `TRACEKIT_LOAD_PLUGINS`
+    names (all of them when it is unset); and a note of those it leaves out. A name in it that no
+    installed plugin has is warned about, with the closest installed ones."""
+    value = os.environ.get(LOAD_PLUGINS)
+    if value is None:
+        return entry_points, ""
+    wanted = {_normalized(n) for n in value.split(",") if n.strip()}
+    known: set[str] = set()  # every name in the group: naming one of tracekit's own is harmless
+    third_party: set[str] = set()  # as installed, for suggestions
+    chosen, left_out = [], []
+    for ep in entry_points:
+        dist = ep.dist.name if ep.dist else "<unknown>"
+        names = {_normalized(dist), _normalized(ep.name)}
+        known |= names
+        if dist == "tracekit" or wanted & names:
+            chosen.append(ep)
+        else:
+            left_out.append(f"{ep.name} ({dist})")
+        if dist != "tracekit":
+            third_party |= {dist, ep.name}
+    for name in sorted(wanted - known):
+        hits = closest(name, sorted(third_party))
+        hint = f"did you mean {' or '.join(map(repr, hits))}?" if hits else "`tracekit plugins` lists what is installed"
+        warnings.warn(f"{LOAD_PLUGINS}: no installed tracekit plugin is called '{name}' ({hint})", stacklevel=2)
+    note = f"{LOAD_PLUGINS}={value!r} leaves out {len(left_out)} installed plugin(s): {', '.join(left_out)}"
+    return chosen, note if left_out else ""
+
+
 def _load() -> _State:
     pm = pluggy.PluginManager("tracekit")
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
 
+    entry_points, selection = _selected(_entry_points())
     candidates: list[tuple[str, str, str, str, Any]] = []  # name, dist, version, module, loader
-    for ep in _entry_points():
+    for ep in entry_points:
         dist = ep.dist.name if ep.dist else "<unknown>"
         version = ep.dist.version if ep.dist else ""
         candidates.append((ep.name, dist, version, ep.value, ep.load))
@@ -107,7 +151,7 @@ def _load() -> _State:
                 raise
             except BaseException as exc:
                 info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
-    return _State(pm, registries, sorted(infos.values(), key=lambda i: (i.distribution, i.name)))
+    return _State(pm, registries, sorted(infos.values(), key=lambda i: (i.distribution, i.name)), selection)
 
 
 def _get() -> _State:
@@ -144,6 +188,11 @@ def failure_note() -> str:
         return ""
     names = ", ".join(f"{p.name} ({p.distribution})" for p in broken[:5]) + (", ..." if len(broken) > 5 else "")
     return f"{len(broken)} plugin(s) failed to load: {names}; `tracekit plugins` shows why"
+
+
+def selection_note() -> str:
+    """One line naming the installed plugins that `TRACEKIT_LOAD_PLUGINS` leaves out (empty when none)."""
+    return _get().selection
 
 
 def register_plugin(plugin: Any, name: str) -> None:

@@ -1,4 +1,5 @@
-"""The one small Protocol of each component kind, and the loaded-model record.
+"""The one small Protocol of each component kind, and the loaded-model record (the executor's
+contract, `Executor` and the types it works with, is in `tracekit.executing`).
 
 Everything works in [0, 1] pixel space: models fold their normalization into the module, so
 attacks, saliency methods and detectors never see normalized tensors.
@@ -8,14 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from .engine.context import Context, Done, Job, Stage
-    from .engine.reading import Chunk
 
 
 @dataclass
@@ -143,14 +140,24 @@ class Saliency(Protocol):
 
 @runtime_checkable
 class Score(Protocol):
-    """One number per map, higher = more likely adversarial (optionally `map` for pictures)."""
+    """One number per map, higher = more likely adversarial. Optional capability: `ScoreMap`."""
 
     def score(self, maps: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable
+class ScoreMap(Score, Protocol):
+    """Optional capability of a score: `map(maps) -> Tensor[N,H,W]`, the per-pixel picture of what
+    it scores (the local entropy of every neighbourhood, for the mean local entropy); the report
+    draws it beside each example's feature response."""
+
+    def map(self, maps: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Detector(Protocol):
-    """Fits on clean (and optionally adversarial) images, then scores images."""
+    """Fits on clean (and optionally adversarial) images, then scores images. Optional
+    capabilities: `MapsDetector`, `StatefulDetector`."""
 
     needs_adversarial_fit: bool
 
@@ -165,6 +172,18 @@ class Detector(Protocol):
 
 
 @runtime_checkable
+class MapsDetector(Detector, Protocol):
+    """Optional capability of a detector that scores feature response maps (the paper's):
+    `maps(model, images) -> Tensor[N,C,H,W]`, its maps of the images, and `score_map(maps)`, the
+    per-pixel picture of its score (`ScoreMap.map` of its score, None when the score has none).
+    A run stores both for its example images, so the report draws them without the model."""
+
+    def maps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor: ...
+
+    def score_map(self, maps: torch.Tensor) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
 class StatefulDetector(Detector, Protocol):
     """A detector that learns in `fit` and can hand over what it learned, so that `tracekit detect`
     scores new images with the run's fitted detector (saved as `detector_state.pt`, loaded with
@@ -173,39 +192,3 @@ class StatefulDetector(Detector, Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-@runtime_checkable
-class Shared(Protocol):
-    """A value handed to an executor's workers (a fitted detector): `get()` returns it there."""
-
-    def get(self) -> Any: ...
-
-
-@runtime_checkable
-class Executor(Protocol):
-    """Decides where the per-image stages of a run happen; the driver keeps the global steps
-    (split bookkeeping, detector fit, calibration, metrics, report).
-
-    `open()` comes first, before any work: connect to the compute, fail fast if it cannot be
-    reached. `start(job, here)` is called once per run: `job` is what a worker needs to build its own
-    `Context` (`tracekit.engine.context.build_context(job)`), `here` the driver's context, for an
-    executor that works in this process. `map(stage, pieces)` runs `stage.run(context, shard)`
-    for shards of `pieces` (named chunks of images) and yields a `Done` per finished shard, in
-    any order; a shard may be retried (its results are files written atomically per chunk).
-    On `KeyboardInterrupt` it stops its workers' work and re-raises. `share(value)` makes a
-    value (a fitted detector) available to the workers. `close()` releases the workers.
-    `info` is what the run's provenance records about the executor.
-    """
-
-    info: dict[str, Any]
-
-    def open(self) -> None: ...
-
-    def start(self, job: Job, here: Context) -> None: ...
-
-    def share(self, value: Any) -> Shared: ...
-
-    def map(self, stage: Stage, pieces: list[Chunk]) -> Iterator[Done]: ...
-
-    def close(self) -> None: ...

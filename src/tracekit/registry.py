@@ -168,11 +168,17 @@ class Registry:
         return out
 
     def create(self, name: str, **params: Any) -> Any:
-        """Build the component `name` with validated `params`."""
+        """Build the component `name` with validated `params`; what it builds is checked against
+        its kind's Protocol here, where a broken plugin can be named (`tracekit.contracts`)."""
+        from .contracts import check  # imports torch: building does anyway, listing and validating must not
+
         resolved = self.resolve({"name": name, **params}, where=f"{self.kind} '{name}'")
         resolved.pop("name")
         resolved.pop("label", None)
-        return self.get(name).factory(**resolved)
+        entry = self.get(name)
+        built = entry.factory(**resolved)
+        check(entry, built)
+        return built
 
 
 def component_spec(kind: str, default: str) -> Any:

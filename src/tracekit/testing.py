@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .hookspecs import Register
+from .hookspecs import Components, Register
 from .plugins import hookimpl
 from .protocols import LoadedModel
 
@@ -118,21 +118,30 @@ class MeanAbs:
         return maps.abs().sum(1)
 
 
+# The testing plugin's components, registered where they are defined (as a plugin's would be).
+_models, _datasets = Components("model"), Components("dataset")
+_attacks, _scores = Components("attack"), Components("score")
+
+
+@_models.register("tiny-cnn")
 def _tiny_cnn(channels: int = 1, size: int = 16, num_classes: int = 3, seed: int = 0) -> LoadedModel:
     """A tiny random CNN (tests only)."""
     return tiny_model(channels, size, num_classes, seed)
 
 
+@_datasets.register("random-images")
 def _random_images(n: Annotated[int, Field(gt=0)] = 32, seed: int = 0) -> RandomImages:
     """Uniform-noise images labelled by the model (tests only)."""
     return RandomImages(n, seed)
 
 
+@_attacks.register("sign-noise")
 def _sign_noise(eps: Annotated[float, Field(gt=0, le=1)] = 0.1, seed: int = 0) -> SignNoise:
     """Random sign noise of size eps (tests only)."""
     return SignNoise(eps, seed)
 
 
+@_scores.register("mean-abs")
 def _mean_abs() -> MeanAbs:
     """Mean absolute map value (tests only)."""
     return MeanAbs()
@@ -141,19 +150,19 @@ def _mean_abs() -> MeanAbs:
 class _TestingPlugin:
     @hookimpl
     def tracekit_register_models(self, register: Register) -> None:
-        register("tiny-cnn", _tiny_cnn)
+        _models.into(register)
 
     @hookimpl
     def tracekit_register_datasets(self, register: Register) -> None:
-        register("random-images", _random_images)
+        _datasets.into(register)
 
     @hookimpl
     def tracekit_register_attacks(self, register: Register) -> None:
-        register("sign-noise", _sign_noise)
+        _attacks.into(register)
 
     @hookimpl
     def tracekit_register_scores(self, register: Register) -> None:
-        register("mean-abs", _mean_abs)
+        _scores.into(register)
 
 
 testing_plugin = _TestingPlugin()

@@ -80,9 +80,11 @@ def clean_test_images(result, uint8_images):
 
 def saved_adversarials(result):
     """`(attack, ids, adversarials)` of the test images the run kept for its report."""
-    saved = torch.load(result.out_dir / "examples.pt", weights_only=True)
+    from tracekit.report.rundata import read_run
+
+    saved, _, _ = read_run(result.out_dir).examples()
     attack, entry = next(iter(saved.items()))
-    return attack, entry["ids"], entry["adversarial"]
+    return attack, entry.ids, torch.from_numpy(entry.adversarial)
 
 
 def clean_rows(result):

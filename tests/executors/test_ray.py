@@ -199,12 +199,13 @@ def test_ray_not_installed_names_the_extra(monkeypatch):
 
 
 def test_a_worker_that_cannot_see_the_run_directory_names_it(tmp_path):
-    from tracekit.engine.context import Job, build_context
+    from tracekit.engine.context import worker_context
+    from tracekit.executing import Job
     from tracekit.spec import validate_spec
 
-    job = Job(validate_spec(spec()), tmp_path / "elsewhere", tmp_path, "model-fingerprint", "stage-key", 1)
+    job = Job(validate_spec(spec()), tmp_path / "elsewhere", tmp_path, "model-fingerprint", "stage-key", 1, worker_context)
     with pytest.raises(TracekitError, match=rf"cannot see the run directory {tmp_path / 'elsewhere'}.*shared file system"):
-        build_context(job)
+        job.context()
 
 
 def test_a_workers_error_stops_the_run_with_its_message(cluster, tmp_path):

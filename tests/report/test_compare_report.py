@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from tracekit import hookimpl, plugins
 from tracekit import compare
-from tracekit.engine.summary import scores_of_test_part
+from tracekit.report.rundata import scores_of_test_part
 from tracekit.testing import testing_plugin
 
 EVIL_LABEL = '<b>&"x'

@@ -16,7 +16,7 @@ from tracekit import plugins
 from tracekit import run
 from tracekit.hookspecs import Register
 from tracekit.plugins import hookimpl
-from tracekit.report.figures import example_figure, feature_maps, write_figures
+from tracekit.report.figures import example_figure, write_figures
 from tracekit.report.html import render_report
 from tracekit.report.rundata import read_run
 from tracekit.scores import local_entropy_map, to_gray_u8
@@ -85,7 +85,7 @@ def figures(result, tmp_path_factory):
 def test_example_panels_show_test_images_successful_first_with_run_scores(result, figures):
     import pandas as pd
 
-    from tracekit.engine.summary import scores_of_test_part
+    from tracekit.report.rundata import scores_of_test_part
 
     run_dir, figures = figures
     clean = pd.read_parquet(run_dir / "tables" / "clean")
@@ -106,30 +106,30 @@ def test_example_panels_show_test_images_successful_first_with_run_scores(result
             assert e.label in EVIL_CLASSES and e.adv_class in EVIL_CLASSES
 
 
-def test_feature_maps_are_the_default_gray_conversion_and_local_entropy(result):
-    setup = read_run(result.out_dir).setup()
-    images = next(iter(read_run(result.out_dir).examples().values()))["original"]
-    gray, entropy = feature_maps(setup.detector, setup.model.module, images, setup.device)
-    expected_gray = to_gray_u8(setup.detector.maps(setup.model.module, images))
-    assert torch.equal(gray, expected_gray)
-    assert torch.equal(entropy, local_entropy_map(expected_gray))
+def test_stored_pictures_are_the_default_gray_conversion_and_the_scores_map(result):
+    """The run stores each example's gray map (tracekit's default conversion) and the map of its
+    configured score, computed with the run's model and detector."""
+    from tracekit.detecting import load_run
+
+    setup = load_run(result.out_dir)
+    saved, _, title = read_run(result.out_dir).examples()
+    example = next(iter(saved.values()))
+    images = torch.from_numpy(np.concatenate([example.original, example.adversarial]))
+    maps = setup.detector.maps(setup.model.module, images)
+    expected_gray = to_gray_u8(maps)
+    assert np.array_equal(example.gray, expected_gray.numpy())
+    assert np.array_equal(example.score_map, local_entropy_map(expected_gray).float().numpy())
+    assert title == "local-entropy map (size 3)"
 
 
 def test_detector_without_maps_gets_no_map_panels(result, figures, tmp_path, png_stats):
-    class ScoreOnly:
-        needs_adversarial_fit = False
-
-        def score(self, model, images):
-            return images.mean((1, 2, 3))
-
     run = read_run(result.out_dir)
-    setup, saved = run.setup(), run.examples()
+    saved, _, _ = run.examples()
     figures_dir, figures = figures
     entry = figures["examples"][0]
     example = saved[entry["attack"]]
-    assert feature_maps(ScoreOnly(), setup.model.module, example["original"][:2], setup.device) is None
-    order = [example["ids"].index(e.sample_id) for e in entry["examples"]]
-    example_figure(tmp_path / "without.png", "no maps", example["original"][order], example["adversarial"][order],
+    order = [example.ids.index(e.sample_id) for e in entry["examples"]]
+    example_figure(tmp_path / "without.png", "no maps", example.original[order], example.adversarial[order],
                    entry["examples"], result.metrics["threshold"], None)  # fmt: skip
     (w_without, _), (w_with, _) = (Image.open(path).size for path in (tmp_path / "without.png", figures_dir / entry["file"]))
     assert w_without < 0.6 * w_with  # 3 columns instead of 7

@@ -1,6 +1,7 @@
-"""The built-in attacks' factories: each one's parameters (its signature, checked when a spec
-loads) and summary. This module stays light: a factory imports its attack (torch, ART) in its
-body, so that `tracekit validate` and `tracekit plugins` never import torch.
+"""The built-in attacks' factories, each registered under its name where it is defined
+(`@attacks.register`): its parameters (its signature, checked when a spec loads) and summary. This
+module stays light: a factory imports its attack (torch, ART) in its body, so that
+`tracekit validate` and `tracekit plugins` never import torch.
 
 Also home of `Norm` and `Eps`, the perturbation-norm parameters shared by `pgd`, `autoattack` and
 `adaptive-entropy`.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
 
 from ..errors import TracekitError
+from ..hookspecs import Components
 from ..scores.factories import DEFAULT_BETA, DEFAULT_SIGMA
 
 if TYPE_CHECKING:
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from .fast_gradient import FastGradient
     from .native import NativeFastGradient
     from .pixel import OnePixel
+
+attacks = Components("attack")
 
 
 def _norm(value: object) -> object:
@@ -66,6 +70,7 @@ def _not_with_minimal(count: int, info: ValidationInfo) -> int:
 RandomInits = Annotated[int, Field(ge=0), AfterValidator(_not_with_minimal)]
 
 
+@attacks.register("fgsm")
 def fgsm(
     eps: Annotated[float, Field(gt=0, le=1)] = 0.1,
     minimal: bool = False,
@@ -80,6 +85,7 @@ def fgsm(
     return fast_gradient_attack(math.inf, eps, minimal, eps_step, num_random_init, batch_size, backend)
 
 
+@attacks.register("gradient")
 def gradient(
     eps: Annotated[float, Field(gt=0)] = 1.0,
     minimal: bool = False,
@@ -94,6 +100,7 @@ def gradient(
     return fast_gradient_attack(2.0, eps, minimal, eps_step, num_random_init, batch_size, backend)
 
 
+@attacks.register("pixel")
 def pixel(
     pixels: Annotated[int, Field(gt=0)] = 1,
     max_iter: Annotated[int, Field(gt=0)] = 100,
@@ -123,6 +130,7 @@ def pixel(
     return OnePixel(pixels, max_iter, 0 if es == "cma-es" else 1, stop_probability, scale)
 
 
+@attacks.register("deepfool")
 def deepfool(
     max_iter: Annotated[int, Field(gt=0)] = 100,
     overshoot: Annotated[float, Field(ge=0, le=1)] = 0.02,
@@ -140,6 +148,7 @@ def deepfool(
     return DeepFool(max_iter=max_iter, epsilon=overshoot, nb_grads=nb_grads, batch_size=batch_size)
 
 
+@attacks.register("boundary")
 def boundary(
     delta: Annotated[float, Field(gt=0)] = 0.01,
     epsilon: Annotated[float, Field(gt=0)] = 0.01,
@@ -180,6 +189,7 @@ def boundary(
     )
 
 
+@attacks.register("pgd")
 def pgd(
     norm: Norm = "inf",
     eps: Eps = 0.1,
@@ -214,6 +224,7 @@ def pgd(
     )
 
 
+@attacks.register("cw-l2")
 def cw_l2(
     confidence: Annotated[float, Field(ge=0)] = 0.0,
     learning_rate: Annotated[float, Field(gt=0)] = 0.01,
@@ -239,6 +250,7 @@ def cw_l2(
     )
 
 
+@attacks.register("autoattack")
 def autoattack(
     norm: Norm = "inf",
     eps: Eps = 0.1,
@@ -258,6 +270,7 @@ DEFAULT_LAMBDAS = (0.0, 3.0, 10.0, 30.0)  # on digits-cnn the surrogate's input 
 Lambdas = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1, max_length=8)]
 
 
+@attacks.register("adaptive-entropy")
 def adaptive_entropy(
     norm: Norm = "inf",
     eps: Eps = 0.1,

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..plugins import plugins, registry
+from ..plugins import plugins, registry, selection_note
 from ..registry import KINDS
 from .common import console, err_console, handle_errors
 
@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
     @app.command("plugins")
     @handle_errors
     def plugins_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-        """List installed components of every kind and plugins that failed to load."""
+        """List installed components of every kind, plugins that failed to load, and those that
+        TRACEKIT_LOAD_PLUGINS leaves out."""
         data = listing()
         if as_json:
             typer.echo(json.dumps(data, indent=2))
@@ -56,3 +57,5 @@ def register(app: typer.Typer) -> None:
                     f"[bold red]plugin failed:[/] {escape(p['name'])} ({escape(p['distribution'])}): {escape(p['error'])}",
                     soft_wrap=True,
                 )
+        if selection_note():
+            err_console.print(f"[yellow]note:[/] {escape(selection_note())}", soft_wrap=True)

@@ -12,10 +12,6 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_datasets(register: Register) -> None:
-    from . import factories  # light: each factory imports its dataset (and torch) when called
+    from .factories import datasets  # light: each factory imports its dataset (and torch) when called
 
-    register("digits", factories.digits)
-    register("digit-scenes", factories.digit_scenes)
-    register("imagefolder", factories.imagefolder)
-    register("npz", factories.npz)
-    register("synthetic", factories.synthetic)
+    datasets.into(register)

@@ -1,6 +1,7 @@
-"""The built-in datasets' factories: each one's parameters (its signature, checked when a spec
-loads) and summary. This module stays light: a factory imports its dataset (torch) in its body,
-so that `tracekit validate` and `tracekit plugins` never import torch.
+"""The built-in datasets' factories, each registered under its name where it is defined
+(`@datasets.register`): its parameters (its signature, checked when a spec loads) and summary. This
+module stays light: a factory imports its dataset (torch) in its body, so that `tracekit validate`
+and `tracekit plugins` never import torch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from ..errors import SpecError
+from ..hookspecs import Components
 
 if TYPE_CHECKING:
     from .digits import DigitsDataset
@@ -19,11 +21,14 @@ if TYPE_CHECKING:
     from .scenes import DigitScenes
     from .synthetic import Synthetic
 
+datasets = Components("dataset")
+
 Split = Literal["train", "test", "all"]
 # digit-scenes' defaults (the scenes digit-scenes-cnn is trained on)
 SCENE_SIZE, DIGIT_SIZE, CLUTTER, DISTRACTORS = 48, 16, 0.3, 3
 
 
+@datasets.register("digits")
 def digits(split: Split = "test", limit: Annotated[int, Field(gt=0)] | None = None) -> DigitsDataset:
     """scikit-learn's handwritten digits at 1x32x32 (embedded, no download)."""
     from .digits import DigitsDataset
@@ -31,6 +36,7 @@ def digits(split: Split = "test", limit: Annotated[int, Field(gt=0)] | None = No
     return DigitsDataset(split, limit)
 
 
+@datasets.register("digit-scenes")
 def digit_scenes(
     split: Split = "test",
     limit: Annotated[int, Field(gt=0)] | None = None,
@@ -49,6 +55,7 @@ def digit_scenes(
     return DigitScenes(split, limit, size, digit_size, clutter, distractors, range(copies), seed)
 
 
+@datasets.register("imagefolder")
 def imagefolder(
     root: Path,
     size: Annotated[int, Field(gt=0)] | None = None,
@@ -60,6 +67,7 @@ def imagefolder(
     return ImageFolder(root, size, limit)
 
 
+@datasets.register("npz")
 def npz(
     path: Path,
     limit: Annotated[int, Field(gt=0)] | None = None,
@@ -73,6 +81,7 @@ def npz(
     return NpzImages(path, limit, images_key, labels_key, ids_key)
 
 
+@datasets.register("synthetic")
 def synthetic(
     n: Annotated[int, Field(gt=0)] = 64,
     size: Annotated[int, Field(gt=0)] | None = None,

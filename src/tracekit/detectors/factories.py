@@ -1,6 +1,7 @@
-"""The built-in detectors' factories: each one's parameters (its signature, checked when a spec
-loads) and summary. This module stays light: a factory imports its detector (torch) in its body,
-so that `tracekit validate` and `tracekit plugins` never import torch.
+"""The built-in detectors' factories, each registered under its name where it is defined
+(`@detectors.register`): its parameters (its signature, checked when a spec loads) and summary. This
+module stays light: a factory imports its detector (torch) in its body, so that `tracekit validate`
+and `tracekit plugins` never import torch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import Field
 
 from ..errors import TracekitError
+from ..hookspecs import Components
 from ..registry import component_spec
 
 if TYPE_CHECKING:
@@ -19,10 +21,13 @@ if TYPE_CHECKING:
     from .lid import LocalIntrinsicDimensionality
     from .mahalanobis import Mahalanobis
 
+detectors = Components("detector")
+
 SaliencySpec = component_spec("saliency", "guided-backprop")
 ScoreSpec = component_spec("score", "local-entropy")
 
 
+@detectors.register("feature-response")
 def feature_response(
     saliency: SaliencySpec = {"name": "guided-backprop"},  # noqa: B006 (validated copy)
     score: ScoreSpec = {"name": "local-entropy"},  # noqa: B006
@@ -38,6 +43,7 @@ def feature_response(
     return FeatureResponse(build("saliency", saliency), build("score", score), (saliency["name"], score["name"]))
 
 
+@detectors.register("feature-squeezing")
 def feature_squeezing(
     bits: Annotated[int, Field(ge=1, le=8)] | None = None,
     median_sizes: Annotated[list[Annotated[int, Field(ge=2, le=5)]], Field(max_length=4)] = [2],  # noqa: B006
@@ -48,6 +54,7 @@ def feature_squeezing(
     return FeatureSqueezing(bits, list(median_sizes))
 
 
+@detectors.register("lid")
 def lid(
     layers: Annotated[list[str], Field(min_length=1)] | None = None,
     k: Annotated[int, Field(ge=2)] = 20,
@@ -62,6 +69,7 @@ def lid(
     return LocalIntrinsicDimensionality(None if layers is None else list(layers), k, batch_size, seed)
 
 
+@detectors.register("mahalanobis")
 def mahalanobis(
     layers: Annotated[list[str], Field(min_length=1)] | None = None,
     noise: Annotated[float, Field(ge=0, le=1)] = 0.0014,
@@ -73,6 +81,7 @@ def mahalanobis(
     return Mahalanobis(None if layers is None else list(layers), noise, batch_size)
 
 
+@detectors.register("kd-bu")
 def kd_bu(
     layer: str | None = None,
     bandwidth: Annotated[float, Field(gt=0)] = 1.0,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..checks import checked, component
+from ..protocols import ScoreMap
 
 
 class FeatureResponse:
@@ -42,6 +43,10 @@ class FeatureResponse:
         n, _, height, width = images.shape
         maps = self.saliency.maps(model, images)
         return checked(maps, self._who[0], (n, None, height, width), "maps")
+
+    def score_map(self, maps: torch.Tensor) -> torch.Tensor | None:
+        """The score's per-pixel picture of `maps` (`ScoreMap`), None when its score has none."""
+        return self.scorer.map(maps) if isinstance(self.scorer, ScoreMap) else None
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         scores = self.scorer.score(self.maps(model, images))

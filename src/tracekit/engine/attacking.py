@@ -25,12 +25,12 @@ from torch import nn
 
 from ..checks import checked, component
 from ..errors import TracekitError
-from ..protocols import Attack, DetectorBound, Executor, SeededAttack
+from ..executing import Chunk, Executor
+from ..protocols import Attack, DetectorBound, SeededAttack
 from .attack_cache import AttackCache, CacheEntry, batch_seed, content_hashes, content_keys
-from .context import Context, DetectorHandle
+from .context import DetectorHandle, RunContext
 from .executing import execute
 from .predicting import probabilities
-from .reading import Chunk
 from .tables import Table
 
 
@@ -63,6 +63,18 @@ class AttackRun:
                 f"({self.cache.dir}; cleared while this run was resumed?); run again with another --out"
             )
         return entry
+
+    def outcomes(self, within: np.ndarray) -> dict[str, np.ndarray]:
+        """The outcome rows (columns of the attack's table) of the images at positions `within`."""
+        rows = self.table.read()
+        keep = np.isin(rows["index"], within)
+        return {k: v[keep] for k, v in rows.items()}
+
+    def successful(self, within: np.ndarray) -> np.ndarray:
+        """Positions among `within` whose adversarial changed the prediction: the only ones that
+        count as adversarials (scored as positives, fitted on)."""
+        rows = self.table.read(["index", "success"])
+        return rows["index"][rows["success"] & np.isin(rows["index"], within)]
 
     def pieces(self, wanted: np.ndarray) -> list[Chunk]:
         """The attack's chunks cut down to the positions `wanted` (those that keep any)."""
@@ -104,7 +116,7 @@ class AttackStage:
     def table(self) -> Table:
         return self.results.table
 
-    def run(self, context: Context, pieces: list[Chunk]) -> Iterator[int]:
+    def run(self, context: RunContext, pieces: list[Chunk]) -> Iterator[int]:
         attack = context.attacks[self.index]
         if self.bind is not None:
             handle, threshold = self.bind

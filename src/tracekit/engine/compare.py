@@ -20,19 +20,20 @@ import yaml
 
 from ..bounded import load_yaml, read_json, read_text
 from ..errors import SpecError, TracekitError
+from ..layout import METRICS, RESOLVED_SPEC, RUNS_COMPARISON, SCRATCH, RunLayout, TableNames
 from ..spec import Calibration, Spec, component_label
 from ..threads import applied
 from . import rundir
 from .context import build
+from .driver import prepare
 from .evaluating import evaluate
-from .preparing import prepare
-from .run import SCRATCH, Finish, as_spec, data_summary, record_provenance, start
+from .run import Finish, as_spec, data_summary, record_provenance, start
 from .summary import SCORE_COLUMNS, write_scores
 
 if TYPE_CHECKING:
     import torch
 
-    from ..protocols import Executor
+    from ..executing import Executor
 
 COMPARE_COLUMNS = ("detector", *SCORE_COLUMNS)
 DEFAULT_TARGET_FPR = Calibration().target_fpr
@@ -75,13 +76,15 @@ def _compare(
     rows: list[tuple[Any, ...]] = []
     try:
         detectors = [build("detector", cfg) for cfg in spec.detectors]
-        prep = prepare(spec, dev, work, use_cache, any(d.needs_adversarial_fit for d in detectors), executor)
+        driver = prepare(spec, dev, work, use_cache, any(d.needs_adversarial_fit for d in detectors), executor)
+        layout = RunLayout(work)
         for index, (label, detector) in enumerate(zip(labels, detectors)):
             t0 = time.perf_counter()
-            ev = evaluate(prep, detector, spec.detectors[index], f"d{index:02d}", label)
+            ev = evaluate(driver, detector, spec.detectors[index], TableNames.detector(index), label)
             # kept for `tracekit detect --run DIR --detector LABEL`
-            directory = rundir.detector_dir(work, index, label)
-            rundir.write_detector(directory, spec, spec.detectors[index], ev.threshold, prep.fingerprint, detector)
+            directory = layout.detector_dir(index, label)
+            fingerprint = driver.context.fingerprint
+            rundir.write_detector(directory, spec, spec.detectors[index], ev.threshold, fingerprint, detector)
             per_detector[label] = {
                 "name": spec.detectors[index]["name"],
                 "attacks": ev.per_attack,
@@ -90,26 +93,23 @@ def _compare(
                 **ev.extra,
                 "seconds": time.perf_counter() - t0,
             }
-            rows += [(label, *row) for row in ev.rows(prep.clean)]
+            rows += [(label, *row) for row in ev.rows(driver.plan.clean)]
     finally:
         executor.close()
     metrics = {
         "detectors": per_detector,
-        "data": data_summary(prep),
+        "data": data_summary(driver),
         "target_fpr": spec.calibration.target_fpr,
         "seconds": time.perf_counter() - started,
     }
-    record_provenance(prep)
-    rundir.write_resolved_spec(work, spec)
-    rundir.write_metrics(work, metrics)
-    write_scores(work / "scores.csv", rows, COMPARE_COLUMNS)
+    record_provenance(driver)
+    rundir.write_resolved_spec(layout, spec)
+    rundir.write_metrics(layout, metrics)
+    write_scores(layout.scores, rows, COMPARE_COLUMNS)
     if finish is not None:
         finish(work)
     rundir.finish(work, final, SCRATCH)
     return CompareResult(final, metrics, spec)
-
-
-RUNS_COMPARISON = "comparison.json"  # what marks (and describes) a directory of finished runs compared
 
 
 @dataclass
@@ -205,9 +205,12 @@ def write_runs_comparison(comparison: RunsComparison, out: str | Path | None = N
         "warnings": comparison.warnings,
         "target_fpr": comparison.target_fpr,
     }
-    (work / RUNS_COMPARISON).write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    rows = ((key, *(row.get(column, "") for column in SCORE_COLUMNS)) for key, mine in comparison.rows.items() for row in mine)
-    write_scores(work / "scores.csv", rows, COMPARE_COLUMNS)
+    layout = RunLayout(work)
+    layout.runs_comparison.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    rows = (
+        (key, *(row.get(column, "") for column in SCORE_COLUMNS)) for key, mine in comparison.rows.items() for row in mine
+    )
+    write_scores(layout.scores, rows, COMPARE_COLUMNS)
     if finish is not None:
         finish(work)
     rundir.finish(work, final, ())
@@ -240,10 +243,10 @@ def _read_run(
     if not path.is_dir():
         raise TracekitError(f"run directory {path} does not exist")
     try:
-        metrics = read_json(path / "metrics.json", "metrics.json")
-        spec_file = path / rundir.RESOLVED_SPEC
-        spec = load_yaml(read_text(spec_file, rundir.RESOLVED_SPEC), yaml.SafeLoader, str(spec_file))
-        with open(path / "scores.csv", newline="", encoding="utf-8") as fh:
+        layout = RunLayout(path)
+        metrics = read_json(layout.metrics, METRICS)
+        spec = load_yaml(read_text(layout.spec, RESOLVED_SPEC), yaml.SafeLoader, str(layout.spec))
+        with open(layout.scores, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError as exc:
         raise TracekitError(f"{path} is not a finished tracekit run: {Path(exc.filename).name} is missing") from None

@@ -1,10 +1,7 @@
 """One detector, evaluated: fit and calibrate, run the attacks bound to it, score the test part and
 every attack's adversarials, run the spec's controls; every score goes to a table first.
 
-Tables of detector `tag` (`d00` for a run's detector, `d<NN>` for a comparison's): `scores-<tag>-fit`,
-`-clean` (the test part), `-<attack table>` (adversarials of test images), the noise controls'
-`-<attack table>-noise-<kind>`, and `<tag>-random...` / `<tag>-transfer<NN>...` for the randomized
-model and transfer controls.
+Its tables are named by `tracekit.layout.TableNames`.
 """
 
 from __future__ import annotations
@@ -16,14 +13,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import TracekitError
+from ..layout import TableNames
 from ..protocols import Detector
 from .attacking import AttackRun
 from .context import RANDOMIZED, TRAINED, DetectorHandle, build
 from .controls import randomized_layers
+from .driver import Driver
 from .fitting import fit, fit_and_calibrate
 from .metrics import detection_metrics, roc_auc
 from .predicting import Clean
-from .preparing import Prepared
 from .scoring import (
     NOISE_KINDS,
     Adversarials,
@@ -53,68 +51,71 @@ class Evaluation:
         return score_rows(clean, self.clean_scores, self.attack_rows)
 
 
-def evaluate(prep: Prepared, detector: Detector, detector_cfg: Mapping[str, Any], tag: str, label: str = "") -> Evaluation:
+def evaluate(driver: Driver, detector: Detector, detector_cfg: Mapping[str, Any], tag: str, label: str = "") -> Evaluation:
     """Fit `detector` (clean fit images, and adversarials of fit images if it needs them),
     calibrate its threshold on the clean fit part, run the adaptive attacks against it, score
     the test part and every attack, and run the spec's controls."""
-    spec = prep.spec
+    spec, plan = driver.context.spec, driver.plan
     prefix = f"{label}: " if label else ""
-    threshold, handle = fit_and_calibrate(prep, detector, detector_cfg, TRAINED, prep.runs, tag, prefix)
-    clean = _score_clean(prep, handle, prefix)
+    threshold, handle = fit_and_calibrate(driver, detector, detector_cfg, TRAINED, plan.runs, tag, prefix)
+    clean = _score_clean(driver, handle, prefix)
     adaptive = {
-        i: prep.attack(i, prep.test, f"attack-{i:02d}-{tag}", (handle, dict(detector_cfg), threshold))
-        for i in prep.bound
+        i: driver.attack(i, plan.test, TableNames.attack(i, tag), (handle, dict(detector_cfg), threshold))
+        for i in plan.bound
     }
-    unbound = iter(prep.runs)
+    unbound = iter(plan.runs)
     runs = [adaptive[i] if i in adaptive else next(unbound) for i in range(len(spec.attacks))]
     per_attack: dict[str, Any] = {}
     attack_rows = []
     for run in runs:
-        outcomes = run.table.read()
-        in_test = np.isin(outcomes["index"], prep.test)
-        outcomes = {k: v[in_test] for k, v in outcomes.items()}
-        adversarial = _score_adversarials(prep, handle, run, prep.test, prefix)
+        outcomes = run.outcomes(plan.test)
+        adversarial = _score_adversarials(driver, handle, run, plan.test, prefix)
         m = attack_metrics(outcomes, clean, adversarial, threshold, spec)
         if "noise" in spec.controls:
-            m["noise"] = _noise_control(prep, handle, run, outcomes, clean, threshold, prefix)
+            m["noise"] = _noise_control(driver, handle, run, outcomes, clean, threshold, prefix)
         per_attack[run.key] = m
         attack_rows.append((run.key, outcomes, adversarial))
     extra: dict[str, Any] = {}
     if "randomized-model" in spec.controls:
-        extra["randomized_model"] = _randomized_model(prep, detector_cfg, runs, per_attack, tag, prefix)
-    if detector.needs_adversarial_fit and spec.evaluation.transfer and len(prep.runs) > 1:
-        extra["transfer"] = _transfer(prep, detector_cfg, tag, prefix)
+        extra["randomized_model"] = _randomized_model(driver, detector_cfg, runs, per_attack, tag, prefix)
+    if detector.needs_adversarial_fit and spec.evaluation.transfer and len(plan.runs) > 1:
+        extra["transfer"] = _transfer(driver, detector_cfg, tag, prefix)
     return Evaluation(detector, threshold, per_attack, runs, clean, attack_rows, extra)
 
 
-def _score(prep: Prepared, handle: DetectorHandle, name: str, source: Source, description: str, predictions: bool = False) -> dict[str, np.ndarray]:
-    """Scores of `handle`'s detector of `source`, in table `scores-<tag>-<name>`."""
-    table = prep.table(f"scores-{handle.tag}-{name}")
-    return score_into(prep.executor, ScoreStage(table, source, handle, description, predictions))
+def _score(
+    driver: Driver, handle: DetectorHandle, name: str, source: Source, description: str, predictions: bool = False
+) -> dict[str, np.ndarray]:
+    """Scores of `handle`'s detector of `source`, in its table of `name`."""
+    table = driver.context.table(TableNames.scores(handle.tag, name))
+    return score_into(driver.executor, ScoreStage(table, source, handle, description, predictions))
 
 
-def _score_clean(prep: Prepared, handle: DetectorHandle, prefix: str) -> np.ndarray:
-    source = CleanImages(prep.test, prep.spec.batch_size)
-    return _score(prep, handle, "clean", source, f"{prefix}score clean test")["score"]
+def _score_clean(driver: Driver, handle: DetectorHandle, prefix: str) -> np.ndarray:
+    source = CleanImages(driver.plan.test, driver.context.spec.batch_size)
+    return _score(driver, handle, "clean", source, f"{prefix}score clean test")["score"]
 
 
-def _score_adversarials(prep: Prepared, handle: DetectorHandle, run: AttackRun, positions: np.ndarray, prefix: str) -> np.ndarray:
+def _score_adversarials(
+    driver: Driver, handle: DetectorHandle, run: AttackRun, positions: np.ndarray, prefix: str
+) -> np.ndarray:
     """Scores of `run`'s adversarials of the images at `positions`, in position order."""
-    return _score(prep, handle, run.table.name, Adversarials(run, positions), f"{prefix}score {run.key}")["score"]
+    return _score(driver, handle, run.table.name, Adversarials(run, positions), f"{prefix}score {run.key}")["score"]
 
 
 def _noise_control(
-    prep: Prepared, handle: DetectorHandle, run: AttackRun, outcomes: dict[str, np.ndarray], clean: np.ndarray,
+    driver: Driver, handle: DetectorHandle, run: AttackRun, outcomes: dict[str, np.ndarray], clean: np.ndarray,
     threshold: float, prefix: str,
 ) -> dict[str, Any]:
     """Flag rate at the threshold, AUC against clean, and how often the prediction changed, for
     noise of each test image's adversarial size (sign noise: its L-inf, Gaussian: its L2)."""
-    images = CleanImages(outcomes["index"], prep.spec.batch_size)
-    labels = prep.clean.by_position(prep.clean.labels)
+    spec, plan = driver.context.spec, driver.plan
+    images = CleanImages(outcomes["index"], spec.batch_size)
+    labels = plan.clean.by_position(plan.clean.labels)
     out = {}
     for kind in NOISE_KINDS:
         rows = _score(
-            prep, handle, f"{run.table.name}-noise-{kind}", NoisyImages(images, kind, run.table, prep.spec.seed),
+            driver, handle, TableNames.noise(run.table.name, kind), NoisyImages(images, kind, run.table, spec.seed),
             f"{prefix}score {run.key} {kind} noise", predictions=True,
         )
         out[kind] = {
@@ -125,44 +126,43 @@ def _noise_control(
     return out
 
 
-def _successful_test(run: AttackRun, test: np.ndarray) -> np.ndarray:
-    rows = run.table.read(["index", "success"])
-    return rows["index"][rows["success"] & np.isin(rows["index"], test)]
-
-
 def _randomized_model(
-    prep: Prepared, detector_cfg: Mapping[str, Any], runs: list[AttackRun], per_attack: dict[str, Any], tag: str,
+    driver: Driver, detector_cfg: Mapping[str, Any], runs: list[AttackRun], per_attack: dict[str, Any], tag: str,
     prefix: str,
 ) -> dict[str, Any]:
     """Fit, calibrate and score a fresh detector on a cascading-randomized copy of the model;
     each attack's AUC goes beside the real one (`per_attack[key]["randomized_model"]`)."""
     detector: Detector = build("detector", detector_cfg)
     prefix = f"{prefix}randomized model: "
-    threshold, handle = fit_and_calibrate(prep, detector, detector_cfg, RANDOMIZED, prep.runs, f"{tag}-random", prefix)
-    clean = _score_clean(prep, handle, prefix)
+    plan = driver.plan
+    threshold, handle = fit_and_calibrate(
+        driver, detector, detector_cfg, RANDOMIZED, plan.runs, TableNames.randomized(tag), prefix
+    )
+    clean = _score_clean(driver, handle, prefix)
     for run in runs:
-        adversarial = _score_adversarials(prep, handle, run, _successful_test(run, prep.test), prefix)
+        adversarial = _score_adversarials(driver, handle, run, run.successful(plan.test), prefix)
         m = detection_metrics(clean, adversarial, threshold)
         per_attack[run.key]["randomized_model"] = {"auc": m["auc"], "tpr_at_fpr": m["tpr_at_fpr"]}
-    return {"layers": randomized_layers(prep.model.module), "threshold": threshold}
+    return {"layers": randomized_layers(driver.context.model.module), "threshold": threshold}
 
 
-def _transfer(prep: Prepared, detector_cfg: Mapping[str, Any], tag: str, prefix: str) -> dict[str, dict[str, float | None]]:
+def _transfer(driver: Driver, detector_cfg: Mapping[str, Any], tag: str, prefix: str) -> dict[str, dict[str, float | None]]:
     """AUC of a learned detector fitted on one attack's adversarials and tested on each attack's."""
     matrix: dict[str, dict[str, float | None]] = {}
-    everything = np.ones(len(prep.fit_subset), dtype=bool)
-    for k, source in enumerate(prep.runs):
+    plan = driver.plan
+    everything = np.ones(len(plan.fit_subset), dtype=bool)
+    for k, source in enumerate(plan.runs):
         detector: Detector = build("detector", detector_cfg)
         here = f"{prefix}fit on {source.key}: "
         try:
-            fit(prep, detector, prep.model, [source], here, everything)  # AUC only: no threshold needed
+            fit(driver, detector, driver.context.model, [source], here, everything)  # AUC only: no threshold needed
         except TracekitError:
-            matrix[source.key] = {target.key: None for target in prep.runs}  # no fit adversarials
+            matrix[source.key] = {target.key: None for target in plan.runs}  # no fit adversarials
             continue
-        handle = prep.share(detector, detector_cfg, f"{tag}-transfer{k:02d}")
-        clean = _score_clean(prep, handle, here)
+        handle = driver.share(detector, detector_cfg, TableNames.transfer(tag, k))
+        clean = _score_clean(driver, handle, here)
         matrix[source.key] = {
-            target.key: roc_auc(clean, _score_adversarials(prep, handle, target, _successful_test(target, prep.test), here))
-            for target in prep.runs
+            target.key: roc_auc(clean, _score_adversarials(driver, handle, target, target.successful(plan.test), here))
+            for target in plan.runs
         }
     return matrix

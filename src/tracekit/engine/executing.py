@@ -11,13 +11,12 @@ from collections.abc import Callable
 
 from ..errors import Interrupted
 from ..progress import progress
-from ..protocols import Executor
-from .context import Stage
-from .reading import Chunk
+from ..executing import Chunk, Executor
+from .context import TableStage
 
 
 def execute(
-    executor: Executor, stage: Stage, pieces: list[Chunk], description: str, keep: bool = False,
+    executor: Executor, stage: TableStage, pieces: list[Chunk], description: str, keep: bool = False,
     kept: Callable[[str, int, int], str] | None = None,
 ) -> None:
     """Run `stage` on every chunk of `pieces` not yet in its table. Chunks already there are

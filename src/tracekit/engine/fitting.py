@@ -1,6 +1,6 @@
 """Fitting and calibration: the global step that turns a detector and the fit part into a threshold.
 
-A detector is fitted on a bounded, seeded subset of the clean fit part (`Prepared.fit_subset`:
+A detector is fitted on a bounded, seeded subset of the clean fit part (`Plan.fit_subset`:
 at most `calibration.fit_images` images, chosen by a seeded hash of their ids) and, if it needs
 them, the successful adversarials of those images; only that subset is ever held in memory.
 The threshold comes from the clean scores of the whole fit part, streamed.
@@ -26,10 +26,11 @@ import torch
 from ..errors import TracekitError
 from ..protocols import Detector, LoadedModel, StatefulDetector
 from .attacking import AttackRun, seed_everything
+from ..layout import TableNames
 from .context import DetectorHandle
+from .driver import Driver
 from .metrics import calibrate_threshold
 from .predicting import FIT
-from .preparing import Prepared
 from .scoring import CleanImages, ScoreStage, score_images, score_into
 
 
@@ -38,13 +39,9 @@ def learns(detector: Detector) -> bool:
     return isinstance(detector, StatefulDetector)
 
 
-def adversarial_fit(prep: Prepared, runs: list[AttackRun], positions: np.ndarray, prefix: str) -> torch.Tensor:
+def adversarial_fit(runs: list[AttackRun], positions: np.ndarray, prefix: str) -> torch.Tensor:
     """Successful adversarials of the images at `positions`, from every attack of `runs`."""
-    parts = []
-    for run in runs:
-        rows = run.table.read(["index", "success"])
-        wanted = rows["index"][rows["success"] & np.isin(rows["index"], positions)]
-        parts += [adv for *_, adv in run.adversarials(run.pieces(wanted))]
+    parts = [adv for run in runs for *_, adv in run.adversarials(run.pieces(run.successful(positions)))]
     if not parts:
         raise TracekitError(
             f"{prefix or 'detector: '}needs adversarial fit data, but no attack succeeded on a fit-part image; "
@@ -53,39 +50,44 @@ def adversarial_fit(prep: Prepared, runs: list[AttackRun], positions: np.ndarray
     return torch.cat(parts)
 
 
-def fit(prep: Prepared, detector: Detector, model: LoadedModel, runs: list[AttackRun], prefix: str, select: np.ndarray) -> None:
-    """Fit on the subset's images where `select` (a mask over `prep.fit_subset`) holds. A detector
-    that neither learns nor needs adversarial fit data (the paper's) gets an empty batch: reading
-    the subset for it would only cost time and memory."""
-    adversarial = (
-        adversarial_fit(prep, runs, prep.fit_subset[select], prefix) if detector.needs_adversarial_fit else None
-    )
+def fit(
+    driver: Driver, detector: Detector, model: LoadedModel, runs: list[AttackRun], prefix: str, select: np.ndarray
+) -> None:
+    """Fit on the subset's images where `select` (a mask over the plan's fit subset) holds. A
+    detector that neither learns nor needs adversarial fit data (the paper's) gets an empty
+    batch: reading the subset for it would only cost time and memory."""
+    subset = driver.plan.fit_subset
+    adversarial = adversarial_fit(runs, subset[select], prefix) if detector.needs_adversarial_fit else None
     if learns(detector) or detector.needs_adversarial_fit:
-        clean = prep.fit_images()[torch.from_numpy(select)]
+        clean = driver.fit_images()[torch.from_numpy(select)]
     else:
-        clean = torch.zeros(0, *prep.model.input_size)
-    seed_everything(prep.spec.seed)
+        clean = torch.zeros(0, *model.input_size)
+    seed_everything(driver.context.spec.seed)
     detector.fit(model.module, clean, adversarial)
 
 
 def fit_and_calibrate(
-    prep: Prepared, detector: Detector, cfg: Mapping[str, Any], variant: str, runs: list[AttackRun], tag: str, prefix: str
+    driver: Driver, detector: Detector, cfg: Mapping[str, Any], variant: str, runs: list[AttackRun], tag: str,
+    prefix: str,
 ) -> tuple[float, DetectorHandle]:
     """Fit `detector` to the model `variant` (trained or randomized), hand it to the executor's
     workers (as `tag`); return the threshold at the spec's target FPR of its clean fit-part
     scores, and the fitted detector's handle."""
-    model = prep.context.model_for(variant)
-    subset = prep.fit_subset
+    context, plan = driver.context, driver.plan
+    model = context.model_for(variant)
+    subset = plan.fit_subset
     everything = np.ones(len(subset), dtype=bool)
-    held = _cross_fitted(prep, detector, model, runs, tag, prefix) if learns(detector) else np.zeros(0)
-    fit(prep, detector, model, runs, prefix, everything)
-    handle = prep.share(detector, cfg, tag, variant)
-    rest = np.setdiff1d(prep.clean.positions(FIT), subset) if learns(detector) else prep.clean.positions(FIT)
-    streamed = score_into(prep.executor, ScoreStage(
-        prep.table(f"scores-{tag}-fit"), CleanImages(rest, prep.spec.batch_size), handle, f"{prefix}score fit",
+    held = _cross_fitted(driver, detector, model, runs, tag, prefix) if learns(detector) else np.zeros(0)
+    fit(driver, detector, model, runs, prefix, everything)
+    handle = driver.share(detector, cfg, tag, variant)
+    fit_part = plan.clean.positions(FIT)
+    rest = np.setdiff1d(fit_part, subset) if learns(detector) else fit_part
+    streamed = score_into(driver.executor, ScoreStage(
+        context.table(TableNames.scores(tag, "fit")), CleanImages(rest, context.spec.batch_size), handle,
+        f"{prefix}score fit",
     ))["score"]  # fmt: skip
     scores = np.concatenate([held, streamed])
-    target = prep.spec.calibration.target_fpr
+    target = context.spec.calibration.target_fpr
     if len(scores) * target < 1:
         warnings.warn(
             f"{prefix}the threshold for a {target:.0%} FPR comes from only {len(scores)} clean fit scores "
@@ -95,14 +97,17 @@ def fit_and_calibrate(
     return calibrate_threshold(scores, target), handle
 
 
-def _cross_fitted(prep: Prepared, detector: Detector, model: LoadedModel, runs: list[AttackRun], tag: str, prefix: str) -> np.ndarray:
+def _cross_fitted(
+    driver: Driver, detector: Detector, model: LoadedModel, runs: list[AttackRun], tag: str, prefix: str
+) -> np.ndarray:
     """Scores of the fit subset, each from a copy of the unfitted `detector` fitted on the other
     seeded half (kept in a table, so a resumed run does not fit the folds again)."""
-    table = prep.table(f"scores-{tag}-fit-subset")
+    context, subset = driver.context, driver.plan.fit_subset
+    table = context.table(TableNames.scores(tag, "fit-subset"))
     if table.exists():
         return table.read()["score"]
-    n = len(prep.fit_subset)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(prep.spec.seed)).numpy()
+    n = len(subset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(context.spec.seed)).numpy()
     first = np.zeros(n, dtype=bool)
     first[order[: n // 2]] = True
     if first.all() or not first.any():
@@ -110,8 +115,9 @@ def _cross_fitted(prep: Prepared, detector: Detector, model: LoadedModel, runs: 
     scores = np.zeros(n)
     for k, train in enumerate((first, ~first)):
         fold = copy.deepcopy(detector)
-        fit(prep, fold, model, runs, f"{prefix}fold {k + 1}: ", train)
-        held = prep.fit_images()[torch.from_numpy(~train)]
-        scores[~train] = score_images(fold, model, held, prep.spec.batch_size, prep.device, f"{prefix}score fold {k + 1}")
-    table.write("folds", {"index": prep.fit_subset, "score": scores})
+        fit(driver, fold, model, runs, f"{prefix}fold {k + 1}: ", train)
+        held = driver.fit_images()[torch.from_numpy(~train)]
+        description = f"{prefix}score fold {k + 1}"
+        scores[~train] = score_images(fold, model, held, context.spec.batch_size, context.device, description)
+    table.write("folds", {"index": subset, "score": scores})
     return scores

@@ -19,14 +19,14 @@ from torch import nn
 from ..checks import checked
 from ..errors import TracekitError
 from ..progress import progress
-from ..protocols import Executor
-from .context import Context
+from ..executing import Chunk, Executor
+from ..layout import TableNames
+from .context import RunContext
 from .executing import execute
-from .reading import Batch, Chunk, chunks
+from .reading import Batch, chunks
 from .tables import Table
 
 FIT, TEST = "fit", "test"
-SKIPPED = "skipped"
 
 
 @torch.no_grad()
@@ -95,13 +95,13 @@ class PredictClean:
     fit_fraction: float
     predicted_labels: bool  # the model's prediction is the label (data.labels: predicted)
 
-    def run(self, context: Context, pieces: list[Chunk]) -> Iterator[int]:
+    def run(self, context: RunContext, pieces: list[Chunk]) -> Iterator[int]:
         done = self.table.done()  # a retried shard keeps the chunks it finished
         for batch in context.reader.read([p for p in pieces if p.name not in done]):
             self.write(batch, context)
             yield len(batch.chunk.index)
 
-    def write(self, batch: Batch, context: Context) -> None:
+    def write(self, batch: Batch, context: RunContext) -> None:
         probs = probabilities(context.model.module, batch.images, context.device, context.model_who)
         preds = probs.argmax(1)
         labels = preds if self.predicted_labels else batch.labels
@@ -122,12 +122,14 @@ class PredictClean:
 
 
 def clean_stage(
-    executor: Executor, context: Context, seed: int, fit_fraction: float, predicted_labels: bool, where: str = "data"
+    executor: Executor, context: RunContext, seed: int, fit_fraction: float, predicted_labels: bool, where: str = "data"
 ) -> Clean:
     """Predict every image not yet in the `clean` table and read the table back. A dataset with
     random access is cut into chunks for the executor; one that only iterates is read here, in
     one pass (its positions are known only by reading it)."""
-    stage = PredictClean(context.table("clean"), context.table(SKIPPED), seed, fit_fraction, predicted_labels)
+    stage = PredictClean(
+        context.table(TableNames.CLEAN), context.table(TableNames.SKIPPED), seed, fit_fraction, predicted_labels
+    )
     reader, size = context.reader, context.spec.batch_size
     if reader.random_access:
         execute(executor, stage, chunks(np.arange(len(reader)), size), "predict clean")

@@ -26,15 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import TracekitError
+from ..executing import Chunk
 from ..protocols import Dataset, LoadedModel, RandomAccessDataset, Unreadable
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A named slice of the dataset's positions (sorted), processed as one batch."""
-
-    name: str
-    index: np.ndarray
 
 
 @dataclass

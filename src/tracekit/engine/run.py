@@ -18,20 +18,21 @@ from typing import Any
 import torch
 
 from ..errors import SpecError
+from ..executing import Executor
+from ..layout import SCRATCH, RunLayout, TableNames
 from ..plugins import registry
-from ..protocols import Detector, Executor
+from ..protocols import Detector
 from ..spec import Spec, load_spec, validate_spec
 from ..threads import applied
 from . import rundir
-from .context import KEY_FILE, build
+from .context import build
 from .device import resolve_device
+from .driver import Driver, prepare
 from .evaluating import evaluate
-from .predicting import FIT, SKIPPED, TEST, skipped_items
-from .preparing import Prepared, prepare
-from .summary import EXAMPLES_FILE, save_examples, write_scores
+from .predicting import FIT, TEST, skipped_items
+from .summary import save_examples, write_scores
 
 Finish = Callable[[Path], Any]
-SCRATCH = ("adversarials", KEY_FILE)  # work files a finished run does not keep
 
 
 @dataclass
@@ -69,8 +70,8 @@ def start(
     return spec, dev, executor, final, work
 
 
-def data_summary(prep: Prepared) -> dict[str, Any]:
-    part = prep.clean.part
+def data_summary(driver: Driver) -> dict[str, Any]:
+    part = driver.plan.clean.part
     n_images, n_correct = len(part), int((part != "").sum())
     return {
         "n_images": n_images,
@@ -78,22 +79,23 @@ def data_summary(prep: Prepared) -> dict[str, Any]:
         "clean_accuracy": n_correct / n_images,
         "n_fit": int((part == FIT).sum()),
         "n_test": int((part == TEST).sum()),
-        "n_fit_subset": len(prep.fit_subset),
+        "n_fit_subset": len(driver.plan.fit_subset),
     }
 
 
-def record_provenance(prep: Prepared) -> None:
-    spec = prep.spec
+def record_provenance(driver: Driver) -> None:
+    context = driver.context
+    spec = context.spec
     dists = {registry(kind).get(cfg["name"]).source for kind, cfg in _components(spec)}
-    data = dict(prep.dataset.info)
-    skipped = skipped_items(prep.table(SKIPPED))
+    data = dict(context.dataset.info)
+    skipped = skipped_items(context.table(TableNames.SKIPPED))
     if skipped:
         data["skipped"] = skipped
     spec.provenance = rundir.provenance(
-        spec, prep.device, dists,
+        spec, context.device, dists,
         {
-            "model": prep.model.info, "data": data, "num_workers": prep.reader.num_workers,
-            "threads": spec.threads_chosen, "executor": prep.executor.info,
+            "model": context.model.info, "data": data, "num_workers": context.reader.num_workers,
+            "threads": spec.threads_chosen, "executor": driver.executor.info,
         },
     )
 
@@ -126,24 +128,25 @@ def _run(
     started = time.perf_counter()
     try:
         detector: Detector = build("detector", spec.detector)
-        prep = prepare(spec, dev, work, use_cache, detector.needs_adversarial_fit, executor)
-        ev = evaluate(prep, detector, spec.detector, "d00")
+        driver = prepare(spec, dev, work, use_cache, detector.needs_adversarial_fit, executor)
+        ev = evaluate(driver, detector, spec.detector, TableNames.detector(0))
     finally:
         executor.close()
     metrics = {
         "attacks": ev.per_attack,
-        "data": data_summary(prep),
+        "data": data_summary(driver),
         "threshold": ev.threshold,
         "target_fpr": spec.calibration.target_fpr,
         **ev.extra,
         "seconds": time.perf_counter() - started,
     }
-    record_provenance(prep)
-    rundir.write_resolved_spec(work, spec)
-    rundir.write_metrics(work, metrics)
-    write_scores(work / "scores.csv", ev.rows(prep.clean))
-    rundir.write_detector(work, spec, spec.detector, ev.threshold, prep.fingerprint, detector)
-    save_examples(work / EXAMPLES_FILE, prep, ev.runs)
+    record_provenance(driver)
+    layout = RunLayout(work)
+    rundir.write_resolved_spec(layout, spec)
+    rundir.write_metrics(layout, metrics)
+    write_scores(layout.scores, ev.rows(driver.plan.clean))
+    rundir.write_detector(layout.root, spec, spec.detector, ev.threshold, driver.context.fingerprint, detector)
+    save_examples(layout.examples, driver, ev.runs, detector, spec.detector)
     if finish is not None:
         finish(work)
     rundir.finish(work, final, SCRATCH)

@@ -1,4 +1,5 @@
-"""The run directory: resolved spec with provenance, metrics.json, scores.csv, the fitted detector."""
+"""Writing the run directory (its layout: `tracekit.layout`): making it and swapping it in, the
+resolved spec with provenance, metrics.json, the fitted detector."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import importlib.metadata as metadata
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import time
@@ -19,19 +19,11 @@ import yaml
 from .. import __version__
 from ..cache import ensure_dir
 from ..errors import TracekitError
+from ..layout import DETECTOR_STATE, RESOLVED_SPEC, RunLayout
 from ..protocols import Detector, StatefulDetector
 from ..spec import Spec, component_label
 
 DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
-STATE_FILE = "detector_state.pt"
-DETECTORS_DIR = "detectors"  # a comparison's fitted detectors: detectors/<NN>-<label>/detector.json
-RESOLVED_SPEC = "spec.resolved.yaml"
-
-
-def detector_dir(run_dir: Path, index: int, label: str) -> Path:
-    """Where a comparison keeps its detector number `index` (labels made safe for file names)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "detector"
-    return run_dir / DETECTORS_DIR / f"{index:02d}-{safe}"
 
 
 def make_run_dir(out: str | Path | None, name: str, marker: str = RESOLVED_SPEC) -> tuple[Path, Path]:
@@ -126,13 +118,13 @@ def provenance(spec: Spec, device: torch.device, plugin_dists: set[str], extra: 
     }
 
 
-def write_resolved_spec(run_dir: Path, spec: Spec) -> None:
+def write_resolved_spec(layout: RunLayout, spec: Spec) -> None:
     text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    (run_dir / RESOLVED_SPEC).write_text(text, encoding="utf-8")
+    layout.spec.write_text(text, encoding="utf-8")
 
 
-def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+def write_metrics(layout: RunLayout, metrics: dict[str, Any]) -> None:
+    layout.metrics.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def write_detector(
@@ -155,6 +147,6 @@ def write_detector(
         "compute": spec.compute.model_dump(),  # so that detect scores as the run did
     }
     if isinstance(detector, StatefulDetector):
-        torch.save(detector.state_dict(), directory / STATE_FILE)
-        state["state_file"] = STATE_FILE
-    (directory / "detector.json").write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
+        torch.save(detector.state_dict(), directory / DETECTOR_STATE)
+        state["state_file"] = DETECTOR_STATE
+    RunLayout(directory).detector.write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")

@@ -21,12 +21,13 @@ import torch
 from ..checks import checked
 from ..errors import TracekitError
 from ..progress import progress
-from ..protocols import Detector, Executor, LoadedModel
+from ..executing import Chunk, Executor
+from ..protocols import Detector, LoadedModel
 from .attacking import AttackRun
-from .context import Context, DetectorHandle
+from .context import DetectorHandle, RunContext
 from .executing import execute
 from .predicting import by_position, probabilities
-from .reading import Chunk, chunks
+from .reading import chunks
 from .tables import Table
 
 Images = Iterator[tuple[str, np.ndarray, list[str], torch.Tensor]]
@@ -52,7 +53,7 @@ class Source(Protocol):
 
     def pieces(self) -> list[Chunk]: ...
 
-    def images(self, context: Context, pieces: list[Chunk]) -> Images: ...
+    def images(self, context: RunContext, pieces: list[Chunk]) -> Images: ...
 
 
 @dataclass
@@ -65,7 +66,7 @@ class CleanImages:
     def pieces(self) -> list[Chunk]:
         return chunks(self.positions, self.batch_size)
 
-    def images(self, context: Context, pieces: list[Chunk]) -> Images:
+    def images(self, context: RunContext, pieces: list[Chunk]) -> Images:
         for batch in context.reader.read(pieces):
             yield batch.chunk.name, batch.index, batch.ids, batch.images
 
@@ -80,7 +81,7 @@ class Adversarials:
     def pieces(self) -> list[Chunk]:
         return self.results.pieces(self.positions)
 
-    def images(self, context: Context, pieces: list[Chunk]) -> Images:
+    def images(self, context: RunContext, pieces: list[Chunk]) -> Images:
         return self.results.adversarials(pieces)
 
 
@@ -99,7 +100,7 @@ class NoisyImages:
     def pieces(self) -> list[Chunk]:
         return self.clean.pieces()
 
-    def images(self, context: Context, pieces: list[Chunk]) -> Images:
+    def images(self, context: RunContext, pieces: list[Chunk]) -> Images:
         rows = self.attack.read(["index", "l2", "linf"])
         size = int(rows["index"].max()) + 1 if len(rows["index"]) else 0
         l2, linf = (by_position(rows["index"], rows[key], size) for key in ("l2", "linf"))
@@ -124,7 +125,7 @@ class ScoreStage:
     description: str
     predictions: bool = False
 
-    def run(self, context: Context, pieces: list[Chunk]) -> Iterator[int]:
+    def run(self, context: RunContext, pieces: list[Chunk]) -> Iterator[int]:
         detector, model = context.detector(self.detector), context.model_for(self.detector.model)
         done = self.table.done()  # a retried shard keeps the chunks it finished
         todo = [p for p in pieces if p.name not in done]

@@ -8,17 +8,24 @@ adversarials of them, each block in dataset order.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..spec import Spec
 from .metrics import bootstrap_ci, detection_metrics
-from .predicting import Clean
 from .reading import chunks
-from .tables import Table
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..protocols import Detector
+    from .attacking import AttackRun
+    from .driver import Driver
+    from .predicting import Clean
 
 SCORE_COLUMNS = ("sample_id", "attack", "label", "pred", "success", "score")
 
@@ -37,7 +44,7 @@ def _confidence(values: np.ndarray) -> float | None:
 def attack_metrics(
     outcomes: dict[str, np.ndarray], clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: float, spec: Spec
 ) -> dict[str, Any]:
-    """DESIGN.md's per-attack metrics on the test part (`outcomes`: the attack table's test rows,
+    """The per-attack metrics of docs/method.md on the test part (`outcomes`: the attack table's test rows,
     `adv_scores` in the same order), plus bootstrap intervals, perturbation sizes and the failed
     adversarials' numbers."""
     ok = outcomes["success"].astype(bool)
@@ -85,47 +92,78 @@ def write_scores(path: Path, rows: Iterable[tuple[Any, ...]], columns: tuple[str
         writer.writerows(rows)
 
 
-EXAMPLES_FILE = "examples.pt"
+MAPS_BATCH = 64
 
 
-def attack_table(run_dir: Path, index: int, tag: str) -> Table:
-    """The outcomes table of attack `index` as detector `tag` saw it (a detector-bound attack has
-    one per detector)."""
-    bound = Table(run_dir, f"attack-{index:02d}-{tag}")
-    return bound if bound.exists() else Table(run_dir, f"attack-{index:02d}")
-
-
-def scores_of_test_part(run_dir: Path, spec: Spec, tag: str) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """A detector's clean test scores and, per attack, its test outcomes joined with their scores
-    (columns of the attack table plus `score`), read from a run directory's tables."""
-    clean = Table(run_dir, f"scores-{tag}-clean").read()
-    attacks = {}
-    for i in range(len(spec.attacks)):
-        table = attack_table(run_dir, i, tag)
-        scores = Table(run_dir, f"scores-{tag}-{table.name}").read(["index", "score"])
-        outcomes = table.read()
-        keep = np.isin(outcomes["index"], scores["index"])
-        attacks[spec.attack_key(i)] = {**{k: v[keep] for k, v in outcomes.items()}, "score": scores["score"]}
-    return clean, attacks
-
-
-def save_examples(path: Path, prep: Any, runs: Iterable[Any], n: int = 4) -> None:
-    """The originals and adversarials of up to `n` test images per attack (successful
-    adversarials first), so the report can draw them from the run directory alone."""
+def pictures(
+    detector: Detector, module: nn.Module, images: torch.Tensor, device: torch.device
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """`(gray u8 [N,H,W], score map [N,H,W] float32 or None)` of the detector's feature response
+    maps of `images` (the gray map is tracekit's default conversion, the score map its score's own
+    `ScoreMap.map`); None for a detector without maps (`MapsDetector`)."""
     import torch
 
-    out = {}
+    from ..protocols import MapsDetector
+    from ..scores import to_gray_u8
+
+    if not isinstance(detector, MapsDetector):
+        return None
+    grays, score_maps = [], []
+    for start in range(0, len(images), MAPS_BATCH):
+        maps = detector.maps(module, images[start : start + MAPS_BATCH].to(device)).detach()
+        grays.append(to_gray_u8(maps).cpu())
+        score_map = detector.score_map(maps)
+        if score_map is not None:
+            score_maps.append(score_map.detach().float().cpu())
+    if not grays:
+        return None
+    gray = torch.cat(grays).numpy()
+    return gray, torch.cat(score_maps).numpy() if score_maps else None
+
+
+def map_title(detector_cfg: Mapping[str, Any]) -> str:
+    """What a detector's score map shows, from its resolved spec: `local-entropy map (size 3)`."""
+    score = detector_cfg.get("score")
+    if not isinstance(score, Mapping):
+        return "score map"
+    params = ", ".join(f"{k} {v}" for k, v in score.items() if k not in ("name", "label"))
+    return f"{score.get('label') or score.get('name')} map" + (f" ({params})" if params else "")
+
+
+def save_examples(
+    path: Path, driver: Driver, runs: Iterable[AttackRun], detector: Detector, detector_cfg: Mapping[str, Any],
+    n: int = 4,
+) -> None:
+    """The originals and adversarials of up to `n` test images per attack (successful
+    adversarials first) and the detector's pictures of both (`pictures`), as arrays in one
+    `.npz` file, so the report draws them from the run directory alone (no torch, no model)."""
+    import torch
+
+    context, test = driver.context, driver.plan.test
+    out: dict[str, np.ndarray] = {
+        "classes": np.asarray(context.model.class_names, dtype=str), "map_title": np.asarray(map_title(detector_cfg)),
+    }
+    keys = []
     for run in runs:
-        rows = run.table.read(["index", "success"])
-        test = np.isin(rows["index"], prep.test)
-        index, success = rows["index"][test], rows["success"][test]
+        rows = run.outcomes(test)
+        index, success = rows["index"], rows["success"]
         positions = np.sort(index[np.lexsort((index, ~success))][:n])
         if not len(positions):
             continue
-        originals = [b.images for b in prep.reader.read(chunks(positions, len(positions)))]
+        originals = torch.cat([b.images for b in context.reader.read(chunks(positions, len(positions)))])
         parts = list(run.adversarials(run.pieces(positions)))
-        out[run.key] = {
-            "index": torch.from_numpy(positions), "ids": [i for p in parts for i in p[2]],
-            "original": torch.cat(originals), "adversarial": torch.cat([p[3] for p in parts]),
-        }
-    torch.save(out, path)
+        adversarials = torch.cat([p[3] for p in parts])
+        k = f"a{len(keys)}"
+        keys.append(run.key)
+        out.update({
+            f"{k}.index": positions, f"{k}.ids": np.asarray([i for p in parts for i in p[2]], dtype=str),
+            f"{k}.original": originals.numpy(), f"{k}.adversarial": adversarials.numpy(),
+        })  # fmt: skip
+        drawn = pictures(detector, context.model.module, torch.cat([originals, adversarials]), context.device)
+        if drawn is not None:
+            out[f"{k}.gray"] = drawn[0]
+            if drawn[1] is not None:
+                out[f"{k}.score_map"] = drawn[1]
+    out["attacks"] = np.asarray(keys, dtype=str)
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **out)

@@ -7,15 +7,7 @@ resumable and lets any shard of the images write its own chunks. Every table has
 column (the image's position in the dataset) and is read back sorted by it; pandas opens one
 with `pd.read_parquet("RUN_DIR/tables/clean")`, polars with `pl.read_parquet("RUN_DIR/tables/clean/*.parquet")`.
 
-Tables of a run:
-- `clean`: every readable image: index, sample_id, label, pred, confidence (of pred),
-  gt_confidence, correct, part (`fit`, `test`, or empty for misclassified images).
-- `attack-<NN>`: per attacked image of attack NN: pred, success, gt/target confidence, L2 and
-  L-inf size of the perturbation, seconds (its share of its batch), cached, content (the hash of
-  the clean image's pixels its cached adversarial is addressed by).
-- `skipped`: unreadable items (sample_id, reason).
-- `scores-<DD>-<what>`: a detector's scores of one set of images (`clean`, `fit`, an attack's
-  adversarials, a control's images).
+The tables of a run and their columns: `tracekit.layout.TableNames`.
 """
 
 from __future__ import annotations
@@ -31,8 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import TracekitError
-
-TABLES_DIR = "tables"
+from ..layout import RunLayout
 
 
 class Table:
@@ -40,7 +31,7 @@ class Table:
 
     def __init__(self, run_dir: Path, name: str) -> None:
         self.name = name
-        self.dir = Path(run_dir) / TABLES_DIR / name
+        self.dir = RunLayout(Path(run_dir)).table(name)
 
     def done(self) -> set[str]:
         """Names of the chunks already written."""

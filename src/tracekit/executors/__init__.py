@@ -8,7 +8,6 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_executors(register: Register) -> None:
-    from . import factories  # light: each factory imports its executor (the engine, torch, Ray) when called
+    from .factories import executors  # light: each factory imports its executor (the engine, torch, Ray) when called
 
-    register("local", factories.local)
-    register("ray", factories.ray)
+    executors.into(register)

@@ -1,6 +1,7 @@
-"""The built-in executors' factories: each one's parameters (its signature, checked when a spec
-loads) and summary. This module stays light: a factory imports its executor (the engine, torch,
-Ray) in its body, so that `tracekit validate` and `tracekit plugins` never import torch.
+"""The built-in executors' factories, each registered under its name where it is defined
+(`@executors.register`): its parameters (its signature, checked when a spec loads) and summary.
+This module stays light: a factory imports its executor (the engine, torch, Ray) in its body, so
+that `tracekit validate` and `tracekit plugins` never import torch.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field
 
 from ..errors import TracekitError
+from ..hookspecs import Components
 
 if TYPE_CHECKING:
     from .local import LocalExecutor
     from .ray_executor import RayExecutor
 
+executors = Components("executor")
 
+
+@executors.register("local")
 def local() -> LocalExecutor:
     """Run every stage in this process (the default)."""
     from .local import LocalExecutor
@@ -23,6 +28,7 @@ def local() -> LocalExecutor:
     return LocalExecutor()
 
 
+@executors.register("ray")
 def ray(
     address: str | None = None,
     workers: Annotated[int, Field(ge=1, le=100_000)] | None = None,

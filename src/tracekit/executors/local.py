@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ..engine.context import Context, Done, Job, Stage
-from ..engine.reading import Chunk
+from ..executing import Chunk, Done, Job, Stage
 
 
 class Held:
@@ -24,12 +23,12 @@ class LocalExecutor:
 
     def __init__(self) -> None:
         self.info: dict[str, Any] = {"name": "local"}
-        self.context: Context | None = None
+        self.context: Any = None  # the driver's run context
 
     def open(self) -> None:
         pass
 
-    def start(self, job: Job, here: Context) -> None:
+    def start(self, job: Job, here: Any) -> None:
         self.context = here
 
     def share(self, value: Any) -> Held:

@@ -2,7 +2,7 @@
 actors, on one machine or a cluster (`pip install 'tracekit[ray]'`).
 
 Each actor (`ShardWorker`, one per GPU where the cluster has GPUs) builds its model, data
-reader and attacks once from the run's `Job` (`tracekit.engine.context.build_context`) and then
+reader and attacks once from the run's `Job` (`job.context()`, `tracekit.executing`) and then
 runs shard after shard of every stage; the driver keeps the global steps (split, detector fit,
 calibration, metrics, report) and hands fitted detectors to the actors through Ray's object
 store. Shards go out as actors become free, so a slow node does not hold the others up. A shard
@@ -30,8 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..cache import cache_dir
-from ..engine.context import Context, Done, Job, Stage, build_context
-from ..engine.reading import Chunk
+from ..executing import Chunk, Done, Job, Stage
 from ..errors import TracekitError
 
 RETRIES = 3  # restarts of a dead worker process, and retries of the shard it held
@@ -55,11 +54,11 @@ class ShardWorker:
 
     def __init__(self, job: Job, decoders: int) -> None:
         self.job, self.decoders = job, decoders
-        self.context: Context | None = None
+        self.context: Any = None  # built from the job on first use
 
-    def _context(self) -> Context:
+    def _context(self) -> Any:
         if self.context is None:
-            self.context = build_context(self.job, self.decoders)
+            self.context = self.job.context(self.decoders)
         return self.context
 
     def ready(self) -> dict[str, Any]:
@@ -104,7 +103,7 @@ class RayExecutor:
                     f"not {self.address}; use address: auto (or null) to run on it"
                 )
 
-    def start(self, job: Job, here: Context) -> None:
+    def start(self, job: Job, here: Any) -> None:
         import ray
 
         resources = ray.cluster_resources()

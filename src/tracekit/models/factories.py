@@ -1,6 +1,7 @@
-"""The built-in models' factories: each one's parameters (its signature, checked when a spec
-loads) and summary. This module stays light: a factory imports its loader (torch, torchvision,
-timm) in its body, so that `tracekit validate` and `tracekit plugins` never import torch.
+"""The built-in models' factories, each registered under its name where it is defined
+(`@models.register`): its parameters (its signature, checked when a spec loads) and summary. This
+module stays light: a factory imports its loader (torch, torchvision, timm) in its body, so that
+`tracekit validate` and `tracekit plugins` never import torch.
 
 Also the parameter types the loaders share (a spec gives lists; pydantic turns them into these).
 """
@@ -12,14 +13,19 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
+from ..hookspecs import Components
+
 if TYPE_CHECKING:
     from ..protocols import LoadedModel
+
+models = Components("model")
 
 MeanStd = tuple[float, ...] | None
 ClassNames = list[str] | Path | None
 InputSize = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
 
 
+@models.register("digits-cnn")
 def digits_cnn(weights: Path | None = None) -> LoadedModel:
     """Small CNN for the embedded digits, trained on first use and cached (or a weights file)."""
     from .digits_cnn import load_model
@@ -27,6 +33,7 @@ def digits_cnn(weights: Path | None = None) -> LoadedModel:
     return load_model(weights)
 
 
+@models.register("digit-scenes-cnn")
 def digit_scenes_cnn(weights: Path | None = None) -> LoadedModel:
     """VGG-style CNN for the embedded digit-scenes, trained on first use and cached (or a weights file)."""
     from .scenes_cnn import load_model
@@ -34,6 +41,7 @@ def digit_scenes_cnn(weights: Path | None = None) -> LoadedModel:
     return load_model(weights)
 
 
+@models.register("torchvision")
 def torchvision_model(
     arch: str,
     weights: str | None = None,
@@ -45,6 +53,7 @@ def torchvision_model(
     return load_model(arch, weights, num_classes)
 
 
+@models.register("timm")
 def timm_model(arch: str, pretrained: bool = False, weights: Path | None = None) -> LoadedModel:
     """A timm classifier; pretrained weights only from the local cache, or from a weights file."""
     from .timm_models import load_model
@@ -52,6 +61,7 @@ def timm_model(arch: str, pretrained: bool = False, weights: Path | None = None)
     return load_model(arch, pretrained, weights)
 
 
+@models.register("torchscript")
 def torchscript_model(
     path: Path,
     input_size: InputSize = (3, 224, 224),
@@ -65,6 +75,7 @@ def torchscript_model(
     return load_torchscript(path, input_size, mean, std, class_names)
 
 
+@models.register("checkpoint")
 def checkpoint_model(
     path: Path,
     arch: str,

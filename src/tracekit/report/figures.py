@@ -4,7 +4,9 @@
 - `score_hist.png`: score histograms, clean vs each attack, with the threshold (Fig. 4a).
 - `examples_<attack>.png`: a few test images per attack (successful adversarials first): the
   original, the perturbation (amplified, with its scale), the adversarial, and for the clean and
-  the adversarial image the feature response (gray map) and its local-entropy map (Figs. 2-3).
+  the adversarial image the feature response (gray map) and the map of the run's own score (the
+  local entropy of its configured neighbourhood for the paper's; Figs. 2-3), as the run stored
+  them: drawing needs neither torch nor the model.
 
 A comparison (`tracekit compare SPEC`) gets `roc_<attack>.png` (one curve per detector) and
 `auc_heatmap.png` (detectors x attacks).
@@ -15,23 +17,17 @@ from __future__ import annotations
 import math
 import re
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..engine.summary import scores_of_test_part
-from ..protocols import Detector
-from .rundata import RunData, RunsData
+from ..layout import TableNames
+from .rundata import Examples, RunData, RunsData
 
-ENTROPY_SIZE = 3  # the paper's 3x3 neighbourhood
-ENTROPY_MAX = math.log2(ENTROPY_SIZE * ENTROPY_SIZE)  # the largest possible 3x3 local entropy (bits)
-MAPS_BATCH = 64
 DPI = 110
 # Image figures: a row (image and its title), the room for titles above and colorbars below.
 ROW_INCHES, AXES_TITLE_INCHES, SUPTITLE_LINE_INCHES, BOTTOM_INCHES = 2.45, 0.45, 0.22, 0.6
@@ -108,48 +104,52 @@ def _colorbar(fig: Any, ax: Any, image: Any, label: str) -> None:
     fig.colorbar(image, cax=cax, orientation="horizontal", label=label)
 
 
-def feature_maps(
-    detector: Detector, module: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`(gray u8 [N,H,W], local entropy [N,H,W])` of the detector's feature response maps, on the
-    CPU; None when the detector has no `maps`. The gray map is tracekit's default conversion."""
-    from ..scores import local_entropy_map, to_gray_u8
+@dataclass
+class Pictures:
+    """A detector's pictures of some images: gray feature responses `[N,H,W]` (uint8) and, where
+    its score has one, the score's map `[N,H,W]`, titled `title` (e.g. `local-entropy map (size 3)`)."""
 
-    if not hasattr(detector, "maps"):
-        return None
-    batch = torch.stack(list(images)) if not isinstance(images, torch.Tensor) else images
-    grays, entropies = [], []
-    for start in range(0, len(batch), MAPS_BATCH):
-        maps = detector.maps(module, batch[start : start + MAPS_BATCH].to(device)).detach()
-        gray = to_gray_u8(maps)
-        grays.append(gray.cpu())
-        entropies.append(local_entropy_map(gray, ENTROPY_SIZE).cpu())
-    return torch.cat(grays), torch.cat(entropies)
+    gray: np.ndarray
+    score_map: np.ndarray | None
+    title: str
+
+    def part(self, rows: slice | np.ndarray) -> Pictures:
+        return Pictures(self.gray[rows], None if self.score_map is None else self.score_map[rows], self.title)
 
 
-def _show_image(ax: Any, image: torch.Tensor) -> None:
+def _show_image(ax: Any, image: np.ndarray) -> None:
     """`[C,H,W]` in [0, 1]: RGB as is, anything else as gray (mean over channels)."""
-    array = image.detach().cpu().float().numpy()
+    array = np.asarray(image, dtype=np.float32)
     if array.shape[0] == 3:
         ax.imshow(np.clip(array.transpose(1, 2, 0), 0, 1))
     else:
         ax.imshow(array.mean(0), cmap="gray", vmin=0, vmax=1)
 
 
-def _show_perturbation(ax: Any, delta: torch.Tensor, span: float) -> Any:
+def _show_perturbation(ax: Any, delta: np.ndarray, span: float) -> Any:
     """The perturbation on the color scale [-span, span]: RGB as 0.5 + delta / (2 span) (returns
     None), anything else on a diverging colormap (returns the image, for a colorbar)."""
-    array = delta.detach().cpu().float().numpy()
+    array = np.asarray(delta, dtype=np.float32)
     if array.shape[0] == 3:
         ax.imshow(np.clip(0.5 + array.transpose(1, 2, 0) / (2 * span), 0, 1))
         return None
     return ax.imshow(array.mean(0), cmap="RdBu_r", vmin=-span, vmax=span)
 
 
-def _show_maps(ax_gray: Any, ax_entropy: Any, gray: torch.Tensor, entropy: torch.Tensor) -> Any:
-    """The gray feature response and its local-entropy map; returns the latter (for a colorbar)."""
-    ax_gray.imshow(gray.numpy(), cmap="gray", vmin=0, vmax=255)
-    return ax_entropy.imshow(entropy.numpy(), cmap="magma", vmin=0, vmax=ENTROPY_MAX)
+def _show_gray(ax: Any, gray: np.ndarray) -> None:
+    """A gray feature response (uint8)."""
+    ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
+
+
+def _show_score_map(ax: Any, score_map: np.ndarray, vmax: float) -> Any:
+    """A score's map on the color scale [0, vmax] shared by a figure; returns it (for a colorbar)."""
+    return ax.imshow(score_map, cmap="magma", vmin=0, vmax=vmax)
+
+
+def _map_scale(score_map: np.ndarray) -> float:
+    """The top of a figure's shared score-map color scale."""
+    peak = float(np.nanmax(score_map)) if score_map.size else 0.0
+    return peak if peak > 0 else 1.0
 
 
 def curve_styles(n: int) -> list[tuple[Any, Any]]:
@@ -285,49 +285,56 @@ def score_hist_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.n
 def example_figure(
     path: Path,
     title: str,
-    originals: torch.Tensor,
-    adversarials: torch.Tensor,
+    originals: np.ndarray,
+    adversarials: np.ndarray,
     examples: list[Example],
     threshold: float,
-    maps: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
+    pictures: tuple[Pictures, Pictures] | None,
 ) -> None:
     """One row per example: original, perturbation, adversarial and, where the detector has
-    maps, the clean and adversarial feature responses and local-entropy maps. Perturbations
-    share one color scale, and so do all entropy maps (0 to log2(9) bits)."""
-    ncols = 3 if maps is None else 7
+    maps, the clean and adversarial feature responses and their score maps. Perturbations share
+    one color scale, and so do all score maps."""
+    with_maps = pictures is not None and pictures[0].score_map is not None
+    ncols = 3 if pictures is None else (7 if with_maps else 5)
     deltas = adversarials - originals
-    peak = float(deltas.abs().max()) if deltas.numel() else 0.0
+    peak = float(np.abs(deltas).max()) if deltas.size else 0.0
     span = peak if peak > 0 else 1.0
     notes = [title, f"threshold {threshold:.4g}"]
     if deltas.shape[1] == 3:
         notes[-1] += f"; perturbations shown ×{0.5 / span:.3g} around gray"
-    if maps is None:
+    if pictures is None:
         notes.append("this detector has no feature response maps: map panels omitted")
+    elif not with_maps:
+        notes.append("this detector's score has no map: map panels omitted")
+    vmax = _map_scale(np.concatenate([p.score_map for p in pictures])) if with_maps else 1.0  # type: ignore[union-attr,misc]
     with _image_figure(path, len(examples), ncols, 2.1 * ncols, "\n".join(notes)) as (fig, axes):
+        map_image = None
         for row, ex in enumerate(examples):
             ax = axes[row]
             _show_image(ax[0], originals[row])
             ax[0].set_title(f"{ex.sample_id} (true {ex.label})\nclean: {ex.clean_class} ({percent(ex.clean_confidence)})")
             delta_image = _show_perturbation(ax[1], deltas[row], span)
-            ax[1].set_title(f"perturbation\nmax |δ| {float(deltas[row].abs().max()):.3g}")
+            ax[1].set_title(f"perturbation\nmax |δ| {float(np.abs(deltas[row]).max()):.3g}")
             _show_image(ax[2], adversarials[row])
             outcome = "succeeded" if ex.success else "failed"
             ax[2].set_title(f"adversarial ({outcome})\npred {ex.adv_class} ({percent(ex.adv_confidence)})",
                             color=ADV_COLOR if ex.success else "black")  # fmt: skip
-            if maps is not None:
-                (clean_gray, clean_entropy), (adv_gray, adv_entropy) = maps
-                entropy_image = _show_maps(ax[3], ax[4], clean_gray[row], clean_entropy[row])
-                _show_maps(ax[5], ax[6], adv_gray[row], adv_entropy[row])
-                ax[3].set_title(f"clean response\nscore {ex.clean_score:.4g}{_flag(ex.clean_score, threshold)}")
-                ax[4].set_title(f"clean local entropy\nmean {float(clean_entropy[row].mean()):.3f} bits")
-                ax[5].set_title(f"adversarial response\nscore {ex.adv_score:.4g}{_flag(ex.adv_score, threshold)}",
-                                color=ADV_COLOR if ex.adv_score > threshold else "black")  # fmt: skip
-                ax[6].set_title(f"adversarial local entropy\nmean {float(adv_entropy[row].mean()):.3f} bits")
+            if pictures is None:
+                continue
+            columns = (3, 5) if with_maps else (3, 4)
+            for side, column, score in zip(("clean", "adversarial"), columns, (ex.clean_score, ex.adv_score)):
+                drawn = pictures[0] if side == "clean" else pictures[1]
+                _show_gray(ax[column], drawn.gray[row])
+                ax[column].set_title(f"{side} response\nscore {score:.4g}{_flag(score, threshold)}",
+                                     color=ADV_COLOR if side == "adversarial" and score > threshold else "black")
+                if drawn.score_map is not None:
+                    map_image = _show_score_map(ax[column + 1], drawn.score_map[row], vmax)
+                    ax[column + 1].set_title(f"{side} {drawn.title}\nmean {float(drawn.score_map[row].mean()):.3f}")
         if delta_image is not None:
             _colorbar(fig, axes[-1, 1], delta_image, "perturbation δ")
-        if maps is not None:
+        if map_image is not None and pictures is not None:
             for column in (4, 6):
-                _colorbar(fig, axes[-1, column], entropy_image, "local entropy (bits)")
+                _colorbar(fig, axes[-1, column], map_image, pictures[0].title)
 
 
 def _flag(score: float, threshold: float | None) -> str:
@@ -336,16 +343,16 @@ def _flag(score: float, threshold: float | None) -> str:
     return " > thr: flagged" if score > threshold else " ≤ thr: clean"
 
 
-def explain_panel(
-    path: Path, image: torch.Tensor, maps: tuple[torch.Tensor, torch.Tensor] | None, result: dict[str, Any]
-) -> None:
-    """One image, its feature response and local-entropy map, titled with prediction and score."""
-    ncols = 1 if maps is None else 3
+def explain_panel(path: Path, image: np.ndarray, pictures: Pictures | None, result: dict[str, Any]) -> None:
+    """One image, its feature response and its score's map, titled with prediction and score
+    (`pictures`: of this one image)."""
+    with_map = pictures is not None and pictures.score_map is not None
+    ncols = 1 if pictures is None else (3 if with_map else 2)
     name = Path(str(result["image"])).name
     lines = [f"{name}: score {result['score']:.4g} (no threshold; a run directory as model gives a verdict)"]
     if result.get("verdict"):
         lines = [f"{name}: {result['verdict']}", f"score {result['score']:.4g}, threshold {result['threshold']:.4g}"]
-    if maps is None:
+    if pictures is None:
         lines.append("this detector has no feature response maps")
     width = 2.6 * ncols + 0.4
     # About 0.1 inch a character at the title's size: wrap rather than run off the figure.
@@ -354,23 +361,26 @@ def explain_panel(
         axes = axes[0]
         _show_image(axes[0], image)
         axes[0].set_title(f"input\npred {result['class']} ({percent(result['confidence'])})")
-        if maps is not None:
-            entropy_image = _show_maps(axes[1], axes[2], *maps)
+        if pictures is not None:
+            _show_gray(axes[1], pictures.gray[0])
             axes[1].set_title(f"feature response\nscore {result['score']:.4g}{_flag(result['score'], result['threshold'])}")
-            axes[2].set_title(f"local entropy\nmean {float(maps[1].mean()):.3f} bits")
-            _colorbar(fig, axes[2], entropy_image, "bits")
+        if pictures is not None and pictures.score_map is not None:
+            score_map = pictures.score_map[0]
+            map_image = _show_score_map(axes[2], score_map, _map_scale(score_map))
+            axes[2].set_title(f"{pictures.title}\nmean {float(score_map.mean()):.3f}")
+            _colorbar(fig, axes[2], map_image, pictures.title)
 
 
 def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
     """Every figure of a finished run into its directory, from the run directory alone (the
-    example panels' maps recomputed with the run's model and fitted detector).
+    example panels from the images and maps the run stored).
 
     Returns `{"roc": file, "score_hist": file, "examples": [{"attack", "file", "examples"}]}`;
     file names are relative to the run directory.
     """
     from ..progress import progress
 
-    clean, attacks = scores_of_test_part(run.dir, run.spec, "d00")
+    clean, attacks = run.test_scores(TableNames.detector(0))
     adversarial = {key: rows["score"][rows["success"]] for key, rows in attacks.items()}
     aucs = {key: m["auc"] for key, m in run.metrics["attacks"].items()}
     threshold = float(run.metrics["threshold"])
@@ -382,45 +392,44 @@ def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
         advance(1)
         score_hist_figure(run.dir / out["score_hist"], clean["score"], adversarial, threshold)
         advance(1)
-        saved = run.examples()
-        setup, clean_rows = (run.setup(), run.clean()) if saved else (None, {})
+        saved, names, map_title = run.examples()
+        clean_rows = run.clean() if saved else {}
         for key, rows in attacks.items():
             if key in saved:
-                drawn = _attack_examples(run, setup, key, saved[key], clean, clean_rows, rows, examples, taken)
+                drawn = _attack_examples(run, names, map_title, key, saved[key], clean, clean_rows, rows, examples, taken)
                 out["examples"].append(drawn)
             advance(1)
     return out
 
 
 def _attack_examples(
-    run: RunData, setup: Any, key: str, saved: dict[str, Any], clean: dict[str, np.ndarray],
+    run: RunData, names: list[str], map_title: str, key: str, saved: Examples, clean: dict[str, np.ndarray],
     clean_rows: dict[str, np.ndarray], rows: dict[str, np.ndarray], n: int, taken: set[str],
 ) -> dict[str, Any]:
     """The example panel of one attack: its saved test images (`clean`: the clean test scores,
-    `clean_rows`: the clean table), successful adversarials first."""
-    names = setup.model.class_names
+    `clean_rows`: the clean table), successful adversarials first; `names`: the model's classes."""
     at = {int(p): i for i, p in enumerate(rows["index"])}
     clean_at = {int(p): i for i, p in enumerate(clean_rows["index"])}
     score_at = {int(p): float(s) for p, s in zip(clean["index"], clean["score"])}
-    order = sorted(range(len(saved["ids"])), key=lambda k: not bool(rows["success"][at[int(saved["index"][k])]]))[:n]
+    order = sorted(range(len(saved.ids)), key=lambda k: not bool(rows["success"][at[int(saved.index[k])]]))[:n]
     examples = []
     for k in order:
-        position = int(saved["index"][k])
+        position = int(saved.index[k])
         r, c = at[position], clean_at[position]
         examples.append(Example(
-            saved["ids"][k], names[int(rows["label"][r])],
+            saved.ids[k], names[int(rows["label"][r])],
             names[int(clean_rows["pred"][c])], float(clean_rows["confidence"][c]), score_at[position],
             names[int(rows["pred"][r])], float(rows["target_confidence"][r]), float(rows["score"][r]),
             bool(rows["success"][r]),
         ))  # fmt: skip
-    originals, adversarials = saved["original"][order], saved["adversarial"][order]
-    maps = feature_maps(setup.detector, setup.model.module, torch.cat([originals, adversarials]), setup.device)
-    if maps is not None:
-        (gray, entropy), m = maps, len(order)
-        maps = ((gray[:m], entropy[:m]), (gray[m:], entropy[m:]))
+    originals, adversarials = saved.original[order], saved.adversarial[order]
+    pictures = None
+    if saved.gray is not None:
+        drawn, m = Pictures(saved.gray, saved.score_map, map_title), len(saved.ids)
+        pictures = (drawn.part(np.asarray(order)), drawn.part(np.asarray(order) + m))
     file = f"examples_{file_stem(key, taken)}.png"
     title = f"{key}: {len(examples)} test image(s), successful adversarials first"
-    example_figure(run.dir / file, title, originals, adversarials, examples, float(run.metrics["threshold"]), maps)
+    example_figure(run.dir / file, title, originals, adversarials, examples, float(run.metrics["threshold"]), pictures)
     return {"attack": key, "file": file, "examples": examples}
 
 
@@ -433,7 +442,7 @@ def write_compare_figures(run: RunData) -> dict[str, Any]:
     detectors = run.metrics["detectors"]
     per_detector = {}
     for index, label in enumerate(detectors):
-        clean, rows = scores_of_test_part(run.dir, run.spec, f"d{index:02d}")
+        clean, rows = run.test_scores(TableNames.detector(index))
         per_detector[label] = (clean["score"], {key: r["score"][r["success"]] for key, r in rows.items()})
     return _comparison_figures(run.dir, {label: entry["attacks"] for label, entry in detectors.items()}, per_detector)
 

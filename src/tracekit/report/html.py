@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engine.metrics import FPR_LEVELS, headline_level
+from ..layout import RunLayout
 from . import verdicts
 
 if TYPE_CHECKING:
@@ -260,7 +261,7 @@ def write_report(run_dir: str | Path, examples: int = 4) -> Path:
 
     if is_runs_comparison(run_dir):
         runs = read_runs_comparison(run_dir)
-        path = runs.dir / "report.html"
+        path = RunLayout(runs.dir).report
         path.write_text(render_runs_report(runs, write_runs_figures(runs)), encoding="utf-8")
         return path
     run = read_run(run_dir)
@@ -268,6 +269,6 @@ def write_report(run_dir: str | Path, examples: int = 4) -> Path:
         page = render_compare_report(run, write_compare_figures(run))
     else:
         page = render_report(run, write_figures(run, examples))
-    path = run.dir / "report.html"
+    path = RunLayout(run.dir).report
     path.write_text(page, encoding="utf-8")
     return path

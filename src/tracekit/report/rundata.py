@@ -1,8 +1,9 @@
 """A finished run (or comparison) read back from its directory: all the report needs.
 
 The run directory is the single source of truth: `spec.resolved.yaml`, `metrics.json`, the
-per-sample tables, `examples.pt` (a few test images and their adversarials per attack) and the
-fitted detector (`detector.json`), from which the report recomputes the example maps.
+per-sample tables and `examples.npz` (a few test images per attack, their adversarials and the
+detector's pictures of both), named by `tracekit.layout`. Reading them needs neither torch nor
+the model.
 """
 
 from __future__ import annotations
@@ -12,15 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
 from ..bounded import load_yaml, read_json, read_text
-from ..engine.rundir import RESOLVED_SPEC
-from ..engine.summary import EXAMPLES_FILE
 from ..engine.tables import Table
 from ..errors import TracekitError
+from ..layout import METRICS, RESOLVED_SPEC, RUNS_COMPARISON, SCORES, RunLayout, TableNames
 from ..spec import Spec, validate_spec
+
+
+@dataclass
+class Examples:
+    """A run's example images of one attack (`examples.npz`): test images, their adversarials
+    and, where the detector has them, its gray maps and score maps of both (clean rows first)."""
+
+    index: np.ndarray
+    ids: list[str]
+    original: np.ndarray  # [n,C,H,W] float32 in [0, 1]
+    adversarial: np.ndarray
+    gray: np.ndarray | None = None  # [2n,H,W] uint8
+    score_map: np.ndarray | None = None  # [2n,H,W] float32
 
 
 @dataclass
@@ -36,22 +48,55 @@ class RunData:
         return "detectors" in self.metrics
 
     def clean(self) -> dict[str, np.ndarray]:
-        return Table(self.dir, "clean").read()
+        return Table(self.dir, TableNames.CLEAN).read()
 
-    def examples(self) -> dict[str, dict[str, Any]]:
-        path = self.dir / EXAMPLES_FILE
+    def examples(self) -> tuple[dict[str, Examples], list[str], str]:
+        """`({attack: Examples}, class names, the score map's title)`; no examples when the run
+        has none (a comparison)."""
+        path = RunLayout(self.dir).examples
         if not path.is_file():
-            return {}
+            return {}, [], ""
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a broken file: no example panels, said once
+            with np.load(path, allow_pickle=False) as npz:
+                data = {key: npz[key] for key in npz.files}
+            found = {}
+            for k, attack in enumerate(data["attacks"].tolist()):
+                at = f"a{k}."
+                found[str(attack)] = Examples(
+                    data[at + "index"], [str(i) for i in data[at + "ids"]], data[at + "original"],
+                    data[at + "adversarial"], data.get(at + "gray"), data.get(at + "score_map"),
+                )
+            return found, [str(c) for c in data["classes"]], str(data["map_title"])
+        except (OSError, ValueError, KeyError, EOFError) as exc:
             raise TracekitError(f"{path}: unreadable ({type(exc).__name__}: {exc}); run the spec again") from None
 
-    def setup(self) -> Any:
-        """The run's model and fitted detector (as `tracekit detect` rebuilds them)."""
-        from ..detecting import load_run
+    def test_scores(self, tag: str) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+        """Detector `tag`'s clean test scores and, per attack, its test outcomes joined with
+        their scores (the attack table's columns plus `score`), from the tables."""
+        return scores_of_test_part(self.dir, self.spec, tag)
 
-        return load_run(self.dir)
+
+def attack_table(run_dir: Path, index: int, tag: str) -> Table:
+    """The outcomes table of attack `index` as detector `tag` saw it (a detector-bound attack has
+    one per detector)."""
+    bound = Table(run_dir, TableNames.attack(index, tag))
+    return bound if bound.exists() else Table(run_dir, TableNames.attack(index))
+
+
+def scores_of_test_part(
+    run_dir: Path, spec: Spec, tag: str
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """A detector's clean test scores and, per attack, its test outcomes joined with their scores
+    (columns of the attack table plus `score`), read from a run directory's tables."""
+    clean = Table(run_dir, TableNames.scores(tag, "clean")).read()
+    attacks = {}
+    for i in range(len(spec.attacks)):
+        table = attack_table(run_dir, i, tag)
+        scores = Table(run_dir, TableNames.scores(tag, table.name)).read(["index", "score"])
+        outcomes = table.read()
+        keep = np.isin(outcomes["index"], scores["index"])
+        attacks[spec.attack_key(i)] = {**{k: v[keep] for k, v in outcomes.items()}, "score": scores["score"]}
+    return clean, attacks
 
 
 def read_run(run_dir: str | Path) -> RunData:
@@ -61,7 +106,7 @@ def read_run(run_dir: str | Path) -> RunData:
         raise TracekitError(f"run directory {path} does not exist (or is not a directory)")
     try:
         data = load_yaml(read_text(path / RESOLVED_SPEC, RESOLVED_SPEC), yaml.SafeLoader, str(path / RESOLVED_SPEC))
-        metrics = read_json(path / "metrics.json", "metrics.json")
+        metrics = read_json(path / METRICS, METRICS)
     except FileNotFoundError as exc:
         raise TracekitError(f"{path} is not a finished tracekit run: {Path(exc.filename).name} is missing") from None
     except (ValueError, yaml.YAMLError) as exc:
@@ -71,12 +116,9 @@ def read_run(run_dir: str | Path) -> RunData:
     provenance = data.pop("provenance", None)
     spec = validate_spec(data, source=str(path / RESOLVED_SPEC))
     spec.provenance = provenance
-    if not Table(path, "clean").exists():
+    if not Table(path, TableNames.CLEAN).exists():
         raise TracekitError(f"{path} has no per-sample tables (tables/clean is missing); run the spec again to write them")
     return RunData(path, spec, metrics)
-
-
-RUNS_COMPARISON = "comparison.json"  # as `engine.compare.RUNS_COMPARISON` (not imported: that module is heavy)
 
 
 @dataclass
@@ -90,8 +132,8 @@ class RunsData:
 
 
 def is_runs_comparison(run_dir: str | Path) -> bool:
-    path = Path(run_dir)
-    return (path / RUNS_COMPARISON).is_file() and not (path / RESOLVED_SPEC).is_file()
+    layout = RunLayout(Path(run_dir))
+    return layout.runs_comparison.is_file() and not layout.spec.is_file()
 
 
 def read_runs_comparison(run_dir: str | Path) -> RunsData:
@@ -101,7 +143,7 @@ def read_runs_comparison(run_dir: str | Path) -> RunsData:
     path = Path(run_dir)
     try:
         document = read_json(path / RUNS_COMPARISON, RUNS_COMPARISON)
-        with open(path / "scores.csv", newline="", encoding="utf-8") as fh:
+        with open(path / SCORES, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError as exc:
         raise TracekitError(f"{path} is not a finished comparison of runs: {Path(exc.filename).name} is missing") from None

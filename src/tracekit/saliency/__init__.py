@@ -10,12 +10,9 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_saliency(register: Register) -> None:
-    from . import factories  # light: each factory imports its method (and torch) when called
+    from .factories import saliency  # light: each factory imports its method (and torch) when called
 
-    register("guided-backprop", factories.guided_backprop)
-    register("gradient", factories.gradient)
-    register("integrated-gradients", factories.integrated_gradients)
-    register("smoothgrad", factories.smoothgrad)
+    saliency.into(register)
 
 
 def __getattr__(name: str) -> Any:

@@ -10,10 +10,9 @@ from ..plugins import hookimpl
 
 @hookimpl
 def tracekit_register_scores(register: Register) -> None:
-    from . import factories  # light: each factory imports its score (and torch) when called
+    from .factories import scores  # light: each factory imports its score (and torch) when called
 
-    register("local-entropy", factories.local_entropy)
-    register("global-entropy", factories.global_entropy)
+    scores.into(register)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,7 @@
-"""The built-in scores' factories: each one's parameters (its signature, checked when a spec
-loads) and summary. This module stays light: a factory imports its score (torch) in its body, so
-that `tracekit validate` and `tracekit plugins` never import torch.
+"""The built-in scores' factories, each registered under its name where it is defined
+(`@scores.register`): its parameters (its signature, checked when a spec loads) and summary. This
+module stays light: a factory imports its score (torch) in its body, so that `tracekit validate` and
+`tracekit plugins` never import torch.
 
 Also the defaults of the differentiable surrogate of the local-entropy score
 (`tracekit.scores.entropy_surrogate`), which the `adaptive-entropy` attack's parameters name.
@@ -12,9 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, Field
 
+from ..hookspecs import Components
+
 if TYPE_CHECKING:
     from .entropy import LocalEntropy
     from .global_entropy import GlobalEntropy
+
+scores = Components("score")
 
 DEFAULT_BETA = 10.0
 DEFAULT_SIGMA = 1.0
@@ -26,6 +31,7 @@ def _odd(size: int) -> int:
     return size
 
 
+@scores.register("local-entropy")
 def local_entropy(size: Annotated[int, Field(ge=1, le=15), AfterValidator(_odd)] = 3) -> LocalEntropy:
     """Mean local spatial entropy of the gray feature response map (size x size window)."""
     from .entropy import LocalEntropy
@@ -33,6 +39,7 @@ def local_entropy(size: Annotated[int, Field(ge=1, le=15), AfterValidator(_odd)]
     return LocalEntropy(size)
 
 
+@scores.register("global-entropy")
 def global_entropy() -> GlobalEntropy:
     """Shannon entropy of the whole gray feature response map's 256-bin histogram."""
     from .global_entropy import GlobalEntropy

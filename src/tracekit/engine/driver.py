@@ -1,7 +1,9 @@
-"""The shared part of a run or a comparison: model, data, the clean stage, the attacks.
+"""The shared part of a run or a comparison, on the driver: model and data, the clean stage, the
+split, the attacks that need no detector.
 
-Components are built once per run, from the resolved spec, through their registries; the engine
-knows kinds, never concrete components.
+`prepare` returns a `Driver`: the driver's run context (`RunContext`, the same object a worker
+builds), the executor that runs per-image stages, and the `Plan` (which images are fitted on,
+tested and attacked). The global steps (fitting, evaluating, summary) take the driver.
 """
 
 from __future__ import annotations
@@ -21,75 +23,48 @@ from ..cache import cache_dir, ensure_dir
 from ..checks import component
 from ..compute import auto_batch_size
 from ..errors import TracekitError
+from ..executing import Executor, Job
+from ..layout import ADVERSARIALS, TABLES, RunLayout, TableNames
 from ..plugins import distribution_versions, registry
-from ..protocols import (
-    Attack, CacheKeyed, Dataset, DetectorBound, Detector, Executor, InputChecked, LoadedModel, PerImageAttack, SeededAttack,
-)
+from ..protocols import Attack, CacheKeyed, Detector, DetectorBound, InputChecked, PerImageAttack, SeededAttack
 from ..spec import Spec
-from .attack_cache import AttackCache, code_version, model_fingerprint
+from .attack_cache import AttackCache, code_version
 from .attacking import AttackRun, AttackStage, attack_stage, seed_everything
-from .context import KEY_FILE, TRAINED, Context, DetectorHandle, Job, build, dataset_spec, load_model
+from .context import TRAINED, DetectorHandle, RunContext, build_context, worker_context
 from .predicting import FIT, TEST, Clean, clean_stage, fit_score
-from .reading import Reader, chunks, default_workers
-from .tables import Table
+from .reading import chunks
 
 
 @dataclass
-class Prepared:
-    """Model, data, the clean table and the attacks that need no detector, ready for detectors."""
+class Plan:
+    """Which images a run fits on, tests on and attacks: the clean table read back, the bounded
+    fit subset a learning detector is fitted on, and the attacks run so far."""
 
-    context: Context  # the driver's own: spec, device, run directory, model, reader, attacks
-    executor: Executor  # where the per-image stages run
-    dataset: Dataset
     clean: Clean
-    fingerprint: str  # of the model weights: keys the attack cache, recorded in detector.json
-    runs: list[AttackRun]  # attacks that need no detector, in spec order
-    bound: list[int]  # indices of the spec's detector-bound (adaptive) attacks
     fit_subset: np.ndarray  # positions of the fit images a learning detector is fitted on
-    _fit_images: torch.Tensor | None = field(default=None, repr=False)
-
-    @property
-    def spec(self) -> Spec:
-        return self.context.spec
-
-    @property
-    def device(self) -> torch.device:
-        return self.context.device
-
-    @property
-    def work(self) -> Path:
-        """The run's (temporary) directory, where its tables are."""
-        return self.context.work
-
-    @property
-    def model(self) -> LoadedModel:
-        return self.context.model
-
-    @property
-    def reader(self) -> Reader:
-        return self.context.reader
-
-    @property
-    def attacks(self) -> list[Attack]:
-        """Built once, in spec order."""
-        return self.context.attacks
-
-    @property
-    def cache_root(self) -> Path:
-        return self.context.cache_root
-
-    def table(self, name: str) -> Table:
-        return self.context.table(name)
+    bound: list[int]  # indices of the spec's detector-bound (adaptive) attacks
+    runs: list[AttackRun] = field(default_factory=list)  # attacks that need no detector, in spec order
 
     @property
     def test(self) -> np.ndarray:
+        """Positions of the test part."""
         return self.clean.positions(TEST)
 
+
+@dataclass
+class Driver:
+    """A run on the driver: its context, where its per-image stages run, and its plan."""
+
+    context: RunContext
+    executor: Executor
+    plan: Plan
+    _fit_images: torch.Tensor | None = field(default=None, repr=False)
+
     def fit_images(self) -> torch.Tensor:
-        """The clean images of `fit_subset` (bounded by `calibration.fit_images`), read once."""
+        """The clean images of the fit subset (bounded by `calibration.fit_images`), read once."""
         if self._fit_images is None:
-            batches = list(self.reader.read(chunks(self.fit_subset, self.spec.batch_size)))
-            self._fit_images = torch.cat([b.images for b in batches])
+            todo = chunks(self.plan.fit_subset, self.context.spec.batch_size)
+            self._fit_images = torch.cat([b.images for b in self.context.reader.read(todo)])
         return self._fit_images
 
     def share(self, detector: Detector, cfg: Mapping[str, Any], tag: str, model: str = TRAINED) -> DetectorHandle:
@@ -97,11 +72,13 @@ class Prepared:
         return DetectorHandle(tag, model, self.executor.share(detector), component("detector", str(cfg["name"])))
 
     def attack(
-        self, index: int, positions: np.ndarray, table: str, bind: tuple[DetectorHandle, dict[str, Any], float] | None = None
+        self, index: int, positions: np.ndarray, table: str,
+        bind: tuple[DetectorHandle, dict[str, Any], float] | None = None,
     ) -> AttackRun:
         """Run attack `index` of the spec on the images at `positions` (all correctly classified);
         `bind` = (fitted detector, its resolved spec, threshold) for a detector-bound attack."""
-        spec, attack = self.spec, self.attacks[index]
+        context = self.context
+        spec, attack = context.spec, context.attacks[index]
         cfg, key = spec.attacks[index], spec.attack_key(index)
         # A label only names results: relabelling an attack reuses its cached adversarials.
         cache_key = {**{k: v for k, v in cfg.items() if k != "label"}, "code": code_version(attack)}
@@ -112,25 +89,27 @@ class Prepared:
         if bind is not None:
             handle, detector_cfg, threshold = bind
             cache_key.update(detector=detector_cfg, threshold=threshold)
-        cache = AttackCache(self.fingerprint, cache_key, spec.seed, root=self.cache_root)
+        assert context.cache_root is not None  # the driver's context has one
+        cache = AttackCache(context.fingerprint, cache_key, spec.seed, root=context.cache_root)
         run = AttackRun(
-            key, self.table(table), cache, chunks(positions, spec.batch_size),
+            key, context.table(table), cache, chunks(positions, spec.batch_size),
             (isinstance(attack, PerImageAttack) and attack.per_image) or isinstance(attack, SeededAttack),
         )
-        labels_of = self.clean.by_position(self.clean.labels)
+        clean = self.plan.clean
+        labels_of = clean.by_position(clean.labels)
         attack_stage(self.executor, AttackStage(index, run, labels_of, None if bind is None else (handle, threshold)))
         return run
 
 
-def screen_attacks(spec: Spec, attacks: list[Attack], model: LoadedModel) -> list[int]:
-    """Check every attack against the model before any work starts (an attack's optional
+def screen_attacks(spec: Spec, attacks: list[Attack], input_size: tuple[int, ...]) -> list[int]:
+    """Check every attack against the model's input before any work starts (an attack's optional
     `check(input_size)`), and return the indices of the detector-bound (adaptive) attacks, which
     target a fitted, calibrated detector and so run after calibration."""
     bound = []
     for i, attack in enumerate(attacks):
         if isinstance(attack, InputChecked):
             try:
-                attack.check(tuple(model.input_size))
+                attack.check(input_size)
             except TracekitError as exc:
                 raise TracekitError(f"{spec.source}: attacks.{i}: {exc}") from None
         if isinstance(attack, DetectorBound) and attack.needs_detector:
@@ -148,7 +127,7 @@ def stage_key(spec: Spec, fingerprint: str) -> str:
 
 def prepare(
     spec: Spec, device: torch.device, work: Path, use_cache: bool, adversarial_fit: bool, executor: Executor
-) -> Prepared:
+) -> Driver:
     """Load model and data, start the executor, predict and split the clean images, run (or load
     cached) attacks.
 
@@ -156,37 +135,35 @@ def prepare(
     never read from or written to the user's attack cache.
     """
     seed_everything(spec.seed)
-    model = load_model(spec, device)
+    layout = RunLayout(work)
+    cache_root = cache_dir() / "attacks" if use_cache else layout.adversarials
+    context = build_context(spec, device, work, cache_root)
     if spec.batch_size == "auto":  # resolved once, here; workers get the number with the spec
-        spec.batch_size = auto_batch_size(model.module, tuple(model.input_size), device)
-    attacks: list[Attack] = [build("attack", cfg) for cfg in spec.attacks]
-    bound = screen_attacks(spec, attacks, model)
-    dataset: Dataset = build("dataset", dataset_spec(spec))
-    workers = default_workers() if spec.num_workers is None else spec.num_workers
-    reader = Reader(dataset, model, workers, pin=device.type == "cuda")
-    fingerprint = model_fingerprint(model.module)
-    key = stage_key(spec, fingerprint)
-    _reset_if_stale(work, key)
-    cache_root = cache_dir() / "attacks" if use_cache else work / "adversarials"
+        spec.batch_size = auto_batch_size(context.model.module, tuple(context.model.input_size), device)
+    bound = screen_attacks(spec, context.attacks, tuple(context.model.input_size))
+    context.reader  # noqa: B018 - built now: a dataset that does not fit the model fails before any work
+    key = stage_key(spec, context.fingerprint)
+    _reset_if_stale(layout, key)
     ensure_dir(cache_root)
-    context = Context(spec, device, work, cache_root, model, reader, attacks)
-    executor.start(Job(spec, work, cache_root, fingerprint, key, torch.get_num_threads()), context)
+    executor.start(Job(spec, work, cache_root, context.fingerprint, key, torch.get_num_threads(), worker_context), context)
     clean = clean_stage(
         executor, context, spec.seed, spec.calibration.fit_fraction, spec.data.get("labels") == "predicted"
     )
     fit = clean.positions(FIT)
     ranked = fit[np.argsort(fit_score(clean.ids[clean.part == FIT].tolist(), f"{spec.seed}:fit-subset"), kind="stable")]
-    fit_subset = np.sort(ranked[: spec.calibration.fit_images])
-    prep = Prepared(context, executor, dataset, clean, fingerprint, [], bound, fit_subset)
-    attacked = np.union1d(prep.test, fit_subset) if adversarial_fit else prep.test
-    prep.runs = [prep.attack(i, attacked, f"attack-{i:02d}") for i in range(len(attacks)) if i not in bound]
-    return prep
+    driver = Driver(context, executor, Plan(clean, np.sort(ranked[: spec.calibration.fit_images]), bound))
+    plan = driver.plan
+    attacked = np.union1d(plan.test, plan.fit_subset) if adversarial_fit else plan.test
+    plan.runs = [
+        driver.attack(i, attacked, TableNames.attack(i)) for i in range(len(spec.attacks)) if i not in bound
+    ]
+    return driver
 
 
-def _reset_if_stale(work: Path, key: str) -> None:
+def _reset_if_stale(layout: RunLayout, key: str) -> None:
     """Keep an interrupted run's tables only when they were computed for this spec and model."""
-    marker = work / KEY_FILE
+    marker = layout.key_file
     if marker.is_file() and marker.read_text() != key:
-        for name in ("tables", "adversarials"):
-            shutil.rmtree(work / name, ignore_errors=True)
+        for name in (TABLES, ADVERSARIALS):
+            shutil.rmtree(layout.root / name, ignore_errors=True)
     marker.write_text(key)
