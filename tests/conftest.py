@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,3 +37,30 @@ def testing_plugin():
     plugins.register_plugin(testing_plugin, "tracekit-testing")
     yield
     plugins.unregister_plugin("tracekit-testing")
+
+
+@pytest.fixture(scope="session")
+def trained_models() -> Path:
+    """The session cache's `models/` folder, with `digits-cnn` trained in it (once per session)."""
+    from tracekit.models import digits_cnn
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRACEKIT_CACHE", str(_SESSION_CACHE))  # whatever cache the requesting test set
+        digits_cnn.load_model(None)
+    return _SESSION_CACHE / "models"
+
+
+@pytest.fixture
+def cache_with_models(tmp_path: Path, trained_models: Path) -> Path:
+    """`tmp_path / "cache"`: a cache of the test's own (no attack cached, nothing else there) that
+    holds the session's trained model files, so that a run pointed at it, in this process or a
+    subprocess, loads `digits-cnn` instead of training it again. The files are hard links (copies
+    where links fail): a model retrained over one replaces the link, never the session's file."""
+    models = tmp_path / "cache" / "models"
+    models.mkdir(parents=True)
+    for file in trained_models.glob("*.pt"):
+        try:
+            os.link(file, models / file.name)
+        except OSError:
+            shutil.copy2(file, models / file.name)
+    return tmp_path / "cache"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import TracekitError
 from .plugins import hookimpl
 
-__version__ = "0.1.0"
+from .version import __version__
 
 if TYPE_CHECKING:
     from .engine.compare import CompareResult

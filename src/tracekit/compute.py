@@ -1,7 +1,7 @@
 """Compute settings for the model's forward passes (`compute:` in the spec) and `batch_size: auto`.
 
 The defaults keep tracekit's exact fp32 results. Each setting applies to the loaded model, in
-the driver and in every executor worker alike (`tracekit.engine.context.load_model`):
+the driver, in every executor worker and in `detect` alike (`tracekit.engine.context.build_context`):
 - `precision: bf16 | fp16`: every forward pass of the model runs under `torch.autocast` (its
   logits come back float32); gradients (attacks, guided backprop) flow through it as usual.
   Results move: docs/spec.md says how much (measured);

@@ -34,9 +34,11 @@ import numpy as np
 import torch
 
 from .errors import TracekitError
-from .models.normalize import DEFAULT_CROP_PCT
 from .protocols import LoadedModel
 
+# Here rather than in models/: the models' loaders and the datasets' file loader both import it,
+# and neither package imports the other for it.
+DEFAULT_CROP_PCT = 0.875  # 224 / 256: ImageNet evaluation resizes to 256, then crops 224
 MAX_PIXELS = 50_000_000  # decoded or resized image size tracekit accepts (about 7,000 x 7,000)
 
 

@@ -24,7 +24,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, closest
-from .registry import KINDS, Registry
+from .registry import KINDS, Registry, failed_plugins_note
 
 GROUP = "tracekit"
 LOAD_PLUGINS = "TRACEKIT_LOAD_PLUGINS"
@@ -130,7 +130,12 @@ def _load() -> _State:
         except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
             info.error = f"{type(exc).__name__}: {exc}"
 
-    registries = {kind: Registry(kind) for kind in KINDS}
+    def failed_here() -> list[PluginInfo]:  # read when a name is unknown: errors recorded below count
+        return [p for p in _listed(infos) if p.error is not None]
+
+    registries: dict[str, Registry] = {}
+    for kind in KINDS:  # each resolves nested specs against the others and names this load's failed plugins
+        registries[kind] = Registry(kind, registries=registries, failed=failed_here)
     for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
         impls = getattr(pm.hook, hook_name).get_hookimpls()
         for impl in sorted(impls, key=lambda i: infos[i.plugin_name].distribution != "tracekit"):
@@ -151,7 +156,11 @@ def _load() -> _State:
                 raise
             except BaseException as exc:
                 info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
-    return _State(pm, registries, sorted(infos.values(), key=lambda i: (i.distribution, i.name)), selection)
+    return _State(pm, registries, _listed(infos), selection)
+
+
+def _listed(infos: dict[str, PluginInfo]) -> list[PluginInfo]:
+    return sorted(infos.values(), key=lambda i: (i.distribution, i.name))
 
 
 def _get() -> _State:
@@ -183,11 +192,7 @@ def failed() -> list[PluginInfo]:
 
 def failure_note() -> str:
     """One line about failed plugins (empty when none failed)."""
-    broken = failed()
-    if not broken:
-        return ""
-    names = ", ".join(f"{p.name} ({p.distribution})" for p in broken[:5]) + (", ..." if len(broken) > 5 else "")
-    return f"{len(broken)} plugin(s) failed to load: {names}; `tracekit plugins` shows why"
+    return failed_plugins_note(failed())
 
 
 def selection_note() -> str:

@@ -5,6 +5,11 @@ parameters, with their type annotations and defaults, *are* the component's para
 `params_model` turns the signature into a pydantic model (extra keys forbidden), so a spec is
 checked against the component before any work starts. Factories import heavy libraries inside
 their bodies, so listing and validating stays fast.
+
+The plugin manager (`tracekit.plugins`) makes one registry per kind and hands each what only it
+knows: the registries of the other kinds (against which a nested component spec is resolved,
+`component_spec`) and the plugins that failed to load (which an unknown name's error names). This
+module never imports the plugin manager.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import pydantic
 
@@ -34,6 +39,26 @@ KNOWN_PLUGINS: dict[tuple[str, str], str] = {
 # Keys of a component spec that are not parameters of the factory.
 RESERVED_KEYS = ("name", "label")
 
+# The validation context key under which `Registry.resolve` hands nested specs (`component_spec`)
+# the registries to resolve them against.
+_REGISTRIES = "tracekit.registries"
+
+
+class FailedPlugin(Protocol):
+    """A plugin that failed to load, as the plugin manager describes it (`tracekit.plugins.PluginInfo`)."""
+
+    name: str
+    distribution: str
+    error: str | None
+
+
+def failed_plugins_note(failed: Sequence[FailedPlugin]) -> str:
+    """One line about the plugins that failed to load (empty when none did)."""
+    if not failed:
+        return ""
+    names = ", ".join(f"{p.name} ({p.distribution})" for p in failed[:5]) + (", ..." if len(failed) > 5 else "")
+    return f"{len(failed)} plugin(s) failed to load: {names}; `tracekit plugins` shows why"
+
 
 def params_model(name: str, factory: Callable[..., Any]) -> type[pydantic.BaseModel]:
     """A pydantic model of `factory`'s keyword parameters (types, defaults, constraints)."""
@@ -45,7 +70,7 @@ def params_model(name: str, factory: Callable[..., Any]) -> type[pydantic.BaseMo
         default = ... if p.default is p.empty else p.default
         fields[pname] = (annotation, default)
     model_name = "".join(part.capitalize() for part in name.replace("_", "-").split("-")) + "Params"
-    return pydantic.create_model(  # type: ignore[call-overload]
+    return pydantic.create_model(
         model_name,
         __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False),
         **fields,
@@ -60,7 +85,7 @@ def _evaluated(annotation: Any, factory: Callable[..., Any]) -> Any:
     if not isinstance(annotation, str):
         return annotation
     function = factory.func if isinstance(factory, functools.partial) else factory
-    function = inspect.unwrap(function.__init__ if isinstance(function, type) else function)
+    function = inspect.unwrap(typing.cast(Any, function).__init__ if isinstance(function, type) else function)
     return eval(annotation, getattr(function, "__globals__", {}))  # noqa: S307 (the factory's own source)
 
 
@@ -81,13 +106,27 @@ class Entry:
 
 
 class Registry:
-    """Named factories of one kind: register, look up, list by pattern, create."""
+    """Named factories of one kind: register, look up, list by pattern, create.
 
-    def __init__(self, kind: str) -> None:
+    `registries`: every kind's registry, this one's included, against which the nested component
+    specs of its factories' parameters are resolved (`component_spec`); `failed`: the plugins that
+    failed to load, asked when a name is unknown. The plugin manager gives both; a registry made
+    alone knows no other kind and no failed plugin.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        registries: Mapping[str, Registry] | None = None,
+        failed: Callable[[], Sequence[FailedPlugin]] = lambda: (),
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._registries: Mapping[str, Registry] = {kind: self} if registries is None else registries
+        self._failed = failed
 
     def register(self, name: str, factory: Callable[..., Any], *, source: str = "<local>") -> None:
         """Add `factory` under `name`; a name already taken is refused."""
@@ -108,9 +147,8 @@ class Registry:
             return self._entries[name]
         except KeyError:
             plugin = KNOWN_PLUGINS.get((self.kind, name))
-            from .plugins import failed, failure_note
-
-            broken = [p for p in failed() if plugin and p.distribution == plugin]
+            failed = self._failed()
+            broken = [p for p in failed if plugin and p.distribution == plugin]
             if broken:
                 raise UnknownComponentError(
                     f"unknown {self.kind} '{name}': it comes from the plugin '{plugin}', which is installed but failed "
@@ -121,7 +159,7 @@ class Registry:
                     f"unknown {self.kind} '{name}': it comes from the plugin '{plugin}', which is not installed; "
                     f"install it (`pip install {plugin}`, or `pip install plugins/{plugin}` in a tracekit checkout)"
                 ) from None
-            note = failure_note()
+            note = failed_plugins_note(failed)
             raise UnknownComponentError(
                 f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
                 + (f"{note} (it may come from one of them)" if note else
@@ -158,7 +196,7 @@ class Registry:
         if booleans:
             raise SpecError("; ".join(booleans))
         try:
-            validated = entry.params.model_validate(params)
+            validated = entry.params.model_validate(params, context={_REGISTRIES: self._registries})
         except pydantic.ValidationError as exc:
             raise SpecError(_param_error(exc, entry, where)) from None
         out: dict[str, Any] = {"name": entry.name}
@@ -183,16 +221,23 @@ class Registry:
 
 def component_spec(kind: str, default: str) -> Any:
     """A parameter type for a nested component spec of `kind` (e.g. a detector's saliency),
-    resolved against that kind's registry when the spec is validated, defaults filled in. A spec
-    without `name` (say `--set detector.score.size=5` on a defaulted score) means `default`."""
+    resolved against that kind's registry when the spec is validated (`Registry.resolve` hands it
+    the registries), defaults filled in. A spec without `name` (say `--set detector.score.size=5`
+    on a defaulted score) means `default`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
 
-    def resolve(value: dict[str, Any]) -> dict[str, Any]:
-        from .plugins import registry
-
+    def resolve(value: dict[str, Any], info: pydantic.ValidationInfo) -> dict[str, Any]:
+        registries = (info.context or {}).get(_REGISTRIES, {})
+        if kind not in registries:
+            raise ValueError(
+                f"a nested {kind} spec is resolved by a registry that knows the {kind} registry "
+                "(`tracekit.plugins.registry(kind).resolve`)"
+            )
         if isinstance(value, Mapping) and "name" not in value:
             value = {"name": default, **value}
         try:
-            return registry(kind).resolve(value)
+            return registries[kind].resolve(value)
         except TracekitError as exc:
             raise ValueError(str(exc)) from None
 

@@ -91,7 +91,7 @@ def test_native_needs_differential_evolution():
         native(es="cma-es")
 
 
-def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_path, monkeypatch):
+def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_path, monkeypatch, cache_with_models):
     spec = {
         "name": "native-search", "model": {"name": "digits-cnn"}, "device": "cpu",
         "data": {"name": "digits", "split": "test", "limit": 40}, "evaluation": {"bootstrap": 0},
@@ -103,8 +103,9 @@ def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_pa
     runs = [tracekit.run({**spec, "batch_size": size}, out=tmp_path / f"b{size}", use_cache=False) for size in (3, 16)]
     first, second = ((r.out_dir / "scores.csv").read_bytes() for r in runs)
     assert first == second
-    # cached image by image: a run cut into other chunks reuses every adversarial
-    monkeypatch.setenv("TRACEKIT_CACHE", str(tmp_path / "cache"))
+    # cached image by image: a run cut into other chunks reuses every adversarial (an empty
+    # attack cache, with the session's trained digits-cnn)
+    monkeypatch.setenv("TRACEKIT_CACHE", str(cache_with_models))
     tracekit.run({**spec, "batch_size": 3}, out=tmp_path / "c3")
     again = tracekit.run({**spec, "batch_size": 16}, out=tmp_path / "c16")
     assert all(m["cached_images"] == m["n_clean"] for m in again.metrics["attacks"].values())

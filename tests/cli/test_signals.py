@@ -21,12 +21,13 @@ SPEC = {
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_a_stopped_run_says_so_keeps_its_work_and_resumes(signum, tmp_path):
+def test_a_stopped_run_says_so_keeps_its_work_and_resumes(signum, tmp_path, cache_with_models):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(SPEC))
     out = tmp_path / "run"
     command = [str(Path(sys.executable).parent / "tracekit"), "run", str(spec), "--out", str(out)]
-    env = {**os.environ, "TRACEKIT_CACHE": str(tmp_path / "cache")}
+    # no attack cached, so the run has work to stop; the session's trained model, so it does not retrain
+    env = {**os.environ, "TRACEKIT_CACHE": str(cache_with_models)}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     table = tmp_path / ".run.partial" / "tables" / "attack-00"
     deadline = time.monotonic() + 120

@@ -1,4 +1,5 @@
-"""The default gray conversion against a NumPy transcription of DESIGN.md's formula."""
+"""The default gray conversion against a NumPy transcription of the formula of docs/method.md
+("The detector, step by step", step 2)."""
 
 from __future__ import annotations
 

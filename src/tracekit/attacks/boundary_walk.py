@@ -38,7 +38,7 @@ _NOISE, _NORMAL = range(2)  # `uniforms` sites
 class NativeBoundary(BatchedSearch):
     """Brendel et al.'s boundary attack over whole batches (see the module's docstring)."""
 
-    cpu_batch = 256  # measured fastest for the digits model on 2 cores
+    cpu_batch = 256  # on a CPU: enough images per pass to amortize its overhead, few enough to stay in cache
 
     def __init__(
         self, delta: float, epsilon: float, step_adapt: float, max_iter: int, num_trial: int, sample_size: int,

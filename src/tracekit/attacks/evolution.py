@@ -44,7 +44,7 @@ class NativeOnePixel(BatchedSearch):
 
     def __init__(self, pixels: int, max_iter: int, stop_probability: float, scale: int, eval_batch: int | None) -> None:
         """`eval_batch` None: 4096 candidate images per forward pass on a GPU, 128 on a CPU (where
-        small batches stay in cache: measured fastest for the digits model on 2 cores)."""
+        small batches stay in cache; `benchmarks/attacks.py --only pixel` times the attack)."""
         super().__init__(eval_batch)
         self.pixels, self.max_iter, self.stop_probability = pixels, max_iter, stop_probability
         self.scale = scale

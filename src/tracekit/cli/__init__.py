@@ -24,7 +24,7 @@ def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version
 
-        from .. import __version__
+        from ..version import __version__
 
         parts = [f"tracekit {__version__}"]
         for dist in ("torch", "adversarial-robustness-toolbox"):

@@ -16,7 +16,8 @@ import torch
 
 from ..errors import TracekitError
 from ..protocols import Item, LoadedModel
-from .factories import Split
+from .params import Split
+
 IMAGE_SIZE = (1, 32, 32)
 TEST_FRACTION = 0.3
 SPLIT_SEED = 0

@@ -7,12 +7,13 @@ and `tracekit plugins` never import torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
 from ..errors import SpecError
 from ..hookspecs import Components
+from .params import Split
 
 if TYPE_CHECKING:
     from .digits import DigitsDataset
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
 datasets = Components("dataset")
 
-Split = Literal["train", "test", "all"]
 # digit-scenes' defaults (the scenes digit-scenes-cnn is trained on)
 SCENE_SIZE, DIGIT_SIZE, CLUTTER, DISTRACTORS = 48, 16, 0.3, 3
 

@@ -31,7 +31,7 @@ from ..counters import uniforms
 from ..errors import TracekitError
 from ..protocols import Item, LoadedModel
 from .digits import upscaled
-from .factories import Split
+from .params import Split
 
 FRAGMENT_BRIGHTNESS = 0.5
 BACKGROUND_GRID = 4

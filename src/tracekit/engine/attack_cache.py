@@ -48,7 +48,7 @@ def model_fingerprint(module: nn.Module) -> str:
 def code_version(obj: object) -> str:
     """sha256 of the source file that defines `obj`'s class (plus tracekit's version), so a
     changed attack implementation never reuses adversarials cached by the old one."""
-    from .. import __version__
+    from ..version import __version__
 
     digest = hashlib.sha256(__version__.encode())
     module = sys.modules.get(type(obj).__module__)

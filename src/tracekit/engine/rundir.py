@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..cache import ensure_dir
 from ..errors import TracekitError
 from ..layout import DETECTOR_STATE, RESOLVED_SPEC, RunLayout

@@ -24,8 +24,8 @@ from ..cache import atomic_torch_save, cache_dir
 from ..errors import TracekitError
 from ..progress import progress
 from ..threads import applied
-from .files import load_weights
 from .normalize import Normalized
+from .weights import load_weights
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
 """The built-in models' factories, each registered under its name where it is defined
 (`@models.register`): its parameters (its signature, checked when a spec loads) and summary. This
 module stays light: a factory imports its loader (torch, torchvision, timm) in its body, so that
-`tracekit validate` and `tracekit plugins` never import torch.
-
-Also the parameter types the loaders share (a spec gives lists; pydantic turns them into these).
+`tracekit validate` and `tracekit plugins` never import torch. The parameter types the loaders
+share are in `tracekit.models.params`.
 """
 
 from __future__ import annotations
@@ -14,15 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from ..hookspecs import Components
+from .params import ClassNames, InputSize, MeanStd
 
 if TYPE_CHECKING:
     from ..protocols import LoadedModel
 
 models = Components("model")
-
-MeanStd = tuple[float, ...] | None
-ClassNames = list[str] | Path | None
-InputSize = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
 
 
 @models.register("digits-cnn")

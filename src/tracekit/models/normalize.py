@@ -17,12 +17,12 @@ from torch import nn
 
 from ..bounded import loads_json
 from ..errors import TracekitError
+from ..images import DEFAULT_CROP_PCT
 from ..protocols import LoadedModel
-from .factories import ClassNames, MeanStd
+from .params import ClassNames, MeanStd
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_CROP_PCT = 0.875  # 224 / 256: ImageNet evaluation resizes to 256, then crops 224
 
 
 class Normalized(nn.Module):

@@ -18,9 +18,10 @@ from torch import nn
 
 from ..datasets.imagenet_classes import imagenet_classes
 from ..errors import TracekitError, did_you_mean
+from ..images import DEFAULT_CROP_PCT
 from ..protocols import LoadedModel
-from .files import existing_file, sha256, weights_load_error
-from .normalize import DEFAULT_CROP_PCT, InputSpec, class_names_for, loaded_model
+from .normalize import InputSpec, class_names_for, loaded_model
+from .weights import existing_file, sha256, weights_load_error
 
 _HF_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's names, safest first
 

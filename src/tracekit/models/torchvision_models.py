@@ -19,8 +19,8 @@ from torch import nn
 from ..datasets.imagenet_classes import imagenet_classes
 from ..errors import TracekitError, did_you_mean
 from ..protocols import LoadedModel
-from .files import existing_file, load_weights, sha256, weights_load_error
 from .normalize import InputSpec, class_names_for, loaded_model
+from .weights import existing_file, load_weights, sha256, weights_load_error
 
 _WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 

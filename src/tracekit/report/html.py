@@ -219,7 +219,7 @@ def render_compare_report(run: RunData, figures: dict[str, Any]) -> str:
 
 def render_runs_report(runs: RunsData, figures: dict[str, Any]) -> str:
     """The report page of finished runs compared side by side (`tracekit compare RUN_DIR...`)."""
-    from .. import __version__
+    from ..version import __version__
 
     document = runs.document
     detectors = document["detectors"]

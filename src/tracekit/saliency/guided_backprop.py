@@ -11,9 +11,8 @@ hook that lets only positive values through (the node's native backward applies 
 mask). No model mutation, no module hooks, no monkey patching; the model, its weights, hooks,
 train/eval mode and parameters' `.grad` stay as they were, and `torch.autograd.grad` leaves
 `.grad` untouched. The walk costs about a microsecond per node, once per batch; intercepting
-the forward's calls instead (`GuidedReLUMode`, below) cost every torch call of the forward
-several (measured in paired runs: the maps 3-7% faster on digits-cnn at batch 128 on a
-two-core CPU).
+the forward's calls instead (`GuidedReLUMode`, below) costs every torch call of the forward
+a detour through Python (`benchmarks/saliency.py` times the maps).
 
 Supported: `nn.ReLU` modules (in place or not) and every ReLU spelling, which Captum misses:
 `F.relu` (including `inplace=True`, as torchvision's DenseNet uses), `F.relu_`, `torch.relu`,
@@ -60,8 +59,7 @@ def _guided_relu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
 
     `grad_in = relu(grad_out) * (x > 0)` costs one extra in-place pass over the native backward's
     output, through a post-hook on the ReLU's own backward node: no new tensor, no Python
-    autograd function (measured on digits-cnn at batch 128: maps 1.05x a forward+backward pass
-    with a hook on the output's gradient, which allocates, 1.02x with this one).
+    autograd function (a hook on the output's gradient would allocate one per ReLU).
 
     In place on a view (`h[:, :2].relu_()`), autograd records the ReLU inside a node of the
     whole base tensor, out of reach, and the view itself may never be used again (so a hook on

@@ -1,4 +1,5 @@
-"""Local spatial entropy of 8-bit gray maps (DESIGN.md, step 3) and the `local-entropy` score.
+"""Local spatial entropy of 8-bit gray maps and the `local-entropy` score (docs/method.md, "The
+detector, step by step", step 3).
 
 For a pixel with `n` neighbours inside the image, the entropy of its window's histogram `h` is
 `log2(n) - (1/n) * S` with `S = sum_v h_v log2(h_v)`. Everything is vectorized over the batch,
@@ -7,8 +8,9 @@ on whatever device the input is on; two ways to get `S`:
 - 3x3 (the paper's window, the hot path): the nine shifted views of the image go through a
   sorting network (elementwise min/max), so equal values become neighbours; the 8 "equals the
   next" bits of a pixel's sorted window are a byte that, with the count of the window's entries
-  outside the image, indexes a table of entropies. 3.6x faster than the general way on a
-  2-core CPU (128 random 32x32 images: 0.67 ms against 2.39 ms).
+  outside the image, indexes a table of entropies: 25 min/max pairs and 8 equality tests of
+  uint8 planes, where the general way tests and box-sums all 25 offsets and takes logs
+  (`benchmarks/entropy.py` times them).
 - Other sizes: `S = sum_i log2(c_i)` where `c_i` counts the window entries equal to entry `i`,
   the counts from equality tests between the image and shifted copies of itself.
 
@@ -220,8 +222,8 @@ def _local_entropy_3x3(padded: torch.Tensor, out: torch.Tensor) -> None:
     image indexes `_entropy_table`."""
     n, h, w = out.shape
     # `out` is not read before the last step: its bytes hold eight of the planes, which saves
-    # the sorting most of its new memory (measured: the score 6% faster right after a backward
-    # pass on a CPU, where the newly allocated memory is out of cache).
+    # the sorting most of its new memory, which matters right after a backward pass on a CPU,
+    # when newly allocated memory is out of cache.
     pool = list(out.view(-1).view(torch.uint8).view(8, n, h, w))
     planes = _sorted_windows(padded, pool)
     code = torch.eq(planes[1], planes[0], out=pool.pop().view(torch.bool) if pool else None).view(torch.uint8)
@@ -298,8 +300,8 @@ class LocalEntropy:
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Mean local entropy per map, `Tensor[N]` (float64)."""
         # The map in inference mode: each op skips autograd's dispatch and bookkeeping, which
-        # nothing here needs (measured: the score 5% faster right after a backward pass on a
-        # CPU). Its mean, taken outside, is an ordinary tensor that callers may modify.
+        # nothing here needs. Its mean, taken outside, is an ordinary tensor that callers may
+        # modify.
         with torch.inference_mode():
             entropy = self.map(maps)
         return entropy.mean(dim=(1, 2))

@@ -1,4 +1,5 @@
-"""The default gray conversion of feature response maps (DESIGN.md, step 2).
+"""The default gray conversion of feature response maps (docs/method.md, "The detector, step by
+step", step 2).
 
 `g = sum_c |map_c|`, then per image `g = clip((g - min g) / (p99(g) - min g), 0, 1)` with p99 the
 99th percentile (linear interpolation, as `numpy.percentile`), then `u8 = floor(g * 255)`.
@@ -47,7 +48,8 @@ def to_gray_float(maps: torch.Tensor) -> torch.Tensor:
         # there (half the bytes of float64 for float32 maps), and float64 starts at the subtraction.
         g = maps[:, 0].abs().reshape(n, h * w)
     else:
-        # abs().sum(): torch.linalg.vector_norm(ord=1, dim=1) over channels is 70x slower on a CPU
+        # abs().sum() rather than torch.linalg.vector_norm(ord=1, dim=1) over channels, whose CPU
+        # kernel is far slower for this reduction
         g = maps.abs().sum(dim=1, dtype=torch.float64).view(n, h * w)
     if g.numel() == 0:
         return g.to(torch.float64).view(n, h, w)
@@ -57,8 +59,8 @@ def to_gray_float(maps: torch.Tensor) -> torch.Tensor:
     # over the pixels to replace NaNs.
     span = (percentile_rows(g, PERCENTILE, torch.float64)[:, None] - low).clamp_(min=_SMALLEST_DOUBLE)
     # Converted first, then subtracted in place: a float32 - float64 `torch.sub` casts through a
-    # temporary inside the op, measured 0.6-2 ms on 128 32x32 maps right after a backward pass on
-    # a CPU, against about 0.1 ms for the conversion and the in-place subtraction.
+    # temporary inside the op, new memory that is slow to touch right after a backward pass on a
+    # CPU; the conversion gives the one buffer the in-place steps then reuse.
     gray = g if g.dtype == torch.float64 else g.to(torch.float64)
     return gray.sub_(low).div_(span).clamp_(0.0, 1.0).view(n, h, w)
 
