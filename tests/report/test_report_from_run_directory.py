@@ -58,12 +58,16 @@ def test_report_needs_neither_torch_nor_the_model(size5, tmp_path):
         "        if name.split('.')[0] == 'torch':\n"
         "            raise ImportError('torch is blocked')\n"
         "sys.meta_path.insert(0, NoTorch())\n"
-        "from tracekit.report import write_report\n"
-        "print(write_report(sys.argv[1]))\n"
-        "assert 'torch' not in sys.modules\n"
+        "from tracekit.cli import build_app\n"
+        "try:\n"
+        "    build_app()(['report', sys.argv[1]])\n"
+        "except SystemExit as stop:\n"
+        "    assert 'torch' not in sys.modules\n"
+        "    raise\n"
     )
     env = {**os.environ, "TRACEKIT_CACHE": str(tmp_path / "empty-cache")}  # no trained weights there
     done = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "report:" in done.stdout
     assert layout.report.is_file() and (run_dir / "examples_fgsm.png").is_file()
     assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").rglob("*.pt"))
