@@ -57,6 +57,7 @@ def test_long_specs_validate() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_quick_commands_run_verbatim_in_order(tmp_path: Path) -> None:
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {**os.environ, "COLUMNS": "100"}

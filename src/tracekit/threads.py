@@ -3,7 +3,8 @@
 torch's default is one intra-op thread per core. On a machine that other work also uses, those
 threads wait for busy cores at every parallel region (OpenMP threads spin, then sleep, at each
 barrier), and tracekit's many small operations (small models, attacks that query them thousands of
-times) ran 3-12x slower than on one thread. So tracekit chooses the count itself:
+times) run several times slower than on one thread (`benchmarks/threads.py` measures it). So
+tracekit chooses the count itself:
 
 - `threads: N` (or `--threads N`, which beats the spec): exactly N.
 - `threads: auto` (the default) with `OMP_NUM_THREADS` set in the environment: that number (the

@@ -104,6 +104,7 @@ def _changed_box(adv: torch.Tensor, image: torch.Tensor) -> tuple[int, int]:
     return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
 
 
+@pytest.mark.slow
 def test_scale_changes_one_pixel_of_the_coarse_scan_and_flips_real_digits():
     import tracekit
     from tracekit.datasets.digits import digits_arrays

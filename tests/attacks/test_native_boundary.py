@@ -3,6 +3,7 @@ is reproducible per image whatever the batching, and does what ART's does on the
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -55,6 +56,7 @@ def test_without_misclassified_noise_the_image_comes_back_unchanged():
     assert torch.equal(out, images) and attack.evaluations == 3 * 10
 
 
+@pytest.mark.slow
 def test_it_does_what_arts_does_on_the_digits(digits):
     model, images, labels = digits[0], digits[1][:24], digits[2][:24]
     params = {"max_iter": 30}

@@ -15,6 +15,7 @@ def native(**params):
     return tracekit.create("attack", "pixel", backend="native", **params)
 
 
+@pytest.mark.slow
 def test_it_flips_predictions_within_its_pixel_budget(digits, model, batch):
     model_, images, labels = digits
     attack = native(max_iter=10, scale=4)
@@ -36,6 +37,7 @@ def test_it_flips_predictions_within_its_pixel_budget(digits, model, batch):
     assert torch.allclose(levels, levels.round(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_paper_stopping_rule(digits):
     model, images, labels = digits
     seeds = torch.arange(len(images))
@@ -51,6 +53,7 @@ def test_the_paper_stopping_rule(digits):
     assert done.sum() >= flipped.sum()
 
 
+@pytest.mark.slow
 def test_each_image_gets_the_same_adversarial_in_any_batch(digits):
     model, images, labels = digits[0], digits[1][:12], digits[2][:12]
     seeds = torch.arange(100, 112)
@@ -71,6 +74,7 @@ def test_small_candidate_batches_give_the_same_result(model, batch):
     assert torch.equal(big, small)
 
 
+@pytest.mark.slow
 def test_success_rate_matches_arts_on_the_digits(digits):
     model, images, labels = digits
     params = {"max_iter": 10, "scale": 4}
@@ -91,6 +95,7 @@ def test_native_needs_differential_evolution():
         native(es="cma-es")
 
 
+@pytest.mark.slow
 def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_path, monkeypatch, cache_with_models):
     spec = {
         "name": "native-search", "model": {"name": "digits-cnn"}, "device": "cpu",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 SPEC = {
     "name": "signals", "model": {"name": "digits-cnn"}, "device": "cpu", "batch_size": 2,
     "data": {"name": "digits", "split": "test", "limit": 24}, "evaluation": {"bootstrap": 0},

@@ -41,6 +41,7 @@ def test_run_records_the_threads_it_was_given(one_thread_run):
     assert spec["provenance"]["threads"] == {"threads": 1, "by": "--threads"}
 
 
+@pytest.mark.slow
 def test_threads_option_beats_the_spec_and_the_spec_beats_auto(tmp_path):
     before = torch.get_num_threads()
     result = invoke("run", QUICKSTART, "--threads", 1, "--set", "threads=2", "--out", tmp_path / "a", *SMALL)
@@ -52,6 +53,7 @@ def test_threads_option_beats_the_spec_and_the_spec_beats_auto(tmp_path):
     assert torch.get_num_threads() == before  # a run leaves torch's count as it found it
 
 
+@pytest.mark.slow
 def test_auto_is_resolved_to_a_number_and_says_how(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     result = invoke("run", QUICKSTART, "--out", tmp_path / "auto", *SMALL)
@@ -66,6 +68,7 @@ def test_auto_is_resolved_to_a_number_and_says_how(tmp_path, monkeypatch):
     assert resolved(tmp_path / "omp")["provenance"]["threads"] == {"threads": 1, "by": "OMP_NUM_THREADS"}
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_the_thread_count(tmp_path):
     for n in (1, 2):
         result = invoke("run", QUICKSTART, "--threads", n, "--no-cache", "--out", tmp_path / f"t{n}", *SMALL)

@@ -198,6 +198,7 @@ def _stale_spec(seed: int) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_images_with_the_ids_of_cached_ones_but_other_pixels_are_attacked_anew(tmp_path):
     run(_stale_spec(seed=1), out=tmp_path / "first")  # fills the cache for these ids
     cached = run(_stale_spec(seed=2), out=tmp_path / "same-ids")
@@ -209,6 +210,7 @@ def test_images_with_the_ids_of_cached_ones_but_other_pixels_are_attacked_anew(t
     assert all(m["cached_images"] == m["n_clean"] for m in again.metrics["attacks"].values())
 
 
+@pytest.mark.slow
 def test_an_attacks_cache_key_has_its_distribution_and_what_it_adds(tmp_path, monkeypatch):
     from tracekit.attacks.fast_gradient import FastGradient
 

@@ -23,6 +23,8 @@ import tracekit
 from tracekit.images import Preparation
 from tracekit.models.torchvision_models import cached_weights_file
 
+pytestmark = pytest.mark.slow
+
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry", "cat"]
 
 

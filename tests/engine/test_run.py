@@ -58,8 +58,8 @@ def test_metrics_keys_exactly_as_designed(result):
     for m in metrics["attacks"].values():
         assert set(m) == {
             "n_clean", "n_attacked", "success_rate", "gt_confidence", "target_confidence", "auc",
-            "tpr_at_fpr", "threshold", "fpr", "precision", "recall", "seconds",  # DESIGN.md's keys
-            # added beyond DESIGN.md:
+            "tpr_at_fpr", "threshold", "fpr", "precision", "recall", "seconds",  # the paper's keys (docs/method.md, "Metrics keys")
+            # added beyond them:
             "cached_images", "auc_ci", "tpr_at_fpr_ci", "perturbation", "failed", "evasion_rate",
         }
         assert set(m["perturbation"]) == {"l2", "linf"} and set(m["failed"]) == {"n", "auc", "flag_rate"}

@@ -107,6 +107,7 @@ def reference(tmp_path_factory):
     return run(spec(), out=tmp_path_factory.mktemp("ref") / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changes", [{"batch_size": 5}, {"batch_size": 64}, {"num_workers": 2, "batch_size": 7}])
 def test_scores_and_metrics_do_not_depend_on_batches_or_workers(reference, tmp_path, changes):
     other = run(spec(**changes), out=tmp_path / "run")
@@ -165,6 +166,7 @@ def test_a_run_killed_while_scoring_resumes_to_identical_results(reference, tmp_
     assert not (tmp_path / ".run.partial").exists()
 
 
+@pytest.mark.slow
 def test_report_is_rebuilt_from_the_run_directory_alone(tmp_path):
     first = tracekit.run(spec(), out=tmp_path / "run")
     page = (first.out_dir / "report.html").read_text()

@@ -62,6 +62,7 @@ def assert_same(a: Path, b: Path) -> None:
     assert metrics[0] == metrics[1]
 
 
+@pytest.mark.slow
 def test_a_run_on_ray_workers_equals_the_local_run(cluster, tmp_path):
     attacks = [*QUICK, {"name": "adaptive-entropy", "eps": 0.1, "max_iter": 3, "lambdas": [0.0, 3.0]}]
     common = {"attacks": attacks, "controls": ["noise", "randomized-model"]}
@@ -73,6 +74,7 @@ def test_a_run_on_ray_workers_equals_the_local_run(cluster, tmp_path):
         assert remote.spec.provenance["executor"]["devices"] == ["cpu"]
 
 
+@pytest.mark.slow
 def test_a_comparison_with_a_learned_detector_on_ray_equals_the_local_one(cluster, tmp_path):
     detectors = [{"name": "feature-response"}, {"name": "lid", "k": 5, "batch_size": 32}]
     local = compare(spec(detectors=detectors), out=tmp_path / "local", use_cache=False)
@@ -108,6 +110,7 @@ def _when_chunks(table: Path, count: int, action, timeout: float = 600) -> threa
     return thread
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_stage_is_replaced_and_the_run_is_identical(cluster, tmp_path):
     slow = {"attacks": SLOW, "data": {**DATA, "limit": 40}, "batch_size": 2}
     local = run(spec(**slow), out=tmp_path / "local", use_cache=False)
@@ -128,6 +131,8 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_run_is_identical(cluster,
     assert_same(local.out_dir, remote.out_dir)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("cache_with_models")  # tmp_path / "cache" holds the session's trained digits-cnn
 def test_an_interrupted_driver_resumes_with_the_same_command(cluster, tmp_path):
     slow = {"attacks": SLOW, "data": {**DATA, "limit": 40}, "batch_size": 2, "name": "resume"}
     reference = run(spec(**slow), out=tmp_path / "local", use_cache=False)
@@ -160,6 +165,7 @@ def test_an_interrupted_driver_resumes_with_the_same_command(cluster, tmp_path):
     assert len(resumed) == total and all(resumed[name] == mtime for name, mtime in kept.items())  # not recomputed
 
 
+@pytest.mark.slow
 def test_bad_executor_input_is_one_clear_error(cluster, tmp_path, monkeypatch):
     from tracekit.spec import validate_spec
 
@@ -171,6 +177,7 @@ def test_bad_executor_input_is_one_clear_error(cluster, tmp_path, monkeypatch):
         run(spec({"name": "ray", "workers": 3}), out=tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_an_unreachable_address_fails_within_its_timeout(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec({"name": "ray"})))
@@ -208,6 +215,7 @@ def test_a_worker_that_cannot_see_the_run_directory_names_it(tmp_path):
         job.context()
 
 
+@pytest.mark.slow
 def test_a_workers_error_stops_the_run_with_its_message(cluster, tmp_path):
     """The adaptive attack binds to the fitted detector on the worker, which refuses this one."""
     attacks = [{"name": "adaptive-entropy", "max_iter": 2, "lambdas": [0.0]}]

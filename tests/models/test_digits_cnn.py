@@ -82,6 +82,7 @@ def test_second_load_reuses_the_cache(trained, monkeypatch: pytest.MonkeyPatch) 
     assert again.info["sha256"] == model.info["sha256"]
 
 
+@pytest.mark.slow
 def test_corrupt_cache_is_retrained_to_identical_weights(trained, tmp_path: Path, monkeypatch) -> None:
     model, path, _ = trained
     monkeypatch.setenv("TRACEKIT_CACHE", str(tmp_path))

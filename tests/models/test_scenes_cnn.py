@@ -21,6 +21,7 @@ def scenes_model() -> LoadedModel:
     return tracekit.create("model", "digit-scenes-cnn")
 
 
+@pytest.mark.slow
 def test_trained_model_is_accurate_and_described(scenes_model) -> None:
     assert scenes_model.input_size == (1, 48, 48)
     assert scenes_model.class_names == [str(d) for d in range(10)]
@@ -34,6 +35,7 @@ def test_trained_model_is_accurate_and_described(scenes_model) -> None:
     assert scenes_model.info["recipe"] == scenes_cnn.RECIPE_VERSION
 
 
+@pytest.mark.slow
 def test_the_premise_clean_scene_maps_are_focused_digit_maps_are_not(scenes_model) -> None:
     """The paper's premise as a number: on the scenes the trained model's clean guided-backprop
     maps have a low mean 3x3 local entropy; on the full-frame digits they sit near the maximum."""

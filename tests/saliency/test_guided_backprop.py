@@ -208,6 +208,7 @@ class DenseNetWithReLUModule(nn.Module):
         return self.classifier(torch.flatten(out, 1))
 
 
+@pytest.mark.slow
 def test_densenet121_functional_relu_is_guided() -> None:
     from torchvision.models import densenet121
 

@@ -2,7 +2,7 @@
 and calibration problems. Pure functions of `metrics.json` entries (no numpy, no I/O), shared by
 the report and the terminal so that both say the same thing.
 
-The rules (also in docs/method.md, "Verdicts"):
+The rules (also in docs/method.md, "What the report and the terminal say"):
 
 - The verdict reads the ROC AUC of the successful adversarials against the clean test images,
   rounded to two decimals as it is shown. With a bootstrap interval: "below chance" when the whole
