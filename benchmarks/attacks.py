@@ -138,7 +138,9 @@ def main() -> None:
     parser.add_argument("--model", choices=["digits-cnn", "tiny", "resnet18"], default="digits-cnn")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--only", nargs="+", choices=["fgsm", "gradient", "pgd", "deepfool", "pixel", "boundary"], help="attacks to run")
+    parser.add_argument(
+        "--only", nargs="+", choices=["fgsm", "gradient", "pgd", "deepfool", "pixel", "boundary"], help="attacks to run"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,7 +173,6 @@ def main() -> None:
             f"{success[0]:>7.1%} / {success[1]:>6.1%} {diff:>10.2e}",
             flush=True,
         )
-
 
     searches = [name for name in SEARCHES if not args.only or name in args.only]
     if searches:

@@ -54,10 +54,7 @@ def main() -> None:
             lambda: [skimage_entropy(image, footprint) for image in images], args.repeats, torch.device("cpu")
         )
         ours = median_seconds(lambda: local_entropy_map(tensor, args.footprint), args.repeats, device)
-        print(
-            f"{f'{side}x{side}':>9} {n:>5} {reference:>10.4f} {ours:>11.4f} "
-            f"{reference / ours:>7.1f}x {diff:>11.1e}"
-        )
+        print(f"{f'{side}x{side}':>9} {n:>5} {reference:>10.4f} {ours:>11.4f} {reference / ours:>7.1f}x {diff:>11.1e}")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def baselines_table(m: dict[str, Any]) -> list[str]:
 def side_by_side(digits: dict[str, Any], scenes: dict[str, Any]) -> list[str]:
     """Per attack, digits then scenes: AUC, TPR at 1/5/10% FPR, noise controls, randomized model, evasion."""
     lines = [
-        "| attack | setting | success | AUC [95% CI] | TPR@1% | TPR@5% | TPR@10% | sign-noise AUC | gauss-noise AUC | random-model AUC | evades |",
+        "| attack | setting | success | AUC [95% CI] | TPR@1% | TPR@5% | TPR@10% "
+        "| sign-noise AUC | gauss-noise AUC | random-model AUC | evades |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for attack in digits["attacks"]:
@@ -90,7 +91,8 @@ def side_by_side(digits: dict[str, Any], scenes: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {attack if setting == 'digits' else ''} | {setting} | {cell(a['success_rate'])} | "
                 f"{cell(a['auc'])} [{cell(ci[0])}, {cell(ci[1])}] | {cell(tpr['0.01'])} | {cell(tpr['0.05'])} | "
-                f"{cell(tpr['0.1'])} | {cell(noise.get('sign', {}).get('auc'))} | {cell(noise.get('gaussian', {}).get('auc'))} | "
+                f"{cell(tpr['0.1'])} | {cell(noise.get('sign', {}).get('auc'))} | "
+                f"{cell(noise.get('gaussian', {}).get('auc'))} | "
                 f"{cell(a.get('randomized_model', {}).get('auc'))} | {cell(a.get('evasion_rate'))} |"
             )
     return lines
@@ -108,7 +110,10 @@ def versions(out: Path) -> str:
     for name in RUNS:
         spec = yaml.safe_load((out / name / "spec.resolved.yaml").read_text())
         v = spec["provenance"]["versions"]
-        line = f"tracekit {v['tracekit']}, torch {v['torch']}, adversarial-robustness-toolbox {v['adversarial-robustness-toolbox']}, python {v['python']}"
+        line = (
+            f"tracekit {v['tracekit']}, torch {v['torch']}, "
+            f"adversarial-robustness-toolbox {v['adversarial-robustness-toolbox']}, python {v['python']}"
+        )
         if line not in seen:
             seen.append(line)
     return "; ".join(seen)
@@ -129,7 +134,9 @@ def figures(out: Path, target: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "readme", help="where the runs go (default runs/readme)")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "runs" / "readme", help="where the runs go (default runs/readme)"
+    )
     parser.add_argument("--reuse", action="store_true", help="read the runs already in --out instead of running")
     parser.add_argument("--figures", type=Path, help="also write the README's figures into this folder")
     args = parser.parse_args()
@@ -141,7 +148,8 @@ def main() -> None:
     print(f"### The embedded digits: ROC AUC per attack (`tracekit compare examples/compare.yaml`{took['compare']})\n")
     print("\n".join(baselines_table(metrics(args.out, "compare"))))
     print(
-        f"\n### Digits against scenes, the paper's detector (`tracekit run examples/challenge.yaml`{took['challenge']}, "
+        "\n### Digits against scenes, the paper's detector "
+        f"(`tracekit run examples/challenge.yaml`{took['challenge']}, "
         f"`tracekit run examples/scenes.yaml`{took['scenes']})\n"
     )
     print("\n".join(side_by_side(metrics(args.out, "challenge"), metrics(args.out, "scenes"))))
@@ -149,7 +157,10 @@ def main() -> None:
         f"\nClean test images' mean 3x3 local entropy (the paper's score; at most log2 9 = 3.17 bits): "
         f"digits {clean_entropy(args.out, 'challenge')}; scenes {clean_entropy(args.out, 'scenes')}."
     )
-    print(f"\n### The digit scenes: ROC AUC per attack (`tracekit compare examples/scenes-compare.yaml`{took['scenes-compare']})\n")
+    print(
+        "\n### The digit scenes: ROC AUC per attack "
+        f"(`tracekit compare examples/scenes-compare.yaml`{took['scenes-compare']})\n"
+    )
     print("\n".join(baselines_table(metrics(args.out, "scenes-compare"))))
 
 

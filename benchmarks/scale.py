@@ -136,10 +136,14 @@ def main() -> None:
     print(json.dumps({"size": args.size, "batch_size": args.batch}))
     print(f"peak RSS, {args.small:>6} images: {small[0]:8.0f} MiB ({small[1]:.0f} s)")
     print(f"peak RSS, {args.large:>6} images: {large[0]:8.0f} MiB ({large[1]:.0f} s)")
-    print(f"ratio large / small: {large[0] / small[0]:.2f} (goal <= 1.25; the images alone would be "
-          f"{args.large / args.small:.1f}x)")
-    print(f"data loader: {loading:,.0f} img/s; model forward+backward: {compute:,.0f} img/s; "
-          f"loader / model = {loading / compute:.1f}x")
+    print(
+        f"ratio large / small: {large[0] / small[0]:.2f} (goal <= 1.25; the images alone would be "
+        f"{args.large / args.small:.1f}x)"
+    )
+    print(
+        f"data loader: {loading:,.0f} img/s; model forward+backward: {compute:,.0f} img/s; "
+        f"loader / model = {loading / compute:.1f}x"
+    )
 
 
 def ray_speedup(args: argparse.Namespace) -> None:

@@ -130,9 +130,7 @@ def measure(
                 s, threads = timed(setting)
                 seconds[workload][label(setting)].append(s)
                 used[workload][label(setting)].append(threads)
-    return {
-        w: {k: (statistics.median(v), used[w][k]) for k, v in per.items()} for w, per in seconds.items()
-    }
+    return {w: {k: (statistics.median(v), used[w][k]) for k, v in per.items()} for w, per in seconds.items()}
 
 
 def label(setting: int | None) -> str:
@@ -145,8 +143,12 @@ def plural(threads: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=ROOT / "examples" / "paper.yaml", help="the spec of the run workload")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="spec overrides")
+    parser.add_argument(
+        "--spec", type=Path, default=ROOT / "examples" / "paper.yaml", help="the spec of the run workload"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="spec overrides"
+    )
     parser.add_argument("--attack", choices=sorted(SEARCHES), default="boundary", help="the attack workload")
     parser.add_argument("--n", type=int, default=20, help="digits the attack workload attacks")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
@@ -171,9 +173,11 @@ def main() -> None:
         + (f"; OMP_NUM_THREADS={OMP} removed" if OMP is not None else ""),
         flush=True,
     )
-    print(f"run: {spec.relative_to(ROOT) if spec.is_relative_to(ROOT) else spec} {' '.join(overrides)}; "
-          f"attack: native {args.attack} on {n} digits; median of {repeats}; loaded: {args.load} x {args.load_kind}",
-          flush=True)
+    print(
+        f"run: {spec.relative_to(ROOT) if spec.is_relative_to(ROOT) else spec} {' '.join(overrides)}; "
+        f"attack: native {args.attack} on {n} digits; median of {repeats}; loaded: {args.load} x {args.load_kind}",
+        flush=True,
+    )
 
     results: dict[str, dict[str, dict[str, tuple[float, list[int]]]]] = {}
     with tempfile.TemporaryDirectory(prefix="tracekit-threads-") as tmp:
@@ -204,11 +208,16 @@ def main() -> None:
         best = min((k for k in labels if k != "auto"), key=lambda k: loaded[k][0])
         ratio = loaded["auto"][0] / loaded[best][0]
         ok = "met" if ratio <= GOALS["loaded"] else "MISSED"
-        print(f"{workload}: loaded, auto / best fixed ({plural(best)}): {ratio:.2f}x (goal <= {GOALS['loaded']}x: {ok})")
+        print(
+            f"{workload}: loaded, auto / best fixed ({plural(best)}): {ratio:.2f}x (goal <= {GOALS['loaded']}x: {ok})"
+        )
         quiet = results["quiet"][workload]
         ratio = quiet["auto"][0] / quiet[str(cores)][0]
         ok = "met" if ratio <= GOALS["quiet"] else "MISSED"
-        print(f"{workload}: quiet, auto / torch's default ({plural(str(cores))}): {ratio:.2f}x (goal <= {GOALS['quiet']}x: {ok})")
+        print(
+            f"{workload}: quiet, auto / torch's default ({plural(str(cores))}): "
+            f"{ratio:.2f}x (goal <= {GOALS['quiet']}x: {ok})"
+        )
     if args.quick:
         print("(--quick: tiny workloads, one repeat; the ratios mean nothing)")
     if args.json:

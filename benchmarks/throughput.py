@@ -50,7 +50,9 @@ def build(name: str, size: int, classes: int, device: torch.device) -> nn.Module
     return getattr(models, name)(weights=None, num_classes=classes).to(device).eval()
 
 
-def in_batches(fn: Callable[[torch.Tensor, torch.Tensor], object], x: torch.Tensor, y: torch.Tensor, batch: int) -> Callable[[], None]:
+def in_batches(
+    fn: Callable[[torch.Tensor, torch.Tensor], object], x: torch.Tensor, y: torch.Tensor, batch: int
+) -> Callable[[], None]:
     def run() -> None:
         for start in range(0, len(x), batch):
             fn(x[start : start + batch], y[start : start + batch])
@@ -68,9 +70,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--pixel-iters", type=int, default=2)
     parser.add_argument("--boundary-steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (median), each paired with a run of its floor, after a warm-up")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed runs per stage (median), each paired with a run of its floor, after a warm-up",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--only", nargs="+", choices=STAGES, default=STAGES, help="these stages only (the projection needs all)")
+    parser.add_argument(
+        "--only", nargs="+", choices=STAGES, default=STAGES, help="these stages only (the projection needs all)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,7 +92,10 @@ def main() -> None:
         y = model(x).argmax(1)
     seeds = torch.tensor([batch_seed(0, [f"image-{i}"]) for i in range(args.n)], device=device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"model {args.model} (random weights)  images {args.n}x{channels}x{size}x{size}  batch {args.batch}  device {name}")
+    print(
+        f"model {args.model} (random weights)  images {args.n}x{channels}x{size}x{size}  "
+        f"batch {args.batch}  device {name}"
+    )
 
     def forward(xb: torch.Tensor, yb: torch.Tensor) -> None:
         with torch.no_grad():
@@ -108,7 +120,11 @@ def main() -> None:
 
     def paired(stage: str, fn: Callable[[torch.Tensor, torch.Tensor], object], floor_name: str) -> None:
         """A stage timed alternately with its floor: its ratio is the median of the pairs'."""
-        row(stage, *paired_seconds(in_batches(fn, x, y, args.batch), floors[floor_name], args.repeats, device), floor_name)
+        row(
+            stage,
+            *paired_seconds(in_batches(fn, x, y, args.batch), floors[floor_name], args.repeats, device),
+            floor_name,
+        )
 
     row("forward (floor)", fwd, 1.0, "forward")
     row("forward+backward (floor)", fwd_bwd, 1.0, "fwd+bwd")
@@ -117,7 +133,9 @@ def main() -> None:
     if "detector" in args.only:
         paired("paper's detector", lambda xb, yb: detector.score(model, xb), "fwd+bwd")
     gradient_attacks = {
-        "fgsm": {"eps": 0.03}, "gradient": {"eps": 2.0}, "pgd-10": {"eps": 0.03, "eps_step": 0.01, "max_iter": 10},
+        "fgsm": {"eps": 0.03},
+        "gradient": {"eps": 2.0},
+        "pgd-10": {"eps": 0.03, "eps_step": 0.01, "max_iter": 10},
         "deepfool": {"max_iter": 20},
     }
     for stage, params in gradient_attacks.items():
@@ -134,7 +152,9 @@ def main() -> None:
         native = tracekit.create("attack", stage, **params, backend="native")
         start = time.perf_counter()
         for begin in range(0, args.n, args.batch):
-            native.generate_seeded(model, x[begin : begin + args.batch], y[begin : begin + args.batch], seeds[begin : begin + args.batch])
+            native.generate_seeded(
+                model, x[begin : begin + args.batch], y[begin : begin + args.batch], seeds[begin : begin + args.batch]
+            )
         seconds = time.perf_counter() - start
         evals = native.evaluations / args.n
         forward_now = median_seconds(forward_batches, args.repeats, device)  # the floor, timed next to the search
@@ -144,7 +164,13 @@ def main() -> None:
         for i in range(min(args.n, 4)):  # ART image by image: a few suffice
             art.generate(model, x[i : i + 1], y[i : i + 1])
         art_seconds = (time.perf_counter() - start) * args.n / min(args.n, 4)
-        row(f"{stage} (art)", art_seconds, art_seconds / (forward_now * evals), "native's evals", "extrapolated from 4 images")
+        row(
+            f"{stage} (art)",
+            art_seconds,
+            art_seconds / (forward_now * evals),
+            "native's evals",
+            "extrapolated from 4 images",
+        )
 
     print(f"{'stage':<26} {'images/s':>10} {'x floor':>8}  {'floor':<15} note")
     for stage, rate, floor_name, ratio, note in rows:
@@ -156,8 +182,13 @@ def main() -> None:
     print("projected hours of the paper's Table 1 on this device (native backends; the paper: TitanX GPU-days)")
     total = 0.0
     for attack, n in PAPER_IMAGES.items():
-        key = {"fgsm": "fgsm (native)", "gradient": "gradient (native)", "deepfool": "deepfool (native)",
-               "pixel": "pixel (native)", "boundary": "boundary (native)"}[attack]
+        key = {
+            "fgsm": "fgsm (native)",
+            "gradient": "gradient (native)",
+            "deepfool": "deepfool (native)",
+            "pixel": "pixel (native)",
+            "boundary": "boundary (native)",
+        }[attack]
         seconds = per_image[key]
         if attack == "pixel":
             seconds *= (1 + PAPER_SEARCH["pixel"]) / (1 + args.pixel_iters)  # the initial population + generations

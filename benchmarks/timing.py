@@ -26,7 +26,9 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device)
     return statistics.median(_timed(fn, device) for _ in range(repeats))
 
 
-def paired_seconds(fn: Callable[[], object], reference: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float]:
+def paired_seconds(
+    fn: Callable[[], object], reference: Callable[[], object], repeats: int, device: torch.device
+) -> tuple[float, float]:
     """`fn`'s median wall time and the median ratio of its time to `reference`'s over `repeats`
     pairs of runs, after one warm-up each. The two alternate, so that a machine's slow phases
     weigh on both sides of each ratio."""

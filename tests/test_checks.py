@@ -19,7 +19,9 @@ def test_a_single_non_finite_value_anywhere_is_found(dtype, bad, item, flat):
     maps = torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(item)).to(dtype)
     assert checked(maps, WHO, (5, None, 32, 32), "maps") is maps
     maps[item].view(-1)[flat] = bad
-    with pytest.raises(TracekitError, match=rf"^{WHO} returned NaN or infinite values maps \(the first for item {item} of the batch\)$"):
+    with pytest.raises(
+        TracekitError, match=rf"^{WHO} returned NaN or infinite values maps \(the first for item {item} of the batch\)$"
+    ):
         checked(maps, WHO, (5, None, 32, 32), "maps")
 
 

@@ -66,8 +66,13 @@ def test_the_largest_batch_that_fits_backs_off_on_out_of_memory():
 
 def test_batch_size_auto_is_resolved_and_recorded(tmp_path):
     spec = {
-        "name": "auto", "model": {"name": "digits-cnn"}, "data": {"name": "digits", "split": "test", "limit": 40},
-        "attacks": [{"name": "fgsm"}], "device": "cpu", "batch_size": "auto", "evaluation": {"bootstrap": 0},
+        "name": "auto",
+        "model": {"name": "digits-cnn"},
+        "data": {"name": "digits", "split": "test", "limit": 40},
+        "attacks": [{"name": "fgsm"}],
+        "device": "cpu",
+        "batch_size": "auto",
+        "evaluation": {"bootstrap": 0},
         "compute": {"precision": "bf16"},
     }
     result = tracekit.run(spec, out=tmp_path / "run")
@@ -84,10 +89,17 @@ def test_batch_size_auto_is_resolved_and_recorded(tmp_path):
 
 
 @cuda
-@pytest.mark.parametrize("compute", [
-    Compute(), Compute(precision="bf16"), Compute(precision="fp16"), Compute(channels_last=True),
-    Compute(cudnn_benchmark=True), Compute(precision="bf16", channels_last=True, cudnn_benchmark=True),
-])
+@pytest.mark.parametrize(
+    "compute",
+    [
+        Compute(),
+        Compute(precision="bf16"),
+        Compute(precision="fp16"),
+        Compute(channels_last=True),
+        Compute(cudnn_benchmark=True),
+        Compute(precision="bf16", channels_last=True, cudnn_benchmark=True),
+    ],
+)
 def test_every_gpu_setting_scores_close_to_the_cpu(compute, images):
     on_gpu = scores(model(compute, "cuda"), images.cuda())
     assert (on_gpu - scores(model(Compute()), images)).abs().max() < 0.1

@@ -65,8 +65,14 @@ class InertScore:
 @pytest.mark.parametrize(
     "kind, obj, message",
     [
-        ("model", TinyCNN(), (r"built a TinyCNN, which is not a tracekit LoadedModel \(a model factory returns a "
-                              r"tracekit\.protocols\.LoadedModel\);")),
+        (
+            "model",
+            TinyCNN(),
+            (
+                r"built a TinyCNN, which is not a tracekit LoadedModel \(a model factory returns a "
+                r"tracekit\.protocols\.LoadedModel\);"
+            ),
+        ),
         ("dataset", NoInfo(), "built a NoInfo, which is not a tracekit Dataset: it lacks info;"),
         ("score", InertScore(), "built an InertScore, which is not a tracekit Score: its score is not callable;"),
         ("saliency", None, r"built None, which is not a tracekit Saliency: it lacks maps\(\);"),
@@ -108,8 +114,14 @@ class NoLength(NoInfo):
 @pytest.mark.parametrize(
     "kind, obj, message",
     [
-        ("attack", HalfBound(), (r"built a HalfBound, which claims the optional capability DetectorBound half-way "
-                                 r"\(it has needs_detector\): it lacks bind\(\)")),
+        (
+            "attack",
+            HalfBound(),
+            (
+                r"built a HalfBound, which claims the optional capability DetectorBound half-way "
+                r"\(it has needs_detector\): it lacks bind\(\)"
+            ),
+        ),
         ("score", InertMap(), r"capability ScoreMap half-way \(it has map\): its map is not callable"),
         ("detector", HalfStateful(), r"StatefulDetector half-way \(it has state_dict\): it lacks load_state_dict\(\)"),
         ("dataset", NoLength(), r"RandomAccessDataset half-way \(it has item\): it lacks __len__\(\)"),

@@ -53,8 +53,13 @@ def spec_file(tmp_path: Path, text: str | bytes | dict) -> Path:
 
 
 BASE = {
-    "name": "hostile", "model": {"name": "digits-cnn"}, "data": {"name": "digits", "split": "test", "limit": 40},
-    "attacks": [{"name": "fgsm", "eps": 0.1}], "device": "cpu", "batch_size": 16, "evaluation": {"bootstrap": 0},
+    "name": "hostile",
+    "model": {"name": "digits-cnn"},
+    "data": {"name": "digits", "split": "test", "limit": 40},
+    "attacks": [{"name": "fgsm", "eps": 0.1}],
+    "device": "cpu",
+    "batch_size": 16,
+    "evaluation": {"bootstrap": 0},
 }
 
 
@@ -76,7 +81,11 @@ SPECS = {  # id: (spec text or mapping, extra CLI arguments, the message expecte
     "python-tag": ("name: !!python/object/apply:os.system ['true']\n", [], r"invalid YAML"),
     "unknown-key": ({**BASE, "atacks": []}, [], r"atacks: unknown key \(did you mean 'attacks'\?\)"),
     "unknown-attack": ({**BASE, "attacks": [{"name": "fgsn"}]}, [], r"unknown attack 'fgsn' \(did you mean 'fgsm'"),
-    "unknown-param": ({**BASE, "attacks": [{"name": "fgsm", "esp": 0.1}]}, [], r"esp: unknown parameter of attack 'fgsm' \(did you mean 'eps'"),
+    "unknown-param": (
+        {**BASE, "attacks": [{"name": "fgsm", "esp": 0.1}]},
+        [],
+        r"esp: unknown parameter of attack 'fgsm' \(did you mean 'eps'",
+    ),
     "negative-seed": ({**BASE, "seed": -1}, [], r"seed: Input should be greater than or equal to 0"),
     "huge-seed": ({**BASE, "seed": 2**70}, [], r"seed: Input should be less than or equal to 9223372036854775807"),
     "long-label": ({**BASE, "attacks": [{"name": "fgsm", "label": "x" * 300}]}, [], r"is longer than 64 characters"),
@@ -94,7 +103,11 @@ SPECS = {  # id: (spec text or mapping, extra CLI arguments, the message expecte
     "set-no-equals": (BASE, ["--set", "attacks.0.eps"], r"expected KEY=VALUE"),
     "set-out-of-range": (BASE, ["--set", "attacks.5.eps=1"], r"index 5 out of range"),
     "set-unknown-field": (BASE, ["--set", "atacks.0.eps=1"], r"the spec has no field 'atacks'"),
-    "workers-zero": (BASE, ["--set", "executor.name=ray", "--set", "executor.workers=0"], r"executor.workers: Input should be greater than or equal to 1"),
+    "workers-zero": (
+        BASE,
+        ["--set", "executor.name=ray", "--set", "executor.workers=0"],
+        r"executor.workers: Input should be greater than or equal to 1",
+    ),
     "unknown-executor": (BASE, ["--set", "executor.name=slurm"], r"unknown executor 'slurm'"),
 }
 
@@ -127,11 +140,17 @@ IMAGES = {  # id: (make the file, the message expected)
     "missing": (lambda d: d / "missing.png", r"no such file"),
     "directory": (lambda d: d, r"is a directory, not an image file"),
     "pipe": (lambda d: (os.mkfifo(d / "pipe.png"), d / "pipe.png")[1], r"not a regular file"),
-    "empty": (lambda d: (d / "empty.png").write_bytes(b"") and d / "empty.png" or d / "empty.png", r"not an image file Pillow can read"),
+    "empty": (
+        lambda d: (d / "empty.png").write_bytes(b"") and d / "empty.png" or d / "empty.png",
+        r"not an image file Pillow can read",
+    ),
     "text": (lambda d: (d / "text.png").write_text("hello") and d / "text.png", r"not an image file Pillow can read"),
     "truncated": (lambda d: _truncated(d / "cut.png"), r"cannot read the image"),
     "bomb-pil": (lambda d: _png(d / "bomb.png", (20_000, 20_000), "1"), r"exceeds limit|more than the"),
-    "bomb-tracekit": (lambda d: _png(d / "big.png", (8_000, 8_000), "1"), r"64,000,000 pixels, more than the 50,000,000"),
+    "bomb-tracekit": (
+        lambda d: _png(d / "big.png", (8_000, 8_000), "1"),
+        r"64,000,000 pixels, more than the 50,000,000",
+    ),
     "aspect-ratio": (lambda d: _png(d / "thin.png", (1, 60_000)), r"aspect ratio \(1x60000\) would make it"),
 }
 
@@ -168,13 +187,31 @@ GOOD = {"images": np.random.default_rng(0).random((4, 1, 32, 32), dtype=np.float
 NPZ = {  # id: (make the data path, the message expected)
     "not-a-zip": (lambda d: (d / "x.npz").write_text("no") and d / "x.npz", r"cannot read it as a NumPy .npz file"),
     "single-array": (lambda d: (np.save(d / "x.npy", GOOD["images"]), d / "x.npy")[1], r"holds a single array"),
-    "missing-key": (lambda d: _npz(d / "x.npz", pictures=GOOD["images"], labels=GOOD["labels"]), r"has no images 'images'; its arrays are: labels, pictures"),
-    "absurd-header": (lambda d: _absurd_header(d), r"header declares float32 of shape \[100000000000, 1, 32, 32\] .* holds 256 bytes"),
-    "non-utf8-ids": (lambda d: _npz(d / "x.npz", **GOOD, ids=np.array([b"\xff\xfe", b"b", b"c", b"d"])), r"not UTF-8 text"),
+    "missing-key": (
+        lambda d: _npz(d / "x.npz", pictures=GOOD["images"], labels=GOOD["labels"]),
+        r"has no images 'images'; its arrays are: labels, pictures",
+    ),
+    "absurd-header": (
+        lambda d: _absurd_header(d),
+        r"header declares float32 of shape \[100000000000, 1, 32, 32\] .* holds 256 bytes",
+    ),
+    "non-utf8-ids": (
+        lambda d: _npz(d / "x.npz", **GOOD, ids=np.array([b"\xff\xfe", b"b", b"c", b"d"])),
+        r"not UTF-8 text",
+    ),
     "duplicate-ids": (lambda d: _npz(d / "x.npz", **GOOD, ids=np.array(["a", "a", "b", "c"])), r"duplicate ids"),
-    "nan-pixels": (lambda d: _npz(d / "x.npz", images=np.full((4, 1, 32, 32), np.nan, np.float32), labels=GOOD["labels"]), r"contains NaN or infinite values"),
-    "labels-length": (lambda d: _npz(d / "x.npz", images=GOOD["images"], labels=np.arange(3)), r"'labels' must be 4 integers"),
-    "wrong-size": (lambda d: _npz(d / "x.npz", images=np.zeros((4, 1, 9, 9), np.float32), labels=GOOD["labels"]), r"images of shape \[4, 1, 9, 9\] do not fit the model's 1x32x32 input"),
+    "nan-pixels": (
+        lambda d: _npz(d / "x.npz", images=np.full((4, 1, 32, 32), np.nan, np.float32), labels=GOOD["labels"]),
+        r"contains NaN or infinite values",
+    ),
+    "labels-length": (
+        lambda d: _npz(d / "x.npz", images=GOOD["images"], labels=np.arange(3)),
+        r"'labels' must be 4 integers",
+    ),
+    "wrong-size": (
+        lambda d: _npz(d / "x.npz", images=np.zeros((4, 1, 9, 9), np.float32), labels=GOOD["labels"]),
+        r"images of shape \[4, 1, 9, 9\] do not fit the model's 1x32x32 input",
+    ),
 }
 
 
@@ -359,12 +396,30 @@ def garbage():
 
 TINY = {**BASE, "model": {"name": "tiny-ok"}, "data": {"name": "random-images", "n": 40}}
 COMPONENTS = {  # id: (spec changes, the message expected)
-    "nan-logits": ({"model": {"name": "nan-model"}}, r"model 'nan-model' \(from <runtime>\) returned NaN or infinite values logits"),
-    "nan-adversarial": ({"attacks": [{"name": "bad-attack"}]}, r"attack 'bad-attack' \(from <runtime>\) returned NaN or infinite values adversarials"),
-    "shape-adversarial": ({"attacks": [{"name": "bad-attack", "kind": "shape"}]}, r"attack 'bad-attack' .* adversarials of shape (\d+)x1x8x16, expected \1x1x16x16"),
-    "array-adversarial": ({"attacks": [{"name": "bad-attack", "kind": "array"}]}, r"attack 'bad-attack' .* returned a ndarray adversarials, not a torch tensor"),
-    "nan-maps": ({"detector": {"name": "feature-response", "saliency": {"name": "nan-maps"}}}, r"saliency 'nan-maps' \(from <runtime>\) returned NaN or infinite values maps"),
-    "short-scores": ({"detector": {"name": "feature-response", "score": {"name": "short-score"}}}, r"score 'short-score' .* scores of shape 15, expected 16"),
+    "nan-logits": (
+        {"model": {"name": "nan-model"}},
+        r"model 'nan-model' \(from <runtime>\) returned NaN or infinite values logits",
+    ),
+    "nan-adversarial": (
+        {"attacks": [{"name": "bad-attack"}]},
+        r"attack 'bad-attack' \(from <runtime>\) returned NaN or infinite values adversarials",
+    ),
+    "shape-adversarial": (
+        {"attacks": [{"name": "bad-attack", "kind": "shape"}]},
+        r"attack 'bad-attack' .* adversarials of shape (\d+)x1x8x16, expected \1x1x16x16",
+    ),
+    "array-adversarial": (
+        {"attacks": [{"name": "bad-attack", "kind": "array"}]},
+        r"attack 'bad-attack' .* returned a ndarray adversarials, not a torch tensor",
+    ),
+    "nan-maps": (
+        {"detector": {"name": "feature-response", "saliency": {"name": "nan-maps"}}},
+        r"saliency 'nan-maps' \(from <runtime>\) returned NaN or infinite values maps",
+    ),
+    "short-scores": (
+        {"detector": {"name": "feature-response", "score": {"name": "short-score"}}},
+        r"score 'short-score' .* scores of shape 15, expected 16",
+    ),
 }
 
 
@@ -404,14 +459,18 @@ def test_a_plugin_that_exits_at_import_cannot_take_the_commands_down(site):
 
 
 def test_a_hook_that_exits_is_recorded(site):
-    install_fake_distribution(site, "hostile-hook", """
+    install_fake_distribution(
+        site,
+        "hostile-hook",
+        """
         import sys
         import tracekit
 
         @tracekit.hookimpl
         def tracekit_register_scores(register):
             sys.exit("bye")
-    """)
+    """,
+    )
     plugins.reload()
     broken = [p for p in plugins.plugins() if p.distribution == "hostile-hook"]
     assert broken and "SystemExit: bye" in broken[0].error
@@ -423,7 +482,8 @@ def test_an_unknown_component_of_a_failed_plugin_says_so(site, tmp_path):
     plugins.reload()
     spec = spec_file(tmp_path, {**BASE, "detector": {"name": "feature-response", "saliency": {"name": "grad-cam"}}})
     assert_one_clear_error(
-        invoke("validate", spec), r"'tracekit-gradcam', which is installed but failed to load \(ImportError: needs libfoo\)"
+        invoke("validate", spec),
+        r"'tracekit-gradcam', which is installed but failed to load \(ImportError: needs libfoo\)",
     )
 
 

@@ -15,8 +15,15 @@ def test_builtins_registered_through_entry_points():
     infos = {p.name: p for p in plugins.plugins() if p.distribution == "tracekit"}
     assert {"models", "datasets", "attacks", "saliency", "scores", "detectors"} <= set(infos)
     assert all(p.error is None for p in infos.values()), [p.error for p in infos.values()]
-    for kind, name in [("model", "digits-cnn"), ("dataset", "digits"), ("attack", "fgsm"), ("attack", "gradient"),
-                       ("saliency", "guided-backprop"), ("score", "local-entropy"), ("detector", "feature-response")]:
+    for kind, name in [
+        ("model", "digits-cnn"),
+        ("dataset", "digits"),
+        ("attack", "fgsm"),
+        ("attack", "gradient"),
+        ("saliency", "guided-backprop"),
+        ("score", "local-entropy"),
+        ("detector", "feature-response"),
+    ]:
         assert name in tracekit.available(kind)
         assert plugins.registry(kind).get(name).source == "tracekit"
 
@@ -32,7 +39,10 @@ def site(tmp_path, monkeypatch):
 
 
 def test_third_party_distribution_found_and_usable(site):
-    install_fake_distribution(site, "thirdparty-score", """
+    install_fake_distribution(
+        site,
+        "thirdparty-score",
+        """
         import tracekit
 
         class Peak:
@@ -46,7 +56,8 @@ def test_third_party_distribution_found_and_usable(site):
         @tracekit.hookimpl
         def tracekit_register_scores(register):
             register("peak", peak)
-    """)
+    """,
+    )
     plugins.reload()
     assert "peak" in tracekit.available("score")
     assert plugins.registry("score").get("peak").source == "thirdparty-score"
@@ -65,13 +76,17 @@ def test_broken_plugin_reported_not_fatal(site):
 
 
 def test_duplicate_name_from_plugin_reported(site):
-    install_fake_distribution(site, "thirdparty-dup", """
+    install_fake_distribution(
+        site,
+        "thirdparty-dup",
+        """
         import tracekit
 
         @tracekit.hookimpl
         def tracekit_register_attacks(register):
             register("fgsm", lambda: None)
-    """)
+    """,
+    )
     plugins.reload()
     dup = [p for p in plugins.plugins() if p.distribution == "thirdparty-dup"][0]
     assert "already registered" in dup.error
@@ -108,7 +123,10 @@ def test_components_are_registered_where_their_factories_are_defined():
 
 
 def test_a_third_party_can_use_the_decorator(site):
-    install_fake_distribution(site, "thirdparty-decorated", """
+    install_fake_distribution(
+        site,
+        "thirdparty-decorated",
+        """
         import tracekit
         from tracekit.hookspecs import Components
 
@@ -126,7 +144,8 @@ def test_a_third_party_can_use_the_decorator(site):
         @tracekit.hookimpl
         def tracekit_register_scores(register):
             scores.into(register)
-    """)
+    """,
+    )
     plugins.reload()
     entry = plugins.registry("score").get("decorated-peak")
     assert entry.source == "thirdparty-decorated" and list(entry.params.model_fields) == ["scale"]
@@ -136,13 +155,18 @@ def test_a_third_party_can_use_the_decorator(site):
 @pytest.fixture
 def two_plugins(site):
     for name in ("one", "two"):
-        install_fake_distribution(site, f"thirdparty-{name}", f"""
+        install_fake_distribution(
+            site,
+            f"thirdparty-{name}",
+            f"""
             import tracekit
 
             @tracekit.hookimpl
             def tracekit_register_scores(register):
                 register("{name}-score", lambda: None)
-        """, entry_point=name)
+        """,
+            entry_point=name,
+        )
     return site
 
 
@@ -181,8 +205,11 @@ def test_load_plugins_warns_about_unknown_names_with_the_closest_ones(two_plugin
 
     monkeypatch.setenv(plugins.LOAD_PLUGINS, "thirdparty-one,thirdparty-tow,models")  # models: tracekit's own
     plugins.reload()
-    with pytest.warns(UserWarning, match=r"no installed tracekit plugin is called 'thirdparty-tow' \(did you mean "
-                                         r"'thirdparty-two'") as caught:
+    with pytest.warns(
+        UserWarning,
+        match=r"no installed tracekit plugin is called 'thirdparty-tow' \(did you mean "
+        r"'thirdparty-two'",
+    ) as caught:
         assert loaded() == {"thirdparty-one"}
     assert len(caught) == 1
     plugins.reload()

@@ -52,7 +52,10 @@ def test_files_the_commands_name_exist(words: list[str]) -> None:
 def test_long_specs_validate() -> None:
     for spec in ("paper", "challenge", "scenes", "compare", "scenes-compare"):
         result = subprocess.run(
-            [sys.executable, "-m", "tracekit", "validate", f"examples/{spec}.yaml"], cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-m", "tracekit", "validate", f"examples/{spec}.yaml"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -65,8 +68,14 @@ def test_quick_commands_run_verbatim_in_order(tmp_path: Path) -> None:
     for words in readme_commands("Use"):
         if any(long in words for long in LONG) or "--help" in words:
             continue
-        result = subprocess.run([sys.executable, "-m", "tracekit", *words[1:]], cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, f"`{' '.join(words)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        result = subprocess.run(
+            [sys.executable, "-m", "tracekit", *words[1:]], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, (
+            f"`{' '.join(words)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
         ran += 1
     assert ran >= 10
-    assert (tmp_path / "runs" / "q" / "scores.csv").is_file() and (tmp_path / "runs" / "q-vs-q2" / "report.html").is_file()
+    assert (tmp_path / "runs" / "q" / "scores.csv").is_file() and (
+        tmp_path / "runs" / "q-vs-q2" / "report.html"
+    ).is_file()

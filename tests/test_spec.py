@@ -191,7 +191,9 @@ def test_errors_from_overrides_say_so():
 
 
 def test_a_key_given_twice_is_refused(tmp_path):
-    path = write(tmp_path, "name: a\nname: b\nmodel: {name: digits-cnn}\ndata: {name: digits}\nattacks: [{name: fgsm}]\n")
+    path = write(
+        tmp_path, "name: a\nname: b\nmodel: {name: digits-cnn}\ndata: {name: digits}\nattacks: [{name: fgsm}]\n"
+    )
     with pytest.raises(SpecError, match=r"spec.yaml:2:1: invalid YAML: key 'name' is given twice"):
         load_spec(path)
 
@@ -222,8 +224,11 @@ def test_structure_and_component_errors_come_together():
     from tracekit.spec import validate_spec
 
     data = {
-        "name": "x", "model": {"name": "digits-cnn"}, "data": {"name": "digits"},
-        "attacks": [{"name": "fgsn"}, {"name": "fgsm", "esp": 0.1}], "atacks": [],
+        "name": "x",
+        "model": {"name": "digits-cnn"},
+        "data": {"name": "digits"},
+        "attacks": [{"name": "fgsn"}, {"name": "fgsm", "esp": 0.1}],
+        "atacks": [],
     }
     with pytest.raises(SpecError) as caught:
         validate_spec(data, source="spec.yaml")

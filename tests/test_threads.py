@@ -49,7 +49,14 @@ def test_policy_defaults_and_bad_readings():
 
 @pytest.mark.parametrize(
     ("text", "cores"),
-    [("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000", 1.5), ("", None), ("x y", None), ("0 100000", None)],
+    [
+        ("max 100000\n", None),
+        ("200000 100000\n", 2.0),
+        ("150000 100000", 1.5),
+        ("", None),
+        ("x y", None),
+        ("0 100000", None),
+    ],
 )
 def test_parse_cpu_max(text, cores):
     assert parse_cpu_max(text) == cores

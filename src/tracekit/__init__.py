@@ -71,7 +71,11 @@ def rebuild_report(run_dir: Any) -> Any:
 
 
 def explain(
-    images: Any, model: Any = None, out: Any = None, device: str | None = None, detector: str | None = None,
+    images: Any,
+    model: Any = None,
+    out: Any = None,
+    device: str | None = None,
+    detector: str | None = None,
     threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Predicted class, score and a panel PNG (image, feature response, local entropy) per image.
@@ -97,6 +101,15 @@ def detect(
 
 
 __all__ = [
-    "TracekitError", "available", "compare", "create", "detect", "explain", "hookimpl", "load_spec", "rebuild_report", "run",
+    "TracekitError",
+    "available",
+    "compare",
+    "create",
+    "detect",
+    "explain",
+    "hookimpl",
+    "load_spec",
+    "rebuild_report",
+    "run",
     "__version__",
 ]

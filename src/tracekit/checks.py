@@ -33,7 +33,9 @@ def checked(value: object, who: str, shape: Sequence[int | None], what: str = ""
         raise TracekitError(f"{who} returned a {type(value).__name__}{what}, not a torch tensor")
     if len(value.shape) != len(shape) or any(e is not None and g != e for g, e in zip(value.shape, shape)):
         expected = "x".join("*" if e is None else str(e) for e in shape)
-        raise TracekitError(f"{who} returned{what} of shape {'x'.join(map(str, value.shape)) or 'scalar'}, expected {expected}")
+        raise TracekitError(
+            f"{who} returned{what} of shape {'x'.join(map(str, value.shape)) or 'scalar'}, expected {expected}"
+        )
     if not value.is_floating_point():
         raise TracekitError(f"{who} returned{what} of dtype {value.dtype}, expected floating point")
     if value.numel() and not _finite(value.detach()):

@@ -69,8 +69,16 @@ class ScoringSetup:
             evaluated = iter(zip(preds.tolist(), probs, scores.tolist()))
         out = []
         for item in inputs:
-            row: dict[str, Any] = {"image": item.name, "pred": None, "class": None, "confidence": None,
-                                   "score": None, "threshold": self.threshold, "verdict": None, "error": item.error}
+            row: dict[str, Any] = {
+                "image": item.name,
+                "pred": None,
+                "class": None,
+                "confidence": None,
+                "score": None,
+                "threshold": self.threshold,
+                "verdict": None,
+                "error": item.error,
+            }
             if item.image is not None:
                 pred, prob, score = next(evaluated)
                 row.update(pred=pred, confidence=float(prob[pred]), score=score)
@@ -87,13 +95,21 @@ def scoring_spec(
     """The spec of scoring single images with a model and a detector (resolved component specs,
     checked again when they are built): no data and no attacks, which scoring never builds."""
     return Spec.model_construct(
-        name="detect", model=model_cfg, data={}, attacks=[], detector=detector_cfg, compute=compute or Compute(),
+        name="detect",
+        model=model_cfg,
+        data={},
+        attacks=[],
+        detector=detector_cfg,
+        compute=compute or Compute(),
         device=device,
     )
 
 
 def build_setup(
-    spec: Spec, detector_cfg: dict[str, Any], device: torch.device, threshold: float | None = None,
+    spec: Spec,
+    detector_cfg: dict[str, Any],
+    device: torch.device,
+    threshold: float | None = None,
     fitted: dict[str, Any] | None = None,
 ) -> ScoringSetup:
     """The run context of `spec` (its model, as `compute:` says) and the detector of
@@ -128,7 +144,9 @@ def read_fitted(run_dir: Path, state: dict[str, Any], device: torch.device) -> d
         return None
     path = run_dir / str(name)
     if not isinstance(name, str) or path.name != name or not path.is_file():
-        raise TracekitError(f"{run_dir}: the fitted detector {path.name} is missing (a broken run directory); {HOW_TO_FIX}")
+        raise TracekitError(
+            f"{run_dir}: the fitted detector {path.name} is missing (a broken run directory); {HOW_TO_FIX}"
+        )
     try:
         fitted = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a broken file
@@ -192,7 +210,8 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
         raise TracekitError(f"{state_file}: expected a JSON object (a broken run directory); {HOW_TO_FIX}")
     if state.get("format") != DETECTOR_FORMAT:
         raise TracekitError(
-            f"{state_file}: format {state.get('format')!r}, but this tracekit reads format {DETECTOR_FORMAT}; {HOW_TO_FIX}"
+            f"{state_file}: format {state.get('format')!r}, but this tracekit reads format {DETECTOR_FORMAT}; "
+            f"{HOW_TO_FIX}"
         )
     threshold = state.get("threshold")
     valid = (
@@ -236,7 +255,8 @@ def detect(
 ) -> list[dict[str, Any]]:
     """Score `images` (paths, PIL images, tensors/arrays `[C,H,W]` or `[N,C,H,W]` in [0, 1]) with a
     run's detector (a comparison's: the one labelled `detector`): one dict per image with `image`,
-    `pred`, `class`, `confidence`, `score`, `threshold`, `verdict` (`adversarial` when score > threshold, else `clean`) and `error`
+    `pred`, `class`, `confidence`, `score`, `threshold`, `verdict` (`adversarial` when score > threshold,
+    else `clean`) and `error`
     (the reason an input could not be read, else None; its other values are then None). `threads`:
     torch's CPU threads (default auto, `tracekit.threads`)."""
     from .threads import applied, choose

@@ -53,15 +53,21 @@ def _spec_detector(spec: Any, label: str | None) -> dict[str, Any]:
         return spec.detector
     labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
     if label is None:
-        raise TracekitError(f"the spec compares {len(labels)} detectors; pick one with --detector ({', '.join(labels)})")
+        raise TracekitError(
+            f"the spec compares {len(labels)} detectors; pick one with --detector ({', '.join(labels)})"
+        )
     if label not in labels:
         raise TracekitError(f"the spec has no detector '{label}'{did_you_mean(label, labels)}")
     return spec.detectors[labels.index(label)]
 
 
 def explain(
-    images: Any, model: Any = None, out: str | Path | None = None, device: str | None = None,
-    detector: str | None = None, threads: int | None = None,
+    images: Any,
+    model: Any = None,
+    out: str | Path | None = None,
+    device: str | None = None,
+    detector: str | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Predict, score and draw a panel for each of `images` (paths, PIL images, tensors/arrays).
 

@@ -145,7 +145,9 @@ def _check_tensor(image: torch.Tensor, input_size: tuple[int, int, int], name: s
     if not image.is_floating_point():
         raise TracekitError(f"{name}: dtype {image.dtype}; give float pixels in [0, 1] (or an image file)")
     if image.numel() and not (image.min() >= 0 and image.max() <= 1):
-        raise TracekitError(f"{name}: values must lie in [0, 1] (got {float(image.min()):.3g}..{float(image.max()):.3g})")
+        raise TracekitError(
+            f"{name}: values must lie in [0, 1] (got {float(image.min()):.3g}..{float(image.max()):.3g})"
+        )
     return image.float()
 
 

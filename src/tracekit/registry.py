@@ -162,8 +162,12 @@ class Registry:
             note = failed_plugins_note(failed)
             raise UnknownComponentError(
                 f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
-                + (f"{note} (it may come from one of them)" if note else
-                   "`tracekit plugins` lists what is installed (a plugin's components appear once it is installed)")
+                + (
+                    f"{note} (it may come from one of them)"
+                    if note
+                    else "`tracekit plugins` lists what is installed "
+                    "(a plugin's components appear once it is installed)"
+                )
             ) from None
 
     def names(self, pattern: str = "*") -> list[str]:
@@ -190,7 +194,8 @@ class Registry:
         booleans = [
             f"{_at(where, k)}: a number, not {str(v).lower()} (YAML reads true/false/yes/no/on/off as booleans)"
             for k, v in params.items()
-            if isinstance(v, bool) and k in entry.params.model_fields
+            if isinstance(v, bool)
+            and k in entry.params.model_fields
             and _number_type(entry.params.model_fields[k].annotation)
         ]
         if booleans:
@@ -261,11 +266,15 @@ MAX_LABEL = 64  # characters: labels name figure files
 def _label(label: Any, where: str) -> str:
     """A component's `label`: a non-empty one-line string, usable in file names."""
     if not isinstance(label, str) or not label.strip() or label != label.strip():
-        raise SpecError(f"{_at(where, 'label')}: a label is a non-empty string without surrounding spaces, got {short(label)}")
+        raise SpecError(
+            f"{_at(where, 'label')}: a label is a non-empty string without surrounding spaces, got {short(label)}"
+        )
     if any(c in label for c in "/\\") or not label.isprintable():
         raise SpecError(f"{_at(where, 'label')}: {short(label)} has a slash or a control character; labels name files")
     if len(label) > MAX_LABEL:
-        raise SpecError(f"{_at(where, 'label')}: {short(label, 40)} is longer than {MAX_LABEL} characters; labels name files")
+        raise SpecError(
+            f"{_at(where, 'label')}: {short(label, 40)} is longer than {MAX_LABEL} characters; labels name files"
+        )
     return label
 
 

@@ -161,7 +161,9 @@ def parse_yaml(path: Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{path}{where}: invalid YAML: {problem}") from None
     if not isinstance(data, dict):
-        raise SpecError(f"{path}: a spec is a YAML mapping (name:, model:, data:, attacks:, ...), got {type(data).__name__}")
+        raise SpecError(
+            f"{path}: a spec is a YAML mapping (name:, model:, data:, attacks:, ...), got {type(data).__name__}"
+        )
     return data
 
 
@@ -181,10 +183,14 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         here = ".".join(parts[: depth + 1])
         if isinstance(node, list):
             if not re.fullmatch(r"-?\d+", part):
-                raise SpecError(f"--set {key}: '{'.'.join(parts[:depth])}' is a list; use an index like {here.rsplit('.', 1)[0]}.0")
+                raise SpecError(
+                    f"--set {key}: '{'.'.join(parts[:depth])}' is a list; use an index like {here.rsplit('.', 1)[0]}.0"
+                )
             index = int(part)
             if not -len(node) <= index < len(node):
-                raise SpecError(f"--set {key}: index {index} out of range ('{'.'.join(parts[:depth])}' has {len(node)} items)")
+                raise SpecError(
+                    f"--set {key}: index {index} out of range ('{'.'.join(parts[:depth])}' has {len(node)} items)"
+                )
             if last:
                 node[index] = value
             node = node[index]
@@ -304,7 +310,9 @@ def _resolve_fields(fields: Mapping[str, Any], problems: list[TracekitError]) ->
         out["detectors"] = [resolve("detector", d, f"detectors.{i}") for i, d in enumerate(fields["detectors"])]
     executor = fields.get("executor")
     if executor is not None:
-        out["executor"] = resolve("executor", {"name": "local", **executor} if isinstance(executor, Mapping) else executor, "executor")
+        out["executor"] = resolve(
+            "executor", {"name": "local", **executor} if isinstance(executor, Mapping) else executor, "executor"
+        )
     return out
 
 
@@ -337,9 +345,7 @@ def _unique(source: str, field: str, keys: list[str]) -> None:
     seen: set[str] = set()
     for i, key in enumerate(keys):
         if key in seen:
-            raise SpecError(
-                f"{source}: {field}.{i}: '{key}' appears twice; give one of them a distinct `label:`"
-            )
+            raise SpecError(f"{source}: {field}.{i}: '{key}' appears twice; give one of them a distinct `label:`")
         seen.add(key)
 
 

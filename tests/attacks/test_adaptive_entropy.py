@@ -83,9 +83,7 @@ def test_evades_more_than_plain_pgd_at_the_bound_threshold(digits, detector) -> 
     assert evasion[1] > evasion[0] + 0.15  # measured: 0.58 -> 0.92
 
 
-@pytest.mark.parametrize(
-    ("norm", "eps", "random_init"), [("inf", 0.05, False), ("inf", 0.05, True), (2, 0.5, False)]
-)
+@pytest.mark.parametrize(("norm", "eps", "random_init"), [("inf", 0.05, False), ("inf", 0.05, True), (2, 0.5, False)])
 def test_bounds_hold_and_model_is_untouched(model, batch, detector, norm, eps, random_init) -> None:
     images, labels = batch[0][:12], batch[1][:12]
     threshold = detector.score(model, images).median().item()

@@ -34,10 +34,14 @@ def test_each_image_gets_the_same_adversarial_in_any_batch(digits):
     model, images, labels = digits[0], digits[1][:10], digits[2][:10]
     seeds = torch.arange(50, 60)
     whole = native(max_iter=10).generate_seeded(model, images, labels, seeds)
-    parts = torch.cat([
-        native(max_iter=10, eval_batch=7).generate_seeded(model, images[i : i + 4], labels[i : i + 4], seeds[i : i + 4])
-        for i in range(0, 10, 4)
-    ])
+    parts = torch.cat(
+        [
+            native(max_iter=10, eval_batch=7).generate_seeded(
+                model, images[i : i + 4], labels[i : i + 4], seeds[i : i + 4]
+            )
+            for i in range(0, 10, 4)
+        ]
+    )
     assert torch.equal(whole, parts)
     assert not torch.equal(whole, native(max_iter=10).generate_seeded(model, images, labels, seeds + 1))
 

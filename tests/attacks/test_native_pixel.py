@@ -58,10 +58,12 @@ def test_each_image_gets_the_same_adversarial_in_any_batch(digits):
     model, images, labels = digits[0], digits[1][:12], digits[2][:12]
     seeds = torch.arange(100, 112)
     whole = native(max_iter=6, scale=4).generate_seeded(model, images, labels, seeds)
-    halves = torch.cat([
-        native(max_iter=6, scale=4).generate_seeded(model, images[i : i + 5], labels[i : i + 5], seeds[i : i + 5])
-        for i in range(0, 12, 5)
-    ])
+    halves = torch.cat(
+        [
+            native(max_iter=6, scale=4).generate_seeded(model, images[i : i + 5], labels[i : i + 5], seeds[i : i + 5])
+            for i in range(0, 12, 5)
+        ]
+    )
     assert torch.equal(whole, halves)
     other = native(max_iter=6, scale=4).generate_seeded(model, images, labels, seeds + 1)
     assert whole.ne(images).any() and not torch.equal(whole, other)
@@ -98,8 +100,11 @@ def test_native_needs_differential_evolution():
 @pytest.mark.slow
 def test_a_run_with_the_native_search_attacks_is_the_same_in_any_batching(tmp_path, monkeypatch, cache_with_models):
     spec = {
-        "name": "native-search", "model": {"name": "digits-cnn"}, "device": "cpu",
-        "data": {"name": "digits", "split": "test", "limit": 40}, "evaluation": {"bootstrap": 0},
+        "name": "native-search",
+        "model": {"name": "digits-cnn"},
+        "device": "cpu",
+        "data": {"name": "digits", "split": "test", "limit": 40},
+        "evaluation": {"bootstrap": 0},
         "attacks": [
             {"name": "pixel", "backend": "native", "scale": 4, "max_iter": 5},
             {"name": "boundary", "backend": "native", "max_iter": 5},

@@ -104,7 +104,12 @@ def test_missing_weights_file(tmp_path):
 def test_empty_dataset(tmp_path):
     (tmp_path / "images").mkdir()
     result = invoke(
-        "run", QUICKSTART, "--set", "data={name: imagefolder, root: %s}" % (tmp_path / "images"), "--out", tmp_path / "r"
+        "run",
+        QUICKSTART,
+        "--set",
+        "data={name: imagefolder, root: %s}" % (tmp_path / "images"),
+        "--out",
+        tmp_path / "r",
     )
     assert_bad_input(result, str(tmp_path / "images"))
 
@@ -168,7 +173,10 @@ def test_version_names_tracekit_torch_and_art():
 
     result = invoke("--version")
     assert result.exit_code == 0
-    assert result.output.startswith(f"tracekit {tracekit.__version__}, torch ") and "adversarial-robustness-toolbox" in result.output
+    assert (
+        result.output.startswith(f"tracekit {tracekit.__version__}, torch ")
+        and "adversarial-robustness-toolbox" in result.output
+    )
 
 
 def test_the_summary_caption_mentions_intervals_only_when_there_are_some():

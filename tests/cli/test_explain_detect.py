@@ -309,8 +309,12 @@ def test_detect_refuses_a_model_whose_weights_changed(tmp_path):
     run_dir = tmp_path / "fake-run"
     run_dir.mkdir()
     state = {
-        "format": 1, "model": {"name": "digits-cnn"}, "model_fingerprint": "0" * 64,
-        "detector": {"name": "feature-response"}, "threshold": 1.0, "device": "cpu",
+        "format": 1,
+        "model": {"name": "digits-cnn"},
+        "model_fingerprint": "0" * 64,
+        "detector": {"name": "feature-response"},
+        "threshold": 1.0,
+        "device": "cpu",
     }
     (run_dir / "detector.json").write_text(json.dumps(state))
     with pytest.raises(TracekitError, match="not the one the run used"):
@@ -347,10 +351,14 @@ def test_detect_reproduces_kd_bu_scores_one_image_at_a_time(tmp_path, uint8_imag
     """KD+BU's dropout masks belong to each image, so a lone image gets its score from the run."""
     finished = tiny_run(
         tmp_path, uint8_images, name="kdbu", seed=0, attacks=[{"name": "sign-noise", "eps": 0.5}],
-        detector={"name": "kd-bu", "n_samples": 8, "batch_size": 8}, calibration={"fit_fraction": 0.5, "target_fpr": 0.2},
+        detector={"name": "kd-bu", "n_samples": 8, "batch_size": 8},
+        calibration={"fit_fraction": 0.5, "target_fpr": 0.2},
     )  # fmt: skip
     expected = np.array([float(r["score"]) for r in clean_rows(finished)])
-    alone = [tracekit.detect(finished.out_dir, image[None])[0]["score"] for image in clean_test_images(finished, uint8_images)[:6]]
+    alone = [
+        tracekit.detect(finished.out_dir, image[None])[0]["score"]
+        for image in clean_test_images(finished, uint8_images)[:6]
+    ]
     np.testing.assert_allclose(alone, expected[:6], rtol=1e-6, atol=1e-9)
 
 

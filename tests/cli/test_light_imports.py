@@ -82,7 +82,18 @@ def assert_light(args: list[str], result: dict) -> None:
     )
 
 
-SUBCOMMANDS = ["run", "validate", "plugins", "cache", "cache ls", "cache clear", "compare", "explain", "detect", "report"]
+SUBCOMMANDS = [
+    "run",
+    "validate",
+    "plugins",
+    "cache",
+    "cache ls",
+    "cache clear",
+    "compare",
+    "explain",
+    "detect",
+    "report",
+]
 
 
 @pytest.mark.parametrize(

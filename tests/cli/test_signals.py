@@ -16,8 +16,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SPEC = {
-    "name": "signals", "model": {"name": "digits-cnn"}, "device": "cpu", "batch_size": 2,
-    "data": {"name": "digits", "split": "test", "limit": 24}, "evaluation": {"bootstrap": 0},
+    "name": "signals",
+    "model": {"name": "digits-cnn"},
+    "device": "cpu",
+    "batch_size": 2,
+    "data": {"name": "digits", "split": "test", "limit": 24},
+    "evaluation": {"bootstrap": 0},
     "attacks": [{"name": "pixel", "scale": 4, "max_iter": 6}],  # ART's, image by image: slow enough to stop
 }
 

@@ -122,7 +122,10 @@ def test_comparison_tables_split_attacks_that_do_not_fit():
 
 
 def test_comparison_calibration_lines_name_the_detector():
-    per_detector = {"mahalanobis": {a: {**attack_metrics(3), "recall": 0.0} for a in ATTACKS}, "paper": metrics()["attacks"]}
+    per_detector = {
+        "mahalanobis": {a: {**attack_metrics(3), "recall": 0.0} for a in ATTACKS},
+        "paper": metrics()["attacks"],
+    }
     lines = calibration_lines(per_detector, 0.05)
     expected = (
         "[yellow]calibration:[/] mahalanobis: threshold flags almost no adversarials of fgsm, gradient, pixel, "

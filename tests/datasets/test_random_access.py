@@ -73,4 +73,3 @@ def test_a_model_that_does_not_fit_is_refused_by_item_too(tmp_path, name):
     wrong = tiny_model(channels=2, size=size) if name == "imagefolder" else tiny_model(channels=channels, size=8)
     with pytest.raises(TracekitError):
         make(tmp_path).item(0, wrong)
-

@@ -66,9 +66,7 @@ def _snapshot(model: nn.Module) -> dict[str, Any]:
     return {
         "state": {k: v.clone() for k, v in model.state_dict().items()},
         "training": [m.training for m in model.modules()],
-        "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()
-        ],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
         "grads": [p.grad for p in model.parameters()],
         "rng": torch.random.get_rng_state(),
     }
@@ -157,7 +155,9 @@ def test_logistic_combiner_equals_sklearns_pipeline() -> None:
     y = np.r_[np.zeros(60), np.ones(40)]
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000)).fit(x, y)
     points = rng.normal(size=(25, 3)) * 3
-    np.testing.assert_allclose(combiner.score(points).numpy(), pipeline.decision_function(points), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        combiner.score(points).numpy(), pipeline.decision_function(points), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_kd_bu_warns_how_it_handles_a_model_without_dropout(fitted: dict[str, dict[str, Any]]) -> None:

@@ -191,7 +191,10 @@ def test_an_empty_age_clears_nothing(tmp_path):
 def _stale_spec(seed: int) -> dict:
     """Synthetic images with the same ids whatever the seed, different pixels for each seed."""
     return {
-        "name": "stale", "model": {"name": "digits-cnn"}, "device": "cpu", "batch_size": 16,
+        "name": "stale",
+        "model": {"name": "digits-cnn"},
+        "device": "cpu",
+        "batch_size": 16,
         "data": {"name": "synthetic", "n": 48, "seed": seed, "labels": "predicted"},
         "attacks": [{"name": "fgsm", "eps": 0.05}, {"name": "pixel", "max_iter": 3, "scale": 4}],
         "evaluation": {"bootstrap": 0},

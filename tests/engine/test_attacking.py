@@ -40,15 +40,20 @@ def _generate(attack, batch_size: int, seed: int = 0, cache_root=None, n: int = 
     images = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(1))[:n]
     ids = [f"img-{i}" for i in range(n)]
     cache = AttackCache("model", {"name": "noise"}, seed, root=Path(cache_root or tempfile.mkdtemp()))
-    run = AttackRun("noise", Table(Path(work or tempfile.mkdtemp()), "attack-00"), cache, chunks(np.arange(n), batch_size),
-                    bool(getattr(attack, "per_image", False)))  # fmt: skip
+    table = Table(Path(work or tempfile.mkdtemp()), "attack-00")
+    run = AttackRun("noise", table, cache, chunks(np.arange(n), batch_size), bool(getattr(attack, "per_image", False)))
 
     def read(todo):
         for chunk in todo:
-            yield Batch(chunk, chunk.index, [ids[i] for i in chunk.index], images[chunk.index], torch.zeros(len(chunk.index)))
+            yield Batch(
+                chunk, chunk.index, [ids[i] for i in chunk.index], images[chunk.index], torch.zeros(len(chunk.index))
+            )
 
     context = SimpleNamespace(
-        attacks=[attack], model=SimpleNamespace(module=model), model_who="model 'tiny'", device=torch.device("cpu"),
+        attacks=[attack],
+        model=SimpleNamespace(module=model),
+        model_who="model 'tiny'",
+        device=torch.device("cpu"),
         spec=SimpleNamespace(seed=seed, attacks=[{"name": "noise"}], model={"name": "tiny"}),
         reader=SimpleNamespace(read=read),
     )
@@ -106,7 +111,7 @@ def test_a_resumed_attacks_bar_starts_at_its_finished_images(tmp_path, monkeypat
     monkeypatch.setattr(Progress, "add_task", add_task)
     monkeypatch.setattr(progress, "_enabled", True)
     _generate(PerImageNumpyNoise(), batch_size=3, cache_root=tmp_path, work=tmp_path)
-    (description, kwargs), = bars
+    ((description, kwargs),) = bars
     assert description == "attack noise (6 done)"
     assert kwargs["completed"] == 6 and kwargs["total"] == 10  # cached images add no speed samples
 
@@ -125,7 +130,9 @@ class InterruptedAfter(PerImageNumpyNoise):
 
 
 def test_an_interrupted_attack_says_what_is_kept(tmp_path):
-    with pytest.raises(Interrupted, match=r"attack noise: 0/10 images are attacked and cached.*run the same command again"):
+    with pytest.raises(
+        Interrupted, match=r"attack noise: 0/10 images are attacked and cached.*run the same command again"
+    ):
         _generate(InterruptedAfter(4), batch_size=10, cache_root=tmp_path)
     resumed, outcomes = _generate(PerImageNumpyNoise(), batch_size=10, cache_root=tmp_path)
     assert int(outcomes["cached"].sum()) == 4  # the images finished before Ctrl-C

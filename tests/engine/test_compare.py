@@ -116,7 +116,9 @@ def test_compare_runs_bad_dirs(tmp_path, result):
 
 
 def test_cli_compare_table(result, tmp_path):
-    out = CliRunner().invoke(build_app(), ["compare", str(result.out_dir), str(result.out_dir), "--out", str(tmp_path / "side")])
+    out = CliRunner().invoke(
+        build_app(), ["compare", str(result.out_dir), str(result.out_dir), "--out", str(tmp_path / "side")]
+    )
     assert out.exit_code == 0, out.output
     assert "paper" in out.output and "AUC" in out.output
     assert (tmp_path / "side" / "report.html").is_file()
@@ -152,5 +154,7 @@ def test_detect_on_a_comparison_needs_a_known_detector_label(result, tmp_path):
     assert missing.exit_code == 2 and "choose one with --detector LABEL (one of: gbp-mean-abs, paper)" in missing.output
     typo = runner.invoke(build_app(), ["detect", "--run", str(result.out_dir), "--detector", "papr", str(image)])
     assert typo.exit_code == 2 and "did you mean 'paper'" in typo.output
-    chosen = runner.invoke(build_app(), ["detect", "--run", str(result.out_dir), "--detector", "paper", "--json", str(image)])
+    chosen = runner.invoke(
+        build_app(), ["detect", "--run", str(result.out_dir), "--detector", "paper", "--json", str(image)]
+    )
     assert chosen.exit_code == 0, chosen.output

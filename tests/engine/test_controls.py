@@ -105,7 +105,9 @@ def test_noise_matches_perturbation_sizes(tmp_path):
 
     def read(pieces):
         for piece in pieces:
-            yield Batch(piece, piece.index, [ids[i] for i in piece.index], originals[piece.index], torch.zeros(len(piece.index)))
+            yield Batch(
+                piece, piece.index, [ids[i] for i in piece.index], originals[piece.index], torch.zeros(len(piece.index))
+            )
 
     context = SimpleNamespace(reader=SimpleNamespace(read=read))
 

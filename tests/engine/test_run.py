@@ -24,7 +24,11 @@ def tiny_spec(**extra):
         "model": {"name": "tiny-cnn"},
         "data": {"name": "random-images", "n": 48},
         "attacks": [{"name": "sign-noise", "eps": 0.3}, {"name": "sign-noise", "eps": 0.05, "label": "small-noise"}],
-        "detector": {"name": "feature-response", "saliency": {"name": "guided-backprop"}, "score": {"name": "mean-abs"}},
+        "detector": {
+            "name": "feature-response",
+            "saliency": {"name": "guided-backprop"},
+            "score": {"name": "mean-abs"},
+        },
         "calibration": {"fit_fraction": 0.5, "target_fpr": 0.1},
         "batch_size": 16,
     }
@@ -57,10 +61,25 @@ def test_metrics_keys_exactly_as_designed(result):
     assert set(metrics["attacks"]) == {"sign-noise", "small-noise"}
     for m in metrics["attacks"].values():
         assert set(m) == {
-            "n_clean", "n_attacked", "success_rate", "gt_confidence", "target_confidence", "auc",
-            "tpr_at_fpr", "threshold", "fpr", "precision", "recall", "seconds",  # the paper's keys (docs/method.md, "Metrics keys")
+            "n_clean",
+            "n_attacked",
+            "success_rate",
+            "gt_confidence",
+            "target_confidence",
+            "auc",
+            "tpr_at_fpr",
+            "threshold",
+            "fpr",
+            "precision",
+            "recall",
+            "seconds",  # the paper's keys (docs/method.md, "Metrics keys")
             # added beyond them:
-            "cached_images", "auc_ci", "tpr_at_fpr_ci", "perturbation", "failed", "evasion_rate",
+            "cached_images",
+            "auc_ci",
+            "tpr_at_fpr_ci",
+            "perturbation",
+            "failed",
+            "evasion_rate",
         }
         assert set(m["perturbation"]) == {"l2", "linf"} and set(m["failed"]) == {"n", "auc", "flag_rate"}
         assert m["failed"]["n"] + m["n_attacked"] == m["n_clean"]
@@ -112,7 +131,9 @@ def test_resolved_spec_has_provenance_and_reruns(result, tmp_path):
     assert prov["versions"]["tracekit"] == tracekit.__version__
     assert prov["versions"]["torch"] == torch.__version__
     assert prov["device"] == "cpu" and prov["seed"] == 1
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(tracekit.__file__).parent)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(tracekit.__file__).parent
+    )
     assert prov["git_revision"] == (head.stdout.strip() if head.returncode == 0 else None)  # tracekit's, not the cwd's
     assert resolved["attacks"][0]["seed"] == 0  # defaults filled in
     again = run(result.out_dir / "spec.resolved.yaml", out=tmp_path / "again")

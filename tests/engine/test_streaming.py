@@ -84,7 +84,11 @@ def spec(**extra):
         "model": {"name": "trained-tiny"},
         "data": {"name": "indexed-images", "n": 40},
         "attacks": [{"name": "fgsm", "eps": 0.1, "backend": "native"}],
-        "detector": {"name": "feature-response", "saliency": {"name": "guided-backprop"}, "score": {"name": "mean-abs"}},
+        "detector": {
+            "name": "feature-response",
+            "saliency": {"name": "guided-backprop"},
+            "score": {"name": "mean-abs"},
+        },
         "calibration": {"target_fpr": 0.1},
         "evaluation": {"bootstrap": 50},
         "batch_size": 8,
@@ -159,7 +163,11 @@ def test_a_run_killed_while_scoring_resumes_to_identical_results(reference, tmp_
     for module in (evaluating, fitting):
         monkeypatch.setattr(module, "score_into", real)
     written = []
-    monkeypatch.setattr(scoring.Table, "write", lambda self, chunk, cols, w=scoring.Table.write: (written.append(self.name), w(self, chunk, cols)))
+    monkeypatch.setattr(
+        scoring.Table,
+        "write",
+        lambda self, chunk, cols, w=scoring.Table.write: (written.append(self.name), w(self, chunk, cols)),
+    )
     resumed = run(spec(), out=out)
     assert "scores-d00-fit" not in written and "clean" not in written  # finished stages are not recomputed
     assert (resumed.out_dir / "scores.csv").read_bytes() == (reference.out_dir / "scores.csv").read_bytes()
@@ -243,7 +251,11 @@ def test_a_learning_detector_is_fitted_on_a_bounded_subset(tmp_path, monkeypatch
 
     monkeypatch.setattr(Mahalanobis, "fit", fit)
     result = run(
-        spec(detector={"name": "mahalanobis"}, calibration={"target_fpr": 0.1, "fit_images": 6}, evaluation={"bootstrap": 0, "transfer": False}),
+        spec(
+            detector={"name": "mahalanobis"},
+            calibration={"target_fpr": 0.1, "fit_images": 6},
+            evaluation={"bootstrap": 0, "transfer": False},
+        ),
         out=tmp_path / "run",
     )
     assert result.metrics["data"]["n_fit"] > 6 and result.metrics["data"]["n_fit_subset"] == 6

@@ -37,8 +37,13 @@ def cluster():
 
 def spec(executor: dict | None = None, **overrides) -> dict:
     base = {
-        "name": "ray-test", "model": {"name": "digits-cnn"}, "data": DATA, "attacks": QUICK,
-        "batch_size": 16, "device": "cpu", "evaluation": {"bootstrap": 50},
+        "name": "ray-test",
+        "model": {"name": "digits-cnn"},
+        "data": DATA,
+        "attacks": QUICK,
+        "batch_size": 16,
+        "device": "cpu",
+        "evaluation": {"bootstrap": 50},
         "executor": executor or {"name": "local"},
     }
     return {**base, **overrides}
@@ -144,9 +149,14 @@ def test_an_interrupted_driver_resumes_with_the_same_command(cluster, tmp_path):
     # ignored (POSIX), a child inherits that, and Python then leaves it ignored, so Ctrl-C would
     # never reach the run. (SIGTERM, which such jobs are stopped with, is handled either way.)
     command = [
-        sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-        "os.execv(sys.argv[1], sys.argv[1:])", str(Path(sys.executable).parent / "tracekit"), "run", str(path),
-        "--out", str(out),
+        sys.executable,
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+        str(Path(sys.executable).parent / "tracekit"),
+        "run",
+        str(path),
+        "--out",
+        str(out),
     ]
     env = {**os.environ, "TRACEKIT_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -190,7 +200,10 @@ def test_an_unreachable_address_fails_within_its_timeout(tmp_path):
         started = time.monotonic()
         overrides = ["--set", f"executor.address={address}", "--set", f"executor.connect_timeout={timeout}"]
         done = subprocess.run(
-            [tracekit, "run", str(path), "--out", str(tmp_path / "r"), *overrides], capture_output=True, text=True, timeout=120,
+            [tracekit, "run", str(path), "--out", str(tmp_path / "r"), *overrides],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 2 and re.search(said, done.stderr), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -201,7 +214,9 @@ def test_ray_not_installed_names_the_extra(monkeypatch):
     from tracekit.executors.factories import ray as make
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(TracekitError, match=r"executor 'ray' needs Ray, which is not installed: pip install 'tracekit\[ray\]'"):
+    with pytest.raises(
+        TracekitError, match=r"executor 'ray' needs Ray, which is not installed: pip install 'tracekit\[ray\]'"
+    ):
         make()
 
 
@@ -210,8 +225,12 @@ def test_a_worker_that_cannot_see_the_run_directory_names_it(tmp_path):
     from tracekit.executing import Job
     from tracekit.spec import validate_spec
 
-    job = Job(validate_spec(spec()), tmp_path / "elsewhere", tmp_path, "model-fingerprint", "stage-key", 1, worker_context)
-    with pytest.raises(TracekitError, match=rf"cannot see the run directory {tmp_path / 'elsewhere'}.*shared file system"):
+    job = Job(
+        validate_spec(spec()), tmp_path / "elsewhere", tmp_path, "model-fingerprint", "stage-key", 1, worker_context
+    )
+    with pytest.raises(
+        TracekitError, match=rf"cannot see the run directory {tmp_path / 'elsewhere'}.*shared file system"
+    ):
         job.context()
 
 
@@ -220,7 +239,10 @@ def test_a_workers_error_stops_the_run_with_its_message(cluster, tmp_path):
     """The adaptive attack binds to the fitted detector on the worker, which refuses this one."""
     attacks = [{"name": "adaptive-entropy", "max_iter": 2, "lambdas": [0.0]}]
     detector = {"name": "feature-response", "score": {"name": "global-entropy"}}
-    said = r"attack 'adaptive-entropy' can only attack the feature-response detector .* got GuidedBackprop \+ GlobalEntropy"
+    said = (
+        r"attack 'adaptive-entropy' can only attack the feature-response detector "
+        r".* got GuidedBackprop \+ GlobalEntropy"
+    )
     for executor in ({"name": "local"}, RAY2):
         with pytest.raises(TracekitError, match=said):
             run(spec(executor, attacks=attacks, detector=detector), out=tmp_path / executor["name"], use_cache=False)

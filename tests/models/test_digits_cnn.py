@@ -154,4 +154,3 @@ def test_dataset_and_model_fit_together(trained) -> None:
     sample_id, image, label = next(digits(split="all", limit=1).samples(model))
     assert (sample_id, image.shape) == ("digits-0000", (1, 32, 32))
     assert model.module(image[None]).argmax(1).item() == label == 0
-

@@ -174,10 +174,15 @@ def test_checkpoint_bad_files(tmp_path, small_checkpoint):
 
     good = tmp_path / "good.pth"
     torch.save(state, good)
-    with pytest.raises(TracekitError, match=r"\d+ missing keys \(conv1\.weight, .*unexpected keys \(features\.0\.weight"):
+    with pytest.raises(
+        TracekitError, match=r"\d+ missing keys \(conv1\.weight, .*unexpected keys \(features\.0\.weight"
+    ):
         checkpoint_model(good, "resnet18", num_classes=3)
     partial = tmp_path / "partial.pth"
-    torch.save({**{k: v for k, v in state.items() if not k.startswith("classifier.1.")}, "head.weight": torch.zeros(1)}, partial)
+    torch.save(
+        {**{k: v for k, v in state.items() if not k.startswith("classifier.1.")}, "head.weight": torch.zeros(1)},
+        partial,
+    )
     expected = r"2 missing keys \(classifier.1.weight, classifier.1.bias\); 1 unexpected keys \(head.weight\)"
     with pytest.raises(TracekitError, match=expected):
         checkpoint_model(partial, "squeezenet1_1", num_classes=3)

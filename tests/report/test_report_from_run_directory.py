@@ -66,7 +66,9 @@ def test_report_needs_neither_torch_nor_the_model(size5, tmp_path):
         "    raise\n"
     )
     env = {**os.environ, "TRACEKIT_CACHE": str(tmp_path / "empty-cache")}  # no trained weights there
-    done = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "report:" in done.stdout
     assert layout.report.is_file() and (run_dir / "examples_fgsm.png").is_file()

@@ -131,7 +131,9 @@ def test_detector_without_maps_gets_no_map_panels(result, figures, tmp_path, png
     order = [example.ids.index(e.sample_id) for e in entry["examples"]]
     example_figure(tmp_path / "without.png", "no maps", example.original[order], example.adversarial[order],
                    entry["examples"], result.metrics["threshold"], None)  # fmt: skip
-    (w_without, _), (w_with, _) = (Image.open(path).size for path in (tmp_path / "without.png", figures_dir / entry["file"]))
+    (w_without, _), (w_with, _) = (
+        Image.open(path).size for path in (tmp_path / "without.png", figures_dir / entry["file"])
+    )
     assert w_without < 0.6 * w_with  # 3 columns instead of 7
     assert png_stats(tmp_path / "without.png")[1] > 20
 
@@ -211,15 +213,22 @@ def test_controls_section_matches_metrics_json(page, metrics):
     level = str(metrics["target_fpr"])  # the headline level is the calibration's target (10% here)
     assert level == "0.1"
     for attack, m in metrics["attacks"].items():
-        expected = [*shown(m["auc"], ".3f", m["auc_ci"]), *shown(m["tpr_at_fpr"][level], ".3f", m["tpr_at_fpr_ci"][level]),
-                    *shown(m["recall"], ".1%")]  # fmt: skip
+        expected = [
+            *shown(m["auc"], ".3f", m["auc_ci"]),
+            *shown(m["tpr_at_fpr"][level], ".3f", m["tpr_at_fpr_ci"][level]),
+            *shown(m["recall"], ".1%"),
+        ]
         for kind in ("sign", "gaussian"):
             n = m["noise"][kind]
             expected += [*shown(n["auc"], ".3f"), *shown(n["flag_rate"], ".1%"), *shown(n["prediction_changed"], ".1%")]
         assert noise[attack] == expected
         r = m["randomized_model"]
-        assert randomized[attack] == [*shown(m["auc"], ".3f"), *shown(r["auc"], ".3f"),
-                                      *shown(m["tpr_at_fpr"][level], ".3f"), *shown(r["tpr_at_fpr"][level], ".3f")]  # fmt: skip
+        assert randomized[attack] == [
+            *shown(m["auc"], ".3f"),
+            *shown(r["auc"], ".3f"),
+            *shown(m["tpr_at_fpr"][level], ".3f"),
+            *shown(r["tpr_at_fpr"][level], ".3f"),
+        ]
     assert metrics["randomized_model"]["layers"] == ["classifier", "features.3", "features.0"]
     assert "classifier, features.3, features.0" in page.text
     assert format(metrics["randomized_model"]["threshold"], ".4g") in page.text
@@ -243,7 +252,9 @@ def test_no_controls_section_and_no_intervals_when_the_run_has_none(result, pars
     }
     page = rerender(result, parse_page, plain)
     assert "<h2>Controls</h2>" not in page.text
-    assert not [t for t in page.tables if {"prediction changed", "randomized", "fitted on \\ tested on"} & set(t["head"])]
+    assert not [
+        t for t in page.tables if {"prediction changed", "randomized", "fitted on \\ tested on"} & set(t["head"])
+    ]
     assert not [cls for _, cls, _ in page.classes if cls == "ci"]
     detection = page.rows_by_label(page.table_with("AUC", "evasion rate"))
     assert detection["sign-noise"][0] == f"{metrics['attacks']['sign-noise']['auc']:.3f}"

@@ -158,4 +158,6 @@ def test_default_directory_and_out_rules(runs, tmp_path, monkeypatch):
     assert refused.exit_code == 2 and "not a tracekit run" in refused.output
     assert (results[1].out_dir / "metrics.json").is_file()
     bad = invoke("compare", results[0].out_dir, results[1].out_dir, "--set", "seed=1")
-    assert bad.exit_code == 2 and "--set, --device, --threads and --no-cache apply to a comparison spec" in " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "--set, --device, --threads and --no-cache apply to a comparison spec" in " ".join(
+        bad.output.split()
+    )

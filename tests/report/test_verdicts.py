@@ -44,7 +44,9 @@ def test_verdict_sentences_say_what_was_found():
     chance = v.verdict("fgsm", entry(0.47, [0.41, 0.52]), 0.05)
     assert chance.text == "no better than chance: AUC 0.47 [0.41, 0.52]"
     well = v.verdict("fgsm", entry(0.98, [0.96, 0.99]), 0.05)
-    assert well.text == "separates them well: AUC 0.98 [0.96, 0.99]; flagging 5% of clean images would catch 41% of them"
+    assert (
+        well.text == "separates them well: AUC 0.98 [0.96, 0.99]; flagging 5% of clean images would catch 41% of them"
+    )
     tenth = v.verdict("fgsm", entry(0.98), 0.1)  # the TPR at the level closest to the target
     assert tenth.text.endswith("flagging 10% of clean images would catch 60% of them")
     none = v.verdict("pixel", entry(None, n_attacked=0), 0.05)
@@ -66,7 +68,9 @@ def test_noise_control_said_when_noise_is_detected_about_as_well_or_better():
     assert far.notes == ()  # 0.06 below the attack's AUC
     chance = v.verdict("fgsm", entry(0.5, [0.4, 0.6], noise={"sign": {"auc": 0.54}, "gaussian": {"auc": 0.3}}), 0.05)
     assert chance.notes == ()  # nothing detected, and noise within 0.05 of it: nothing to qualify
-    noisier = v.verdict("fgsm", entry(0.47, [0.41, 0.52], noise={"sign": {"auc": 0.563}, "gaussian": {"auc": 0.54}}), 0.05)
+    noisier = v.verdict(
+        "fgsm", entry(0.47, [0.41, 0.52], noise={"sign": {"auc": 0.563}, "gaussian": {"auc": 0.54}}), 0.05
+    )
     assert noisier.notes == (
         (
             "random noise of the same size is separated better (sign noise AUC 0.56): the score reacts to "
@@ -166,9 +170,13 @@ def test_overall_sentence():
     def found(*aucs, **extra):
         return v.verdicts({f"a{i}": entry(auc, None, **extra) for i, auc in enumerate(aucs)}, 0.05)
 
-    assert v.overall(found(0.95, 0.8)) == "The hypothesis is borne out on every attack here: the adversarials score higher than clean images."
+    assert (
+        v.overall(found(0.95, 0.8))
+        == "The hypothesis is borne out on every attack here: the adversarials score higher than clean images."
+    )
     assert v.overall(found(0.5, 0.3)) == (
-        "The hypothesis is not borne out here: on no attack do the adversarials score higher than clean images beyond chance; "
+        "The hypothesis is not borne out here: "
+        "on no attack do the adversarials score higher than clean images beyond chance; "
         "on a1 they even score lower."
     )
     assert v.overall(found(0.95, 0.5)) == "The hypothesis is borne out on a0; not on a1."
@@ -178,5 +186,7 @@ def test_overall_sentence():
 
 def test_compare_summary_names_noise_alike_detectors_only_where_they_detect_the_attack():
     noisy = {"sign": {"auc": 0.6}}
-    (summary,) = v.compare_summary({"fgsm": {"a": entry(0.47, [0.41, 0.52], noise=noisy), "b": entry(0.6, noise=noisy)}})
+    (summary,) = v.compare_summary(
+        {"fgsm": {"a": entry(0.47, [0.41, 0.52], noise=noisy), "b": entry(0.6, noise=noisy)}}
+    )
     assert summary.noise_alike == ("b",)  # a's attack is not detected: its note says noise is separated better

@@ -121,7 +121,11 @@ def test_registered_with_their_parameters() -> None:
     assert saliency.resolve({"name": "gradient"}) == {"name": "gradient"}
     assert saliency.resolve({"name": "integrated-gradients"}) == {"name": "integrated-gradients", "steps": 32}
     assert saliency.resolve({"name": "smoothgrad"}) == {
-        "name": "smoothgrad", "base": {"name": "guided-backprop"}, "n_samples": 16, "noise": 0.15, "seed": 0,
+        "name": "smoothgrad",
+        "base": {"name": "guided-backprop"},
+        "n_samples": 16,
+        "noise": 0.15,
+        "seed": 0,
     }
     for entry in ("gradient", "integrated-gradients", "smoothgrad"):
         assert saliency.get(entry).source == "tracekit" and saliency.get(entry).summary

@@ -69,7 +69,7 @@ class Recorder:
 def test_noise_is_a_fraction_of_each_images_value_range(tiny) -> None:
     x = torch.rand(2, 1, 16, 16)
     x[0] = x[0] * 0.5 + 0.25  # range at most 0.5
-    span = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))
+    span = x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))
     base = Recorder()
     SmoothGrad(base, n_samples=400, noise=0.1).maps(tiny.module, x)
     noisy = torch.cat([call[0] for call in base.calls]).view(2, 400, 1, 16, 16)
@@ -81,7 +81,7 @@ def test_every_copy_explains_the_class_predicted_for_the_clean_image(tiny) -> No
     x = images()
     base = Recorder()
     SmoothGrad(base, n_samples=3, noise=2.0).maps(tiny.module, x)  # noise that changes predictions
-    (noisy, target), = base.calls
+    ((noisy, target),) = base.calls
     assert torch.equal(target, tiny.module(x).argmax(1).repeat_interleave(3))
     assert not torch.equal(tiny.module(noisy).argmax(1), target)
 

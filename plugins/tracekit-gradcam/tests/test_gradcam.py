@@ -59,8 +59,9 @@ def test_default_layer_is_the_last_spatial_feature_map() -> None:
     assert torch.equal(GradCam().maps(model, x), GradCam("features").maps(model, x))
     # Not a 1x1 map (global pooling), nor a module that runs twice (a shared ReLU).
     relu = nn.ReLU()
-    pooled = nn.Sequential(nn.Conv2d(1, 4, 3), relu, nn.Conv2d(4, 4, 3), relu, nn.AdaptiveAvgPool2d(1),
-                           nn.Flatten(), nn.Linear(4, 3))
+    pooled = nn.Sequential(
+        nn.Conv2d(1, 4, 3), relu, nn.Conv2d(4, 4, 3), relu, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
     assert find_layer(pooled, None, images(1))[0] == "2"
 
 
@@ -124,8 +125,9 @@ def test_cam_spread_is_the_normalized_entropy_of_the_maps_mass() -> None:
     gen = torch.Generator().manual_seed(0)
     maps = torch.rand(5, 2, 8, 6, generator=gen) ** 4
     maps[1] = 0.0  # no mass: uniform
-    maps[2] = torch.zeros(2, 8, 6).index_put_((torch.tensor([1]), torch.tensor([3]), torch.tensor([2])),
-                                              torch.tensor(5.0))  # one pixel
+    maps[2] = torch.zeros(2, 8, 6).index_put_(
+        (torch.tensor([1]), torch.tensor([3]), torch.tensor([2])), torch.tensor(5.0)
+    )  # one pixel
     maps[3] = 1.0  # uniform
     maps[4, 0] *= -1  # signs do not matter: |map|
     spread = CamSpread()
@@ -166,11 +168,21 @@ def test_listed_and_validated_by_the_cli(tmp_path) -> None:
     assert saliency["grad-cam"]["parameters"] == ["layer"]
 
     spec = tmp_path / "gradcam.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "gradcam", "model": {"name": "digits-cnn"}, "data": {"name": "digits"},
-        "attacks": [{"name": "fgsm", "eps": 0.1}],
-        "detector": {"name": "feature-response", "saliency": {"name": "grad-cam"}, "score": {"name": "cam-spread"}},
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "gradcam",
+                "model": {"name": "digits-cnn"},
+                "data": {"name": "digits"},
+                "attacks": [{"name": "fgsm", "eps": 0.1}],
+                "detector": {
+                    "name": "feature-response",
+                    "saliency": {"name": "grad-cam"},
+                    "score": {"name": "cam-spread"},
+                },
+            }
+        )
+    )
     result = CliRunner().invoke(build_app(), ["validate", str(spec), "--show"])
     assert result.exit_code == 0, result.output
     assert "grad-cam" in result.output and "is a valid spec" in result.output
@@ -182,9 +194,11 @@ def test_listing_and_validating_with_it_installed_do_not_import_torch() -> None:
     probe = (
         "import sys\n"
         "from tracekit import plugins\n"
-        "assert plugins.registry('saliency').resolve({'name': 'grad-cam', 'layer': 'features'})['layer'] == 'features'\n"
+        "resolved = plugins.registry('saliency').resolve({'name': 'grad-cam', 'layer': 'features'})\n"
+        "assert resolved['layer'] == 'features'\n"
         "assert plugins.registry('score').get('cam-spread').source == 'tracekit-gradcam'\n"
-        "print(sorted(m for m in ('torch', 'tracekit_gradcam.gradcam', 'tracekit_gradcam.spread') if m in sys.modules))\n"
+        "heavy = ('torch', 'tracekit_gradcam.gradcam', 'tracekit_gradcam.spread')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -195,14 +209,24 @@ def test_a_spec_using_it_runs(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TRACEKIT_CACHE", str(tmp_path / "cache"))
     plugins.register_plugin(testing_plugin, "tracekit-testing")  # tiny-cnn, random-images, sign-noise
     try:
-        result = tracekit.run({
-            "name": "gradcam-tiny", "seed": 0, "device": "cpu",
-            "model": {"name": "tiny-cnn"}, "data": {"name": "random-images", "n": 24},
-            "attacks": [{"name": "sign-noise", "eps": 0.3}],
-            "detector": {"name": "feature-response", "saliency": {"name": "grad-cam", "layer": "features.0"},
-                         "score": {"name": "cam-spread"}},
-            "calibration": {"fit_fraction": 0.5, "target_fpr": 0.1}, "batch_size": 8,
-        }, out=tmp_path / "run")
+        result = tracekit.run(
+            {
+                "name": "gradcam-tiny",
+                "seed": 0,
+                "device": "cpu",
+                "model": {"name": "tiny-cnn"},
+                "data": {"name": "random-images", "n": 24},
+                "attacks": [{"name": "sign-noise", "eps": 0.3}],
+                "detector": {
+                    "name": "feature-response",
+                    "saliency": {"name": "grad-cam", "layer": "features.0"},
+                    "score": {"name": "cam-spread"},
+                },
+                "calibration": {"fit_fraction": 0.5, "target_fpr": 0.1},
+                "batch_size": 8,
+            },
+            out=tmp_path / "run",
+        )
     finally:
         plugins.unregister_plugin("tracekit-testing")
     metrics = json.loads((result.out_dir / "metrics.json").read_text())

@@ -65,9 +65,7 @@ class AdaptiveEntropy:
         from ..scores.entropy import LocalEntropy
 
         parts = (detector.saliency, detector.scorer) if isinstance(detector, FeatureResponse) else ()
-        if not (
-            parts and isinstance(parts[0], GuidedBackprop) and isinstance(parts[1], LocalEntropy)
-        ):
+        if not (parts and isinstance(parts[0], GuidedBackprop) and isinstance(parts[1], LocalEntropy)):
             got = " + ".join(type(p).__name__ for p in parts) or type(detector).__name__
             raise TracekitError(
                 f"attack 'adaptive-entropy' can only attack the feature-response detector with saliency "

@@ -77,8 +77,15 @@ class AutoAttack(ArtAttack):
         with model_untouched(classifier.model), cuda:
             attacks: list[Any] = [
                 AutoProjectedGradientDescent(
-                    classifier, norm=self.norm, eps=self.eps, eps_step=self.eps_step, max_iter=self.max_iter,
-                    targeted=False, nb_random_init=self.restarts, batch_size=self.batch_size, loss_type=loss,
+                    classifier,
+                    norm=self.norm,
+                    eps=self.eps,
+                    eps_step=self.eps_step,
+                    max_iter=self.max_iter,
+                    targeted=False,
+                    nb_random_init=self.restarts,
+                    batch_size=self.batch_size,
+                    loss_type=loss,
                     verbose=False,
                 )  # fmt: skip
                 for loss in ("cross_entropy", "difference_logits_ratio")
@@ -90,8 +97,14 @@ class AutoAttack(ArtAttack):
         )
         attacks.append(
             SquareAttack(
-                classifier, norm=self.norm, max_iter=self.square_max_iter, eps=self.eps, p_init=0.8,
-                nb_restarts=self.restarts, batch_size=self.batch_size, verbose=False,
+                classifier,
+                norm=self.norm,
+                max_iter=self.square_max_iter,
+                eps=self.eps,
+                p_init=0.8,
+                nb_restarts=self.restarts,
+                batch_size=self.batch_size,
+                verbose=False,
             )  # fmt: skip
         )
         return _Sequential(classifier, attacks, self.norm, self.eps)

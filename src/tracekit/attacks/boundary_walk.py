@@ -41,12 +41,26 @@ class NativeBoundary(BatchedSearch):
     cpu_batch = 256  # on a CPU: enough images per pass to amortize its overhead, few enough to stay in cache
 
     def __init__(
-        self, delta: float, epsilon: float, step_adapt: float, max_iter: int, num_trial: int, sample_size: int,
-        init_size: int, min_epsilon: float, batch_size: int, eval_batch: int | None,
+        self,
+        delta: float,
+        epsilon: float,
+        step_adapt: float,
+        max_iter: int,
+        num_trial: int,
+        sample_size: int,
+        init_size: int,
+        min_epsilon: float,
+        batch_size: int,
+        eval_batch: int | None,
     ) -> None:
         super().__init__(eval_batch)
         self.delta, self.epsilon, self.step_adapt, self.max_iter = delta, epsilon, step_adapt, max_iter
-        self.num_trial, self.sample_size, self.init_size, self.min_epsilon = num_trial, sample_size, init_size, min_epsilon
+        self.num_trial, self.sample_size, self.init_size, self.min_epsilon = (
+            num_trial,
+            sample_size,
+            init_size,
+            min_epsilon,
+        )
         self.batch_size = batch_size
 
     def search(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
@@ -54,7 +68,9 @@ class NativeBoundary(BatchedSearch):
 
 
 class _Walk:
-    def __init__(self, attack: NativeBoundary, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor):
+    def __init__(
+        self, attack: NativeBoundary, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor
+    ):
         self.attack, self.model, self.x, self.labels, self.seeds = attack, model, x, labels, seeds
         self.numel = x[0].numel()
 
@@ -128,14 +144,18 @@ class _Walk:
                 break
             # the orthogonal step: tries until some candidates stay adversarial
             pending = torch.ones(len(which), dtype=torch.bool, device=self.x.device)
-            kept = torch.empty(len(which), attack.sample_size, *self.x.shape[1:], dtype=self.x.dtype, device=self.x.device)  # read only where set
+            kept = torch.empty(
+                len(which), attack.sample_size, *self.x.shape[1:], dtype=self.x.dtype, device=self.x.device
+            )  # read only where set
             satisfied = torch.zeros(len(which), attack.sample_size, dtype=torch.bool, device=self.x.device)
             for trial in range(attack.num_trial):
                 rows = pending.nonzero()[:, 0]
                 if not len(rows):
                     break
                 idx = which[rows]
-                candidates = self._orthogonal(idx, current[idx], delta[idx].to(self.x.dtype), iteration * attack.num_trial + trial)
+                candidates = self._orthogonal(
+                    idx, current[idx], delta[idx].to(self.x.dtype), iteration * attack.num_trial + trial
+                )
                 wrong = self._adversarial(idx.repeat_interleave(attack.sample_size), candidates.flatten(0, 1))
                 wrong = wrong.view(len(rows), attack.sample_size)
                 delta[idx] = self._adapt(delta[idx], wrong.double().mean(1))
@@ -171,7 +191,9 @@ class _Walk:
             lost = which[pending]  # every try failed: ART stops at the nearest orthogonal candidate
             if len(lost):
                 rows = pending.nonzero()[:, 0]
-                distance = (kept[rows] - self.x[lost][:, None]).flatten(2).norm(dim=2).masked_fill(~satisfied[rows], math.inf)
+                distance = (
+                    (kept[rows] - self.x[lost][:, None]).flatten(2).norm(dim=2).masked_fill(~satisfied[rows], math.inf)
+                )
                 current[lost] = kept[rows, distance.argmin(1)]
                 walking[lost] = False
             walking &= epsilon >= attack.min_epsilon

@@ -59,7 +59,9 @@ class NativeOnePixel(BatchedSearch):
 class _Evolution:
     """One batch's evolution: populations `[B, P, D]` in parameter units, fitness `[B, P]`."""
 
-    def __init__(self, attack: NativeOnePixel, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor):
+    def __init__(
+        self, attack: NativeOnePixel, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seeds: torch.Tensor
+    ):
         self.attack, self.model, self.x, self.labels, self.seeds = attack, model, x, labels, seeds
         n, channels, height, width = x.shape
         self.rows, self.cols = height // attack.scale, width // attack.scale
@@ -117,8 +119,14 @@ class _Evolution:
         return torch.where(success[:, None, None, None], adversarial, self.x)
 
     def _judge(
-        self, which: torch.Tensor, population: torch.Tensor, fitness: torch.Tensor, wrong: torch.Tensor,
-        done: torch.Tensor, fooled: torch.Tensor, fooling: torch.Tensor,
+        self,
+        which: torch.Tensor,
+        population: torch.Tensor,
+        fitness: torch.Tensor,
+        wrong: torch.Tensor,
+        done: torch.Tensor,
+        fooled: torch.Tensor,
+        fooling: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """After a generation: each image's best candidate misclassified? below the stop probability?"""
         index = fitness[which].argmin(1)
@@ -177,7 +185,8 @@ def check_grid(input_size: tuple[int, ...], scale: int, pixels: int) -> None:
     if pixels > grid:
         raise TracekitError(
             f"attack 'pixel': pixels {pixels} is more than the {grid} pixels of the "
-            f"{height // scale}x{width // scale} grid searched at scale {scale}; use at most {grid} (the paper changes 1)"
+            f"{height // scale}x{width // scale} grid searched at scale {scale}; "
+            f"use at most {grid} (the paper changes 1)"
         )
 
 
@@ -185,4 +194,3 @@ def evaluations_per_image(max_iter: int, pixels: int, channels: int) -> int:
     """The most candidate images one image costs: the initial population and one per generation."""
     dims = pixels * (2 + channels)
     return max(1, POPULATION // dims) * dims * (1 + max_iter)
-

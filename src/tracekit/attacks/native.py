@@ -48,9 +48,7 @@ def norm_order(norm: float | str) -> float:
     except (TypeError, ValueError):
         order = math.nan
     if order not in (math.inf, 2.0):
-        raise TracekitError(
-            f"native attacks support norm 'inf' or 2, got {norm!r}; use backend: art for other norms"
-        )
+        raise TracekitError(f"native attacks support norm 'inf' or 2, got {norm!r}; use backend: art for other norms")
     return order
 
 
@@ -203,7 +201,9 @@ class NativePGD:
         drawn = nn.init.trunc_normal_(torch.empty(1), mean=0.0, std=self.eps / 2, a=0.0, b=self.eps).item()
         return drawn, self.eps_step * drawn / self.eps
 
-    def _run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, eps_step: float) -> torch.Tensor:
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, eps_step: float
+    ) -> torch.Tensor:
         adversarial = x
         momentum = None if self.decay is None else torch.zeros_like(x)
         for i in range(self.max_iter):

@@ -55,15 +55,23 @@ def register(app: typer.Typer) -> None:
             table.add_column(column, justify="right" if column in ("seed", "entries", "MB", "age") else "left")
         for e in sorted(entries, key=lambda e: e["modified"], reverse=True):
             table.add_row(
-                e["key"][:12], e["attack"], _parameters(e["params"]), e["model"][:12], str(e["seed"]),
-                str(e["batches"]), f"{e['bytes'] / 1e6:.1f}", _age(time.time() - e["modified"]),
+                e["key"][:12],
+                e["attack"],
+                _parameters(e["params"]),
+                e["model"][:12],
+                str(e["seed"]),
+                str(e["batches"]),
+                f"{e['bytes'] / 1e6:.1f}",
+                _age(time.time() - e["modified"]),
             )
         console.print(table)
 
     @group.command("clear")
     @handle_errors
     def clear_command(
-        older_than: str = typer.Option(None, "--older-than", metavar="AGE", help="Only entries untouched for this long, e.g. 7d."),
+        older_than: str = typer.Option(
+            None, "--older-than", metavar="AGE", help="Only entries untouched for this long, e.g. 7d."
+        ),
     ) -> None:
         """Remove cached attacks."""
         removed = attack_cache.clear(None if older_than is None else parse_age(older_than))

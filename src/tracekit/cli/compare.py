@@ -36,10 +36,19 @@ def compare_tables(detectors: dict[str, dict[str, Any]], title: str, level: floa
         chunks[-1].append(attack)
         used += need
     tables = []
-    for what, key in (("ROC AUC (0.5: chance)", "auc"), (f"TPR at {level:.0%} FPR (share of adversarials flagged)", str(level))):
+    for what, key in (
+        ("ROC AUC (0.5: chance)", "auc"),
+        (f"TPR at {level:.0%} FPR (share of adversarials flagged)", str(level)),
+    ):
         for i, chunk in enumerate(chunks):
             part = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-            table = Table(title=f"{title}\n{what}{part}", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), pad_edge=False)
+            table = Table(
+                title=f"{title}\n{what}{part}",
+                box=box.SIMPLE_HEAD,
+                show_edge=False,
+                padding=(0, 1, 0, 0),
+                pad_edge=False,
+            )
             table.add_column("detector", overflow="fold", max_width=DETECTOR_WIDTH)
             for attack in chunk:
                 table.add_column(escape(attack), justify="right", overflow="fold", min_width=5)
@@ -83,8 +92,18 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     @handle_errors
     def compare_command(
-        targets: list[Path] = typer.Argument(..., metavar="TARGET", help="A spec with `detectors:`, or finished run directories."),
-        out: Path = typer.Option(None, "--out", metavar="DIR", help="Comparison directory (default runs/<name>-<timestamp>/, for run directories runs/compare-runs-<timestamp>/); an earlier one there is replaced."),
+        targets: list[Path] = typer.Argument(
+            ..., metavar="TARGET", help="A spec with `detectors:`, or finished run directories."
+        ),
+        out: Path = typer.Option(
+            None,
+            "--out",
+            metavar="DIR",
+            help=(
+                "Comparison directory (default runs/<name>-<timestamp>/, for run directories "
+                "runs/compare-runs-<timestamp>/); an earlier one there is replaced."
+            ),
+        ),
         device: str = DeviceOpt,
         threads: int = ThreadsOpt,
         set_: list[str] = SetOpt,
@@ -105,7 +124,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")
             return
         if set_ or device or no_cache or threads is not None:
-            raise TracekitError("--set, --device, --threads and --no-cache apply to a comparison spec, not to run directories")
+            raise TracekitError(
+                "--set, --device, --threads and --no-cache apply to a comparison spec, not to run directories"
+            )
         from ..report import write_report
 
         comparison = compare_runs(list(targets))

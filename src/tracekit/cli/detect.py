@@ -15,13 +15,25 @@ from .. import progress
 from .common import console, err_console, fmt, handle_errors
 
 ImagesArg = typer.Argument(..., metavar="IMAGE", help="Image files (PNG, JPEG; any size or mode).", show_default=False)
-DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: the run's or auto).")
+DeviceOpt = typer.Option(
+    None, "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: the run's or auto)."
+)
 DetectorOpt = typer.Option(
-    None, "--detector", metavar="LABEL", help="Which of a comparison's detectors to use, by label (a comparison directory, or for explain a spec).", show_default=False
+    None,
+    "--detector",
+    metavar="LABEL",
+    help="Which of a comparison's detectors to use, by label (a comparison directory, or for explain a spec).",
+    show_default=False,
 )
 ThreadsOpt = typer.Option(
-    None, "--threads", metavar="N", show_default=False,
-    help="torch's CPU threads, 1-1024 (default auto: OMP_NUM_THREADS if set, else the usable cores not busy with other work).",
+    None,
+    "--threads",
+    metavar="N",
+    show_default=False,
+    help=(
+        "torch's CPU threads, 1-1024 (default auto: OMP_NUM_THREADS if set, "
+        "else the usable cores not busy with other work)."
+    ),
 )
 JsonOpt = typer.Option(False, "--json", help="One JSON object per image (JSON lines) instead of a table.")
 VERDICTS = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]"}
@@ -33,7 +45,13 @@ def results_table(results: list[dict[str, Any]], title: str) -> Table:
 
     verdicts = any(r["threshold"] is not None for r in results)
     panels = any(r.get("panel") for r in results)
-    columns = ["image", "prediction", "score", *(["threshold", "verdict"] if verdicts else []), *(["panel"] if panels else [])]
+    columns = [
+        "image",
+        "prediction",
+        "score",
+        *(["threshold", "verdict"] if verdicts else []),
+        *(["panel"] if panels else []),
+    ]
     table = Table(title=title)
     for column in columns:
         table.add_column(column, justify="right" if column in ("score", "threshold") else "left", overflow="fold")
@@ -66,7 +84,11 @@ def register(app: typer.Typer) -> None:
     def detect_command(
         images: list[Path] = ImagesArg,
         run_dir: Path = typer.Option(
-            ..., "--run", metavar="RUN_DIR", help="A run directory written by `tracekit run` (or `tracekit compare`).", show_default=False
+            ...,
+            "--run",
+            metavar="RUN_DIR",
+            help="A run directory written by `tracekit run` (or `tracekit compare`).",
+            show_default=False,
         ),
         device: str = DeviceOpt,
         threads: int = ThreadsOpt,

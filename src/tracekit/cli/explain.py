@@ -19,7 +19,11 @@ def register(app: typer.Typer) -> None:
     def explain_command(
         images: list[Path] = ImagesArg,
         model: str = typer.Option(
-            None, "--model", metavar="SPEC | RUN_DIR", help="A spec file or a run (or comparison) directory (default: the embedded digits-cnn).", show_default=False
+            None,
+            "--model",
+            metavar="SPEC | RUN_DIR",
+            help="A spec file or a run (or comparison) directory (default: the embedded digits-cnn).",
+            show_default=False,
         ),
         out: Path = typer.Option(DEFAULT_OUT, "--out", metavar="DIR", help="Directory for the panel PNGs."),
         device: str = DeviceOpt,

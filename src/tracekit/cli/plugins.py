@@ -19,14 +19,25 @@ def listing() -> dict[str, Any]:
     return {
         "components": {
             kind: [
-                {"name": e.name, "distribution": e.source, "summary": e.summary, "parameters": list(e.params.model_fields)}
+                {
+                    "name": e.name,
+                    "distribution": e.source,
+                    "summary": e.summary,
+                    "parameters": list(e.params.model_fields),
+                }
                 for e in registry(kind).entries()
             ]
             for kind in KINDS
         },
         "plugins": [
-            {"name": p.name, "distribution": p.distribution, "version": p.version, "module": p.module,
-             "components": p.components, "error": p.error}
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "module": p.module,
+                "components": p.components,
+                "error": p.error,
+            }
             for p in plugins()
         ],
     }
@@ -54,7 +65,8 @@ def register(app: typer.Typer) -> None:
         for p in data["plugins"]:
             if p["error"]:
                 err_console.print(
-                    f"[bold red]plugin failed:[/] {escape(p['name'])} ({escape(p['distribution'])}): {escape(p['error'])}",
+                    f"[bold red]plugin failed:[/] {escape(p['name'])} ({escape(p['distribution'])}): "
+                    f"{escape(p['error'])}",
                     soft_wrap=True,
                 )
         if selection_note():

@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     @handle_errors
     def report_command(
-        run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A finished run or comparison directory.", show_default=False),
+        run_dir: Path = typer.Argument(
+            ..., metavar="RUN_DIR", help="A finished run or comparison directory.", show_default=False
+        ),
     ) -> None:
         """Rebuild the figures and report.html of a finished run from its directory alone."""
         from .. import rebuild_report

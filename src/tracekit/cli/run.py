@@ -17,7 +17,9 @@ from ..spec import load_spec
 from .common import console, fmt, handle_errors
 
 SpecArg = typer.Argument(..., metavar="SPEC", help="YAML spec file (see examples/quickstart.yaml).", show_default=False)
-SetOpt = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a spec field, e.g. --set attacks.0.eps=0.05 (repeatable).")
+SetOpt = typer.Option(
+    [], "--set", metavar="KEY=VALUE", help="Override a spec field, e.g. --set attacks.0.eps=0.05 (repeatable)."
+)
 DeviceOpt = typer.Option(None, "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (overrides the spec).")
 THREADS_HELP = (
     "torch's CPU threads, 1-1024 (overrides the spec's `threads:`; default auto: OMP_NUM_THREADS "
@@ -44,10 +46,12 @@ def summary_table(metrics: dict[str, Any], title: str) -> Table:
     for name, m in metrics["attacks"].items():
         tpr, tpr_ci = m["tpr_at_fpr"], m.get("tpr_at_fpr_ci") or {}
         table.add_row(
-            escape(name), f"{m['n_attacked']} ({percent(m['success_rate'])})",
+            escape(name),
+            f"{m['n_attacked']} ({percent(m['success_rate'])})",
             with_ci(m["auc"], m.get("auc_ci")),
             *(with_ci(tpr[level], tpr_ci.get(level)) for level in ("0.01", "0.05", "0.1")),
-            fmt(m["fpr"]), percent(m.get("evasion_rate")),
+            fmt(m["fpr"]),
+            percent(m.get("evasion_rate")),
         )
     return table
 
@@ -63,14 +67,28 @@ def controls_table(metrics: dict[str, Any]) -> Table | None:
         "threshold; random model: the model's weights re-initialized, the detector fitted again",
     )
     table.add_column("attack", overflow="fold", min_width=8)
-    for column in ("AUC", "flagged", "sign\nAUC", "sign\nflagged", "gauss\nAUC", "gauss\nflagged", "random\nmodel\nAUC"):
+    for column in (
+        "AUC",
+        "flagged",
+        "sign\nAUC",
+        "sign\nflagged",
+        "gauss\nAUC",
+        "gauss\nflagged",
+        "random\nmodel\nAUC",
+    ):
         table.add_column(column, justify="right", no_wrap=True)
     for name, m in rows:
         noise = m.get("noise") or {}
         sign, gauss = noise.get("sign") or {}, noise.get("gaussian") or {}
         table.add_row(
-            escape(name), fmt(m["auc"]), percent(m["recall"]), fmt(sign.get("auc")), percent(sign.get("flag_rate")),
-            fmt(gauss.get("auc")), percent(gauss.get("flag_rate")), fmt((m.get("randomized_model") or {}).get("auc")),
+            escape(name),
+            fmt(m["auc"]),
+            percent(m["recall"]),
+            fmt(sign.get("auc")),
+            percent(sign.get("flag_rate")),
+            fmt(gauss.get("auc")),
+            percent(gauss.get("flag_rate")),
+            fmt((m.get("randomized_model") or {}).get("auc")),
         )
     return table
 
@@ -78,8 +96,13 @@ def controls_table(metrics: dict[str, Any]) -> Table | None:
 def compact_table(title: str, caption: str) -> Table:
     """A table without vertical rules and two spaces between columns: fits 80 columns."""
     return Table(
-        title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-        padding=(0, 1, 0, 0), pad_edge=False,
+        title=title,
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
     )
 
 
@@ -122,7 +145,12 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def run_command(
         spec: Path = SpecArg,
-        out: Path = typer.Option(None, "--out", metavar="DIR", help="Run directory (default runs/<name>-<timestamp>/); an earlier run there is replaced."),
+        out: Path = typer.Option(
+            None,
+            "--out",
+            metavar="DIR",
+            help="Run directory (default runs/<name>-<timestamp>/); an earlier run there is replaced.",
+        ),
         device: str = DeviceOpt,
         threads: int = ThreadsOpt,
         set_: list[str] = SetOpt,

@@ -35,9 +35,7 @@ def upscaled(size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[int]
     images = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
     labels = torch.as_tensor(raw.target, dtype=torch.long)
     indices = list(range(len(labels)))
-    train, test = train_test_split(
-        indices, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=raw.target
-    )
+    train, test = train_test_split(indices, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=raw.target)
     splits = {"train": sorted(train), "test": sorted(test), "all": indices}
     return images.clamp_(0.0, 1.0), labels, splits
 

@@ -49,7 +49,10 @@ def digit_scenes(
 ) -> DigitScenes:
     """Handwritten digits placed in larger cluttered scenes, 1 x size x size (embedded, no download)."""
     if digit_size > size:
-        raise SpecError(f"dataset 'digit-scenes': digit_size {digit_size} is larger than the scene (size {size}); use digit_size <= size")
+        raise SpecError(
+            f"dataset 'digit-scenes': digit_size {digit_size} is larger than the scene (size {size}); "
+            "use digit_size <= size"
+        )
     from .scenes import DigitScenes
 
     return DigitScenes(split, limit, size, digit_size, clutter, distractors, range(copies), seed)

@@ -137,7 +137,9 @@ def _member(
             )
         data = member.read(wanted)
         if len(data) != wanted:
-            raise TracekitError(f"{name}: the compressed data end early; the file is truncated or corrupt, save it again")
+            raise TracekitError(
+                f"{name}: the compressed data end early; the file is truncated or corrupt, save it again"
+            )
         if head:
             return Head(np.frombuffer(data, dtype).reshape((rows, *shape[1:])), shape)
         return np.frombuffer(data, dtype).reshape(shape, order=order)

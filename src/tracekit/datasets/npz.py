@@ -96,13 +96,17 @@ class NpzImages:
             try:
                 ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw.tolist()]
             except UnicodeDecodeError as exc:
-                raise TracekitError(f"{where}: '{ids_key}' holds ids that are not UTF-8 text ({exc.reason}); save them as str") from None
+                raise TracekitError(
+                    f"{where}: '{ids_key}' holds ids that are not UTF-8 text ({exc.reason}); save them as str"
+                ) from None
             if len(set(ids)) != n:
                 raise TracekitError(f"{where}: '{ids_key}' has duplicate ids; sample ids must be unique")
         keep = n if limit is None else min(limit, n)
         self.where = where
         self._stored = images if isinstance(images, NpyData) else None  # mapped again after unpickling
-        self._images = images.map() if isinstance(images, NpyData) else images.array if isinstance(images, Head) else images
+        self._images = (
+            images.map() if isinstance(images, NpyData) else images.array if isinstance(images, Head) else images
+        )
         self.labels = labels[:keep].astype(np.int64)
         self.ids = ids[:keep]
         self.info: dict[str, Any] = {

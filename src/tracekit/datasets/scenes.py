@@ -67,7 +67,14 @@ def _halves(digit_size: int) -> torch.Tensor:
 
 
 def make_scenes(
-    digits: torch.Tensor, keys: torch.Tensor, pool: torch.Tensor, *, size: int, clutter: float, distractors: int, seed: int
+    digits: torch.Tensor,
+    keys: torch.Tensor,
+    pool: torch.Tensor,
+    *,
+    size: int,
+    clutter: float,
+    distractors: int,
+    seed: int,
 ) -> torch.Tensor:
     """Scenes `[N, size, size]` of `digits[N, D, D]`, scene `i` a function of `keys[i]` and `seed`
     only; distractor fragments are drawn from `pool[M, D, D]`."""
@@ -90,10 +97,24 @@ class DigitScenes:
     """One part of the digit scenes (optionally its first `limit` ids), as 1 x size x size images."""
 
     def __init__(
-        self, split: Split, limit: int | None, size: int, digit_size: int, clutter: float, distractors: int, copies: range, seed: int
+        self,
+        split: Split,
+        limit: int | None,
+        size: int,
+        digit_size: int,
+        clutter: float,
+        distractors: int,
+        copies: range,
+        seed: int,
     ) -> None:
         """`copies`: the copy numbers made of each digit (`range(copies)` from the factory)."""
-        self.size, self.digit_size, self.clutter, self.distractors, self.seed = size, digit_size, clutter, distractors, seed
+        self.size, self.digit_size, self.clutter, self.distractors, self.seed = (
+            size,
+            digit_size,
+            clutter,
+            distractors,
+            seed,
+        )
         index, labels, self.sources = digit_sources(split, digit_size)
         total = len(index) * len(copies)
         n = total if limit is None else min(limit, total)
@@ -102,7 +123,9 @@ class DigitScenes:
         self.copy = copies.start + (order % len(copies)) * copies.step
         self.keys = index[self.which] * 65536 + self.copy
         self.labels = labels[self.which]
-        self.ids = [f"digit-scenes-{i:04d}-{c}" for i, c in zip(index[self.which].tolist(), self.copy.tolist(), strict=True)]
+        self.ids = [
+            f"digit-scenes-{i:04d}-{c}" for i, c in zip(index[self.which].tolist(), self.copy.tolist(), strict=True)
+        ]
         self._last: tuple[int, torch.Tensor | None] = (-1, None)
         self.info: dict[str, Any] = {
             "split": split, "size": n, "split_size": total, "scene_size": size, "digit_size": digit_size,

@@ -102,7 +102,9 @@ class KernelDensityUncertainty:
         """`[N, 2]` (KD, BU); `support`: `images` are the KDE's own images (each leaves itself out)."""
         return map_batches(
             lambda batch, start: self._features(model, batch, start if support else None),
-            images, self.batch_size, model_device(model),
+            images,
+            self.batch_size,
+            model_device(model),
         )
 
     def fit(

@@ -163,4 +163,3 @@ def map_batches(
     concatenated into one array on the CPU."""
     out = [fn(images[s : s + batch_size].to(device), s) for s in range(0, len(images), batch_size)]
     return torch.cat(out).cpu().numpy()
-

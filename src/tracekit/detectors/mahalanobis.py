@@ -87,7 +87,9 @@ class Mahalanobis:
 
     def confidences(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
         """`[N, layers]` pre-processed Mahalanobis confidences of `images`."""
-        return map_batches(lambda batch, _: self._confidences(model, batch), images, self.batch_size, model_device(model))
+        return map_batches(
+            lambda batch, _: self._confidences(model, batch), images, self.batch_size, model_device(model)
+        )
 
     def fit(
         self,

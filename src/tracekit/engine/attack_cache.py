@@ -6,8 +6,8 @@ the model weights, the attack's resolved parameters, the seed and the attack's c
 file, its distribution's name and version, and whatever the attack adds with `cache_key()`); a
 batch file is named by the hash of its images' content keys (`<sample id>@<sha256 of the image's
 float32 pixels>`), so an image whose pixels changed (another dataset with the same ids, a file
-edited in place) is never served another image's adversarial. A second identical run recomputes nothing; an interrupted run
-resumes at the first missing batch. Each batch is seeded from the run seed and its ids, so a
+edited in place) is never served another image's adversarial. A second identical run recomputes
+nothing; an interrupted run resumes at the first missing batch. Each batch is seeded from the run seed and its ids, so a
 resumed run produces exactly what an uninterrupted one would. A corrupt entry is reported
 once, recomputed and overwritten.
 """
@@ -95,7 +95,9 @@ class CacheEntry:
 class AttackCache:
     """Batches of one attack on one model; `enabled=False` bypasses reading and writing."""
 
-    def __init__(self, model_fp: str, attack: dict[str, Any], seed: int, root: Path | None = None, enabled: bool = True):
+    def __init__(
+        self, model_fp: str, attack: dict[str, Any], seed: int, root: Path | None = None, enabled: bool = True
+    ):
         self.enabled = enabled
         key = json.dumps({"model": model_fp, "attack": attack, "seed": seed}, sort_keys=True, default=str)
         self.key = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -141,8 +143,14 @@ class AttackCache:
 
     def save(self, keys: list[str], entry: CacheEntry) -> None:
         if self.enabled:
-            payload = {"key": self.key, "ids": keys, "adversarial": entry.adversarial, "preds": entry.preds,
-                       "probs": entry.probs, "seconds": entry.seconds}
+            payload = {
+                "key": self.key,
+                "ids": keys,
+                "adversarial": entry.adversarial,
+                "preds": entry.preds,
+                "probs": entry.probs,
+                "seconds": entry.seconds,
+            }
             atomic_torch_save(payload, self._path(keys))
 
 
@@ -162,17 +170,19 @@ def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
         if not isinstance(meta, dict) or not isinstance(meta.get("attack"), dict):
             meta = {"attack": {"name": "? (meta.json unreadable)"}}
         stats = [f.stat() for f in files]
-        out.append({
-            "key": directory.name,
-            "attack": (meta.get("attack") or {}).get("name", "?"),
-            "params": meta.get("attack", {}),
-            "model": str(meta.get("model", "?")),
-            "seed": meta.get("seed"),
-            "batches": len(files),
-            "bytes": sum(s.st_size for s in stats),
-            "modified": max([s.st_mtime for s in stats], default=directory.stat().st_mtime),
-            "path": str(directory),
-        })
+        out.append(
+            {
+                "key": directory.name,
+                "attack": (meta.get("attack") or {}).get("name", "?"),
+                "params": meta.get("attack", {}),
+                "model": str(meta.get("model", "?")),
+                "seed": meta.get("seed"),
+                "batches": len(files),
+                "bytes": sum(s.st_size for s in stats),
+                "modified": max([s.st_mtime for s in stats], default=directory.stat().st_mtime),
+                "path": str(directory),
+            }
+        )
     return out
 
 

@@ -3,8 +3,9 @@
 An attack runs on one device batch (a chunk) at a time; its adversarials go to the attack cache
 (`AttackCache`, on disk, atomically) as soon as the batch is done, and one row per image goes
 to the attack's table (`attack-<NN>`): prediction, success, confidences, perturbation size and
-seconds. `AttackStage` is the picklable stage an executor runs on any shard of the chunks. Later stages read the adversarials back from the cache chunk by chunk; nothing keeps
-them in memory. A `per_image` attack gets one image at a time, each seeded from its own id and
+seconds. `AttackStage` is the picklable stage an executor runs on any shard of the chunks.
+Later stages read the adversarials back from the cache chunk by chunk; nothing keeps them in
+memory. A `per_image` attack gets one image at a time, each seeded from its own id and
 cached on its own, so that any batching (or shard split) gives an image the same adversarial; a
 `SeededAttack` gets whole batches with one seed per image, and is cached image by image too.
 """
@@ -129,7 +130,9 @@ class AttackStage:
                 missing = sorted(set(batch.chunk.index.tolist()) - set(batch.index.tolist()))
                 raise TracekitError(f"attack {key}: image at position {missing[0]} could no longer be read")
             labels = torch.from_numpy(self.labels_of[batch.index])
-            entry, cached, hashes = _attack_chunk(attack, self.results, module, batch.ids, batch.images, labels, device, seed, who)
+            entry, cached, hashes = _attack_chunk(
+                attack, self.results, module, batch.ids, batch.images, labels, device, seed, who
+            )
             outcomes = _outcomes(batch.index, batch.ids, batch.images, labels, entry, cached)
             self.table.write(batch.chunk.name, {**outcomes, "content": hashes})
             yield len(batch.ids)
@@ -147,14 +150,25 @@ def attack_stage(executor: Executor, stage: AttackStage) -> None:
     """Attack every chunk of the stage's images not yet in its table, through `executor`."""
     cache = stage.results.cache
     execute(
-        executor, stage, stage.results.chunks, f"attack {stage.results.key}", keep=True,
+        executor,
+        stage,
+        stage.results.chunks,
+        f"attack {stage.results.key}",
+        keep=True,
         kept=lambda description, done, total: _kept(description, done, total, cache),
     )
 
 
 def _attack_chunk(
-    attack: Attack, run: AttackRun, module: nn.Module, ids: list[str], images: torch.Tensor, labels: torch.Tensor,
-    device: torch.device, seed: int, who: tuple[str, str],
+    attack: Attack,
+    run: AttackRun,
+    module: nn.Module,
+    ids: list[str],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    seed: int,
+    who: tuple[str, str],
 ) -> tuple[CacheEntry, np.ndarray, list[str]]:
     """One chunk's adversarials (from the cache where it has them), which were cached, and each
     image's content hash. The cache is addressed by ids and content: an image whose pixels
@@ -180,7 +194,13 @@ def _attack_chunk(
     for group in groups:
         pick = torch.tensor(group)
         entry = _attack_batch(
-            attack, module, images[pick], labels[pick], device, batch_seed(seed, [ids[i] for i in group]), who,
+            attack,
+            module,
+            images[pick],
+            labels[pick],
+            device,
+            batch_seed(seed, [ids[i] for i in group]),
+            who,
             [seeds[i] for i in group],
         )
         for k, i in enumerate(group):
@@ -195,13 +215,19 @@ def _attack_chunk(
 
 def _joined(parts: list[CacheEntry]) -> CacheEntry:
     return CacheEntry(
-        torch.cat([p.adversarial for p in parts]), torch.cat([p.preds for p in parts]),
-        torch.cat([p.probs for p in parts]), sum(p.seconds for p in parts),
+        torch.cat([p.adversarial for p in parts]),
+        torch.cat([p.preds for p in parts]),
+        torch.cat([p.probs for p in parts]),
+        sum(p.seconds for p in parts),
     )
 
 
 def _outcomes(
-    positions: np.ndarray, ids: list[str], images: torch.Tensor, labels: torch.Tensor, entry: CacheEntry,
+    positions: np.ndarray,
+    ids: list[str],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    entry: CacheEntry,
     cached: np.ndarray,
 ) -> dict[str, Any]:
     delta = (entry.adversarial - images).flatten(1).double()
@@ -229,8 +255,14 @@ def _kept(description: str, finished: int, total: int, cache: AttackCache) -> st
 
 
 def _attack_batch(
-    attack: Attack, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, seed: int,
-    who: tuple[str, str], seeds: list[int],
+    attack: Attack,
+    module: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    seed: int,
+    who: tuple[str, str],
+    seeds: list[int],
 ) -> CacheEntry:
     """One batch's adversarials (checked: same shape as the images, finite), clipped to [0, 1],
     and the model's probabilities on them; `who` names the attack and the model. A `SeededAttack`

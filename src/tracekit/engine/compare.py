@@ -152,7 +152,12 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
                 adversarials[key] = outcomes.get(label, outcomes.get("", {}))
                 runs[key] = path.name
                 targets[key] = float(metrics.get("target_fpr", DEFAULT_TARGET_FPR))
-                info[key] = {"run_dir": str(path), "detector": label, "threshold": entry.get("threshold"), "target_fpr": targets[key]}
+                info[key] = {
+                    "run_dir": str(path),
+                    "detector": label,
+                    "threshold": entry.get("threshold"),
+                    "target_fpr": targets[key],
+                }
                 score_rows[key] = rows.get(label, rows.get("", []))
                 parameters[key] = {
                     component_label(a): {k: v for k, v in a.items() if k != "label"}
@@ -160,15 +165,16 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
                 }
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise TracekitError(
-                f"{path} holds a broken metrics.json or spec.resolved.yaml ({type(exc).__name__}: {exc}); "
-                "run it again"
+                f"{path} holds a broken metrics.json or spec.resolved.yaml ({type(exc).__name__}: {exc}); run it again"
             ) from None
     warnings = []
     keys = list(detectors)
     for key in keys[1:]:
         if images[key] != images[keys[0]]:
-            warnings.append(f"'{key}' was tested on different clean images than '{keys[0]}' "
-                            f"({len(images[key] ^ images[keys[0]])} ids differ): its numbers are not directly comparable")
+            warnings.append(
+                f"'{key}' was tested on different clean images than '{keys[0]}' "
+                f"({len(images[key] ^ images[keys[0]])} ids differ): its numbers are not directly comparable"
+            )
         if attacks[key] != attacks[keys[0]]:
             warnings.append(f"'{key}' has attacks {sorted(attacks[key])}, '{keys[0]}' has {sorted(attacks[keys[0]])}")
         differ = sorted(
@@ -177,7 +183,10 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
         )  # fmt: skip
         changed = _parameter_changes(parameters[keys[0]], parameters[key])
         if changed:
-            message = f"runs '{runs[keys[0]]}' and '{runs[key]}' ran attacks of the same name differently: " + "; ".join(changed)
+            message = (
+                f"runs '{runs[keys[0]]}' and '{runs[key]}' ran attacks of the same name differently: "
+                + "; ".join(changed)
+            )
             if message not in warnings:
                 warnings.append(message)
         if differ and images[key] == images[keys[0]] and not changed:
@@ -189,11 +198,15 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
             if message not in warnings:  # once per pair of runs, not per detector of a comparison
                 warnings.append(message)
         if targets[key] != targets[keys[0]]:
-            warnings.append(f"'{key}' calibrated its threshold at {targets[key]:.1%} FPR, '{keys[0]}' at {targets[keys[0]]:.1%}")
+            warnings.append(
+                f"'{key}' calibrated its threshold at {targets[key]:.1%} FPR, '{keys[0]}' at {targets[keys[0]]:.1%}"
+            )
     return RunsComparison(detectors, warnings, targets[keys[0]] if keys else DEFAULT_TARGET_FPR, info, score_rows)
 
 
-def write_runs_comparison(comparison: RunsComparison, out: str | Path | None = None, finish: Finish | None = None) -> Path:
+def write_runs_comparison(
+    comparison: RunsComparison, out: str | Path | None = None, finish: Finish | None = None
+) -> Path:
     """Write a comparison of finished runs into its own directory (`out`, else
     `runs/compare-runs-<timestamp>/`): `comparison.json` (the side-by-side metrics, the runs and the
     warnings) and `scores.csv` (every compared detector's rows, labelled as in the comparison), then
@@ -208,7 +221,9 @@ def write_runs_comparison(comparison: RunsComparison, out: str | Path | None = N
     layout = RunLayout(work)
     layout.runs_comparison.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     rows = (
-        (key, *(row.get(column, "") for column in SCORE_COLUMNS)) for key, mine in comparison.rows.items() for row in mine
+        (key, *(row.get(column, "") for column in SCORE_COLUMNS))
+        for key, mine in comparison.rows.items()
+        for row in mine
     )
     write_scores(layout.scores, rows, COMPARE_COLUMNS)
     if finish is not None:
@@ -222,7 +237,11 @@ def _parameter_changes(first: dict[str, Any], other: dict[str, Any]) -> list[str
     changes = []
     for attack in sorted(set(first) & set(other)):
         a, b = first[attack], other[attack]
-        differ = [f"{name} {a.get(name)!r} vs {b.get(name)!r}" for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
+        differ = [
+            f"{name} {a.get(name)!r} vs {b.get(name)!r}"
+            for name in sorted(set(a) | set(b))
+            if a.get(name) != b.get(name)
+        ]
         if differ:
             changes.append(f"{attack}: " + ", ".join(differ))
     return changes

@@ -62,8 +62,13 @@ class RunContext:
     (`build_context`) and reused by every stage it runs."""
 
     def __init__(
-        self, spec: Spec, device: torch.device, model: LoadedModel, work: Path | None = None,
-        cache_root: Path | None = None, num_workers: int | None = None,
+        self,
+        spec: Spec,
+        device: torch.device,
+        model: LoadedModel,
+        work: Path | None = None,
+        cache_root: Path | None = None,
+        num_workers: int | None = None,
     ) -> None:
         """`work`: the run's (work) directory, where its tables are; `cache_root`: the attack
         cache's; `num_workers`: decoding processes when the spec leaves them unset."""
@@ -118,7 +123,10 @@ class RunContext:
 
 
 def build_context(
-    spec: Spec, device: torch.device, work: Path | None = None, cache_root: Path | None = None,
+    spec: Spec,
+    device: torch.device,
+    work: Path | None = None,
+    cache_root: Path | None = None,
     num_workers: int | None = None,
 ) -> RunContext:
     """The run context of `spec` on `device`: the model loaded and set up as `compute:` says;

@@ -45,6 +45,7 @@ def randomized_layers(module: nn.Module) -> list[str]:
 
 def _layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
-        (name, m) for name, m in module.named_modules()
+        (name, m)
+        for name, m in module.named_modules()
         if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))
     ]

@@ -72,7 +72,10 @@ class Driver:
         return DetectorHandle(tag, model, self.executor.share(detector), component("detector", str(cfg["name"])))
 
     def attack(
-        self, index: int, positions: np.ndarray, table: str,
+        self,
+        index: int,
+        positions: np.ndarray,
+        table: str,
         bind: tuple[DetectorHandle, dict[str, Any], float] | None = None,
     ) -> AttackRun:
         """Run attack `index` of the spec on the images at `positions` (all correctly classified);
@@ -92,7 +95,10 @@ class Driver:
         assert context.cache_root is not None  # the driver's context has one
         cache = AttackCache(context.fingerprint, cache_key, spec.seed, root=context.cache_root)
         run = AttackRun(
-            key, context.table(table), cache, chunks(positions, spec.batch_size),
+            key,
+            context.table(table),
+            cache,
+            chunks(positions, spec.batch_size),
             (isinstance(attack, PerImageAttack) and attack.per_image) or isinstance(attack, SeededAttack),
         )
         clean = self.plan.clean
@@ -145,7 +151,9 @@ def prepare(
     key = stage_key(spec, context.fingerprint)
     _reset_if_stale(layout, key)
     ensure_dir(cache_root)
-    executor.start(Job(spec, work, cache_root, context.fingerprint, key, torch.get_num_threads(), worker_context), context)
+    executor.start(
+        Job(spec, work, cache_root, context.fingerprint, key, torch.get_num_threads(), worker_context), context
+    )
     clean = clean_stage(
         executor, context, spec.seed, spec.calibration.fit_fraction, spec.data.get("labels") == "predicted"
     )
@@ -154,9 +162,7 @@ def prepare(
     driver = Driver(context, executor, Plan(clean, np.sort(ranked[: spec.calibration.fit_images]), bound))
     plan = driver.plan
     attacked = np.union1d(plan.test, plan.fit_subset) if adversarial_fit else plan.test
-    plan.runs = [
-        driver.attack(i, attacked, TableNames.attack(i)) for i in range(len(spec.attacks)) if i not in bound
-    ]
+    plan.runs = [driver.attack(i, attacked, TableNames.attack(i)) for i in range(len(spec.attacks)) if i not in bound]
     return driver
 
 

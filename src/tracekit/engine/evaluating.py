@@ -51,7 +51,9 @@ class Evaluation:
         return score_rows(clean, self.clean_scores, self.attack_rows)
 
 
-def evaluate(driver: Driver, detector: Detector, detector_cfg: Mapping[str, Any], tag: str, label: str = "") -> Evaluation:
+def evaluate(
+    driver: Driver, detector: Detector, detector_cfg: Mapping[str, Any], tag: str, label: str = ""
+) -> Evaluation:
     """Fit `detector` (clean fit images, and adversarials of fit images if it needs them),
     calibrate its threshold on the clean fit part, run the adaptive attacks against it, score
     the test part and every attack, and run the spec's controls."""
@@ -104,8 +106,13 @@ def _score_adversarials(
 
 
 def _noise_control(
-    driver: Driver, handle: DetectorHandle, run: AttackRun, outcomes: dict[str, np.ndarray], clean: np.ndarray,
-    threshold: float, prefix: str,
+    driver: Driver,
+    handle: DetectorHandle,
+    run: AttackRun,
+    outcomes: dict[str, np.ndarray],
+    clean: np.ndarray,
+    threshold: float,
+    prefix: str,
 ) -> dict[str, Any]:
     """Flag rate at the threshold, AUC against clean, and how often the prediction changed, for
     noise of each test image's adversarial size (sign noise: its L-inf, Gaussian: its L2)."""
@@ -115,8 +122,12 @@ def _noise_control(
     out = {}
     for kind in NOISE_KINDS:
         rows = _score(
-            driver, handle, TableNames.noise(run.table.name, kind), NoisyImages(images, kind, run.table, spec.seed),
-            f"{prefix}score {run.key} {kind} noise", predictions=True,
+            driver,
+            handle,
+            TableNames.noise(run.table.name, kind),
+            NoisyImages(images, kind, run.table, spec.seed),
+            f"{prefix}score {run.key} {kind} noise",
+            predictions=True,
         )
         out[kind] = {
             "flag_rate": float(np.mean(rows["score"] > threshold)),
@@ -127,7 +138,11 @@ def _noise_control(
 
 
 def _randomized_model(
-    driver: Driver, detector_cfg: Mapping[str, Any], runs: list[AttackRun], per_attack: dict[str, Any], tag: str,
+    driver: Driver,
+    detector_cfg: Mapping[str, Any],
+    runs: list[AttackRun],
+    per_attack: dict[str, Any],
+    tag: str,
     prefix: str,
 ) -> dict[str, Any]:
     """Fit, calibrate and score a fresh detector on a cascading-randomized copy of the model;
@@ -146,7 +161,9 @@ def _randomized_model(
     return {"layers": randomized_layers(driver.context.model.module), "threshold": threshold}
 
 
-def _transfer(driver: Driver, detector_cfg: Mapping[str, Any], tag: str, prefix: str) -> dict[str, dict[str, float | None]]:
+def _transfer(
+    driver: Driver, detector_cfg: Mapping[str, Any], tag: str, prefix: str
+) -> dict[str, dict[str, float | None]]:
     """AUC of a learned detector fitted on one attack's adversarials and tested on each attack's."""
     matrix: dict[str, dict[str, float | None]] = {}
     plan = driver.plan

@@ -16,7 +16,11 @@ from .context import TableStage
 
 
 def execute(
-    executor: Executor, stage: TableStage, pieces: list[Chunk], description: str, keep: bool = False,
+    executor: Executor,
+    stage: TableStage,
+    pieces: list[Chunk],
+    description: str,
+    keep: bool = False,
     kept: Callable[[str, int, int], str] | None = None,
 ) -> None:
     """Run `stage` on every chunk of `pieces` not yet in its table. Chunks already there are

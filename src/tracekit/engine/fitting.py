@@ -67,7 +67,12 @@ def fit(
 
 
 def fit_and_calibrate(
-    driver: Driver, detector: Detector, cfg: Mapping[str, Any], variant: str, runs: list[AttackRun], tag: str,
+    driver: Driver,
+    detector: Detector,
+    cfg: Mapping[str, Any],
+    variant: str,
+    runs: list[AttackRun],
+    tag: str,
     prefix: str,
 ) -> tuple[float, DetectorHandle]:
     """Fit `detector` to the model `variant` (trained or randomized), hand it to the executor's
@@ -91,7 +96,8 @@ def fit_and_calibrate(
     if len(scores) * target < 1:
         warnings.warn(
             f"{prefix}the threshold for a {target:.0%} FPR comes from only {len(scores)} clean fit scores "
-            f"(the highest one, in effect); use at least {math.ceil(1 / target)} (data.limit, calibration.fit_fraction)",
+            f"(the highest one, in effect); use at least {math.ceil(1 / target)} "
+            "(data.limit, calibration.fit_fraction)",
             stacklevel=2,
         )
     return calibrate_threshold(scores, target), handle

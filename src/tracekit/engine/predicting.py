@@ -45,7 +45,9 @@ def predict(
 
 
 @torch.no_grad()
-def probabilities(module: nn.Module, images: torch.Tensor, device: torch.device, who: str = "the model") -> torch.Tensor:
+def probabilities(
+    module: nn.Module, images: torch.Tensor, device: torch.device, who: str = "the model"
+) -> torch.Tensor:
     """Softmax probabilities `[N,K]` of one batch, on the CPU; the logits checked (`who` names the model)."""
     logits = checked(module(images.to(device, non_blocking=True)), who, (len(images), None), "logits")
     return torch.softmax(logits.float(), dim=1).cpu()
@@ -53,9 +55,7 @@ def probabilities(module: nn.Module, images: torch.Tensor, device: torch.device,
 
 def fit_score(ids: list[str], seed: int | str) -> np.ndarray:
     """A number in [0, 1) per sample id, from the id and the seed (or a seeded salt) alone (sha256)."""
-    return np.array(
-        [int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64 for i in ids]
-    )
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64 for i in ids])
 
 
 @dataclass
@@ -108,7 +108,9 @@ class PredictClean:
         correct = (preds == labels).numpy()
         part = np.where(fit_score(batch.ids, self.seed) < self.fit_fraction, FIT, TEST)
         if batch.skipped:
-            self.skipped.write(batch.chunk.name, {"sample_id": list(batch.skipped), "reason": list(batch.skipped.values())})
+            self.skipped.write(
+                batch.chunk.name, {"sample_id": list(batch.skipped), "reason": list(batch.skipped.values())}
+            )
         self.table.write(batch.chunk.name, {
             "index": batch.index,
             "sample_id": batch.ids,
@@ -157,7 +159,9 @@ def read_clean(table: Table, where: str = "data") -> Clean:
     ids = rows["sample_id"]
     unique, counts = np.unique(ids, return_counts=True)
     if len(unique) != len(ids):
-        raise TracekitError(f"{where}: the dataset yields duplicate sample ids (e.g. '{unique[counts > 1][0]}'); ids must be unique")
+        raise TracekitError(
+            f"{where}: the dataset yields duplicate sample ids (e.g. '{unique[counts > 1][0]}'); ids must be unique"
+        )
     clean = Clean(rows["index"], ids, rows["label"], rows["pred"], rows["confidence"], rows["part"])
     n_fit, n_test = int((clean.part == FIT).sum()), int((clean.part == TEST).sum())
     if not n_fit or not n_test:

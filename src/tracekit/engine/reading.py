@@ -45,7 +45,9 @@ class Batch:
 def chunks(index: np.ndarray, size: int, prefix: str = "") -> list[Chunk]:
     """`index` cut into named chunks of `size` (the last may be shorter)."""
     index = np.asarray(index, dtype=np.int64)
-    return [Chunk(f"{prefix}{k:06d}", index[start : start + size]) for k, start in enumerate(range(0, len(index), size))]
+    return [
+        Chunk(f"{prefix}{k:06d}", index[start : start + size]) for k, start in enumerate(range(0, len(index), size))
+    ]
 
 
 def default_workers() -> int:
@@ -145,14 +147,25 @@ class Reader:
     def _from_items(self, chunk: Chunk, items: list[tuple[int, str, torch.Tensor, int]]) -> Batch:
         for _, sample_id, image, _ in items:
             check_size(self.where, sample_id, image, self.model)
-        images = torch.stack([img.float() for _, _, img, _ in items]) if items else torch.zeros(0, *self.model.input_size)
+        images = (
+            torch.stack([img.float() for _, _, img, _ in items]) if items else torch.zeros(0, *self.model.input_size)
+        )
         return self._checked(
-            chunk, np.array([p for p, *_ in items], dtype=np.int64), [sid for _, sid, _, _ in items], images,
-            torch.tensor([lab for *_, lab in items], dtype=torch.long), [],
+            chunk,
+            np.array([p for p, *_ in items], dtype=np.int64),
+            [sid for _, sid, _, _ in items],
+            images,
+            torch.tensor([lab for *_, lab in items], dtype=torch.long),
+            [],
         )
 
     def _checked(
-        self, chunk: Chunk, positions: np.ndarray, ids: list[str], images: torch.Tensor, labels: torch.Tensor,
+        self,
+        chunk: Chunk,
+        positions: np.ndarray,
+        ids: list[str],
+        images: torch.Tensor,
+        labels: torch.Tensor,
         unreadable: list[Unreadable],
     ) -> Batch:
         for item in unreadable:
@@ -163,7 +176,9 @@ class Reader:
                 warnings.warn(f"{self.where}: skipping unreadable image {item.sample_id} ({item.reason})", stacklevel=4)
         bad = labels[(labels < 0) | (labels >= self.model.num_classes)]
         if len(bad):
-            raise TracekitError(f"{self.where}: label {int(bad[0])} is outside the model's {self.model.num_classes} classes")
+            raise TracekitError(
+                f"{self.where}: label {int(bad[0])} is outside the model's {self.model.num_classes} classes"
+            )
         return Batch(chunk, positions, ids, images, labels, {item.sample_id: item.reason for item in unreadable})
 
 
@@ -212,7 +227,9 @@ def check_size(where: str, sample_id: str, image: torch.Tensor, model: LoadedMod
         )
 
 
-def _collate(items: list[tuple[int, object]]) -> tuple[list[int], list[str], torch.Tensor, torch.Tensor, list[Unreadable]]:
+def _collate(
+    items: list[tuple[int, object]],
+) -> tuple[list[int], list[str], torch.Tensor, torch.Tensor, list[Unreadable]]:
     for _, item in items:
         if isinstance(item, _Problem):
             return [], [], torch.zeros(0), torch.zeros(0, dtype=torch.long), [item]  # type: ignore[list-item]

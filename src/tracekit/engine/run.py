@@ -92,10 +92,15 @@ def record_provenance(driver: Driver) -> None:
     if skipped:
         data["skipped"] = skipped
     spec.provenance = rundir.provenance(
-        spec, context.device, dists,
+        spec,
+        context.device,
+        dists,
         {
-            "model": context.model.info, "data": data, "num_workers": context.reader.num_workers,
-            "threads": spec.threads_chosen, "executor": driver.executor.info,
+            "model": context.model.info,
+            "data": data,
+            "num_workers": context.reader.num_workers,
+            "threads": spec.threads_chosen,
+            "executor": driver.executor.info,
         },
     )
 
@@ -154,7 +159,11 @@ def _run(
 
 
 def _components(spec: Spec) -> list[tuple[str, Mapping[str, Any]]]:
-    parts: list[tuple[str, Mapping[str, Any]]] = [("model", spec.model), ("dataset", spec.data), ("executor", spec.executor)]
+    parts: list[tuple[str, Mapping[str, Any]]] = [
+        ("model", spec.model),
+        ("dataset", spec.data),
+        ("executor", spec.executor),
+    ]
     parts += [("attack", a) for a in spec.attacks]
     for detector in [spec.detector] if spec.detector else (spec.detectors or []):
         parts.append(("detector", detector))

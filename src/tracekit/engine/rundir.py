@@ -87,7 +87,11 @@ def _git_revision() -> str | None:
     wherever the run is started from; None for an installed wheel."""
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
             cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):
@@ -110,7 +114,9 @@ def provenance(spec: Spec, device: torch.device, plugin_dists: set[str], extra: 
     return {
         "versions": versions,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "seed": spec.seed,
         "git_revision": _git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -128,7 +134,11 @@ def write_metrics(layout: RunLayout, metrics: dict[str, Any]) -> None:
 
 
 def write_detector(
-    directory: Path, spec: Spec, detector_cfg: dict[str, Any], threshold: float, model_fingerprint: str,
+    directory: Path,
+    spec: Spec,
+    detector_cfg: dict[str, Any],
+    threshold: float,
+    model_fingerprint: str,
     detector: Detector,
 ) -> None:
     """`detector.json`: what `tracekit detect` needs to reuse a fitted detector (of resolved spec

@@ -35,7 +35,12 @@ NOISE_KINDS = ("sign", "gaussian")
 
 
 def score_images(
-    detector: Detector, model: LoadedModel, images: torch.Tensor, batch_size: int, device: torch.device, description: str
+    detector: Detector,
+    model: LoadedModel,
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    description: str,
 ) -> np.ndarray:
     """Detector scores of images in memory, one device batch at a time."""
     out = []
@@ -137,7 +142,9 @@ class ScoreStage:
                 raise TracekitError(f"{self.description} (images {ids[0]} .. {ids[-1]}): {exc}") from None
             columns = {"index": positions, "sample_id": ids, "score": scores.detach().double().cpu().numpy()}
             if self.predictions:
-                columns["pred"] = probabilities(context.model.module, images, context.device, context.model_who).argmax(1).numpy()
+                columns["pred"] = (
+                    probabilities(context.model.module, images, context.device, context.model_who).argmax(1).numpy()
+                )
             self.table.write(name, columns)
             yield len(ids)
 

@@ -57,7 +57,9 @@ def attack_metrics(
         "target_confidence": _confidence(outcomes["target_confidence"][ok]),
     }
     out.update(detection_metrics(clean_scores, adv_scores[ok], threshold))
-    out.update(bootstrap_ci(clean_scores, adv_scores[ok], spec.evaluation.bootstrap, spec.evaluation.confidence, spec.seed))
+    out.update(
+        bootstrap_ci(clean_scores, adv_scores[ok], spec.evaluation.bootstrap, spec.evaluation.confidence, spec.seed)
+    )
     out["perturbation"] = {"l2": _mean(outcomes["l2"][ok]), "linf": _mean(outcomes["linf"][ok])}
     # prediction changed AND not flagged: success against model and detector together
     out["evasion_rate"] = float(np.mean(ok & (adv_scores <= threshold))) if n_attacked else None
@@ -72,7 +74,9 @@ def attack_metrics(
     return out
 
 
-def score_rows(clean: Clean, test_part: np.ndarray, attacks: Iterable[tuple[str, dict[str, np.ndarray], np.ndarray]]) -> Iterator[tuple[Any, ...]]:
+def score_rows(
+    clean: Clean, test_part: np.ndarray, attacks: Iterable[tuple[str, dict[str, np.ndarray], np.ndarray]]
+) -> Iterator[tuple[Any, ...]]:
     """`scores.csv` rows of one detector: the clean test images (`test_part`: their scores in position
     order), then per attack `(key, outcomes of test images, their scores)`."""
     test = clean.part == "test"
@@ -131,7 +135,11 @@ def map_title(detector_cfg: Mapping[str, Any]) -> str:
 
 
 def save_examples(
-    path: Path, driver: Driver, runs: Iterable[AttackRun], detector: Detector, detector_cfg: Mapping[str, Any],
+    path: Path,
+    driver: Driver,
+    runs: Iterable[AttackRun],
+    detector: Detector,
+    detector_cfg: Mapping[str, Any],
     n: int = 4,
 ) -> None:
     """The originals and adversarials of up to `n` test images per attack (successful
@@ -141,7 +149,8 @@ def save_examples(
 
     context, test = driver.context, driver.plan.test
     out: dict[str, np.ndarray] = {
-        "classes": np.asarray(context.model.class_names, dtype=str), "map_title": np.asarray(map_title(detector_cfg)),
+        "classes": np.asarray(context.model.class_names, dtype=str),
+        "map_title": np.asarray(map_title(detector_cfg)),
     }
     keys = []
     for run in runs:

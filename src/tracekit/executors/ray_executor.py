@@ -79,8 +79,13 @@ class RayExecutor:
     """Maps stages over shards with `workers` long-lived actors."""
 
     def __init__(
-        self, address: str | None, workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float,
-        shard_chunks: int | None, connect_timeout: float,
+        self,
+        address: str | None,
+        workers: int | None,
+        gpus_per_worker: float | None,
+        cpus_per_worker: float,
+        shard_chunks: int | None,
+        connect_timeout: float,
     ) -> None:
         self.address, self.workers, self.gpus, self.cpus = address, workers, gpus_per_worker, cpus_per_worker
         self.shard_chunks, self.connect_timeout = shard_chunks, connect_timeout
@@ -111,14 +116,21 @@ class RayExecutor:
         count = self.workers or _fitting(resources, self.cpus, gpus)
         _check_room(resources, count, self.cpus, gpus)
         worker = ray.remote(
-            num_cpus=self.cpus, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES,
+            num_cpus=self.cpus,
+            num_gpus=gpus,
+            max_restarts=RETRIES,
+            max_task_retries=RETRIES,
             runtime_env={"env_vars": {"TRACEKIT_CACHE": str(cache_dir())}},
         )(ShardWorker)
         self.actors = [worker.remote(job, max(0, int(self.cpus) - 1)) for _ in range(count)]
         where = self._gather([actor.ready.remote() for actor in self.actors], "starting the workers")
         self.info = {
-            "name": "ray", "address": self.address, "workers": count, "gpus_per_worker": gpus,
-            "cpus_per_worker": self.cpus, "nodes": sorted({w["node"] for w in where}),
+            "name": "ray",
+            "address": self.address,
+            "workers": count,
+            "gpus_per_worker": gpus,
+            "cpus_per_worker": self.cpus,
+            "nodes": sorted({w["node"] for w in where}),
             "devices": sorted({w["device"] for w in where}),
         }
 

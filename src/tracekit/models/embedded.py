@@ -58,7 +58,9 @@ def train(
         shuffle = torch.Generator().manual_seed(recipe.seed)
         batches = -(-len(labels) // recipe.batch_size)
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.max_lr)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.max_lr, total_steps=recipe.epochs * batches)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.max_lr, total_steps=recipe.epochs * batches
+        )
         model.train()
         with progress(f"training {name}", total=recipe.epochs * batches, unit="batch", keep=True) as advance:
             for epoch in range(recipe.epochs):
@@ -77,7 +79,9 @@ def train(
 def accuracy(module: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy of `module` on `images` (in batches of 512)."""
     with torch.no_grad():
-        right = sum(int((module(x).argmax(1) == y).sum()) for x, y in zip(images.split(512), labels.split(512), strict=True))
+        right = sum(
+            int((module(x).argmax(1) == y).sum()) for x, y in zip(images.split(512), labels.split(512), strict=True)
+        )
     return right / max(len(labels), 1)
 
 

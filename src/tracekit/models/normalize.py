@@ -106,9 +106,7 @@ def class_names_given(class_names: ClassNames, where: str) -> list[str] | None:
     return read_class_names(class_names, where) if isinstance(class_names, Path) else list(class_names)
 
 
-def class_names_for(
-    num_classes: int, class_names: ClassNames, where: str
-) -> tuple[list[str], list[str] | None, str]:
+def class_names_for(num_classes: int, class_names: ClassNames, where: str) -> tuple[list[str], list[str] | None, str]:
     """`(names, wnids, where they came from)` for a classifier with `num_classes` outputs.
 
     The user's names win; otherwise a 1000-way model gets the ImageNet-1k names (and WordNet

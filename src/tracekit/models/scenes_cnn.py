@@ -61,13 +61,17 @@ def training_data(limit: int | None = None) -> Callable[[int], tuple[torch.Tenso
 
     def data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         first = epoch * COPIES_PER_EPOCH
-        scenes = DigitScenes("train", limit, SCENE_SIZE, DIGIT_SIZE, CLUTTER, DISTRACTORS, range(first, first + COPIES_PER_EPOCH), 0)
+        scenes = DigitScenes(
+            "train", limit, SCENE_SIZE, DIGIT_SIZE, CLUTTER, DISTRACTORS, range(first, first + COPIES_PER_EPOCH), 0
+        )
         return scenes.scenes(torch.arange(len(scenes))), scenes.labels
 
     return data
 
 
-def train(recipe: embedded.Recipe = RECIPE, widths: tuple[int, int, int] = (8, 16, 32), limit: int | None = None) -> nn.Module:
+def train(
+    recipe: embedded.Recipe = RECIPE, widths: tuple[int, int, int] = (8, 16, 32), limit: int | None = None
+) -> nn.Module:
     """A freshly trained, normalized `SceneCNN` (a smaller one with other `widths`, `limit`)."""
     return embedded.train(NAME, lambda: SceneCNN(widths=widths), training_data(limit=limit), recipe)
 

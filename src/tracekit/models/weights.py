@@ -52,7 +52,8 @@ def weights_load_error(path: Path, exc: Exception, where: str) -> TracekitError:
         )
     advice = ("Weights only load failed", "weights_only", "Check the documentation of torch.load")
     lines = [
-        line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines()
+        line.strip()
+        for line in text.split("WeightsUnpickler error:")[-1].splitlines()
         if line.strip() and not any(a in line for a in advice)
     ]
     if lines and lines[0].startswith("Error(s) in loading state_dict"):

@@ -178,7 +178,10 @@ def _legend_inches(labels: list[str], ncols: int) -> float:
 
 
 def roc_figure(
-    path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, float | None], title: str,
+    path: Path,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    aucs: dict[str, float | None],
+    title: str,
     width: float = 5.6,
 ) -> Any:
     """ROC curves in one plot, one per `name: (clean scores, successful adversarials' scores)`,
@@ -210,8 +213,10 @@ def roc_figure(
             y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
             fpr, tpr, _ = roc_curve(y, np.r_[clean, adv])
             ax.plot(fpr, tpr, color=color, ls=dashes, lw=2, label=labels[name])
-        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
-               xlabel="false positive rate (clean images flagged)", ylabel="true positive rate (adversarials flagged)")  # fmt: skip
+        ax.set(
+            xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
+            xlabel="false positive rate (clean images flagged)", ylabel="true positive rate (adversarials flagged)",
+        )  # fmt: skip
         ax.grid(alpha=0.3)
         fig.legend(loc="outside lower center", ncols=ncols, frameon=False, handlelength=3.2)
     return fig
@@ -312,7 +317,9 @@ def example_figure(
         for row, ex in enumerate(examples):
             ax = axes[row]
             _show_image(ax[0], originals[row])
-            ax[0].set_title(f"{ex.sample_id} (true {ex.label})\nclean: {ex.clean_class} ({percent(ex.clean_confidence)})")
+            ax[0].set_title(
+                f"{ex.sample_id} (true {ex.label})\nclean: {ex.clean_class} ({percent(ex.clean_confidence)})"
+            )
             delta_image = _show_perturbation(ax[1], deltas[row], span)
             ax[1].set_title(f"perturbation\nmax |δ| {float(np.abs(deltas[row]).max()):.3g}")
             _show_image(ax[2], adversarials[row])
@@ -325,8 +332,10 @@ def example_figure(
             for side, column, score in zip(("clean", "adversarial"), columns, (ex.clean_score, ex.adv_score)):
                 drawn = pictures[0] if side == "clean" else pictures[1]
                 _show_gray(ax[column], drawn.gray[row])
-                ax[column].set_title(f"{side} response\nscore {score:.4g}{_flag(score, threshold)}",
-                                     color=ADV_COLOR if side == "adversarial" and score > threshold else "black")
+                ax[column].set_title(
+                    f"{side} response\nscore {score:.4g}{_flag(score, threshold)}",
+                    color=ADV_COLOR if side == "adversarial" and score > threshold else "black",
+                )
                 if drawn.score_map is not None:
                     map_image = _show_score_map(ax[column + 1], drawn.score_map[row], vmax)
                     ax[column + 1].set_title(f"{side} {drawn.title}\nmean {float(drawn.score_map[row].mean()):.3f}")
@@ -363,7 +372,9 @@ def explain_panel(path: Path, image: np.ndarray, pictures: Pictures | None, resu
         axes[0].set_title(f"input\npred {result['class']} ({percent(result['confidence'])})")
         if pictures is not None:
             _show_gray(axes[1], pictures.gray[0])
-            axes[1].set_title(f"feature response\nscore {result['score']:.4g}{_flag(result['score'], result['threshold'])}")
+            axes[1].set_title(
+                f"feature response\nscore {result['score']:.4g}{_flag(result['score'], result['threshold'])}"
+            )
         if pictures is not None and pictures.score_map is not None:
             score_map = pictures.score_map[0]
             map_image = _show_score_map(axes[2], score_map, _map_scale(score_map))
@@ -388,7 +399,9 @@ def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
     taken = {"roc", "score_hist"}
     with progress("figures", total=2 + len(attacks), unit="fig") as advance:
         curves = {attack: (clean["score"], adv) for attack, adv in adversarial.items()}
-        roc_figure(run.dir / out["roc"], curves, aucs, f"ROC, test part ({len(clean['score'])} clean images)", width=4.8)
+        roc_figure(
+            run.dir / out["roc"], curves, aucs, f"ROC, test part ({len(clean['score'])} clean images)", width=4.8
+        )
         advance(1)
         score_hist_figure(run.dir / out["score_hist"], clean["score"], adversarial, threshold)
         advance(1)
@@ -396,15 +409,25 @@ def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
         clean_rows = run.clean() if saved else {}
         for key, rows in attacks.items():
             if key in saved:
-                drawn = _attack_examples(run, names, map_title, key, saved[key], clean, clean_rows, rows, examples, taken)
+                drawn = _attack_examples(
+                    run, names, map_title, key, saved[key], clean, clean_rows, rows, examples, taken
+                )
                 out["examples"].append(drawn)
             advance(1)
     return out
 
 
 def _attack_examples(
-    run: RunData, names: list[str], map_title: str, key: str, saved: Examples, clean: dict[str, np.ndarray],
-    clean_rows: dict[str, np.ndarray], rows: dict[str, np.ndarray], n: int, taken: set[str],
+    run: RunData,
+    names: list[str],
+    map_title: str,
+    key: str,
+    saved: Examples,
+    clean: dict[str, np.ndarray],
+    clean_rows: dict[str, np.ndarray],
+    rows: dict[str, np.ndarray],
+    n: int,
+    taken: set[str],
 ) -> dict[str, Any]:
     """The example panel of one attack: its saved test images (`clean`: the clean test scores,
     `clean_rows`: the clean table), successful adversarials first; `names`: the model's classes."""
@@ -475,7 +498,13 @@ def _comparison_figures(
             aucs = {label: detectors[label][attack]["auc"] for label in curves}
             n_clean = max((len(clean) for clean, _ in curves.values()), default=0)
             file = f"roc_{file_stem(attack, taken)}.png"
-            roc_figure(directory / file, curves, aucs, f"{attack}: ROC per detector, test part ({n_clean} clean images)", width=5.4)
+            roc_figure(
+                directory / file,
+                curves,
+                aucs,
+                f"{attack}: ROC per detector, test part ({n_clean} clean images)",
+                width=5.4,
+            )
             out["rocs"].append({"attack": attack, "file": file})
             advance(1)
     return out

@@ -42,7 +42,8 @@ REALIZED_COLUMNS: list[Column] = [
     ("evasion rate", "evasion_rate", ".1%"),
 ]  # fmt: skip
 FAILED_GROUP: Group = (
-    "failed adversarials", [("n", "failed.n", "d"), ("AUC", "failed.auc", ".3f"), ("flagged", "failed.flag_rate", ".1%")]
+    "failed adversarials",
+    [("n", "failed.n", "d"), ("AUC", "failed.auc", ".3f"), ("flagged", "failed.flag_rate", ".1%")],
 )
 DETECTION_GROUPS: list[Group] = [
     ("ROC, test part", ROC_COLUMNS),
@@ -230,7 +231,9 @@ def render_runs_report(runs: RunsData, figures: dict[str, Any]) -> str:
     }
     info = document.get("runs") or {}
     problems = {
-        label: verdicts.calibration_problems(per_attack, float((info.get(label) or {}).get("target_fpr") or document["target_fpr"]))
+        label: verdicts.calibration_problems(
+            per_attack, float((info.get(label) or {}).get("target_fpr") or document["target_fpr"])
+        )
         for label, per_attack in detectors.items()
     }
     env = _environment(headline_level(float(document["target_fpr"])))

@@ -63,8 +63,12 @@ class RunData:
             for k, attack in enumerate(data["attacks"].tolist()):
                 at = f"a{k}."
                 found[str(attack)] = Examples(
-                    data[at + "index"], [str(i) for i in data[at + "ids"]], data[at + "original"],
-                    data[at + "adversarial"], data.get(at + "gray"), data.get(at + "score_map"),
+                    data[at + "index"],
+                    [str(i) for i in data[at + "ids"]],
+                    data[at + "original"],
+                    data[at + "adversarial"],
+                    data.get(at + "gray"),
+                    data.get(at + "score_map"),
                 )
             return found, [str(c) for c in data["classes"]], str(data["map_title"])
         except (OSError, ValueError, KeyError, EOFError) as exc:
@@ -117,7 +121,9 @@ def read_run(run_dir: str | Path) -> RunData:
     spec = validate_spec(data, source=str(path / RESOLVED_SPEC))
     spec.provenance = provenance
     if not Table(path, TableNames.CLEAN).exists():
-        raise TracekitError(f"{path} has no per-sample tables (tables/clean is missing); run the spec again to write them")
+        raise TracekitError(
+            f"{path} has no per-sample tables (tables/clean is missing); run the spec again to write them"
+        )
     return RunData(path, spec, metrics)
 
 
@@ -146,10 +152,16 @@ def read_runs_comparison(run_dir: str | Path) -> RunsData:
         with open(path / SCORES, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError as exc:
-        raise TracekitError(f"{path} is not a finished comparison of runs: {Path(exc.filename).name} is missing") from None
+        raise TracekitError(
+            f"{path} is not a finished comparison of runs: {Path(exc.filename).name} is missing"
+        ) from None
     except ValueError as exc:
         raise TracekitError(f"{path} holds a broken comparison file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("detectors"), dict) or "target_fpr" not in document:
+    if (
+        not isinstance(document, dict)
+        or not isinstance(document.get("detectors"), dict)
+        or "target_fpr" not in document
+    ):
         raise TracekitError(f"{path}/{RUNS_COMPARISON} is not a comparison of runs; compare the runs again")
     clean: dict[str, list[float]] = {}
     adversarial: dict[str, dict[str, list[float]]] = {}
@@ -161,7 +173,9 @@ def read_runs_comparison(run_dir: str | Path) -> RunsData:
             elif row["success"] == "1":
                 adversarial.setdefault(label, {}).setdefault(attack, []).append(float(row["score"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise TracekitError(f"{path}/scores.csv is broken ({type(exc).__name__}: {exc}); compare the runs again") from None
+        raise TracekitError(
+            f"{path}/scores.csv is broken ({type(exc).__name__}: {exc}); compare the runs again"
+        ) from None
     scores = {
         label: (
             np.asarray(clean.get(label, []), dtype=float),

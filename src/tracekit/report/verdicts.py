@@ -258,11 +258,17 @@ def compare_summary(by_attack: Mapping[str, Mapping[str, Mapping[str, Any]]]) ->
         for label, m in entries.items():
             lvl = level(m.get("auc") if m.get("n_attacked") else None, m.get("auc_ci"))
             auc = m.get("auc") if lvl != "none" else None
-            grouped.setdefault(lvl, []).append((-1.0 if auc is None else auc, label, "–" if auc is None else f"{auc:.2f}"))
+            grouped.setdefault(lvl, []).append(
+                (-1.0 if auc is None else auc, label, "–" if auc is None else f"{auc:.2f}")
+            )
             if lvl in DETECTED and any("random noise" in note for note, _ in control_notes(m, lvl)):
                 noise_alike.append(label)
         groups = tuple(
-            (lvl, GROUP_PHRASES[lvl], tuple((label, shown) for _, label, shown in sorted(grouped[lvl], key=lambda e: -e[0])))
+            (
+                lvl,
+                GROUP_PHRASES[lvl],
+                tuple((label, shown) for _, label, shown in sorted(grouped[lvl], key=lambda e: -e[0])),
+            )
             for lvl in LEVELS
             if lvl in grouped
         )
@@ -274,10 +280,10 @@ def rules_text() -> str:
     """How the verdicts are worded, for the report (from this module's constants)."""
     return (
         "Each verdict reads the ROC AUC of the attack's successful adversarials against the clean test images, "
-        f"rounded to two decimals: \"below chance\" when the whole bootstrap interval lies below {CHANCE}, \"no "
-        f"better than chance\" when it contains {CHANCE} (without intervals: AUC below {CHANCE - CHANCE_BAND:.2f}, "
-        f"and {CHANCE - CHANCE_BAND:.2f} to {CHANCE + CHANCE_BAND:.2f}); otherwise \"well\" from {STRONG:.2f}, "
-        f"\"partly\" from {MODERATE:.2f}, \"weakly\" below. A control is mentioned when random noise of the "
+        f'rounded to two decimals: "below chance" when the whole bootstrap interval lies below {CHANCE}, "no '
+        f'better than chance" when it contains {CHANCE} (without intervals: AUC below {CHANCE - CHANCE_BAND:.2f}, '
+        f'and {CHANCE - CHANCE_BAND:.2f} to {CHANCE + CHANCE_BAND:.2f}); otherwise "well" from {STRONG:.2f}, '
+        f'"partly" from {MODERATE:.2f}, "weakly" below. A control is mentioned when random noise of the '
         f"attack's size, or the detector on a randomized model, reaches an AUC within {CONTROL_MARGIN} of the "
         "attack's or higher. Calibration is called out when the realized FPR on the clean test images is below "
         f"{FPR_LOW}x or above {FPR_HIGH}x the target and more than {FPR_SIGMAS:g} binomial standard deviations "
@@ -298,7 +304,10 @@ def overall(found: list[Verdict]) -> str | None:
     if len(higher) == len(measured):
         sentence = "The hypothesis is borne out on every attack here: the adversarials score higher than clean images"
     elif not higher:
-        sentence = "The hypothesis is not borne out here: on no attack do the adversarials score higher than clean images beyond chance"
+        sentence = (
+            "The hypothesis is not borne out here: "
+            "on no attack do the adversarials score higher than clean images beyond chance"
+        )
     else:
         others = [v.attack for v in measured if v.level not in DETECTED]
         sentence = f"The hypothesis is borne out on {', '.join(higher)}; not on {', '.join(others)}"

@@ -249,8 +249,12 @@ def local_entropy_map(u8: torch.Tensor, size: int = 3, out: torch.Tensor | None 
     n, h, w = images.shape
     if out is None:
         out = torch.empty((n, h, w), dtype=torch.float64, device=images.device)
-    elif not (out.shape == images.shape and out.dtype == torch.float64 and out.device == images.device and out.is_contiguous()):
-        raise TracekitError(f"local entropy: out must be a contiguous float64 tensor of shape {tuple(images.shape)} on {images.device}")
+    elif not (
+        out.shape == images.shape and out.dtype == torch.float64 and out.device == images.device and out.is_contiguous()
+    ):
+        raise TracekitError(
+            f"local entropy: out must be a contiguous float64 tensor of shape {tuple(images.shape)} on {images.device}"
+        )
     if out.numel() == 0:
         return out
     if size == 3:

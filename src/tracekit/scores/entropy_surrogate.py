@@ -99,9 +99,7 @@ def soft_local_entropy_map(gray: torch.Tensor, size: int = 3, sigma: float = DEF
     then read at q = p + e.
     """
     if not (isinstance(size, int) and size >= 1 and size % 2 == 1):
-        raise TracekitError(
-            f"entropy surrogate: size must be a positive odd integer (3, 5, 7, ...), got {size!r}"
-        )
+        raise TracekitError(f"entropy surrogate: size must be a positive odd integer (3, 5, 7, ...), got {size!r}")
     n, h, w = gray.shape
     r, reach = size // 2, 4 * (size // 2) + 1
     values = F.unfold(F.pad(gray[:, None], (3 * r,) * 4), reach)  # [N, reach^2, Q]: v(q + d)

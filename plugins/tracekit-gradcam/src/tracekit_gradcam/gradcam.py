@@ -124,7 +124,6 @@ def _single_activation(outputs: list[Any], name: str) -> torch.Tensor:
     if not isinstance(output, torch.Tensor) or output.ndim != 4:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise TracekitError(
-            f"{METHOD}: layer '{name}' outputs {shape}; Grad-CAM needs a convolutional layer with "
-            "[N, K, h, w] outputs"
+            f"{METHOD}: layer '{name}' outputs {shape}; Grad-CAM needs a convolutional layer with [N, K, h, w] outputs"
         )
     return output
