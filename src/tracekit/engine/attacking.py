@@ -30,7 +30,7 @@ from ..executing import Chunk, Executor
 from ..protocols import Attack, DetectorBound, SeededAttack
 from .attack_cache import AttackCache, CacheEntry, batch_seed, content_hashes, content_keys
 from .context import DetectorHandle, RunContext
-from .executing import execute
+from .dispatch import execute
 from .predicting import probabilities
 from .tables import Table
 

@@ -22,7 +22,7 @@ from ..progress import progress
 from ..executing import Chunk, Executor
 from ..layout import TableNames
 from .context import RunContext
-from .executing import execute
+from .dispatch import execute
 from .reading import Batch, chunks
 from .tables import Table
 

@@ -25,7 +25,7 @@ from ..executing import Chunk, Executor
 from ..protocols import Detector, LoadedModel
 from .attacking import AttackRun
 from .context import DetectorHandle, RunContext
-from .executing import execute
+from .dispatch import execute
 from .predicting import by_position, probabilities
 from .reading import chunks
 from .tables import Table
