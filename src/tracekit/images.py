@@ -2,11 +2,15 @@
 
 Files (PNG, JPEG, anything Pillow reads, any size or mode) are prepared exactly as the
 `imagefolder` dataset prepares them inside a run (one loader for both, so a file scores as it
-would in the run that calibrated the threshold), which is torchvision's `Resize` + `CenterCrop`:
-converted to the model's channels (gray `L` or `RGB`; alpha is dropped), the shorter side resized
-to `floor(crop / crop_pct)` with the model's interpolation, the centre cropped to the model's
-input height x width. `crop_pct` and the interpolation come from the model's `info` (1.0 for the
-embedded digits-cnn: the whole frame, no border cut). Tensors and arrays are taken as they are:
+would in the run that calibrated the threshold): converted to the model's channels (gray `L` or
+`RGB`; alpha is dropped); a file already at the model's input height x width is then taken as it
+is, pixel for pixel; any other is resized and centre-cropped as torchvision's `Resize` +
+`CenterCrop` do, the shorter side to `floor(crop / crop_pct)` with the model's interpolation, the
+centre cropped to the model's input height x width. `crop_pct` and the interpolation come from the
+model's `info`: torchvision and timm models record their ImageNet-style evaluation preprocessing
+(`crop_pct` 0.875 for most), and every other model, one that records none included, gets the
+whole frame (`crop_pct` 1.0: resized, no border cut; TorchScript and checkpoint models take
+`crop_pct` and `interpolation` in the spec). Tensors and arrays are taken as they are:
 float values in [0, 1], `[C,H,W]` or a batch `[N,C,H,W]` of exactly the model's input size, so
 that they score bit for bit as they would inside a run.
 
@@ -38,7 +42,8 @@ from .protocols import LoadedModel
 
 # Here rather than in models/: the models' loaders and the datasets' file loader both import it,
 # and neither package imports the other for it.
-DEFAULT_CROP_PCT = 0.875  # 224 / 256: ImageNet evaluation resizes to 256, then crops 224
+DEFAULT_CROP_PCT = 0.875  # 224 / 256: ImageNet evaluation resizes to 256, then crops 224 (timm's fallback)
+WHOLE_FRAME = 1.0  # the crop_pct of a model that declares no ImageNet-style preprocessing
 MAX_PIXELS = 50_000_000  # decoded or resized image size tracekit accepts (about 7,000 x 7,000)
 
 
@@ -69,7 +74,7 @@ class Preparation:
         return cls(
             channels,
             (size, size) if size else (height, width),
-            float(model.info.get("crop_pct") or DEFAULT_CROP_PCT),
+            float(model.info.get("crop_pct") or WHOLE_FRAME),
             str(model.info.get("interpolation", "bilinear")),
         )
 
@@ -84,17 +89,18 @@ class Preparation:
         w, h = image.size
         _bounded(w, h, "the image has")
         height, width = self.crop
-        short = max(math.floor(max(height, width) / self.crop_pct + 1e-6), height, width)
-        if w <= h:  # torchvision's Resize(int): the shorter side to `short`, the other in proportion
-            size = (short, int(short * h / w))
-        else:
-            size = (int(short * w / h), short)
-        _bounded(*size, f"its aspect ratio ({w}x{h}) would make it")
         image = image.convert("RGB" if self.channels == 3 else "L")
-        if size != image.size:
-            image = image.resize(size, resample)
-        top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
-        image = image.crop((left, top, left + width, top + height))
+        if (w, h) != (width, height):  # a file already at the model's input is never resized or cropped
+            short = max(math.floor(max(height, width) / self.crop_pct + 1e-6), height, width)
+            if w <= h:  # torchvision's Resize(int): the shorter side to `short`, the other in proportion
+                size = (short, int(short * h / w))
+            else:
+                size = (int(short * w / h), short)
+            _bounded(*size, f"its aspect ratio ({w}x{h}) would make it")
+            if size != image.size:
+                image = image.resize(size, resample)
+            top, left = int(round((size[1] - height) / 2.0)), int(round((size[0] - width) / 2.0))
+            image = image.crop((left, top, left + width, top + height))
         array = np.asarray(image, dtype=np.float32) / 255.0
         return torch.from_numpy(array.reshape(height, width, self.channels)).permute(2, 0, 1).contiguous()
 

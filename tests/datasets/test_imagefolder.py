@@ -17,14 +17,20 @@ from tracekit.protocols import LoadedModel, Unreadable
 from tracekit.testing import TinyCNN
 
 
-def model(names=("cat", "dog", "hot dog"), channels=3, size=16, wnids=None, info=None) -> LoadedModel:
+IMAGENET_STYLE = {"crop_pct": 0.875}  # as torchvision's and timm's models record it
+
+
+def model(names=("cat", "dog", "hot dog"), channels=3, size=16, wnids=None, info=IMAGENET_STYLE) -> LoadedModel:
     module = TinyCNN(channels, size, len(names)).eval()
-    return LoadedModel(module, (channels, size, size), list(names), wnids, dict(info or {}))
+    return LoadedModel(module, (channels, size, size), list(names), wnids, dict(info))
 
 
 def reference(path, channels=3, resize=18, crop=16, interpolation=InterpolationMode.BILINEAR) -> torch.Tensor:
-    """torchvision's ImageNet evaluation pipeline: Resize(shorter side) -> CenterCrop -> [0, 1]."""
+    """torchvision's ImageNet evaluation pipeline: Resize(shorter side) -> CenterCrop -> [0, 1]; a
+    file already at the crop size is taken as it is."""
     image = Image.open(path).convert("RGB" if channels == 3 else "L")
+    if image.size == (crop, crop):
+        return TF.to_tensor(image)
     return TF.to_tensor(TF.center_crop(TF.resize(image, resize, interpolation), crop))
 
 
@@ -112,6 +118,22 @@ def test_gray_model_limit_and_size(root):
     samples, _ = collect(imagefolder(root, size=8), model())
     assert all(s[1].shape == (3, 8, 8) for s in samples)
     torch.testing.assert_close(samples[2][1], reference(root / "CAT/e.jpeg", resize=9, crop=8), atol=1e-6, rtol=0)
+
+
+def test_a_model_that_declares_no_preprocessing_gets_the_whole_frame(root):
+    dataset = imagefolder(root)
+    samples, _ = collect(dataset, model(info={}))
+    expected = reference(root / "CAT/e.jpeg", resize=16)
+    torch.testing.assert_close(dict((s[0], s[1]) for s in samples)["CAT/e.jpeg"], expected, atol=1e-6, rtol=0)
+    assert dataset.info["crop_pct"] == 1.0
+
+
+@pytest.mark.parametrize("info", [{}, IMAGENET_STYLE, {"crop_pct": 0.5, "interpolation": "bicubic"}])
+def test_a_file_at_the_models_input_size_is_taken_as_it_is(root, info):
+    samples, _ = collect(imagefolder(root), model(info=info))
+    image = dict((s[0], s[1]) for s in samples)["hot_dog/c.png"]  # 16x16, the model's input
+    pixels = torch.from_numpy(np.asarray(Image.open(root / "hot_dog/c.png"), dtype=np.float32) / 255.0)
+    assert torch.equal(image, pixels.expand(3, 16, 16))
 
 
 def test_model_crop_pct_and_interpolation_are_honoured(root):

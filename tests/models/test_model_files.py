@@ -72,6 +72,31 @@ def test_torchscript_with_mean_std_and_class_names_file(tmp_path, scripted, tiny
         torch.testing.assert_close(loaded.module(x), expected)
 
 
+def test_torchscript_prepares_image_files_as_the_spec_says_else_the_whole_frame(scripted):
+    plain = torchscript_model(scripted, (3, 16, 16))
+    assert (plain.info["crop_pct"], plain.info["interpolation"]) == (1.0, "bilinear")
+    given = torchscript_model(scripted, (3, 16, 16), crop_pct=0.875, interpolation="bicubic")
+    assert (given.info["crop_pct"], given.info["interpolation"]) == (0.875, "bicubic")
+
+
+def test_checkpoint_keeps_its_architectures_preprocessing_unless_the_spec_says(tmp_path, small_checkpoint):
+    path = tmp_path / "ckpt.pth"
+    torch.save(small_checkpoint[1], path)
+    own = checkpoint_model(path, "squeezenet1_1", num_classes=3)
+    assert own.info["crop_pct"] == 224 / 256  # torchvision's evaluation transforms for the architecture
+    given = checkpoint_model(path, "squeezenet1_1", num_classes=3, crop_pct=1.0, interpolation="nearest")
+    assert (given.info["crop_pct"], given.info["interpolation"]) == (1.0, "nearest")
+
+
+def test_crop_pct_outside_zero_to_one_is_refused_when_the_spec_loads():
+    from tracekit.errors import SpecError
+    from tracekit.plugins import registry
+
+    for bad in (0, 1.5, -0.2):
+        with pytest.raises(SpecError, match="crop_pct"):
+            registry("model").resolve({"name": "torchscript", "path": "m.pt", "crop_pct": bad})
+
+
 def test_torchscript_without_names_gets_generic_names(scripted):
     loaded = torchscript_model(scripted, (3, 16, 16))
     assert loaded.class_names == ["class0", "class1", "class2", "class3"] and loaded.wnids is None

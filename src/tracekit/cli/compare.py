@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .. import compare, progress
 from ..errors import TracekitError
+from ..layout import RunLayout
 from ..spec import load_spec
 from .common import console, err_console, fmt, handle_errors
 from .run import DeviceOpt, SetOpt, ThreadsOpt
@@ -121,7 +122,7 @@ def register(app: typer.Typer) -> None:
             title = f"{spec.name}: {data['n_fit']} fit / {data['n_test']} test images, same for every detector"
             print_comparison(detectors, title, spec.calibration.target_fpr)
             console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
-            console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")
+            console.print(f"report: {escape(str(RunLayout(result.out_dir).report))}")
             return
         if set_ or device or no_cache or threads is not None:
             raise TracekitError(
@@ -136,4 +137,4 @@ def register(app: typer.Typer) -> None:
         print_comparison(comparison.detectors, "finished runs", comparison.target_fpr, targets)
         directory = write_runs_comparison(comparison, out=out, finish=write_report)
         console.print(f"comparison directory: [bold]{escape(str(directory))}[/]")
-        console.print(f"report: {escape(str(directory / 'report.html'))}")
+        console.print(f"report: {escape(str(RunLayout(directory).report))}")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .. import progress
 from .. import run as run_engine
+from ..layout import RunLayout
 from ..spec import load_spec
 from .common import console, fmt, handle_errors
 
@@ -171,4 +172,4 @@ def register(app: typer.Typer) -> None:
             console.print(controls)
         console.print(verdict_lines(result.metrics))
         console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
-        console.print(f"report: {escape(str(result.out_dir / 'report.html'))}")
+        console.print(f"report: {escape(str(RunLayout(result.out_dir).report))}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from ..hookspecs import Components
-from .params import ClassNames, InputSize, MeanStd
+from .params import ClassNames, CropPct, InputSize, Interpolation, MeanStd
 
 if TYPE_CHECKING:
     from ..protocols import LoadedModel
@@ -64,11 +64,14 @@ def torchscript_model(
     mean: MeanStd = None,
     std: MeanStd = None,
     class_names: ClassNames = None,
+    crop_pct: CropPct = None,
+    interpolation: Interpolation = None,
 ) -> LoadedModel:
-    """A TorchScript classifier file (mean/std: its normalization, if not built in)."""
+    """A TorchScript classifier file (mean/std: its normalization, if not built in; crop_pct and
+    interpolation: how image files are resized and cropped, default the whole frame, bilinear)."""
     from .files import load_torchscript
 
-    return load_torchscript(path, input_size, mean, std, class_names)
+    return load_torchscript(path, input_size, mean, std, class_names, crop_pct, interpolation)
 
 
 @models.register("checkpoint")
@@ -81,8 +84,11 @@ def checkpoint_model(
     mean: MeanStd = None,
     std: MeanStd = None,
     class_names: ClassNames = None,
+    crop_pct: CropPct = None,
+    interpolation: Interpolation = None,
 ) -> LoadedModel:
-    """A state-dict file of a torchvision or timm architecture (e.g. fine-tuned weights)."""
+    """A state-dict file of a torchvision or timm architecture (e.g. fine-tuned weights; crop_pct and
+    interpolation: how image files are resized and cropped, default the architecture's own)."""
     from .files import load_checkpoint
 
-    return load_checkpoint(path, arch, source, num_classes, input_size, mean, std, class_names)
+    return load_checkpoint(path, arch, source, num_classes, input_size, mean, std, class_names, crop_pct, interpolation)

@@ -39,12 +39,19 @@ def _num_outputs(module: nn.Module, spec: InputSpec, where: str) -> int:
 
 
 def load_torchscript(
-    path: Path, input_size: InputSize, mean: MeanStd, std: MeanStd, class_names: ClassNames
+    path: Path,
+    input_size: InputSize,
+    mean: MeanStd,
+    std: MeanStd,
+    class_names: ClassNames,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
 ) -> LoadedModel:
     """The model of the factory `torchscript_model` (`tracekit.models.factories`)."""
     where = "torchscript model"
     path = existing_file(path, where, "model file")
-    spec = InputSpec(tuple(input_size), mean=None, std=None).override(where, mean=mean, std=std)
+    bare = InputSpec(tuple(input_size), mean=None, std=None)
+    spec = bare.override(where, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated upstream, yet still the common format
             warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated", category=FutureWarning)
@@ -70,6 +77,8 @@ def load_checkpoint(
     mean: MeanStd,
     std: MeanStd,
     class_names: ClassNames,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
 ) -> LoadedModel:
     """The model of the factory `checkpoint_model` (`tracekit.models.factories`)."""
     from . import timm_models, torchvision_models
@@ -81,7 +90,7 @@ def load_checkpoint(
         num_classes = len(names)
     build = torchvision_models.build if source == "torchvision" else timm_models.build
     module, spec, outputs = build(arch, num_classes)
-    spec = spec.override(where, input_size, mean, std)
+    spec = spec.override(where, input_size, mean, std, crop_pct, interpolation)
     info = {"source": "checkpoint", "arch_source": source, "arch": arch, **load_weights(module, path, where)}
     names, wnids, info["class_names"] = class_names_for(outputs, names, where)
     return loaded_model(module, spec, names, wnids, info)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..bounded import loads_json
 from ..errors import TracekitError
-from ..images import DEFAULT_CROP_PCT
+from ..images import WHOLE_FRAME
 from ..protocols import LoadedModel
 from .params import ClassNames, MeanStd
 
@@ -41,12 +41,13 @@ class Normalized(nn.Module):
 @dataclass(frozen=True)
 class InputSpec:
     """What a bare module expects: input size, normalization (None = takes [0, 1] pixels as is),
-    and how evaluation images are prepared (`crop_pct`: crop size / resize size)."""
+    and how evaluation images are prepared (`crop_pct`: crop size / resize size; the whole frame
+    unless the module's source declares ImageNet-style preprocessing, as torchvision's and timm's do)."""
 
     input_size: tuple[int, int, int]
     mean: tuple[float, ...] | None = IMAGENET_MEAN
     std: tuple[float, ...] | None = IMAGENET_STD
-    crop_pct: float = DEFAULT_CROP_PCT
+    crop_pct: float = WHOLE_FRAME
     interpolation: str = "bilinear"
 
     def override(
@@ -55,8 +56,16 @@ class InputSpec:
         input_size: tuple[int, int, int] | None = None,
         mean: MeanStd = None,
         std: MeanStd = None,
+        crop_pct: float | None = None,
+        interpolation: str | None = None,
     ) -> InputSpec:
-        """This spec with the user's `input_size`, `mean` and `std` where given (checked)."""
+        """This spec with the user's `input_size`, `mean`, `std`, `crop_pct` and `interpolation`
+        where given (checked)."""
+        if crop_pct is not None or interpolation is not None:
+            prepared = replace(
+                self, crop_pct=crop_pct or self.crop_pct, interpolation=interpolation or self.interpolation
+            )
+            return prepared.override(where, input_size, mean, std)
         if (mean is None) != (std is None):
             raise TracekitError(f"{where}: give both mean and std (one per channel), or neither")
         size = tuple(int(v) for v in input_size) if input_size is not None else self.input_size
