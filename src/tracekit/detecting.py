@@ -21,7 +21,7 @@ import torch
 from .bounded import read_json
 from .compute import Compute
 from .errors import TracekitError, did_you_mean
-from .images import ImageInput, read_inputs
+from .images import ImageInput, Preparation, read_inputs
 from .layout import DETECTOR, DETECTORS, RunLayout
 from .protocols import Detector, LoadedModel, StatefulDetector
 from .spec import Spec
@@ -42,6 +42,11 @@ class ScoringSetup:
     detector: Detector
     detector_cfg: dict[str, Any]  # its resolved spec
     threshold: float | None = None
+    preparation: Preparation | None = None  # how image files become inputs: the run's, else the model's own
+
+    def inputs(self, images: Any) -> list[ImageInput]:
+        """`images` (paths, PIL images, tensors, arrays) read for this model as its run read files."""
+        return read_inputs(images, self.model, self.preparation)
 
     @property
     def model(self) -> LoadedModel:
@@ -240,6 +245,12 @@ def load_run(run_dir: str | Path, device: str | None = None, detector: str | Non
         setup = build_setup(spec, state["detector"], dev, float(state["threshold"]), fitted)
     except TracekitError as exc:
         raise TracekitError(f"run directory {run_dir}: {exc}") from None
+    if "preparation" in state:  # older run directories have none: files are read as the model now says
+        try:
+            setup.preparation = Preparation.from_record(state["preparation"], setup.model)
+        except TracekitError as exc:
+            detector_json = RunLayout(run_dir).detector
+            raise TracekitError(f"{detector_json}: {exc} (a broken run directory); {HOW_TO_FIX}") from None
     expected = state.get("model_fingerprint")
     if expected:
         if setup.context.fingerprint != expected:
@@ -263,4 +274,4 @@ def detect(
 
     with applied(choose(override=threads).threads):
         setup = load_run(run_dir, device, detector)
-        return setup.results(read_inputs(images, setup.model))
+        return setup.results(setup.inputs(images))

@@ -84,14 +84,13 @@ def explain(
 def _explain(
     images: Any, model: Any, out: str | Path | None, device: str | None, detector: str | None
 ) -> list[dict[str, Any]]:
-    from .images import read_inputs
     import torch
 
     from .engine.summary import map_title, pictures
     from .report.figures import Pictures, explain_panel, file_stem
 
     setup = load_setup(model, device, detector)
-    inputs = read_inputs(images, setup.model)
+    inputs = setup.inputs(images)
     results = setup.results(inputs)
     readable = [(item, row) for item, row in zip(inputs, results) if item.image is not None]
     out_dir = Path(out) if out is not None else DEFAULT_OUT

@@ -78,6 +78,35 @@ class Preparation:
             str(model.info.get("interpolation", "bilinear")),
         )
 
+    def record(self) -> dict[str, Any]:
+        """What a run directory keeps of it (`detector.json`), so `detect` prepares files as the run did."""
+        return {
+            "channels": self.channels, "crop": list(self.crop), "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+        }  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: Any, model: LoadedModel) -> Preparation:
+        """A preparation read back from a run directory (`record()`), checked like user input and
+        against the model it is for; a `TracekitError` says what is wrong."""
+        from PIL import Image
+
+        channels, height, width = model.input_size
+        fields = ("channels", "crop", "crop_pct", "interpolation")
+        if not isinstance(record, dict) or sorted(record) != sorted(fields):
+            raise TracekitError(f"'preparation' must be an object with {', '.join(fields)}")
+        crop_pct, interpolation = record["crop_pct"], record["interpolation"]
+        if record["channels"] != channels or record["crop"] != [height, width]:
+            raise TracekitError(
+                f"'preparation' is for {record['channels']}-channel {record['crop']} inputs, the model takes "
+                f"{channels}x{height}x{width}"
+            )
+        if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+            raise TracekitError(f"'preparation.crop_pct' must be a number in (0, 1], got {crop_pct!r}")
+        if not isinstance(interpolation, str) or not hasattr(Image.Resampling, interpolation.upper()):
+            raise TracekitError(f"'preparation.interpolation' is not a resampling filter: {interpolation!r}")
+        return cls(channels, (height, width), float(crop_pct), interpolation)
+
     def __call__(self, image: Any) -> torch.Tensor:
         """A PIL image as `[C,H,W]` in [0, 1]: converted, shorter side resized, centre-cropped."""
         from PIL import Image
@@ -157,11 +186,11 @@ def _check_tensor(image: torch.Tensor, input_size: tuple[int, int, int], name: s
     return image.float()
 
 
-def read_inputs(images: Any, model: LoadedModel) -> list[ImageInput]:
+def read_inputs(images: Any, model: LoadedModel, preparation: Preparation | None = None) -> list[ImageInput]:
     """Each of `images` (a path, PIL image, `[C,H,W]`/`[N,C,H,W]` tensor or array, or a list of
-    them) as an `ImageInput` for `model`; unreadable inputs carry their error message instead."""
+    them) as an `ImageInput` for `model`, files prepared as `preparation` says (default the
+    model's own); unreadable inputs carry their error message instead."""
     out: list[ImageInput] = []
-    preparation: Preparation | None = None
     for name, item in _named(images):
         try:
             if isinstance(item, torch.Tensor):

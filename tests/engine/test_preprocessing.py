@@ -89,3 +89,35 @@ def test_detect_on_the_png_files_gives_the_runs_scores(runs, pixels):
     assert len(found) == len(clean) > 5
     for row, expected in zip(found, clean.values()):
         assert row["error"] is None and abs(row["score"] - expected) <= 1e-6
+
+
+def test_detect_prepares_files_as_the_run_recorded_and_checks_the_record(runs, pixels, tmp_path):
+    import json
+    import shutil
+
+    import torch
+
+    from tracekit.detecting import load_run
+    from tracekit.errors import TracekitError
+    from tracekit.images import Preparation
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["folder"].out_dir, run_dir)
+    state = json.loads((run_dir / "detector.json").read_text())
+    assert state["preparation"] == {"channels": 1, "crop": [16, 16], "crop_pct": 1.0, "interpolation": "bilinear"}
+    big = tmp_path / "big.png"  # not the model's input size: resized and cropped as recorded
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 30), dtype=np.uint8), "L").save(big)
+    plugins.register_plugin(_BarePlugin(), "tracekit-bare")
+    try:
+        state["preparation"]["crop_pct"] = 0.5
+        (run_dir / "detector.json").write_text(json.dumps(state))
+        setup = load_run(run_dir)
+        (read,) = setup.inputs([big])
+        assert torch.equal(read.image, Preparation(1, (16, 16), 0.5, "bilinear").load(big))
+        assert not torch.equal(read.image, Preparation(1, (16, 16), 1.0, "bilinear").load(big))
+        for bad in ({"crop_pct": 3}, {"interpolation": "sinc"}, {"crop": [8, 8]}, {"crop_pct": "0.5"}):
+            (run_dir / "detector.json").write_text(json.dumps({**state, "preparation": {**state["preparation"], **bad}}))
+            with pytest.raises(TracekitError, match=r"detector.json: 'preparation.*broken run directory"):
+                load_run(run_dir)
+    finally:
+        plugins.unregister_plugin("tracekit-bare")

@@ -83,8 +83,7 @@ def _compare(
             ev = evaluate(driver, detector, spec.detectors[index], TableNames.detector(index), label)
             # kept for `tracekit detect --run DIR --detector LABEL`
             directory = layout.detector_dir(index, label)
-            fingerprint = driver.context.fingerprint
-            rundir.write_detector(directory, spec, spec.detectors[index], ev.threshold, fingerprint, detector)
+            rundir.write_detector(directory, spec, spec.detectors[index], ev.threshold, driver.context, detector)
             per_detector[label] = {
                 "name": spec.detectors[index]["name"],
                 "attacks": ev.per_attack,

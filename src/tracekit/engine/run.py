@@ -150,7 +150,7 @@ def _run(
     rundir.write_resolved_spec(layout, spec)
     rundir.write_metrics(layout, metrics)
     write_scores(layout.scores, ev.rows(driver.plan.clean))
-    rundir.write_detector(layout.root, spec, spec.detector, ev.threshold, driver.context.fingerprint, detector)
+    rundir.write_detector(layout.root, spec, spec.detector, ev.threshold, driver.context, detector)
     save_examples(layout.examples, driver, ev.runs, detector, spec.detector)
     if finish is not None:
         finish(work)

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -19,9 +19,13 @@ import yaml
 from ..version import __version__
 from ..cache import ensure_dir
 from ..errors import TracekitError
+from ..images import Preparation
 from ..layout import DETECTOR_STATE, RESOLVED_SPEC, RunLayout
 from ..protocols import Detector, StatefulDetector
 from ..spec import Spec, component_label
+
+if TYPE_CHECKING:
+    from .context import RunContext
 
 DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
 
@@ -138,24 +142,29 @@ def write_detector(
     spec: Spec,
     detector_cfg: dict[str, Any],
     threshold: float,
-    model_fingerprint: str,
+    context: RunContext,
     detector: Detector,
 ) -> None:
     """`detector.json`: what `tracekit detect` needs to reuse a fitted detector (of resolved spec
-    `detector_cfg`: the spec's one, or one of a comparison's) and its threshold; and
-    `detector_state.pt` (named in it) with what a `StatefulDetector` learned in `fit`."""
+    `detector_cfg`: the spec's one, or one of a comparison's) and its threshold, and how the run
+    prepares image files for its model (`tracekit.images.Preparation`, where files can be read for
+    it); and `detector_state.pt` (named in it) with what a `StatefulDetector` learned in `fit`."""
     ensure_dir(directory)
-    state = {
+    state: dict[str, Any] = {
         "format": DETECTOR_FORMAT,
         "label": component_label(detector_cfg),
         "model": spec.model,
-        "model_fingerprint": model_fingerprint,
+        "model_fingerprint": context.fingerprint,
         "detector": detector_cfg,
         "threshold": threshold,
         "target_fpr": spec.calibration.target_fpr,
         "device": spec.device,
         "compute": spec.compute.model_dump(),  # so that detect scores as the run did
     }
+    try:
+        state["preparation"] = Preparation.for_model(context.model).record()
+    except TracekitError:  # a model no image file can feed (not 1 or 3 channels)
+        pass
     if isinstance(detector, StatefulDetector):
         torch.save(detector.state_dict(), directory / DETECTOR_STATE)
         state["state_file"] = DETECTOR_STATE
