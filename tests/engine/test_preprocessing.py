@@ -116,7 +116,8 @@ def test_detect_prepares_files_as_the_run_recorded_and_checks_the_record(runs, p
         assert torch.equal(read.image, Preparation(1, (16, 16), 0.5, "bilinear").load(big))
         assert not torch.equal(read.image, Preparation(1, (16, 16), 1.0, "bilinear").load(big))
         for bad in ({"crop_pct": 3}, {"interpolation": "sinc"}, {"crop": [8, 8]}, {"crop_pct": "0.5"}):
-            (run_dir / "detector.json").write_text(json.dumps({**state, "preparation": {**state["preparation"], **bad}}))
+            broken = {**state, "preparation": {**state["preparation"], **bad}}
+            (run_dir / "detector.json").write_text(json.dumps(broken))
             with pytest.raises(TracekitError, match=r"detector.json: 'preparation.*broken run directory"):
                 load_run(run_dir)
     finally:
