@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from ..errors import TracekitError
+from ..layout import TableNames
+from ..progress import progress
 from ..protocols import Detector, LoadedModel, StatefulDetector
 from .attacking import AttackRun, seed_everything
-from ..layout import TableNames
 from .context import DetectorHandle
 from .driver import Driver
 from .metrics import calibrate_threshold
@@ -58,12 +59,18 @@ def fit(
     batch: reading the subset for it would only cost time and memory."""
     subset = driver.plan.fit_subset
     adversarial = adversarial_fit(runs, subset[select], prefix) if detector.needs_adversarial_fit else None
-    if learns(detector) or detector.needs_adversarial_fit:
-        clean = driver.fit_images()[torch.from_numpy(select)]
-    else:
-        clean = torch.zeros(0, *model.input_size)
-    seed_everything(driver.context.spec.seed)
-    detector.fit(model.module, clean, adversarial)
+    seed = driver.context.spec.seed
+    if not (learns(detector) or detector.needs_adversarial_fit):
+        seed_everything(seed)
+        detector.fit(model.module, torch.zeros(0, *model.input_size), adversarial)
+        return
+    clean = driver.fit_images()[torch.from_numpy(select)]
+    n = len(clean) + (0 if adversarial is None else len(adversarial))
+    # One step a user waits on (KD+BU: minutes on a CPU): a kept bar with its elapsed time.
+    with progress(f"{prefix}fit detector", total=n, keep=True) as advance:
+        seed_everything(seed)
+        detector.fit(model.module, clean, adversarial)
+        advance(n)
 
 
 def fit_and_calibrate(
