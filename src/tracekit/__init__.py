@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import TracekitError
 from .plugins import hookimpl
-
 from .version import __version__
 
 if TYPE_CHECKING:

@@ -36,11 +36,15 @@ CONTRACTS: dict[str, tuple[type, tuple[type, ...]]] = {
             protocols.DetectorBound,
             protocols.SeededAttack,
             protocols.CacheKeyed,
+            protocols.ModelChecked,
         ),
     ),
-    "saliency": (protocols.Saliency, ()),
+    "saliency": (protocols.Saliency, (protocols.ModelChecked,)),
     "score": (protocols.Score, (protocols.ScoreMap,)),
-    "detector": (protocols.Detector, (protocols.MapsDetector, protocols.StatefulDetector)),
+    "detector": (
+        protocols.Detector,
+        (protocols.MapsDetector, protocols.StatefulDetector, protocols.ModelChecked),
+    ),
     "executor": (Executor, ()),
 }
 

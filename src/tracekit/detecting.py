@@ -23,7 +23,7 @@ from .compute import Compute
 from .errors import TracekitError, did_you_mean
 from .images import ImageInput, Preparation, read_inputs
 from .layout import DETECTOR, DETECTORS, RunLayout
-from .protocols import Detector, LoadedModel, StatefulDetector
+from .protocols import Detector, LoadedModel, ModelChecked, StatefulDetector
 from .spec import Spec
 
 if TYPE_CHECKING:
@@ -126,6 +126,13 @@ def build_setup(
     context = build_context(spec, device)
     detector_cfg = registry("detector").resolve(detector_cfg, "detector")
     detector: Detector = build("detector", detector_cfg)
+    if isinstance(detector, ModelChecked):
+        try:
+            detector.check_model(context.model)
+        except TracekitError as exc:
+            raise TracekitError(
+                f"detector '{detector_cfg['name']}' cannot work with model '{spec.model['name']}': {exc}"
+            ) from None
     if isinstance(detector, StatefulDetector) and fitted is not None:
         try:
             detector.load_state_dict(fitted)

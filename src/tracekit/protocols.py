@@ -132,6 +132,16 @@ class CacheKeyed(Protocol):
 
 
 @runtime_checkable
+class ModelChecked(Protocol):
+    """Optional capability of an attack, a saliency method or a detector that needs something of
+    the model (forward hooks on the layers of an eager module, dropout modules, named layers):
+    `check_model(model)` raises `TracekitError` saying what it needs and the way out when the model
+    cannot give it. The engine calls it as soon as the model is loaded, before any work."""
+
+    def check_model(self, model: LoadedModel) -> None: ...
+
+
+@runtime_checkable
 class Saliency(Protocol):
     """Feature response maps `Tensor[N,C,H,W]`; `target=None` means the predicted class."""
 
@@ -157,7 +167,7 @@ class ScoreMap(Score, Protocol):
 @runtime_checkable
 class Detector(Protocol):
     """Fits on clean (and optionally adversarial) images, then scores images. Optional
-    capabilities: `MapsDetector`, `StatefulDetector`."""
+    capabilities: `MapsDetector`, `StatefulDetector`, `ModelChecked`."""
 
     needs_adversarial_fit: bool
 

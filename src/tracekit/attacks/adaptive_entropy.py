@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import TracekitError
 from ..scores.entropy_surrogate import DEFAULT_BETA, DEFAULT_SIGMA, surrogate_score
-from .native import evaluating, norm_order, to_model_device, project, random_in_ball, unit_step
+from .native import evaluating, norm_order, project, random_in_ball, to_model_device, unit_step
 
 
 class AdaptiveEntropy:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..checks import checked, component
-from ..protocols import ScoreMap
+from ..errors import TracekitError
+from ..protocols import LoadedModel, ModelChecked, ScoreMap
 
 
 class FeatureResponse:
@@ -32,6 +33,15 @@ class FeatureResponse:
         adversarial_fit_images: torch.Tensor | None = None,
     ) -> None:
         """Nothing to learn: the threshold is calibrated by the engine on clean fit scores."""
+
+    def check_model(self, model: LoadedModel) -> None:
+        """What its saliency method and score need of the model (`ModelChecked`), named."""
+        for part, who in zip((self.saliency, self.scorer), self._who):
+            if isinstance(part, ModelChecked):
+                try:
+                    part.check_model(model)
+                except TracekitError as exc:
+                    raise TracekitError(f"its {who}: {exc}") from None
 
     @functools.cached_property
     def _who(self) -> tuple[str, str]:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import batches, flatten, layer_features, map_batches, model_device, resolve_layers
+from ..protocols import LoadedModel
+from .layers import batches, check_hookable, flatten, layer_features, map_batches, model_device, resolve_layers
 from .logistic import LogisticCombiner, require_adversarial
 from .mc_dropout import PerImageDropout, dropout_modules
 
@@ -106,6 +107,10 @@ class KernelDensityUncertainty:
             self.batch_size,
             model_device(model),
         )
+
+    def check_model(self, model: LoadedModel) -> None:
+        """Its features come from forward hooks on the model's layers (`ModelChecked`)."""
+        check_hookable(model.module, None if self.layer is None else [self.layer])
 
     def fit(
         self,

@@ -46,6 +46,21 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def check_hookable(model: nn.Module, layers: Sequence[str] | None) -> None:
+    """Refuse, before any work, a model whose layers cannot take forward hooks (a TorchScript
+    module: `register_forward_hook` is not supported on ScriptModules) or that lacks a layer named
+    in `layers`."""
+    scripted = next((name for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:
+        raise TracekitError(
+            "it reads the model's layers through forward hooks, which a TorchScript model does not allow; "
+            "load the model as an eager nn.Module (`checkpoint` with the weights of a torchvision or timm "
+            "architecture, or a plugin's model)"
+        )
+    if layers is not None:
+        check_layers(model, layers, "layers")
+
+
 def check_layers(model: nn.Module, layers: Sequence[str], where: str) -> list[str]:
     """`layers` as a list, or a `TracekitError` naming an unknown one and the closest module names."""
     known = [name for name, _ in model.named_modules() if name]

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import TracekitError
-from .layers import flatten, layer_features, map_batches, model_device, resolve_layers
+from ..protocols import LoadedModel
+from .layers import check_hookable, flatten, layer_features, map_batches, model_device, resolve_layers
 from .logistic import LogisticCombiner, require_adversarial
 
 WHERE = "detector 'lid'"
@@ -71,6 +72,10 @@ class LocalIntrinsicDimensionality:
             return torch.stack([lid_mle(a, r, self.k, exclude) for a, r in zip(acts, self.reference)], 1)
 
         return map_batches(batch_lids, images, self.batch_size, model_device(model))
+
+    def check_model(self, model: LoadedModel) -> None:
+        """Its features come from forward hooks on the model's layers (`ModelChecked`)."""
+        check_hookable(model.module, self.layers)
 
     def fit(
         self,

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import batches, layer_features, map_batches, model_device, resolve_layers, spatial_mean
+from ..protocols import LoadedModel
+from .layers import batches, check_hookable, layer_features, map_batches, model_device, resolve_layers, spatial_mean
 from .logistic import LogisticCombiner, require_adversarial
 
 WHERE = "detector 'mahalanobis'"
@@ -90,6 +91,10 @@ class Mahalanobis:
         return map_batches(
             lambda batch, _: self._confidences(model, batch), images, self.batch_size, model_device(model)
         )
+
+    def check_model(self, model: LoadedModel) -> None:
+        """Its features come from forward hooks on the model's layers (`ModelChecked`)."""
+        check_hookable(model.module, self.layers)
 
     def fit(
         self,

@@ -76,7 +76,7 @@ def _compare(
     rows: list[tuple[Any, ...]] = []
     try:
         detectors = [build("detector", cfg) for cfg in spec.detectors]
-        driver = prepare(spec, dev, work, use_cache, any(d.needs_adversarial_fit for d in detectors), executor)
+        driver = prepare(spec, dev, work, use_cache, detectors, executor)
         layout = RunLayout(work)
         for index, (label, detector) in enumerate(zip(labels, detectors)):
             t0 = time.perf_counter()

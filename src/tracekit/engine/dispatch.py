@@ -10,8 +10,8 @@ import warnings
 from collections.abc import Callable
 
 from ..errors import Interrupted
-from ..progress import progress
 from ..executing import Chunk, Executor
+from ..progress import progress
 from .context import TableStage
 
 

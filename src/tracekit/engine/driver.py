@@ -26,8 +26,18 @@ from ..errors import TracekitError
 from ..executing import Executor, Job
 from ..layout import ADVERSARIALS, TABLES, RunLayout, TableNames
 from ..plugins import distribution_versions, registry
-from ..protocols import Attack, CacheKeyed, Detector, DetectorBound, InputChecked, PerImageAttack, SeededAttack
-from ..spec import Spec
+from ..protocols import (
+    Attack,
+    CacheKeyed,
+    Detector,
+    DetectorBound,
+    InputChecked,
+    LoadedModel,
+    ModelChecked,
+    PerImageAttack,
+    SeededAttack,
+)
+from ..spec import Spec, component_label
 from .attack_cache import AttackCache, code_version
 from .attacking import AttackRun, AttackStage, attack_stage, seed_everything
 from .context import TRAINED, DetectorHandle, RunContext, build_context, worker_context
@@ -123,6 +133,25 @@ def screen_attacks(spec: Spec, attacks: list[Attack], input_size: tuple[int, ...
     return bound
 
 
+def check_model_needs(spec: Spec, detectors: list[Detector], attacks: list[Attack], model: LoadedModel) -> None:
+    """What each component needs of the model (`ModelChecked`: forward hooks, an eager module,
+    named layers), checked as soon as the model is loaded: an impossible combination stops the run
+    before any work, naming both components and the way out."""
+    labels = (
+        [spec.detector_key(i) for i in range(len(detectors))] if spec.detectors else [component_label(spec.detector)]
+    )  # fmt: skip
+    wheres = [f"detectors.{i}" if spec.detectors else "detector" for i in range(len(detectors))]
+    parts = [*zip(wheres, labels, detectors), *((f"attacks.{i}", spec.attack_key(i), a) for i, a in enumerate(attacks))]
+    for where, label, part in parts:
+        if isinstance(part, ModelChecked):
+            try:
+                part.check_model(model)
+            except TracekitError as exc:
+                raise TracekitError(
+                    f"{spec.source}: {where} ('{label}') cannot work with model '{spec.model['name']}': {exc}"
+                ) from None
+
+
 def stage_key(spec: Spec, fingerprint: str) -> str:
     """What a run's tables depend on: the spec (without provenance, reading settings and CPU
     threads) and the model's weights. A resumed run reuses the tables of an interrupted one only
@@ -132,10 +161,10 @@ def stage_key(spec: Spec, fingerprint: str) -> str:
 
 
 def prepare(
-    spec: Spec, device: torch.device, work: Path, use_cache: bool, adversarial_fit: bool, executor: Executor
+    spec: Spec, device: torch.device, work: Path, use_cache: bool, detectors: list[Detector], executor: Executor
 ) -> Driver:
-    """Load model and data, start the executor, predict and split the clean images, run (or load
-    cached) attacks.
+    """Load model and data, check what the `detectors` and attacks need of the model, start the
+    executor, predict and split the clean images, run (or load cached) attacks.
 
     With `use_cache=False` adversarials are kept in the run's own folder (removed when it ends),
     never read from or written to the user's attack cache.
@@ -147,6 +176,7 @@ def prepare(
     if spec.batch_size == "auto":  # resolved once, here; workers get the number with the spec
         spec.batch_size = auto_batch_size(context.model.module, tuple(context.model.input_size), device)
     bound = screen_attacks(spec, context.attacks, tuple(context.model.input_size))
+    check_model_needs(spec, detectors, context.attacks, context.model)
     context.reader  # noqa: B018 - built now: a dataset that does not fit the model fails before any work
     key = stage_key(spec, context.fingerprint)
     _reset_if_stale(layout, key)
@@ -161,6 +191,7 @@ def prepare(
     ranked = fit[np.argsort(fit_score(clean.ids[clean.part == FIT].tolist(), f"{spec.seed}:fit-subset"), kind="stable")]
     driver = Driver(context, executor, Plan(clean, np.sort(ranked[: spec.calibration.fit_images]), bound))
     plan = driver.plan
+    adversarial_fit = any(d.needs_adversarial_fit for d in detectors)
     attacked = np.union1d(plan.test, plan.fit_subset) if adversarial_fit else plan.test
     plan.runs = [driver.attack(i, attacked, TableNames.attack(i)) for i in range(len(spec.attacks)) if i not in bound]
     return driver

@@ -18,9 +18,9 @@ from torch import nn
 
 from ..checks import checked
 from ..errors import TracekitError
-from ..progress import progress
 from ..executing import Chunk, Executor
 from ..layout import TableNames
+from ..progress import progress
 from .context import RunContext
 from .dispatch import execute
 from .reading import Batch, chunks

@@ -133,7 +133,7 @@ def _run(
     started = time.perf_counter()
     try:
         detector: Detector = build("detector", spec.detector)
-        driver = prepare(spec, dev, work, use_cache, detector.needs_adversarial_fit, executor)
+        driver = prepare(spec, dev, work, use_cache, [detector], executor)
         ev = evaluate(driver, detector, spec.detector, TableNames.detector(0))
     finally:
         executor.close()

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from ..version import __version__
 from ..cache import ensure_dir
 from ..errors import TracekitError
 from ..images import Preparation
 from ..layout import DETECTOR_STATE, RESOLVED_SPEC, RunLayout
 from ..protocols import Detector, StatefulDetector
 from ..spec import Spec, component_label
+from ..version import __version__
 
 if TYPE_CHECKING:
     from .context import RunContext

@@ -20,8 +20,8 @@ import torch
 
 from ..checks import checked
 from ..errors import TracekitError
-from ..progress import progress
 from ..executing import Chunk, Executor
+from ..progress import progress
 from ..protocols import Detector, LoadedModel
 from .attacking import AttackRun
 from .context import DetectorHandle, RunContext

@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..cache import cache_dir
-from ..executing import Chunk, Done, Job, Stage
 from ..errors import TracekitError
+from ..executing import Chunk, Done, Job, Stage
 
 RETRIES = 3  # restarts of a dead worker process, and retries of the shard it held
 EXTRA = "pip install 'tracekit[ray]'"
