@@ -76,27 +76,36 @@ def explain(
     device: str | None = None,
     detector: str | None = None,
     threads: int | None = None,
+    trust_code: bool = False,
 ) -> list[dict[str, Any]]:
-    """Predicted class, score and a panel PNG (image, feature response, local entropy) per image.
+    """Predicted class, score and a panel PNG (image, feature response, its score's map) per image.
 
     `model`: None (the embedded digits-cnn with the feature-response detector), a run directory
     (a comparison's: with `detector`, a label) or a spec. Images: paths, PIL images, or
-    tensors/arrays `[C,H,W]`/`[N,C,H,W]` in [0, 1].
+    tensors/arrays `[C,H,W]`/`[N,C,H,W]` in [0, 1]. `trust_code`: as `detect`'s.
     """
     from .explaining import explain as _explain
 
-    return _explain(images, model=model, out=out, device=device, detector=detector, threads=threads)
+    return _explain(
+        images, model=model, out=out, device=device, detector=detector, threads=threads, trust_code=trust_code
+    )
 
 
 def detect(
-    run_dir: Any, images: Any, device: str | None = None, detector: str | None = None, threads: int | None = None
+    run_dir: Any,
+    images: Any,
+    device: str | None = None,
+    detector: str | None = None,
+    threads: int | None = None,
+    trust_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Score images with a finished run's model, detector and calibrated threshold (one dict each);
     for a comparison's directory, with its detector labelled `detector`. `threads`: torch's CPU
-    threads (default auto)."""
+    threads (default auto). `trust_code`: import the Python code the run's model names
+    (`checkpoint` with `source: python`), only for run directories you trust."""
     from .detecting import detect as _detect
 
-    return _detect(run_dir, images, device=device, detector=detector, threads=threads)
+    return _detect(run_dir, images, device=device, detector=detector, threads=threads, trust_code=trust_code)
 
 
 __all__ = [

@@ -238,12 +238,30 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_run(run_dir: str | Path, device: str | None = None, detector: str | None = None) -> ScoringSetup:
+def code_named(model_cfg: Any) -> str | None:
+    """The Python callable a model spec imports to build its module (`checkpoint` with
+    `source: python`), else None."""
+    if isinstance(model_cfg, dict) and model_cfg.get("name") == "checkpoint" and model_cfg.get("source") == "python":
+        return str(model_cfg.get("arch"))
+    return None
+
+
+def load_run(
+    run_dir: str | Path, device: str | None = None, detector: str | None = None, trust_code: bool = False
+) -> ScoringSetup:
     """The model, fitted detector and calibrated threshold of a run directory (`device` overrides
-    the run's); of a comparison's detector `detector` (its label) when `run_dir` is a comparison."""
+    the run's); of a comparison's detector `detector` (its label) when `run_dir` is a comparison.
+    A run directory is something people share: the Python code its model names is imported only
+    with `trust_code`."""
     from .engine.device import resolve_device
 
     run_dir, state = find_detector(run_dir, detector)
+    code = code_named(state.get("model"))
+    if code is not None and not trust_code:
+        raise TracekitError(
+            f"run directory {run_dir}: its model is built by Python code ({code}), which is imported only when you "
+            "trust the run directory: add --trust-code (trust_code=True), with that code installed"
+        )
     dev = resolve_device(device or str(state.get("device") or "auto"))
     fitted = read_fitted(run_dir, state, dev)
     try:
@@ -269,16 +287,22 @@ def load_run(run_dir: str | Path, device: str | None = None, detector: str | Non
 
 
 def detect(
-    run_dir: str | Path, images: Any, device: str | None = None, detector: str | None = None, threads: int | None = None
+    run_dir: str | Path,
+    images: Any,
+    device: str | None = None,
+    detector: str | None = None,
+    threads: int | None = None,
+    trust_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Score `images` (paths, PIL images, tensors/arrays `[C,H,W]` or `[N,C,H,W]` in [0, 1]) with a
     run's detector (a comparison's: the one labelled `detector`): one dict per image with `image`,
     `pred`, `class`, `confidence`, `score`, `threshold`, `verdict` (`adversarial` when score > threshold,
     else `clean`) and `error`
     (the reason an input could not be read, else None; its other values are then None). `threads`:
-    torch's CPU threads (default auto, `tracekit.threads`)."""
+    torch's CPU threads (default auto, `tracekit.threads`). `trust_code`: import the Python code the
+    run's model names (`checkpoint` with `source: python`); only for run directories you trust."""
     from .threads import applied, choose
 
     with applied(choose(override=threads).threads):
-        setup = load_run(run_dir, device, detector)
+        setup = load_run(run_dir, device, detector, trust_code)
         return setup.results(setup.inputs(images))

@@ -21,7 +21,9 @@ DEFAULT_DETECTOR: dict[str, Any] = {"name": "feature-response"}
 DEFAULT_OUT = Path("explain")
 
 
-def load_setup(model: Any = None, device: str | None = None, detector: str | None = None) -> ScoringSetup:
+def load_setup(
+    model: Any = None, device: str | None = None, detector: str | None = None, trust_code: bool = False
+) -> ScoringSetup:
     """`model`: None (the embedded digits-cnn with the feature-response detector), a run
     directory (its model, fitted detector and threshold; a comparison's detector `detector`), or
     a spec (path, dict or `Spec`)."""
@@ -37,7 +39,7 @@ def load_setup(model: Any = None, device: str | None = None, detector: str | Non
     if isinstance(model, (str, Path)):
         path = Path(model)
         if path.is_dir():
-            return load_run(path, device, detector)
+            return load_run(path, device, detector, trust_code)
         if not path.exists():
             raise TracekitError(f"model {str(model)!r}: no such spec file or run directory")
     spec = as_spec(model)
@@ -68,28 +70,30 @@ def explain(
     device: str | None = None,
     detector: str | None = None,
     threads: int | None = None,
+    trust_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict, score and draw a panel for each of `images` (paths, PIL images, tensors/arrays).
 
     Returns one dict per image as `tracekit.detect` does, plus `panel` (the PNG written into
     `out`, default `./explain/`; None for unreadable inputs). `threads`: torch's CPU threads
-    (default auto, `tracekit.threads`).
+    (default auto, `tracekit.threads`). `trust_code`: import the Python code a run directory's
+    model names (as `tracekit.detect`).
     """
     from .threads import applied, choose
 
     with applied(choose(override=threads).threads):
-        return _explain(images, model, out, device, detector)
+        return _explain(images, model, out, device, detector, trust_code)
 
 
 def _explain(
-    images: Any, model: Any, out: str | Path | None, device: str | None, detector: str | None
+    images: Any, model: Any, out: str | Path | None, device: str | None, detector: str | None, trust_code: bool
 ) -> list[dict[str, Any]]:
     import torch
 
     from .engine.summary import map_title, pictures
     from .report.figures import Pictures, explain_panel, file_stem
 
-    setup = load_setup(model, device, detector)
+    setup = load_setup(model, device, detector, trust_code)
     inputs = setup.inputs(images)
     results = setup.results(inputs)
     readable = [(item, row) for item, row in zip(inputs, results) if item.image is not None]

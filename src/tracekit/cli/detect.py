@@ -36,6 +36,12 @@ ThreadsOpt = typer.Option(
     ),
 )
 JsonOpt = typer.Option(False, "--json", help="One JSON object per image (JSON lines) instead of a table.")
+TrustCodeOpt = typer.Option(
+    False,
+    "--trust-code",
+    help="Import the Python code a run directory's model names (checkpoint with source: python); "
+    "only for run directories you trust.",
+)
 VERDICTS = {"adversarial": "[bold red]adversarial[/]", "clean": "[green]clean[/]"}
 
 
@@ -94,10 +100,11 @@ def register(app: typer.Typer) -> None:
         threads: int = ThreadsOpt,
         detector: str = DetectorOpt,
         as_json: bool = JsonOpt,
+        trust_code: bool = TrustCodeOpt,
     ) -> None:
         """Score images with a finished run's model, detector and calibrated threshold."""
         from ..detecting import detect
 
         progress.enable()
-        results = detect(run_dir, images, device, detector, threads)
+        results = detect(run_dir, images, device, detector, threads, trust_code)
         print_results(results, as_json, f"detect with {run_dir} (flagged when score > threshold)")

@@ -10,7 +10,7 @@ import typer
 from .. import progress
 from ..explaining import DEFAULT_OUT, explain
 from .common import handle_errors
-from .detect import DetectorOpt, DeviceOpt, ImagesArg, JsonOpt, ThreadsOpt, print_results
+from .detect import DetectorOpt, DeviceOpt, ImagesArg, JsonOpt, ThreadsOpt, TrustCodeOpt, print_results
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +30,11 @@ def register(app: typer.Typer) -> None:
         threads: int = ThreadsOpt,
         detector: str = DetectorOpt,
         as_json: bool = JsonOpt,
+        trust_code: bool = TrustCodeOpt,
     ) -> None:
         """Show what the network looks at: prediction, score and a feature-response panel per image."""
         progress.enable()
-        results = explain(images, model=model, out=out, device=device, detector=detector, threads=threads)
+        results = explain(
+            images, model=model, out=out, device=device, detector=detector, threads=threads, trust_code=trust_code
+        )
         print_results(results, as_json, f"explain ({model or 'embedded digits-cnn'})")

@@ -8,7 +8,7 @@ share are in `tracekit.models.params`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -78,7 +78,7 @@ def torchscript_model(
 def checkpoint_model(
     path: Path,
     arch: str,
-    source: Literal["torchvision", "timm"] = "torchvision",
+    source: Literal["torchvision", "timm", "python"] = "torchvision",
     num_classes: Annotated[int, Field(gt=0)] | None = None,
     input_size: InputSize | None = None,
     mean: MeanStd = None,
@@ -86,9 +86,13 @@ def checkpoint_model(
     class_names: ClassNames = None,
     crop_pct: CropPct = None,
     interpolation: Interpolation = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """A state-dict file of a torchvision or timm architecture (e.g. fine-tuned weights; crop_pct and
-    interpolation: how image files are resized and cropped, default the architecture's own)."""
+    """A state-dict file of a torchvision or timm architecture, or of any nn.Module that a Python
+    callable builds (source: python, arch: 'package.module:Callable', kwargs: its keyword arguments,
+    input_size required); crop_pct and interpolation: how image files are resized and cropped."""
     from .files import load_checkpoint
 
-    return load_checkpoint(path, arch, source, num_classes, input_size, mean, std, class_names, crop_pct, interpolation)
+    return load_checkpoint(
+        path, arch, source, num_classes, input_size, mean, std, class_names, crop_pct, interpolation, kwargs
+    )

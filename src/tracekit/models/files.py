@@ -1,12 +1,20 @@
-"""Models from files: TorchScript (`torchscript`) and state-dict checkpoints (`checkpoint`).
+"""Models from files: TorchScript (`torchscript`) and state-dict checkpoints (`checkpoint`) of a
+torchvision or timm architecture or of any `nn.Module` a Python callable builds (`source: python`).
 
-Weights files are read with the helpers every loader uses (`tracekit.models.weights`).
+Weights files are read with the helpers every loader uses (`tracekit.models.weights`): always
+`torch.load(weights_only=True)`. A `source: python` callable is imported from the user's
+environment (an installed package, or a folder on PYTHONPATH), never from the current directory
+by accident: Python's implicit `''` entry of `python -c`/`-m` is left out of the search. Code named
+by a run directory is imported only when the user says so (`detect --trust-code`).
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,6 +76,53 @@ def load_torchscript(
     return loaded_model(module, spec, names, wnids, info)
 
 
+def build_python(arch: str, kwargs: dict[str, Any], where: str) -> nn.Module:
+    """The `nn.Module` that `package.module:Callable` (imported from the user's environment) builds
+    when called with `kwargs`; one clear error for each way it can fail."""
+    module_name, sep, attribute = arch.partition(":")
+    if not sep or not module_name or not attribute:
+        raise TracekitError(f"{where}: with source: python, arch is 'package.module:Callable', got {arch!r}")
+    implicit = [entry for entry in sys.path if entry == ""]  # the current directory of `python -c`/`-m`
+    for entry in implicit:
+        sys.path.remove(entry)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or whatever the module raises while it loads
+        raise TracekitError(
+            f"{where}: cannot import {module_name} ({_first_line(exc)}); install the package that defines it, "
+            "or put its folder on PYTHONPATH"
+        ) from None
+    finally:
+        sys.path[:0] = implicit
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise TracekitError(f"{where}: {module_name} has no '{attribute}'")
+        target = getattr(target, part)
+    if not callable(target):
+        raise TracekitError(f"{where}: {arch} is a {type(target).__name__}, not a callable that builds the model")
+    try:
+        module = target(**kwargs)
+    except Exception as exc:  # the user's constructor
+        raise TracekitError(f"{where}: {arch}(**kwargs) failed ({_first_line(exc)}); check kwargs") from None
+    if not isinstance(module, nn.Module):
+        raise TracekitError(f"{where}: {arch} returned a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _python_checkpoint(
+    arch: str, kwargs: dict[str, Any], path: Path, input_size: InputSize | None, where: str
+) -> tuple[nn.Module, InputSpec, int, dict[str, Any]]:
+    """A `source: python` model with its weights, its input spec (no normalization unless the spec
+    gives mean and std) and output count, and its provenance."""
+    if input_size is None:
+        raise TracekitError(f"{where}: with source: python, give input_size (channels, height, width)")
+    module = build_python(arch, kwargs, where)
+    info = {"source": "checkpoint", "arch_source": "python", "arch": arch, "kwargs": kwargs}
+    info.update(load_weights(module, path, where))
+    spec = InputSpec(tuple(input_size), mean=None, std=None)  # type: ignore[arg-type]
+    return module.eval(), spec, _num_outputs(module.eval(), spec, where), info
+
+
 def load_checkpoint(
     path: Path,
     arch: str,
@@ -79,6 +134,7 @@ def load_checkpoint(
     class_names: ClassNames,
     crop_pct: float | None = None,
     interpolation: str | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """The model of the factory `checkpoint_model` (`tracekit.models.factories`)."""
     from . import timm_models, torchvision_models
@@ -86,6 +142,13 @@ def load_checkpoint(
     where = f"checkpoint model '{arch}'"
     path = existing_file(path, where, "weights file")
     names = class_names_given(class_names, where)
+    if source == "python":
+        module, spec, outputs, info = _python_checkpoint(arch, dict(kwargs or {}), path, input_size, where)
+        spec = spec.override(where, None, mean, std, crop_pct, interpolation)
+        names, wnids, info["class_names"] = class_names_for(outputs, names, where)
+        return loaded_model(module, spec, names, wnids, info)
+    if kwargs:
+        raise TracekitError(f"{where}: kwargs are for source: python; {source} architectures take num_classes")
     if num_classes is None and names is not None:
         num_classes = len(names)
     build = torchvision_models.build if source == "torchvision" else timm_models.build
