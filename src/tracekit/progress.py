@@ -33,14 +33,37 @@ def enable(flag: bool = True) -> None:
     _enabled = flag
 
 
+def _speed(task: Task) -> float | None:
+    """Items per second: rich's estimate over its recent window, else (steps slower than that
+    window, as a search attack's chunks) the mean over the work done since the bar started."""
+    speed = task.finished_speed or task.speed
+    if speed is None and task.elapsed:
+        worked = task.completed - task.fields.get("already", 0)
+        speed = worked / task.elapsed if worked > 0 else None
+    return speed
+
+
 class _RateColumn(ProgressColumn):
     def __init__(self, unit: str) -> None:
         super().__init__()
         self.unit = unit
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = _speed(task)
         return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
+
+
+class _RemainingColumn(TimeRemainingColumn):
+    """The time left at the rate `_speed` gives (rich's own needs two updates within its window)."""
+
+    def render(self, task: Task) -> Text:
+        speed = _speed(task)
+        if task.finished or task.total is None or not speed:
+            return super().render(task)
+        left = max(task.total - task.completed, 0) / speed
+        minutes, seconds = divmod(int(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
 
 @contextmanager
@@ -63,10 +86,10 @@ def progress(
         _RateColumn(unit),
         TimeElapsedColumn(),
         TextColumn("eta"),
-        TimeRemainingColumn(),
+        _RemainingColumn(),
     )
     with Progress(*columns, console=console, transient=not keep) as bar:
-        task = bar.add_task(description, total=total, completed=done)
+        task = bar.add_task(description, total=total, completed=done, already=done)
         if total is not None and done >= total:
             bar.update(task, completed=done)  # marks it finished: no spinner, no pending ETA
         yield lambda n=1: bar.advance(task, n)
