@@ -112,6 +112,7 @@ def test_kwargs_are_for_python_sources_only(nets):
         checkpoint_model(nets[1], "resnet18", kwargs={"width": 3})
 
 
+@pytest.mark.slow
 def test_a_run_directory_imports_its_code_only_when_trusted(nets, tmp_path):
     _, path = nets
     model = {"name": "checkpoint", "path": str(path), "arch": "tracekit_user_nets:build", "source": "python"}

@@ -16,6 +16,8 @@ from tracekit.layout import RunLayout
 from tracekit.report.rundata import read_run
 from tracekit.scores import local_entropy_map
 
+pytestmark = pytest.mark.slow  # a digits run and a report in a fresh interpreter
+
 
 @pytest.fixture(scope="module")
 def size5(tmp_path_factory):
