@@ -108,6 +108,21 @@ def detect(
     return _detect(run_dir, images, device=device, detector=detector, threads=threads, trust_code=trust_code)
 
 
+def export(
+    run_dir: Any,
+    out: Any,
+    attack: str | None = None,
+    fmt: str = "npz",
+    device: str | None = None,
+    trust_code: bool = False,
+) -> Any:
+    """Write a finished run's adversarials (with originals, perturbations and `index.csv`) into
+    `out` as `npz` arrays or 8-bit `png` files; `attack`: only the one with this label."""
+    from .exporting import export as _export
+
+    return _export(run_dir, out, attack, fmt, device, trust_code)
+
+
 __all__ = [
     "TracekitError",
     "available",
@@ -115,6 +130,7 @@ __all__ = [
     "create",
     "detect",
     "explain",
+    "export",
     "hookimpl",
     "load_spec",
     "rebuild_report",

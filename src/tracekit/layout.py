@@ -9,6 +9,8 @@ A run directory (`tracekit run`; `tracekit compare SPEC` writes the same with se
 - `scores.csv`: one row per scored image (a comparison's rows start with the detector's label).
 - `detector.json` (+ `detector_state.pt` for a detector that learns): what `tracekit detect`
   needs; a comparison keeps one per detector under `detectors/<NN>-<label>/`.
+- `attacks.json`: per attack (spec order), its label, name and, per detector tag, its outcomes
+  table and the attack-cache directory holding its adversarials (`tracekit export` reads them).
 - `examples.npz`: a few test images per attack, their adversarials and the detector's pictures of
   both (its maps and its score's map, where it has them), so the report needs neither torch nor
   the model.
@@ -33,6 +35,7 @@ DETECTOR = "detector.json"
 DETECTOR_STATE = "detector_state.pt"
 DETECTORS = "detectors"
 EXAMPLES = "examples.npz"
+ATTACKS = "attacks.json"
 TABLES = "tables"
 REPORT = "report.html"
 RUNS_COMPARISON = "comparison.json"  # marks (and describes) a directory of finished runs compared
@@ -111,6 +114,10 @@ class RunLayout:
     @property
     def examples(self) -> Path:
         return self.root / EXAMPLES
+
+    @property
+    def attacks(self) -> Path:
+        return self.root / ATTACKS
 
     @property
     def report(self) -> Path:

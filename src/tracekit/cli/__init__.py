@@ -14,6 +14,7 @@ from . import cache as cache_cmd
 from . import compare as compare_cmd
 from . import detect as detect_cmd
 from . import explain as explain_cmd
+from . import export as export_cmd
 from . import plugins as plugins_cmd
 from . import report as report_cmd
 from . import run as run_cmd
@@ -62,6 +63,7 @@ def build_app() -> typer.Typer:
     explain_cmd.register(app)
     detect_cmd.register(app)
     report_cmd.register(app)
+    export_cmd.register(app)
     return app
 
 

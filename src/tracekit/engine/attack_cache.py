@@ -112,6 +112,15 @@ class AttackCache:
             if not meta.exists():
                 meta.write_text(json.dumps({**self._meta, "created": time.time()}, default=str, indent=1))
 
+    @classmethod
+    def opened(cls, directory: Path) -> AttackCache:
+        """The entries already in `directory` (a finished run's, named in its `attacks.json`), for
+        reading: every entry is still checked against the directory's key."""
+        cache = cls.__new__(cls)
+        cache.enabled, cache.key, cache.dir = True, directory.name, directory
+        cache._meta, cache.hits, cache.corrupt, cache.first_problem = {}, 0, 0, ""
+        return cache
+
     def _path(self, keys: list[str]) -> Path:
         return self.dir / f"{ids_hash(keys)}.pt"
 

@@ -74,6 +74,7 @@ def _compare(
     labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
     per_detector: dict[str, Any] = {}
     rows: list[tuple[Any, ...]] = []
+    runs: dict[str, list[Any]] = {}  # each detector's attack runs, by tag
     try:
         detectors = [build("detector", cfg) for cfg in spec.detectors]
         driver = prepare(spec, dev, work, use_cache, detectors, executor)
@@ -93,6 +94,7 @@ def _compare(
                 "seconds": time.perf_counter() - t0,
             }
             rows += [(label, *row) for row in ev.rows(driver.plan.clean)]
+            runs[TableNames.detector(index)] = ev.runs
     finally:
         executor.close()
     metrics = {
@@ -105,6 +107,7 @@ def _compare(
     rundir.write_resolved_spec(layout, spec)
     rundir.write_metrics(layout, metrics)
     write_scores(layout.scores, rows, COMPARE_COLUMNS)
+    rundir.write_attacks(layout, spec, runs)
     if finish is not None:
         finish(work)
     rundir.finish(work, final, SCRATCH)

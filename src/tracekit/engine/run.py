@@ -152,6 +152,7 @@ def _run(
     write_scores(layout.scores, ev.rows(driver.plan.clean))
     rundir.write_detector(layout.root, spec, spec.detector, ev.threshold, driver.context, detector)
     save_examples(layout.examples, driver, ev.runs, detector, spec.detector)
+    rundir.write_attacks(layout, spec, {TableNames.detector(0): ev.runs})
     if finish is not None:
         finish(work)
     rundir.finish(work, final, SCRATCH)

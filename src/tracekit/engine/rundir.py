@@ -25,9 +25,11 @@ from ..spec import Spec, component_label
 from ..version import __version__
 
 if TYPE_CHECKING:
+    from .attacking import AttackRun
     from .context import RunContext
 
 DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
+ATTACKS_FORMAT = 1  # bump when attacks.json changes incompatibly
 
 
 def make_run_dir(out: str | Path | None, name: str, marker: str = RESOLVED_SPEC) -> tuple[Path, Path]:
@@ -135,6 +137,23 @@ def write_resolved_spec(layout: RunLayout, spec: Spec) -> None:
 
 def write_metrics(layout: RunLayout, metrics: dict[str, Any]) -> None:
     layout.metrics.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def write_attacks(layout: RunLayout, spec: Spec, runs: dict[str, list[AttackRun]]) -> None:
+    """`attacks.json`: for each attack of the spec, its label and name and, per detector tag (`runs`:
+    each detector's attack runs in spec order), its outcomes table and the attack-cache directory
+    of its adversarials (null when the run kept them in its own folder, removed at its end)."""
+    attacks = []
+    for i, cfg in enumerate(spec.attacks):
+        by_tag = {}
+        for tag, attack_runs in runs.items():
+            run = attack_runs[i]
+            kept = not run.cache.dir.resolve().is_relative_to(layout.root.resolve())
+            by_tag[tag] = {"table": run.table.name, "cache": str(run.cache.dir) if kept else None}
+        per_image = next(iter(runs.values()))[i].per_image
+        attacks.append({"label": spec.attack_key(i), "name": cfg["name"], "per_image": per_image, "detectors": by_tag})
+    document = {"format": ATTACKS_FORMAT, "attacks": attacks}
+    layout.attacks.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 def write_detector(

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import TracekitError
+from ..executing import Chunk
 from ..layout import RunLayout
 
 
@@ -49,6 +50,17 @@ class Table:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def chunks(self) -> list[Chunk]:
+        """The table's chunks as written: each file's name and its rows' positions, sorted."""
+        out = []
+        for file in sorted(self.dir.glob("*.parquet")):
+            try:
+                index = pq.read_table(file, columns=["index"]).column("index").to_numpy()
+            except (OSError, KeyError, pa.ArrowInvalid) as exc:
+                raise TracekitError(f"{file}: unreadable table chunk ({exc})") from None
+            out.append(Chunk(file.stem, np.sort(index.astype(np.int64))))
+        return out
 
     def exists(self) -> bool:
         return self.dir.is_dir() and any(self.dir.glob("*.parquet"))
