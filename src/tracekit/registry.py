@@ -100,6 +100,11 @@ class Entry:
     params: type[pydantic.BaseModel] = field(repr=False)
 
     @property
+    def doc(self) -> str:
+        """The factory's whole docstring (what its parameters mean)."""
+        return inspect.getdoc(self.factory) or ""
+
+    @property
     def summary(self) -> str:
         doc = inspect.getdoc(self.factory) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""

@@ -197,3 +197,25 @@ def test_the_summary_caption_mentions_intervals_only_when_there_are_some():
     plain = caption({"attacks": {"fgsm": row}})
     assert "n_attacked successful adversarials" in plain and "bootstrap" not in plain
     assert "bootstrap" in caption({"attacks": {"fgsm": {**row, "auc_ci": [0.6, 0.8]}}})
+
+
+def test_plugins_shows_one_components_parameters_with_types_and_defaults():
+    shown = invoke("plugins", "model", "checkpoint", "--json")
+    assert shown.exit_code == 0, shown.output
+    document = json.loads(shown.stdout)
+    params = {p["name"]: p for p in document["parameters"]}
+    assert params["path"]["required"] and params["source"]["default"] == "torchvision"
+    assert params["crop_pct"]["type"] == "float (> 0, <= 1) | null"
+    assert params["source"]["type"] == "'torchvision' | 'timm' | 'python'"
+    assert "source: python" in document["doc"]
+    table = invoke("plugins", "attack", "pgd")
+    assert table.exit_code == 0 and "eps_step" in table.stdout and "float (> 0)" in table.stdout
+    only = json.loads(invoke("plugins", "score", "--json").stdout)
+    assert list(only["components"]) == ["score"]
+
+
+def test_plugins_with_an_unknown_kind_or_name_says_the_closest():
+    wrong_kind = invoke("plugins", "modle")
+    assert wrong_kind.exit_code == 2 and "did you mean 'model'" in wrong_kind.output
+    wrong_name = invoke("plugins", "model", "chekpoint")
+    assert wrong_name.exit_code == 2 and "checkpoint" in wrong_name.output
