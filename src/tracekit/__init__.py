@@ -123,6 +123,14 @@ def export(
     return _export(run_dir, out, attack, fmt, device, trust_code)
 
 
+def read_tables(run_dir: Any) -> dict[str, Any]:
+    """A finished run's per-sample tables as pandas DataFrames, named by attack and detector label
+    (`attack/fgsm`, `scores/paper/fgsm`, `clean`); needs `pip install 'tracekit[pandas]'`."""
+    from .frames import read_tables as _read
+
+    return _read(run_dir)
+
+
 __all__ = [
     "TracekitError",
     "available",
@@ -133,6 +141,7 @@ __all__ = [
     "export",
     "hookimpl",
     "load_spec",
+    "read_tables",
     "rebuild_report",
     "run",
     "__version__",

@@ -89,3 +89,18 @@ def test_bad_requests_are_one_clear_message(finished, tmp_path, with_testing):
     own = tracekit.run(spec(), out=tmp_path / "uncached", use_cache=False)
     with pytest.raises(TracekitError, match="kept its adversarials in its own folder"):
         tracekit.export(own.out_dir, tmp_path / "y")
+
+
+def test_read_tables_names_them_by_attack_and_detector_label(finished):
+    frames = tracekit.read_tables(finished.out_dir)
+    assert {"clean", "attack/sign-noise", "attack/small", "scores/feature-response/clean"} <= set(frames)
+    assert {
+        "scores/feature-response/sign-noise",
+        "scores/feature-response/small",
+        "scores/feature-response/fit",
+    } <= set(frames)
+    scores = frames["scores/feature-response/small"]
+    with open(finished.out_dir / "scores.csv", newline="") as fh:
+        csv_rows = {r["sample_id"]: float(r["score"]) for r in csv.DictReader(fh) if r["attack"] == "small"}
+    assert dict(zip(scores["sample_id"], scores["score"])) == csv_rows
+    assert list(frames["clean"]["index"]) == sorted(frames["clean"]["index"])

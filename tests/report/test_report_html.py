@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import tracekit
 from tracekit import plugins
 from tracekit import run
 from tracekit.hookspecs import Register
@@ -270,3 +271,12 @@ def test_report_renders_offline_in_headless_chromium(result, chromium, png_stats
     with Image.open(shot) as image:
         lower = np.asarray(image.convert("RGB"))[1000:]
     assert lower.std() > 30  # the figures below the fold rendered, not just the header
+
+
+def test_read_tables_names_the_controls_tables_too(result):
+    names = set(tracekit.read_tables(result.out_dir))  # the fixture keeps the run's plugins registered
+    assert f"attack/{EVIL_LABEL}" in names and "attack/sign-noise" in names
+    assert f"scores/feature-response/{EVIL_LABEL}/noise-sign" in names
+    assert "scores/feature-response/sign-noise/noise-gaussian" in names
+    assert "scores/feature-response (randomized model)/clean" in names
+    assert not any(name.startswith(("scores-", "attack-")) for name in names)  # every table has its label
