@@ -338,7 +338,7 @@ def example_figure(
                 )
                 if drawn.score_map is not None:
                     map_image = _show_score_map(ax[column + 1], drawn.score_map[row], vmax)
-                    ax[column + 1].set_title(f"{side} {drawn.title}\nmean {float(drawn.score_map[row].mean()):.3f}")
+                    ax[column + 1].set_title(f"{drawn.title}\n{side}, mean {float(drawn.score_map[row].mean()):.3f}")
         if delta_image is not None:
             _colorbar(fig, axes[-1, 1], delta_image, "perturbation δ")
         if map_image is not None and pictures is not None:
