@@ -230,3 +230,38 @@ def test_an_attacks_cache_key_has_its_distribution_and_what_it_adds(tmp_path, mo
     from tracekit import __version__
 
     assert seen[0]["distribution"] == f"tracekit {__version__}" and seen[0]["component"] == {"solver": "v2"}
+
+
+TAMPERED = {
+    "nan-adversarial": lambda d: d["adversarial"].view(-1).__setitem__(0, float("nan")),
+    "inf-adversarial": lambda d: d["adversarial"].view(-1).__setitem__(0, float("inf")),
+    "outside-0-1": lambda d: d.__setitem__("adversarial", d["adversarial"] * 500),
+    "wrong-shape": lambda d: d.__setitem__("adversarial", d["adversarial"][:, :, :8]),
+    "a-list": lambda d: d.__setitem__("adversarial", d["adversarial"].tolist()),
+    "integer-pixels": lambda d: d.__setitem__("adversarial", d["adversarial"].long()),
+    "nan-probabilities": lambda d: d["probs"].view(-1).__setitem__(0, float("nan")),
+    "short-predictions": lambda d: d.__setitem__("preds", d["preds"][:-1]),
+    "float-predictions": lambda d: d.__setitem__("preds", d["preds"].float()),
+    "prediction-beyond-classes": lambda d: d["preds"].__setitem__(0, 99),
+    "nan-seconds": lambda d: d.__setitem__("seconds", float("nan")),
+    "negative-seconds": lambda d: d.__setitem__("seconds", -1.0),
+    "not-a-dict": lambda d: d.clear(),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPERED))
+def test_an_entry_with_plausible_structure_but_bad_content_is_deleted_and_recomputed(tmp_path, how):
+    """An entry with the right key whose content is wrong is never served: reported once, deleted,
+    recomputed, and the run ends as an untouched one did."""
+    run(spec(), out=tmp_path / "a")
+    (entry,) = attack_cache.list_entries()
+    path = os.path.join(entry["path"], sorted(p for p in os.listdir(entry["path"]) if p.endswith(".pt"))[0])
+    data = torch.load(path, weights_only=True)
+    TAMPERED[how](data)
+    torch.save(data, path)
+    calls = _GlobalNoise.calls
+    with pytest.warns(UserWarning, match="attack global-noise: 1 unusable cache entry"):
+        run(spec(), out=tmp_path / "b")
+    assert _GlobalNoise.calls == calls + 1  # that batch alone attacked again
+    assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
+    assert torch.load(path, weights_only=True)["adversarial"].shape[2:] == (16, 16)  # written anew

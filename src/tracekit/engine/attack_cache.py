@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -124,9 +125,10 @@ class AttackCache:
     def _path(self, keys: list[str]) -> Path:
         return self.dir / f"{ids_hash(keys)}.pt"
 
-    def load(self, keys: list[str]) -> CacheEntry | None:
+    def load(self, keys: list[str], image_shape: tuple[int, ...] | None = None) -> CacheEntry | None:
         """The cached batch, or None: missing, or unusable (then counted in `corrupt`, the first
-        one's path and reason kept in `first_problem`, and never trusted)."""
+        one's path and reason kept in `first_problem`, the file deleted, and never trusted).
+        `image_shape` (C, H, W): what its adversarials must be, where the caller knows it."""
         if not self.enabled:
             return None
         path = self._path(keys)
@@ -136,16 +138,18 @@ class AttackCache:
 
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
-            if data.get("key") != self.key:
+            if not isinstance(data, dict) or data.get("key") != self.key:
                 raise ValueError("it belongs to another attack, model or seed")
-            if data["ids"] != keys or len(data["adversarial"]) != len(keys):
+            if data["ids"] != keys:
                 raise ValueError("its images do not match")
-            entry = CacheEntry(data["adversarial"], data["preds"], data["probs"], float(data["seconds"]))
+            entry = CacheEntry(data["adversarial"], data["preds"], data["probs"], data["seconds"])
+            _check_entry(entry, len(keys), image_shape)
         except Exception as exc:  # any unreadable entry is recomputed, never trusted
             if not self.corrupt:  # our own checks say what is wrong; anything else names its type
                 reason = str(exc) if isinstance(exc, ValueError) and str(exc) else f"{type(exc).__name__}: {exc}"
                 self.first_problem = f"{path}: {reason}"
             self.corrupt += 1
+            path.unlink(missing_ok=True)
             return None
         self.hits += 1
         return entry
@@ -161,6 +165,35 @@ class AttackCache:
                 "seconds": entry.seconds,
             }
             atomic_torch_save(payload, self._path(keys))
+
+
+def _check_entry(entry: CacheEntry, n: int, image_shape: tuple[int, ...] | None) -> None:
+    """What a stored batch must be (`save` writes nothing else): `n` float adversarials in [0, 1]
+    (of `image_shape` where given), `n` integer predictions, `n` rows of probabilities in [0, 1]
+    over the classes the predictions index, and a finite, non-negative time; `ValueError` if not."""
+    import torch
+
+    adversarial, preds, probs, seconds = entry.adversarial, entry.preds, entry.probs, entry.seconds
+    if not all(isinstance(t, torch.Tensor) for t in (adversarial, preds, probs)):
+        raise ValueError("its adversarials, predictions or probabilities are not tensors")
+    if not adversarial.is_floating_point() or adversarial.dim() != 4 or len(adversarial) != n:
+        raise ValueError(f"its adversarials are {adversarial.dtype} {list(adversarial.shape)}, not {n} float images")
+    if image_shape is not None and tuple(adversarial.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"its adversarials are {list(adversarial.shape[1:])}, the images {list(image_shape)}")
+    if adversarial.numel() and not (
+        torch.isfinite(adversarial).all() and 0 <= adversarial.min() <= adversarial.max() <= 1
+    ):
+        raise ValueError("its adversarials hold values that are not finite or outside [0, 1]")
+    if preds.dtype != torch.long or preds.shape != (n,) or probs.dim() != 2 or len(probs) != n:
+        raise ValueError(
+            f"its predictions {list(preds.shape)} or probabilities {list(probs.shape)} are not for {n} images"
+        )
+    if probs.numel() and not (torch.isfinite(probs).all() and 0 <= probs.min() <= probs.max() <= 1):
+        raise ValueError("its probabilities are not finite or outside [0, 1]")
+    if len(preds) and not 0 <= int(preds.min()) <= int(preds.max()) < probs.shape[1]:
+        raise ValueError("its predictions are not classes of its probabilities")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"its time is {seconds!r}, not a finite number of seconds")
 
 
 def list_entries(root: Path | None = None) -> list[dict[str, Any]]:

@@ -57,10 +57,17 @@ class AttackRun:
         return _joined([self._load([k]) for k in keys] if self.per_image else [self._load(keys)])
 
     def _load(self, keys: list[str]) -> CacheEntry:
+        corrupt = self.cache.corrupt
         entry = self.cache.load(keys)
         if entry is None:
+            what = keys[0].rsplit("@", 1)[0]
+            if self.cache.corrupt > corrupt:
+                raise TracekitError(
+                    f"attack {self.key}: the cached adversarial of '{what}' was unusable and is deleted "
+                    f"({self.cache.first_problem}); run again with another --out to recompute it"
+                )
             raise TracekitError(
-                f"attack {self.key}: the adversarial of '{keys[0].rsplit('@', 1)[0]}' is no longer in the attack cache "
+                f"attack {self.key}: the adversarial of '{what}' is no longer in the attack cache "
                 f"({self.cache.dir}; cleared while this run was resumed?); run again with another --out"
             )
         return entry
@@ -182,13 +189,13 @@ def _attack_chunk(
     keys = content_keys(ids, hashes)
     seeds = [batch_seed(seed, [i]) for i in ids]
     if not run.per_image:
-        entry = run.cache.load(keys)
+        entry = run.cache.load(keys, tuple(images.shape[1:]))
         if entry is None:
             entry = _attack_batch(attack, module, images, labels, device, batch_seed(seed, ids), who, seeds)
             run.cache.save(keys, entry)
             return entry, np.zeros(len(ids), dtype=bool), hashes
         return entry, np.ones(len(ids), dtype=bool), hashes
-    found = [run.cache.load([k]) for k in keys]
+    found = [run.cache.load([k], tuple(images.shape[1:])) for k in keys]
     missing = [i for i, entry in enumerate(found) if entry is None]
     groups = [[i] for i in missing] if not isinstance(attack, SeededAttack) else ([missing] if missing else [])
     for group in groups:
