@@ -305,7 +305,7 @@ def test_a_run_directory_without_tables_and_missing_ones(finished, tmp_path):
 
 def test_a_malformed_cache_entry_is_listed_not_fatal(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACEKIT_CACHE", str(tmp_path))
-    for name, meta in [("a", "[1, 2]"), ("b", "{"), ("c", '{"attack": 5}')]:
+    for name, meta in [("a" * 32, "[1, 2]"), ("b" * 32, "{"), ("c" * 32, '{"attack": 5}')]:  # entries: named by key
         (tmp_path / "attacks" / name).mkdir(parents=True)
         (tmp_path / "attacks" / name / "meta.json").write_text(meta)
     result = invoke("cache", "ls")

@@ -265,3 +265,34 @@ def test_an_entry_with_plausible_structure_but_bad_content_is_deleted_and_recomp
     assert _GlobalNoise.calls == calls + 1  # that batch alone attacked again
     assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
     assert torch.load(path, weights_only=True)["adversarial"].shape[2:] == (16, 16)  # written anew
+
+
+def test_clear_removes_only_what_the_cache_wrote_and_says_what_it_could_not(tmp_path, monkeypatch):
+    run(spec(), out=tmp_path / "a")
+    (entry,) = attack_cache.list_entries()
+    attacks = tmp_path / "cache" / "attacks"
+    placed = attacks / "my-run"  # a directory of the user's inside the cache: not an entry
+    placed.mkdir()
+    (placed / "scores.csv").write_text("sample_id,score\n")
+    (attacks / ("0" * 32)).mkdir()  # named like an entry, but no meta.json: not written by tracekit
+    (attacks / ("0" * 32) / "notes.txt").write_text("mine")
+    assert [e["key"] for e in attack_cache.list_entries()] == [entry["key"]]
+
+    real_unlink = type(tmp_path).unlink
+
+    def read_only(self, missing_ok=False):
+        if self.suffix == ".pt":
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(type(tmp_path), "unlink", read_only)
+    refused = CliRunner().invoke(build_app(), ["cache", "clear"])
+    assert refused.exit_code == 2 and "removed 0" in refused.output
+    assert "could not remove 1 cached attack(s)" in refused.output and "Permission denied" in refused.output
+    monkeypatch.setattr(type(tmp_path), "unlink", real_unlink)
+
+    (tmp_path / "cache" / "attacks" / entry["key"] / "keep-me.txt").write_text("a file tracekit did not write")
+    partly = attack_cache.clear()
+    assert partly.removed == 0 and "did not write (keep-me.txt)" in partly.failed[0]
+    assert not list((attacks / entry["key"]).glob("*.pt")) and (attacks / entry["key"] / "keep-me.txt").is_file()
+    assert (placed / "scores.csv").is_file() and (attacks / ("0" * 32) / "notes.txt").is_file()

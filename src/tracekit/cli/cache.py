@@ -74,5 +74,10 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Remove cached attacks."""
-        removed = attack_cache.clear(None if older_than is None else parse_age(older_than))
-        console.print(f"removed {removed} cached attack(s)")
+        cleared = attack_cache.clear(None if older_than is None else parse_age(older_than))
+        console.print(f"removed {cleared.removed} cached attack(s)")
+        if cleared.failed:
+            raise TracekitError(
+                f"could not remove {len(cleared.failed)} cached attack(s), the first {cleared.failed[0]}; "
+                "check the cache directory's permissions (TRACEKIT_CACHE)"
+            )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -196,17 +196,33 @@ def _check_entry(entry: CacheEntry, n: int, image_shape: tuple[int, ...] | None)
         raise ValueError(f"its time is {seconds!r}, not a finite number of seconds")
 
 
+KEY = re.compile(r"[0-9a-f]{32}")  # an entry's directory name: `AttackCache.key`
+META = "meta.json"
+
+
+def _entry_dirs(root: Path) -> list[Path]:
+    """The directories under `root` that `AttackCache` made: named by a key, holding its meta.json.
+    Anything else a user put there is not the cache's to list or remove."""
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and KEY.fullmatch(d.name) and (d / META).is_file())
+
+
+def _ours(path: Path) -> bool:
+    """A file `AttackCache` writes: a batch (`<hash>.pt`), its meta.json, or a save's temporary file."""
+    name = path.name
+    return path.is_file() and (name.endswith(".pt") or name == META or (name.startswith(".") and name.endswith(".tmp")))
+
+
 def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
     """One record per cached attack: key, attack name, its parameters, model fingerprint, seed,
     batches, bytes, last modified."""
     root = root or cache_dir() / "attacks"
     out = []
-    for directory in sorted(root.glob("*")) if root.exists() else []:
-        if not directory.is_dir():
-            continue
+    for directory in _entry_dirs(root):
         files = list(directory.glob("*.pt"))
         try:
-            meta = read_json(directory / "meta.json", "meta.json")
+            meta = read_json(directory / META, META)
         except (OSError, TracekitError):
             meta = None
         if not isinstance(meta, dict) or not isinstance(meta.get("attack"), dict):
@@ -228,12 +244,40 @@ def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def clear(older_than_s: float | None = None, root: Path | None = None) -> int:
-    """Remove cached attacks (those untouched for `older_than_s` seconds); returns how many."""
+@dataclass
+class Cleared:
+    """What `clear` really removed, and the entries it could not (`path: reason`)."""
+
+    removed: int
+    failed: list[str]
+
+
+def clear(older_than_s: float | None = None, root: Path | None = None) -> Cleared:
+    """Remove cached attacks (those untouched for `older_than_s` seconds): only the files the cache
+    wrote, then their directory; an entry counts as removed only when its directory is gone."""
     now = time.time()
-    removed = 0
+    cleared = Cleared(0, [])
     for entry in list_entries(root):
-        if older_than_s is None or now - entry["modified"] > older_than_s:
-            shutil.rmtree(entry["path"], ignore_errors=True)
-            removed += 1
-    return removed
+        if older_than_s is not None and now - entry["modified"] <= older_than_s:
+            continue
+        directory, problem = Path(entry["path"]), ""
+        # meta.json goes last, and only when every batch went: it is what makes the entry an entry
+        for path in [*sorted(p for p in directory.iterdir() if _ours(p) and p.name != META), directory / META]:
+            if problem and path.name == META:
+                break
+            try:
+                path.unlink()
+            except OSError as exc:
+                problem = problem or f"{path.name}: {exc.strerror}"
+        try:
+            directory.rmdir()
+        except OSError as exc:
+            left = [p.name for p in directory.iterdir() if not _ours(p)] if directory.is_dir() else []
+            problem = problem or (
+                f"holds files tracekit did not write ({', '.join(left[:3])})" if left else exc.strerror
+            )
+        if directory.exists():
+            cleared.failed.append(f"{directory}: {problem}")
+        else:
+            cleared.removed += 1
+    return cleared
