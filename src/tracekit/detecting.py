@@ -246,6 +246,17 @@ def code_named(model_cfg: Any) -> str | None:
     return None
 
 
+def require_trust(model_cfg: Any, run_dir: Path, trust_code: bool) -> None:
+    """Refuse to build a run directory's model whose module Python code builds, unless the user
+    trusts the directory (importing a module runs its code; run directories are shared)."""
+    code = code_named(model_cfg)
+    if code is not None and not trust_code:
+        raise TracekitError(
+            f"run directory {run_dir}: its model is built by Python code ({code}), which is imported only when you "
+            "trust the run directory: add --trust-code (trust_code=True), with that code installed"
+        )
+
+
 def load_run(
     run_dir: str | Path, device: str | None = None, detector: str | None = None, trust_code: bool = False
 ) -> ScoringSetup:
@@ -256,12 +267,7 @@ def load_run(
     from .engine.device import resolve_device
 
     run_dir, state = find_detector(run_dir, detector)
-    code = code_named(state.get("model"))
-    if code is not None and not trust_code:
-        raise TracekitError(
-            f"run directory {run_dir}: its model is built by Python code ({code}), which is imported only when you "
-            "trust the run directory: add --trust-code (trust_code=True), with that code installed"
-        )
+    require_trust(state.get("model"), run_dir, trust_code)
     dev = resolve_device(device or str(state.get("device") or "auto"))
     fitted = read_fitted(run_dir, state, dev)
     try:

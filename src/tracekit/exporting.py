@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .bounded import read_json
 from .errors import TracekitError, did_you_mean
-from .layout import RunLayout, TableNames
+from .layout import TableNames
 
 FORMATS = ("npz", "png")
 INDEX_COLUMNS = ("sample_id", "attack", "file", "label", "pred", "success", "score", "l2", "linf")
@@ -36,34 +35,6 @@ class Exported:
 
     out: Path
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _records(layout: RunLayout) -> list[tuple[str, str, dict[str, Any], bool]]:
-    """`(export name, detector tag, {table, cache}, per_image)` per attack table of the run:
-    an attack bound to the detector (adaptive) has one per detector, named `label@detector`."""
-    if not layout.attacks.is_file():
-        raise TracekitError(
-            f"{layout.root} has no {layout.attacks.name}: written by tracekit runs since its export was added; "
-            "run the spec again to export its adversarials"
-        )
-    document = read_json(layout.attacks, layout.attacks.name)
-    try:
-        if document["format"] != 1:
-            raise ValueError(f"format {document['format']!r}")
-        out = []
-        for attack in document["attacks"]:
-            by_tag = attack["detectors"]
-            tables = {entry["table"] for entry in by_tag.values()}
-            for tag, entry in by_tag.items():
-                name = str(attack["label"]) if len(tables) == 1 else f"{attack['label']}@{tag}"
-                if not isinstance(entry["table"], str) or not isinstance(entry["cache"], (str, type(None))):
-                    raise ValueError("a table or cache is not a string")
-                out.append((name, tag, entry, bool(attack["per_image"])))
-                if len(tables) == 1:
-                    break
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TracekitError(f"{layout.attacks}: broken ({type(exc).__name__}: {exc}); run the spec again") from None
-    return out
 
 
 def _safe(name: str, taken: set[str]) -> str:
@@ -82,30 +53,23 @@ def export(
 ) -> Exported:
     """Write the adversarials of `run_dir` (of its attack labelled `attack`, else all) into `out`
     as `fmt` (`npz` or `png`); see the module's docstring. `trust_code`: as `tracekit.detect`'s."""
-    from .detecting import code_named
+    from .detecting import require_trust
     from .engine.attack_cache import AttackCache
     from .engine.attacking import AttackRun
     from .engine.context import build_context
     from .engine.device import resolve_device
     from .engine.tables import Table
-    from .report.rundata import read_run
+    from .report.rundata import read_attacks, read_run
 
     if fmt not in FORMATS:
         raise TracekitError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
     run = read_run(run_dir)
-    layout = RunLayout(run.dir)
-    records = _records(layout)
-    names = [name for name, *_ in records]
+    tables = {f"{t.label}@{t.tag}" if t.bound else t.label: t for t in read_attacks(run.dir)}
     if attack is not None:
-        if attack not in names and attack not in {n.split("@")[0] for n in names}:
-            raise TracekitError(f"{run.dir} has no attack '{attack}'{did_you_mean(attack, names)}")
-        records = [r for r in records if attack in (r[0], r[0].split("@")[0])]
-    code = code_named(run.spec.model)
-    if code is not None and not trust_code:
-        raise TracekitError(
-            f"run directory {run.dir}: its model is built by Python code ({code}), which is imported only when you "
-            "trust the run directory: add --trust-code"
-        )
+        if attack not in tables and attack not in {t.label for t in tables.values()}:
+            raise TracekitError(f"{run.dir} has no attack '{attack}'{did_you_mean(attack, list(tables))}")
+        tables = {name: t for name, t in tables.items() if attack in (name, t.label)}
+    require_trust(run.spec.model, run.dir, trust_code)
     context = build_context(run.spec, resolve_device(device or run.spec.device))
     target = Path(out)
     try:
@@ -117,17 +81,17 @@ def export(
     with open(target / "index.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(INDEX_COLUMNS)
-        for name, tag, entry, per_image in records:
-            if entry["cache"] is None:
+        for name, entry in tables.items():
+            if entry.cache is None:
                 raise TracekitError(
                     f"attack {name}: the run kept its adversarials in its own folder, removed when it ended "
                     "(run with the attack cache, without --no-cache, to export them)"
                 )
-            table = Table(run.dir, entry["table"])
-            attack_run = AttackRun(name, table, AttackCache.opened(Path(entry["cache"])), table.chunks(), per_image)
+            table = Table(run.dir, entry.table)
+            attack_run = AttackRun(name, table, AttackCache.opened(Path(entry.cache)), table.chunks(), entry.per_image)
             folder = target / _safe(name, taken)
             folder.mkdir(exist_ok=True)
-            scores = _scores(run.dir, tag, entry["table"])
+            scores = _scores(run.dir, entry.tag, entry.table)
             result.attacks[name] = _export_attack(context, attack_run, folder, fmt, scores, writer)
     return result
 

@@ -15,30 +15,24 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .bounded import read_json
 from .errors import TracekitError
 from .layout import RunLayout, TableNames
+from .spec import component_label
 
 _SCORES = re.compile(r"^scores-(d\d\d)(-random|-transfer(\d\d))?-(.+)$")
 
 
 def table_labels(run_dir: str | Path) -> dict[str, str]:
     """`{table folder name: readable name}` for every table of a finished run."""
-    from .report.rundata import read_run
+    from .report.rundata import read_attacks, read_run
 
     run = read_run(run_dir)
     layout = RunLayout(run.dir)
-    attacks = read_json(layout.attacks, layout.attacks.name)["attacks"] if layout.attacks.is_file() else []
-    detectors = list(run.metrics["detectors"]) if run.is_comparison else [_label(run.spec.detector)]
+    attacks = read_attacks(run.dir) if layout.attacks.is_file() else []
+    detectors = list(run.metrics["detectors"]) if run.is_comparison else [component_label(run.spec.detector)]
     tags = {TableNames.detector(i): label for i, label in enumerate(detectors)}
-    tables, unbound = {}, []
-    for attack in attacks:
-        by_tag = attack["detectors"]
-        distinct = len({entry["table"] for entry in by_tag.values()}) > 1
-        for tag, entry in by_tag.items():
-            tables[entry["table"]] = f"{attack['label']}@{tags.get(tag, tag)}" if distinct else str(attack["label"])
-        if not distinct:
-            unbound.append(str(attack["label"]))
+    tables = {a.table: f"{a.label}@{tags.get(a.tag, a.tag)}" if a.bound else a.label for a in attacks}
+    unbound = [a.label for a in attacks if not a.bound]
     names = {TableNames.CLEAN: TableNames.CLEAN, TableNames.SKIPPED: TableNames.SKIPPED}
     for folder in sorted(p.name for p in layout.tables.iterdir() if p.is_dir()) if layout.tables.is_dir() else []:
         if folder in tables:
@@ -63,10 +57,6 @@ def _what(what: str, tables: dict[str, str]) -> str:
         if what.startswith(f"{table}-noise-"):
             return f"{label}/noise-{what.removeprefix(f'{table}-noise-')}"
     return what
-
-
-def _label(detector: Any) -> str:
-    return str(detector.get("label") or detector.get("name")) if isinstance(detector, dict) else "detector"
 
 
 def read_tables(run_dir: str | Path) -> dict[str, Any]:

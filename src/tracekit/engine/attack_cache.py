@@ -33,6 +33,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: `tracekit cache ls/clea
     from torch import nn
 
 
+KEY = re.compile(r"[0-9a-f]{32}")  # an entry's directory name: `AttackCache.key`
+META = "meta.json"
+
+
 def model_fingerprint(module: nn.Module) -> str:
     """sha256 of the module's class and every parameter and buffer (names, shapes, values)."""
     import torch
@@ -99,28 +103,27 @@ class AttackCache:
     def __init__(
         self, model_fp: str, attack: dict[str, Any], seed: int, root: Path | None = None, enabled: bool = True
     ):
-        self.enabled = enabled
-        key = json.dumps({"model": model_fp, "attack": attack, "seed": seed}, sort_keys=True, default=str)
-        self.key = hashlib.sha256(key.encode()).hexdigest()[:32]
-        self.dir = (root or cache_dir() / "attacks") / self.key
-        self._meta = {"attack": attack, "seed": seed, "model": model_fp}
-        self.hits = 0
-        self.corrupt = 0
-        self.first_problem = ""
+        meta = {"attack": attack, "seed": seed, "model": model_fp}
+        key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        self._start((root or cache_dir() / "attacks") / key, enabled)
         if enabled:
             ensure_dir(self.dir)
-            meta = self.dir / "meta.json"
-            if not meta.exists():
-                meta.write_text(json.dumps({**self._meta, "created": time.time()}, default=str, indent=1))
+            if not (self.dir / META).exists():
+                (self.dir / META).write_text(json.dumps({**meta, "created": time.time()}, default=str, indent=1))
 
     @classmethod
     def opened(cls, directory: Path) -> AttackCache:
         """The entries already in `directory` (a finished run's, named in its `attacks.json`), for
         reading: every entry is still checked against the directory's key."""
         cache = cls.__new__(cls)
-        cache.enabled, cache.key, cache.dir = True, directory.name, directory
-        cache._meta, cache.hits, cache.corrupt, cache.first_problem = {}, 0, 0, ""
+        cache._start(directory, enabled=True)
         return cache
+
+    def _start(self, directory: Path, enabled: bool) -> None:
+        """The cache of `directory` (named by its key), with no entry read yet."""
+        self.enabled, self.key, self.dir = enabled, directory.name, directory
+        self.hits = self.corrupt = 0
+        self.first_problem = ""
 
     def _path(self, keys: list[str]) -> Path:
         return self.dir / f"{ids_hash(keys)}.pt"
@@ -194,10 +197,6 @@ def _check_entry(entry: CacheEntry, n: int, image_shape: tuple[int, ...] | None)
         raise ValueError("its predictions are not classes of its probabilities")
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"its time is {seconds!r}, not a finite number of seconds")
-
-
-KEY = re.compile(r"[0-9a-f]{32}")  # an entry's directory name: `AttackCache.key`
-META = "meta.json"
 
 
 def _entry_dirs(root: Path) -> list[Path]:

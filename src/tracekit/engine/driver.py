@@ -137,11 +137,12 @@ def check_model_needs(spec: Spec, detectors: list[Detector], attacks: list[Attac
     """What each component needs of the model (`ModelChecked`: forward hooks, an eager module,
     named layers), checked as soon as the model is loaded: an impossible combination stops the run
     before any work, naming both components and the way out."""
-    labels = (
-        [spec.detector_key(i) for i in range(len(detectors))] if spec.detectors else [component_label(spec.detector)]
-    )  # fmt: skip
-    wheres = [f"detectors.{i}" if spec.detectors else "detector" for i in range(len(detectors))]
-    parts = [*zip(wheres, labels, detectors), *((f"attacks.{i}", spec.attack_key(i), a) for i, a in enumerate(attacks))]
+    if spec.detectors:
+        named = [(f"detectors.{i}", spec.detector_key(i)) for i in range(len(detectors))]
+    else:
+        named = [("detector", component_label(spec.detector))]
+    parts = [(where, label, d) for (where, label), d in zip(named, detectors)]
+    parts += [(f"attacks.{i}", spec.attack_key(i), a) for i, a in enumerate(attacks)]
     for where, label, part in parts:
         if isinstance(part, ModelChecked):
             try:

@@ -80,6 +80,49 @@ class RunData:
         return scores_of_test_part(self.dir, self.spec, tag)
 
 
+@dataclass(frozen=True)
+class AttackTable:
+    """One outcomes table of a run's attack, as `attacks.json` names it: an attack bound to the
+    detector (adaptive) has one per detector (`bound`), any other one for all."""
+
+    label: str
+    tag: str  # the detector's (the first detector's for an attack not bound to one)
+    table: str
+    cache: str | None  # the attack-cache directory of its adversarials (None: removed with the run)
+    per_image: bool
+    bound: bool
+
+
+def read_attacks(run_dir: Path) -> list[AttackTable]:
+    """The run's `attacks.json`, checked: its attacks' tables in spec order, or one clear error."""
+    path = RunLayout(Path(run_dir)).attacks
+    if not path.is_file():
+        raise TracekitError(
+            f"{run_dir} has no {path.name}: written by tracekit runs since its export was added; run the spec again"
+        )
+    document = read_json(path, path.name)
+    try:
+        if document["format"] != 1:
+            raise ValueError(f"format {document['format']!r}")
+        out = []
+        for attack in document["attacks"]:
+            by_tag = attack["detectors"]
+            bound = len({entry["table"] for entry in by_tag.values()}) > 1
+            for tag, entry in by_tag.items():
+                if not isinstance(entry["table"], str) or not isinstance(entry["cache"], (str, type(None))):
+                    raise ValueError("a table or cache is not a string")
+                out.append(
+                    AttackTable(
+                        str(attack["label"]), tag, entry["table"], entry["cache"], bool(attack["per_image"]), bound
+                    )
+                )
+                if not bound:
+                    break
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TracekitError(f"{path}: broken ({type(exc).__name__}: {exc}); run the spec again") from None
+    return out
+
+
 def attack_table(run_dir: Path, index: int, tag: str) -> Table:
     """The outcomes table of attack `index` as detector `tag` saw it (a detector-bound attack has
     one per detector)."""
