@@ -40,8 +40,17 @@ def test_reduced_precision_moves_scores_a_little_and_keeps_guided_backprop_worki
 
 
 def test_channels_last_is_exact_up_to_summation_order(images):
-    torch.testing.assert_close(scores(model(Compute(channels_last=True)), images), scores(model(Compute()), images),
-                               atol=1e-4, rtol=0)  # fmt: skip
+    """The maps differ in their last bits (and where an activation is within them of zero, guided
+    backprop's ReLU gate may flip: a few of 65536 pixels by more); a gray map's pixel near a
+    quantization step may then land on the other step, which moves that image's entropy score by a
+    step's worth (torch 2.14: one image in 64, by 9e-4 bits)."""
+    layered = tracekit.create("detector", "feature-response")
+    plain, last = model(Compute()), model(Compute(channels_last=True))
+    a, b = layered.maps(last, images), layered.maps(plain, images)
+    assert ((a - b).norm() / b.norm()).item() < 1e-3
+    assert ((a - b).abs() > 1e-6 + 1e-4 * b.abs()).float().mean() < 1e-3
+    difference = (scores(last, images) - scores(plain, images)).abs()
+    assert (difference <= 1e-4).float().mean() >= 0.95 and difference.max() < 0.01
 
 
 def test_layer_names_survive_reduced_precision():

@@ -275,9 +275,9 @@ RUN_DIRS = {  # id: (file, its new content, command, the message expected)
     "detector-not-json": ("detector.json", "{nope", "detect", r"not valid JSON"),
     "detector-deep": ("detector.json", "[" * 100_000 + "]" * 100_000, "detect", r"nested too deeply"),
     "detector-not-object": ("detector.json", "[1, 2]", "detect", r"expected a JSON object"),
-    "detector-threshold-nan": ("detector.json", None, "detect", r"finite 'threshold'"),
+    "detector-threshold-nan": ("detector.json", None, "detect", r"'threshold': input should be a valid number"),
     "metrics-broken": ("metrics.json", "{", "report", r"not valid JSON"),
-    "spec-broken": ("spec.resolved.yaml", "name: [", "report", r"invalid YAML|broken run file"),
+    "spec-broken": ("spec.resolved.yaml", "name: [", "report", r"resolved.yaml: not valid YAML \(while parsing"),
 }
 
 
@@ -301,6 +301,294 @@ def test_a_run_directory_without_tables_and_missing_ones(finished, tmp_path):
     assert_one_clear_error(invoke("report", run), r"has no per-sample tables")
     assert_one_clear_error(invoke("report", tmp_path / "nowhere"), r"does not exist")
     assert_one_clear_error(invoke("compare", run, tmp_path / "nowhere"), r"does not exist")
+
+
+# Everything read back from a run directory is checked (tracekit.readback, the tables' column
+# checks): each broken file below is one clear exit-2 line naming it, for every reader.
+
+
+def _metrics(change):
+    def edit(run: Path) -> None:
+        metrics = json.loads((run / "metrics.json").read_text())
+        change(metrics)
+        (run / "metrics.json").write_text(json.dumps(metrics))
+
+    return edit
+
+
+def _set_attack(key, value):
+    return _metrics(lambda m: m["attacks"]["fgsm"].__setitem__(key, value))
+
+
+def _table(name, change):
+    """Rewrite every chunk of table `name` through `change(pyarrow table) -> pyarrow table`."""
+
+    def edit(run: Path) -> None:
+        import pyarrow.parquet as pq
+
+        for file in sorted((run / "tables" / name).glob("*.parquet")):
+            pq.write_table(change(pq.read_table(file)), file)
+
+    return edit
+
+
+def _column(column, values):
+    import pyarrow as pa
+
+    def change(table):
+        at = table.column_names.index(column)
+        return table.set_column(at, column, pa.array(values(table.num_rows)))
+
+    return change
+
+
+def _first_value(column, value):
+    import pyarrow as pa
+
+    def change(table):
+        values = table.column(column).to_pylist()
+        values[0] = value
+        return table.set_column(table.column_names.index(column), column, pa.array(values))
+
+    return change
+
+
+def _file(name, make):
+    def edit(run: Path) -> None:
+        target = run / name
+        target.unlink()
+        make(target)
+
+    return edit
+
+
+def _fifo(target: Path) -> None:
+    os.mkfifo(target)
+
+
+def _zero(target: Path) -> None:
+    target.symlink_to("/dev/zero")
+
+
+def _scores_csv(change):
+    def edit(run: Path) -> None:
+        lines = (run / "scores.csv").read_text().splitlines()
+        (run / "scores.csv").write_text("\n".join(change(lines)) + "\n")
+
+    return edit
+
+
+def _replace_field(index, value):
+    def change(lines):
+        fields = lines[1].split(",")
+        fields[index] = value
+        return [lines[0], ",".join(fields), *lines[2:]]
+
+    return change
+
+
+CLEAN_SCORES = "scores-d00-clean"
+READ_BACK = {  # id: (how the finished run is broken, the command, the message expected)
+    "scores-nan": (
+        _table(CLEAN_SCORES, _first_value("score", float("nan"))),
+        "report",
+        r"'score' holds 1 values that are not finite",
+    ),
+    "scores-inf": (
+        _table(CLEAN_SCORES, _first_value("score", float("inf"))),
+        "report",
+        r"'score' holds 1 values that are not finite",
+    ),
+    "scores-strings": (
+        _table(CLEAN_SCORES, _column("score", lambda n: ["high"] * n)),
+        "report",
+        r"'score' holds object values, not numbers",
+    ),
+    "scores-missing-column": (_table(CLEAN_SCORES, lambda t: t.drop(["score"])), "report", r"no column 'score'"),
+    "scores-empty": (
+        _table(CLEAN_SCORES, lambda t: t.slice(0, 0)),
+        "report",
+        r"hold 0 clean test images, metrics.json counts",
+    ),
+    "scores-duplicated": (
+        lambda run: __import__("shutil").copy(
+            next((run / "tables" / CLEAN_SCORES).glob("*.parquet")), run / "tables" / CLEAN_SCORES / "zz-copy.parquet"
+        ),
+        "report",
+        r"clean test images, metrics.json counts",
+    ),
+    "index-negative": (
+        _table(CLEAN_SCORES, _first_value("index", -5)),
+        "report",
+        r"'index' holds negative values \(-5\)",
+    ),
+    "index-beyond": (
+        _table("scores-d00-attack-00", _first_value("index", 10**6)),
+        "report",
+        r"scores of images that .*attack-00 does not hold",
+    ),
+    "confidence-above-one": (
+        _table("attack-00", _first_value("target_confidence", 7.0)),
+        "report",
+        r"'target_confidence' holds values outside \[0, 1\]",
+    ),
+    "chunk-fifo": (
+        lambda run: _fifo(run / "tables" / CLEAN_SCORES / "zz.parquet"),
+        "report",
+        r"zz.parquet: a table chunk must be a regular file",
+    ),
+    "chunk-dev-zero": (
+        lambda run: _zero(run / "tables" / CLEAN_SCORES / "zz.parquet"),
+        "report",
+        r"zz.parquet: a table chunk must be a regular file",
+    ),
+    "chunk-garbage": (
+        lambda run: (run / "tables" / CLEAN_SCORES / "zz.parquet").write_bytes(b"PAR1 not parquet"),
+        "report",
+        r"zz.parquet: unreadable table chunk",
+    ),
+    "metrics-auc-string": (_set_attack("auc", "high"), "report", r"'attacks.fgsm.auc': input should be a valid number"),
+    "metrics-auc-above-one": (
+        _set_attack("auc", 3.5),
+        "report",
+        r"'attacks.fgsm.auc': input should be less than or equal to 1",
+    ),
+    "metrics-count-negative": (
+        _set_attack("n_attacked", -1),
+        "report",
+        r"'attacks.fgsm.n_attacked': input should be greater than or equal to 0",
+    ),
+    "metrics-count-bool": (
+        _set_attack("n_clean", True),
+        "report",
+        r"'attacks.fgsm.n_clean': input should be a valid integer",
+    ),
+    "metrics-interval-long": (_set_attack("auc_ci", [0.1, 0.2, 0.3]), "report", r"'attacks.fgsm.auc_ci"),
+    "metrics-nan": (
+        lambda run: (run / "metrics.json").write_text(
+            (run / "metrics.json").read_text().replace('"threshold": ', '"threshold": NaN, "was": ', 1)
+        ),
+        "report",
+        r"metrics.json: not valid JSON \(NaN is not a JSON number\)",
+    ),
+    "metrics-attacks-list": (
+        _metrics(lambda m: m.__setitem__("attacks", [1, 2])),
+        "report",
+        r"'attacks': input should be an object",
+    ),
+    "metrics-no-threshold": (_metrics(lambda m: m.pop("threshold")), "report", r"'threshold': field required"),
+    "metrics-no-data": (_metrics(lambda m: m.pop("data")), "compare", r"'data': field required"),
+    "detector-compute-bad": (
+        lambda run: (run / "detector.json").write_text(
+            json.dumps({**json.loads((run / "detector.json").read_text()), "compute": {"precision": "fp64"}})
+        ),
+        "detect",
+        r"detector.json: compute block: 'precision'",
+    ),
+    "detector-compute-not-object": (
+        lambda run: (run / "detector.json").write_text(
+            json.dumps({**json.loads((run / "detector.json").read_text()), "compute": [1]})
+        ),
+        "detect",
+        r"'compute': input should be an object",
+    ),
+    "csv-fifo": (_file("scores.csv", _fifo), "compare", r"scores.csv: must be a regular file"),
+    "csv-dev-zero": (_file("scores.csv", _zero), "compare", r"scores.csv: must be a regular file"),
+    "csv-huge-field": (
+        _scores_csv(_replace_field(0, "x" * 200_000)),
+        "compare",
+        r"scores.csv: not a readable CSV file \(field larger than field limit",
+    ),
+    "csv-score-nan": (
+        _scores_csv(_replace_field(5, "nan")),
+        "compare",
+        r"scores.csv, line 2: score 'nan' is not a finite number",
+    ),
+    "csv-score-text": (
+        _scores_csv(_replace_field(5, "high")),
+        "compare",
+        r"scores.csv, line 2: score 'high' is not a finite number",
+    ),
+    "csv-label-text": (
+        _scores_csv(_replace_field(2, "cat")),
+        "compare",
+        r"scores.csv, line 2: label 'cat' is not a whole number",
+    ),
+    "csv-duplicate-row": (
+        _scores_csv(lambda lines: [*lines, lines[1]]),
+        "compare",
+        r"scores.csv: a sample appears twice",
+    ),
+    "csv-short-row": (
+        _scores_csv(lambda lines: [*lines, "a,b"]),
+        "compare",
+        r"scores.csv, line \d+: 2 fields, expected 6",
+    ),
+    "csv-header": (
+        _scores_csv(lambda lines: ["id,attack,label,pred,success,score", *lines[1:]]),
+        "compare",
+        r"scores.csv, line 1: the header is",
+    ),
+    "csv-not-utf8": (
+        lambda run: (run / "scores.csv").write_bytes(b"sample_id,attack\n\xff\xfe"),
+        "compare",
+        r"scores.csv: not UTF-8 text",
+    ),
+    "attacks-json-broken": (
+        lambda run: (run / "attacks.json").write_text('{"format": 1, "attacks": [{"label": 5}]}'),
+        "export",
+        r"attacks.json: 'attacks.0.label': input should be a valid string",
+    ),
+    "attacks-json-format": (
+        lambda run: (run / "attacks.json").write_text('{"format": 9, "attacks": []}'),
+        "export",
+        r"attacks.json: format 9, but this tracekit reads format 1",
+    ),
+    "spec-not-mapping": (
+        lambda run: (run / "spec.resolved.yaml").write_text("- 1\n- 2\n"),
+        "report",
+        r"spec.resolved.yaml: expected a mapping",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(READ_BACK))
+def test_whatever_is_read_back_is_checked_first(case, finished, tmp_path):
+    """Each reader (report, compare RUN_DIR..., detect, export) says what is broken in one line,
+    and `report` rewrites nothing of a broken run directory."""
+    import shutil
+
+    breaks, command, said = READ_BACK[case]
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    breaks(run)
+    figures = {p.name: p.read_bytes() for p in run.glob("*.png")}
+    if command == "detect":
+        args: tuple = ("detect", "--run", run, _png(tmp_path / "digit.png", (32, 32)))
+    elif command == "compare":
+        args = ("compare", finished, run, "--out", tmp_path / "side")
+    elif command == "export":
+        args = ("export", run, "--out", tmp_path / "exported")
+    else:
+        args = ("report", run)
+    assert_one_clear_error(invoke(*args), said)
+    assert {p.name: p.read_bytes() for p in run.glob("*.png")} == figures  # nothing redrawn
+    assert not (tmp_path / "side").exists()
+
+
+def test_a_comparison_of_runs_read_back_is_checked(finished, tmp_path):
+    side = tmp_path / "side"
+    assert invoke("compare", finished, finished, "--out", side).exit_code == 0
+    document = json.loads((side / "comparison.json").read_text())
+    key = next(iter(document["detectors"]))
+    document["detectors"][key]["fgsm"]["auc"] = float("inf")
+    (side / "comparison.json").write_text(json.dumps(document))
+    assert_one_clear_error(invoke("report", side), r"comparison.json: not valid JSON \(Infinity is not a JSON number\)")
+    document["detectors"][key]["fgsm"]["auc"] = 0.5
+    (side / "comparison.json").write_text(json.dumps(document))
+    lines = (side / "scores.csv").read_text().splitlines()
+    (side / "scores.csv").write_text("\n".join([*lines, "stranger," + lines[1].split(",", 1)[1]]) + "\n")
+    assert_one_clear_error(invoke("report", side), r"rows of detector 'stranger', which comparison.json does not list")
 
 
 def test_a_malformed_cache_entry_is_listed_not_fatal(tmp_path, monkeypatch):

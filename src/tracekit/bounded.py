@@ -40,10 +40,11 @@ def read_text(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
         raise TracekitError(f"{path}: {what} is not UTF-8 text") from None
 
 
-def loads_json(text: str, where: str) -> Any:
-    """JSON, nested at most `MAX_DEPTH` deep."""
+def loads_json(text: str, where: str, strict: bool = False) -> Any:
+    """JSON, nested at most `MAX_DEPTH` deep; `strict`: without the non-standard constants `NaN`,
+    `Infinity` and `-Infinity` that Python's json module accepts (tracekit never writes them)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant if strict else None)
     except RecursionError:
         raise TracekitError(f"{where}: JSON nested too deeply (more than {MAX_DEPTH} levels)") from None
     except ValueError as exc:
@@ -51,6 +52,10 @@ def loads_json(text: str, where: str) -> Any:
     if _depth(value) > MAX_DEPTH:
         raise TracekitError(f"{where}: JSON nested too deeply (more than {MAX_DEPTH} levels)")
     return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def read_json(path: Path, what: str) -> Any:

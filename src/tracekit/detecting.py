@@ -11,18 +11,19 @@ calibration).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .bounded import read_json
+from pydantic import ValidationError
+
 from .compute import Compute
 from .errors import TracekitError, did_you_mean
 from .images import ImageInput, Preparation, read_inputs
-from .layout import DETECTOR, DETECTORS, RunLayout
+from .layout import DETECTOR, DETECTOR_FORMAT, DETECTORS, RunLayout
+from .readback import DetectorState, describe, read_document
 from .protocols import Detector, LoadedModel, ModelChecked, StatefulDetector
 from .spec import Spec
 
@@ -205,36 +206,19 @@ def find_detector(run_dir: str | Path, detector: str | None = None) -> tuple[Pat
 
 
 def read_state(run_dir: str | Path) -> dict[str, Any]:
-    """`detector.json` of `run_dir`, checked: format, model, detector and threshold."""
-    from .engine.rundir import DETECTOR_FORMAT
-
+    """`detector.json` of `run_dir`, checked (`tracekit.readback.DetectorState`): format, model,
+    detector, a finite threshold and a valid `compute` block."""
     path = Path(run_dir)
     state_file = RunLayout(path).detector
     if not state_file.is_file():
         raise TracekitError(
             f"{path} has no detector.json: not a run directory, or one from an older tracekit; {HOW_TO_FIX}"
         )
+    state = read_document(state_file, DetectorState, DETECTOR_FORMAT)
     try:
-        state = read_json(state_file, "detector.json")
-    except TracekitError as exc:
-        raise TracekitError(f"{exc} (a broken run directory); {HOW_TO_FIX}") from None
-    if not isinstance(state, dict):
-        raise TracekitError(f"{state_file}: expected a JSON object (a broken run directory); {HOW_TO_FIX}")
-    if state.get("format") != DETECTOR_FORMAT:
-        raise TracekitError(
-            f"{state_file}: format {state.get('format')!r}, but this tracekit reads format {DETECTOR_FORMAT}; "
-            f"{HOW_TO_FIX}"
-        )
-    threshold = state.get("threshold")
-    valid = (
-        isinstance(state.get("model"), dict) and isinstance(state.get("detector"), dict)
-        and isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)
-    )  # fmt: skip
-    if not valid:
-        raise TracekitError(
-            f"{state_file}: needs 'model' and 'detector' objects and a finite 'threshold' (a broken run directory); "
-            f"{HOW_TO_FIX}"
-        )
+        Compute.model_validate(state.get("compute") or {})
+    except ValidationError as exc:
+        raise TracekitError(f"{state_file}: compute block: {describe(exc)}; {HOW_TO_FIX}") from None
     return state
 
 

@@ -26,6 +26,12 @@ class PluginError(TracekitError):
     """A plugin registered something invalid (for example a duplicate name)."""
 
 
+class PluginFault(Exception):
+    """A plugin's component raised what no component may (`SystemExit`, `GeneratorExit`, another
+    `BaseException`), carried as an ordinary exception (out of a Ray worker, say); the message
+    names the plugin. The plugin's bug: exit code 1."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during long work; the message says what was kept and how to resume."""
 

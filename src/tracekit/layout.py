@@ -42,6 +42,8 @@ RUNS_COMPARISON = "comparison.json"  # marks (and describes) a directory of fini
 KEY_FILE = ".stage-key"
 ADVERSARIALS = "adversarials"
 SCRATCH = (ADVERSARIALS, KEY_FILE)  # work files a finished run does not keep
+DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
+ATTACKS_FORMAT = 1  # bump when attacks.json changes incompatibly
 
 
 class TableNames:

@@ -1,7 +1,8 @@
 """Progress bars for long work (training, attacking, scoring).
 
 Off by default so that library use stays quiet; the CLI switches them on. Bars go to stderr
-and show items/s and an ETA.
+and show items/s and an ETA. Every step checks for a stop that was asked for and swallowed where
+it landed (`tracekit.stopping.check`), shown or not.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from .stopping import check
 
 console = Console(stderr=True)
 _enabled = False
@@ -76,7 +79,8 @@ def progress(
     towards the rate, so the ETA is about the work left."""
     if not _enabled or not (keep or console.is_terminal):
         # A vanishing bar has nothing to leave in a log; rich would leave a blank line instead.
-        yield lambda n=1: None
+        yield lambda n=1: check()
+        check()
         return
     columns = (
         SpinnerColumn(),
@@ -92,4 +96,10 @@ def progress(
         task = bar.add_task(description, total=total, completed=done, already=done)
         if total is not None and done >= total:
             bar.update(task, completed=done)  # marks it finished: no spinner, no pending ETA
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: float = 1) -> None:
+            check()
+            bar.advance(task, n)
+
+        yield advance
+    check()

@@ -266,7 +266,7 @@ def broken_run_dirs(finished, tmp_path):
         ("older", {"format": 0}, "format 0, but this tracekit reads format 1"),
         ("not-json", "{oops", "not valid JSON"),
         ("no-threshold", {"format": 1, "model": {"name": "tiny-cnn"}, "detector": {"name": "feature-response"}},
-         "finite 'threshold'"),
+         "'threshold': field required"),
         ("unknown-model", {"format": 1, "model": {"name": "gone-cnn"}, "detector": {"name": "feature-response"},
                            "threshold": 1.0}, "gone-cnn"),
     ]:  # fmt: skip

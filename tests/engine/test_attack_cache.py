@@ -296,3 +296,146 @@ def test_clear_removes_only_what_the_cache_wrote_and_says_what_it_could_not(tmp_
     assert partly.removed == 0 and "did not write (keep-me.txt)" in partly.failed[0]
     assert not list((attacks / entry["key"]).glob("*.pt")) and (attacks / entry["key"] / "keep-me.txt").is_file()
     assert (placed / "scores.csv").is_file() and (attacks / ("0" * 32) / "notes.txt").is_file()
+
+
+# The attack's norm budget: an entry whose adversarials lie outside it is never served.
+
+
+class _BudgetNoise:
+    """Sign noise of L-inf size `eps`, declared by its `norm` and `eps` (as tracekit's attacks do);
+    records the clean batches it was given."""
+
+    norm, eps = "inf", 0.3
+    calls = 0
+    seen: list[torch.Tensor] = []
+
+    def generate(self, model, images, labels):
+        _BudgetNoise.calls += 1
+        _BudgetNoise.seen.append(images.clone())
+        return (images + self.eps * torch.sign(torch.randn_like(images))).clamp(0, 1)
+
+
+class _BudgetPlugin:
+    @hookimpl
+    def tracekit_register_attacks(self, register):
+        register("budget-noise", lambda: _BudgetNoise())
+
+
+@pytest.fixture
+def budget_noise():
+    plugins.register_plugin(_BudgetPlugin(), "budget-test")
+    _BudgetNoise.calls, _BudgetNoise.seen = 0, []
+    yield {**spec(), "attacks": [{"name": "budget-noise"}]}
+    plugins.unregister_plugin("budget-test")
+
+
+def _first_entry_file() -> str:
+    (entry,) = attack_cache.list_entries()
+    return os.path.join(entry["path"], sorted(p for p in os.listdir(entry["path"]) if p.endswith(".pt"))[0])
+
+
+def test_an_entry_beyond_the_attacks_norm_budget_is_deleted_and_recomputed(tmp_path, budget_noise):
+    run(budget_noise, out=tmp_path / "a")
+    path = _first_entry_file()
+    data = torch.load(path, weights_only=True)
+    data["adversarial"] = 1 - data["adversarial"]  # still in [0, 1], far outside eps 0.3 of the clean images
+    torch.save(data, path)
+    calls = _BudgetNoise.calls
+    with pytest.warns(UserWarning, match=r"1 unusable cache entry .*outside the attack's budget \(L-inf eps 0.3"):
+        run(budget_noise, out=tmp_path / "b")
+    assert _BudgetNoise.calls == calls + 1  # that batch alone attacked again
+    assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
+    assert not torch.equal(torch.load(path, weights_only=True)["adversarial"], data["adversarial"])  # written anew
+
+
+def test_an_entry_within_the_norm_budget_is_served(tmp_path, budget_noise, recwarn):
+    run(budget_noise, out=tmp_path / "a")
+    path = _first_entry_file()
+    data = torch.load(path, weights_only=True)
+    adversarial = data["adversarial"]
+    (clean,) = [
+        b for b in _BudgetNoise.seen if b.shape == adversarial.shape and (adversarial - b).abs().max() <= 0.3 + 1e-6
+    ]
+    data["adversarial"] = clean + 0.5 * (adversarial - clean)  # other adversarials, but within eps
+    torch.save(data, path)
+    calls = _BudgetNoise.calls
+    again = run(budget_noise, out=tmp_path / "b")
+    assert _BudgetNoise.calls == calls  # nothing recomputed
+    assert not [w for w in recwarn if "unusable cache entr" in str(w.message)]
+    assert torch.equal(torch.load(path, weights_only=True)["adversarial"], data["adversarial"])  # served as it is
+    assert again.metrics["attacks"]["budget-noise"]["cached_images"] == again.metrics["data"]["n_test"]
+
+
+@pytest.mark.parametrize(("order", "eps"), [(math.inf, 0.1), (2.0, 0.5), (1.0, 20.0)])
+def test_the_budget_check_allows_float32_rounding_at_eps_and_nothing_beyond(tmp_path, order, eps):
+    cache = attack_cache.AttackCache("model", {"name": "x"}, 0, root=tmp_path)
+    budget = attack_cache.Budget(order, eps)
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(4, 3, 32, 32, generator=generator) * 0.5 + 0.25
+    direction = torch.randn(clean.shape, generator=generator)
+    if order == math.inf:
+        unit = direction.sign()
+    else:
+        unit = direction / direction.flatten(1).norm(p=order, dim=1).view(-1, 1, 1, 1)
+    keys = [f"{i}@{'0' * 32}" for i in range(4)]
+    probs = torch.full((4, 3), 1 / 3)
+    preds = torch.zeros(4, dtype=torch.long)
+    cache.save(keys, attack_cache.CacheEntry((clean + eps * unit).float(), preds, probs, 1.0))  # at eps exactly
+    assert cache.load(keys, clean=clean, budget=budget) is not None and cache.corrupt == 0
+    beyond = clean + eps * unit
+    beyond[2] = clean[2] + 1.01 * eps * unit[2]  # one image 1% beyond
+    cache.save(keys, attack_cache.CacheEntry(beyond.float(), preds, probs, 1.0))
+    assert cache.load(keys, image_shape=(3, 32, 32)) is not None  # without the clean images: not checked
+    assert cache.load(keys, clean=clean, budget=budget) is None and cache.corrupt == 1
+    assert "1 of its 4 adversarials lie outside the attack's budget" in cache.first_problem
+    assert not list(tmp_path.rglob("*.pt"))  # deleted
+
+
+def test_how_an_attack_declares_its_norm_budget():
+    from tracekit.attacks import factories
+
+    budget = attack_cache.norm_budget
+    assert budget(factories.fgsm(eps=0.05)) == (math.inf, 0.05)
+    assert budget(factories.gradient(eps=2.0, backend="native")) == (2.0, 2.0)
+    assert budget(factories.pgd(norm=2, eps=0.5), {"name": "pgd", "norm": 2, "eps": 0.5}) == (2.0, 0.5)  # ART's
+    assert budget(factories.deepfool(), {"name": "deepfool", "max_iter": 3}) is None  # no budget
+
+    class Declared:
+        norm, eps = "inf", 0.1
+        norm_budget = None  # its norm and eps mean something else: says so
+
+    assert budget(Declared(), {"norm": "inf", "eps": 0.1}) is None
+    for norm, eps in [("inf", True), ("inf", -1.0), ("inf", math.nan), (3, 0.1), ("nope", 0.1), (None, 0.1)]:
+        assert budget(type("Odd", (), {"norm": norm, "eps": eps})()) is None, (norm, eps)
+
+
+def test_concurrent_writers_of_an_entry_take_turns_and_the_second_serves_the_firsts(tmp_path):
+    """The second process to miss an entry waits for the writer holding its lock, then reads the
+    entry it saved instead of computing (and writing) its own."""
+    import threading
+
+    from tracekit.locks import Lock
+
+    run(spec(), out=tmp_path / "a")
+    path = _first_entry_file()
+    saved = torch.load(path, weights_only=True)
+    os.unlink(path)
+    lock = Lock(os.path.join(os.path.dirname(path), "." + os.path.basename(path)[: -len(".pt")] + ".lock"))
+    assert lock.acquire() is None  # "another process" is computing this entry
+    calls = _GlobalNoise.calls
+    done: dict = {}
+    second = threading.Thread(target=lambda: done.setdefault("result", run(spec(), out=tmp_path / "b")))
+    second.start()
+    try:
+        second.join(timeout=5)
+        assert second.is_alive() and not os.path.exists(path)  # waiting for the entry, not computing it
+        torch.save(saved, path)  # the first writer saves its entry, then lets go
+    finally:
+        lock.release()
+    second.join(timeout=120)
+    assert not second.is_alive() and _GlobalNoise.calls == calls  # it read the first writer's entry
+    assert (
+        done["result"].metrics["attacks"]["global-noise"]["cached_images"] == done["result"].metrics["data"]["n_test"]
+    )
+    assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
+    assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".lock")]  # no lock file left

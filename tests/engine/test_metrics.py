@@ -92,3 +92,47 @@ def test_headline_level_is_the_reported_level_nearest_the_target() -> None:
     assert [headline_level(t) for t in (0.001, 0.01, 0.02, 0.05, 0.075, 0.08, 0.1, 0.5)] == [
         0.01, 0.01, 0.01, 0.05, 0.05, 0.1, 0.1, 0.1,
     ]  # fmt: skip
+
+
+def test_small_samples_are_flagged_below_min_per_class_images_of_either_class() -> None:
+    from tracekit.engine.metrics import MIN_PER_CLASS, sample_size, small_sample
+
+    assert MIN_PER_CLASS == 20
+    assert small_sample(200, 3) and small_sample(3, 200) and small_sample(19, 19) and small_sample(50, 0)
+    assert not small_sample(20, 20) and not small_sample(500, 400)
+    assert sample_size(20, 3) == {"small_sample": True, "min_per_class": 20}
+    assert sample_size(20, 20) == {"small_sample": False, "min_per_class": 20}
+
+
+def test_a_tiny_sample_gives_a_certain_looking_interval_which_is_why_it_is_flagged() -> None:
+    """Three adversarials all above every clean score: AUC 1 with the interval [1, 1]."""
+    from tracekit.engine.metrics import small_sample
+
+    clean, adv = np.arange(20.0), np.array([100.0, 101.0, 102.0])
+    ci = bootstrap_ci(clean, adv, samples=200, confidence=0.95, seed=0)
+    assert ci["auc_ci"] == [1.0, 1.0]
+    assert small_sample(len(clean), len(adv))
+
+
+def test_attack_metrics_records_the_flag_beside_the_counts_it_rests_on() -> None:
+    from tracekit.engine.summary import attack_metrics
+    from tracekit.spec import validate_spec
+
+    spec = validate_spec({
+        "name": "x", "model": {"name": "digits-cnn"}, "data": {"name": "digits"},
+        "attacks": [{"name": "fgsm", "eps": 0.1}], "detector": {"name": "feature-response"},
+    })  # fmt: skip
+
+    def outcomes(success: list[bool]) -> dict[str, np.ndarray]:
+        n = len(success)
+        return {
+            "success": np.array(success), "gt_confidence": np.full(n, 0.1), "target_confidence": np.full(n, 0.9),
+            "l2": np.ones(n), "linf": np.full(n, 0.1), "seconds": np.zeros(n), "cached": np.zeros(n, dtype=bool),
+        }  # fmt: skip
+
+    clean = np.arange(40.0)
+    few = attack_metrics(outcomes([True] * 3 + [False] * 37), clean, np.full(40, 100.0), 35.0, spec)
+    assert few["small_sample"] is True and few["min_per_class"] == 20
+    assert few["n_attacked"] == 3 and few["n_clean"] == 40 and few["auc"] == 1.0  # the counts, kept as they were
+    enough = attack_metrics(outcomes([True] * 30 + [False] * 10), clean, np.full(40, 100.0), 35.0, spec)
+    assert enough["small_sample"] is False and enough["n_attacked"] == 30

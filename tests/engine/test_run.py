@@ -80,6 +80,8 @@ def test_metrics_keys_exactly_as_designed(result):
             "perturbation",
             "failed",
             "evasion_rate",
+            "small_sample",
+            "min_per_class",
         }
         assert set(m["perturbation"]) == {"l2", "linf"} and set(m["failed"]) == {"n", "auc", "flag_rate"}
         assert m["failed"]["n"] + m["n_attacked"] == m["n_clean"]

@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from tracekit import hookimpl, plugins
 from tracekit import compare
-from tracekit.report.rundata import scores_of_test_part
+from tracekit.report.distributions import roc
+from tracekit.report.rundata import read_run
 from tracekit.testing import testing_plugin
 
 EVIL_LABEL = '<b>&"x'
@@ -86,19 +87,22 @@ def test_roc_overlays_differ_per_attack(result):
 def test_roc_curves_are_each_detectors_clean_vs_successful_rows(result):
     with open(result.out_dir / "scores.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
+    run = read_run(result.out_dir)
     for index, (label, entry) in enumerate(result.metrics["detectors"].items()):
-        clean_rows, rows = scores_of_test_part(result.out_dir, result.spec, f"d{index:02d}")
-        clean = clean_rows["score"]
-        adversarial = {attack: r["score"][r["success"]] for attack, r in rows.items()}
+        clean, adversarial = run.distributions(f"d{index:02d}")
         mine = [r for r in csv_rows if r["detector"] == label]
-        assert np.array_equal(clean, [float(r["score"]) for r in mine if r["attack"] == "clean"])
-        assert len(clean) == result.metrics["data"]["n_test"]
+        from_csv = [float(r["score"]) for r in mine if r["attack"] == "clean"]
+        assert clean.n == len(from_csv) == result.metrics["data"]["n_test"]
+        assert np.array_equal(clean.counts, np.histogram(from_csv, clean.edges)[0])
         for attack, m in entry["attacks"].items():
-            from_csv = [float(r["score"]) for r in mine if r["attack"] == attack and r["success"] == "1"]
-            assert np.array_equal(adversarial[attack], from_csv)
-            assert len(adversarial[attack]) == m["n_attacked"]
-            y = np.r_[np.zeros(len(clean)), np.ones(len(adversarial[attack]))]
-            assert roc_auc_score(y, np.r_[clean, adversarial[attack]]) == pytest.approx(m["auc"])
+            successful = [float(r["score"]) for r in mine if r["attack"] == attack and r["success"] == "1"]
+            assert adversarial[attack].n == len(successful) == m["n_attacked"]
+            assert np.array_equal(adversarial[attack].counts, np.histogram(successful, clean.edges)[0])
+            if successful:  # the curve drawn is the exact one at the bins' resolution
+                fpr, tpr = roc(clean, adversarial[attack])
+                y = np.r_[np.zeros(len(from_csv)), np.ones(len(successful))]
+                assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(y, np.r_[from_csv, successful]), abs=0.01)
+                assert roc_auc_score(y, np.r_[from_csv, successful]) == pytest.approx(m["auc"])
 
 
 def test_compare_report_is_self_contained(result, page):

@@ -1,5 +1,7 @@
 """Figure helpers."""
 
+from tracekit.report.distributions import of_arrays
+
 
 def test_percent_keeps_small_confidences_readable() -> None:
     from tracekit.report.figures import percent
@@ -38,7 +40,9 @@ def test_comparison_roc_legend_sits_outside_the_axes(tmp_path) -> None:
 
     rng = np.random.default_rng(0)
     labels = [f"detector-{i}" for i in range(11)]
-    curves = {label: (rng.normal(size=60), rng.normal(i / 10, size=40)) for i, label in enumerate(labels)}
+    curves = {
+        label: tuple(of_arrays([rng.normal(size=60), rng.normal(i / 10, size=40)])) for i, label in enumerate(labels)
+    }
     fig = roc_figure(tmp_path / "roc.png", curves, {label: 0.5 + i / 25 for i, label in enumerate(labels)}, "t")
     (ax,) = fig.axes
     renderer = _drawn(fig)
@@ -57,8 +61,9 @@ def test_every_histogram_panel_has_tick_values(tmp_path) -> None:
 
     assert [hist_grid(n) for n in (1, 2, 3, 4, 5, 6, 7)] == [(1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (2, 3), (3, 3)]
     rng = np.random.default_rng(0)
-    attacks = {name: rng.normal(0.5, size=30) for name in ("fgsm", "gradient", "pixel", "deepfool", "boundary")}
-    fig = score_hist_figure(tmp_path / "hist.png", rng.normal(size=100), attacks, 1.2)
+    names = ("fgsm", "gradient", "pixel", "deepfool", "boundary")
+    clean, *attacks = of_arrays([rng.normal(size=100), *(rng.normal(0.5, size=30) for _ in names)], [1.2])
+    fig = score_hist_figure(tmp_path / "hist.png", clean, dict(zip(names, attacks)), 1.2)
     _drawn(fig)
     shown = [ax for ax in fig.axes if ax.get_visible()]
     assert len(shown) == 5

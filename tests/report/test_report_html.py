@@ -86,21 +86,18 @@ def figures(result, tmp_path_factory):
 def test_example_panels_show_test_images_successful_first_with_run_scores(result, figures):
     import pandas as pd
 
-    from tracekit.report.rundata import scores_of_test_part
-
     run_dir, figures = figures
     clean = pd.read_parquet(run_dir / "tables" / "clean")
     test_ids = set(clean.loc[clean["part"] == "test", "sample_id"])
     with open(run_dir / "scores.csv", newline="") as fh:
         scores = {(r["sample_id"], r["attack"]): float(r["score"]) for r in csv.DictReader(fh)}
-    _, attacks = scores_of_test_part(run_dir, result.spec, "d00")
     assert [e["attack"] for e in figures["examples"]] == [EVIL_LABEL, "sign-noise"]
     for entry in figures["examples"]:
-        examples, outcomes = entry["examples"], attacks[entry["attack"]]
+        examples, n_successful = entry["examples"], result.metrics["attacks"][entry["attack"]]["n_attacked"]
         assert len(examples) == 3 and (run_dir / entry["file"]).is_file()
         assert all(e.sample_id in test_ids for e in examples)
         flags = [e.success for e in examples]
-        assert flags == sorted(flags, reverse=True) and sum(flags) == min(3, int(outcomes["success"].sum()))
+        assert flags == sorted(flags, reverse=True) and sum(flags) == min(3, n_successful)
         for e in examples:
             assert e.clean_score == scores[(e.sample_id, "clean")]
             assert e.adv_score == scores[(e.sample_id, entry["attack"])]

@@ -190,3 +190,63 @@ def test_compare_summary_names_noise_alike_detectors_only_where_they_detect_the_
         {"fgsm": {"a": entry(0.47, [0.41, 0.52], noise=noisy), "b": entry(0.6, noise=noisy)}}
     )
     assert summary.noise_alike == ("b",)  # a's attack is not detected: its note says noise is separated better
+
+
+@pytest.mark.parametrize(
+    ("n_attacked", "n_clean", "said"),
+    [
+        (3, 200, "only 3 successful adversarials (fewer than 20)"),
+        (1, 200, "only 1 successful adversarial (fewer than 20)"),
+        (100, 12, "only 12 clean test images (fewer than 20)"),
+        (5, 8, "only 5 successful adversarials and 8 clean test images (fewer than 20)"),
+    ],
+)
+def test_a_small_sample_is_too_few_to_conclude_whatever_its_interval(n_attacked, n_clean, said):
+    """`limit: 3` gave AUC 1.000 [1.00, 1.00]: no claim of separating anything may follow from it."""
+    found = v.verdict("fgsm", entry(1.0, [1.0, 1.0], n_attacked=n_attacked, n_clean=n_clean), 0.05)
+    assert found.level == "few" and found.level not in v.DETECTED
+    assert found.text == f"too few images to conclude: AUC 1.00 [1.00, 1.00], {said}"
+    assert "separates" not in found.text and "catch" not in found.text  # neither a verdict nor a TPR claim
+    below = v.verdict("fgsm", entry(0.1, [0.0, 0.3], n_attacked=n_attacked, n_clean=n_clean), 0.05)
+    assert below.level == "few" and "below chance" not in below.text
+
+
+def test_enough_images_of_each_class_keep_the_ordinary_verdict():
+    assert v.verdict("fgsm", entry(0.98, [0.96, 0.99], n_attacked=20, n_clean=20), 0.05).level == "strong"
+    assert v.verdict("fgsm", entry(None, n_attacked=0, n_clean=5), 0.05).level == "none"  # nothing to conclude on
+
+
+def test_the_recorded_flag_wins_and_older_runs_derive_it_from_the_counts():
+    old = entry(0.99, [0.99, 1.0], n_attacked=4)  # metrics.json written before the flag: derived
+    assert "small_sample" not in old and v.small_sample(old) and v.verdict("a", old, 0.05).level == "few"
+    assert not v.small_sample(entry(0.99, n_attacked=4, small_sample=False))  # the run's own word
+    assert v.small_sample(entry(0.99, n_attacked=400, small_sample=True))
+    assert v.small_sample({"auc": 0.9})  # no counts at all: nothing to rest a conclusion on
+    assert v.small_sample(entry(n_attacked="many"))  # a malformed count is no count
+    recorded = entry(0.9, [0.8, 1.0], n_attacked=30, small_sample=True, min_per_class=50)
+    assert v.verdict("a", recorded, 0.05).text.endswith("only 30 successful adversarials (fewer than 50)")
+
+
+def test_small_samples_make_no_control_claims_and_are_set_apart_in_summaries():
+    noise = {"sign": {"auc": 0.99}}
+    few = entry(0.97, [0.9, 1.0], n_attacked=5, noise=noise, randomized_model={"auc": 0.97})
+    assert v.verdict("fgsm", few, 0.05).notes == () and v.control_notes(few, "few") == []
+    (summary,) = v.compare_summary({"fgsm": {"paper": few, "lid": entry(0.95, [0.9, 0.99], noise=noise)}})
+    assert [(level, [label for label, _ in entries]) for level, _, entries in summary.groups] == [
+        ("strong", ["lid"]),
+        ("few", ["paper"]),
+    ]
+    assert summary.groups[1][1] == "too few images to conclude" and summary.noise_alike == ("lid",)
+
+
+def test_overall_sentence_sets_small_samples_apart():
+    few = entry(1.0, [1.0, 1.0], n_attacked=3)
+    assert v.overall(v.verdicts({"fgsm": few}, 0.05)) == "Too few images to conclude anything on fgsm."
+    assert v.overall(v.verdicts({"fgsm": few, "gradient": entry(0.95), "pixel": few}, 0.05)) == (
+        "The hypothesis is borne out on gradient: the adversarials score higher than clean images; "
+        "too few images to conclude on fgsm, pixel."
+    )
+    assert v.overall(v.verdicts({"fgsm": few, "gradient": entry(0.5)}, 0.05)).endswith(
+        "beyond chance; too few images to conclude on fgsm."
+    )
+    assert "20 successful adversarials or clean test images" in v.rules_text()

@@ -6,19 +6,23 @@ Commands only parse, call the engine, and print. Exit codes: 0 success, 2 bad in
 
 from __future__ import annotations
 
-import signal
+from .. import stopping
 
-import typer
+if stopping.is_program():  # the `tracekit` command: stops are handled from here on, before the imports below
+    stopping.install()
 
-from . import cache as cache_cmd
-from . import compare as compare_cmd
-from . import detect as detect_cmd
-from . import explain as explain_cmd
-from . import export as export_cmd
-from . import plugins as plugins_cmd
-from . import report as report_cmd
-from . import run as run_cmd
-from . import validate as validate_cmd
+import typer  # noqa: E402
+
+from . import cache as cache_cmd  # noqa: E402
+from . import common  # noqa: E402
+from . import compare as compare_cmd  # noqa: E402
+from . import detect as detect_cmd  # noqa: E402
+from . import explain as explain_cmd  # noqa: E402
+from . import export as export_cmd  # noqa: E402
+from . import plugins as plugins_cmd  # noqa: E402
+from . import report as report_cmd  # noqa: E402
+from . import run as run_cmd  # noqa: E402
+from . import validate as validate_cmd  # noqa: E402
 
 
 def _print_version(value: bool) -> None:
@@ -68,13 +72,26 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    """Console-script entry point. SIGTERM and SIGHUP (a job scheduler's stop, a closed
-    terminal) stop the work like Ctrl-C: a message, finished work kept, the same command resumes."""
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _interrupt)
-    build_app()()
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    """Console-script entry point. Ctrl-C, SIGTERM and SIGHUP (a job scheduler's stop, a closed
+    terminal) stop the work: one `interrupted` line, finished work kept, exit code 130, 143 or 129
+    (`tracekit.stopping`); the same command resumes."""
+    stopping.install()
+    try:
+        build_app()()
+    except SystemExit as exc:
+        # A stop that came when the command's body had ended (or before it began, while the
+        # arguments were parsed) is only recorded: the command still never exits 0 after one.
+        if stopping.requested() is not None and exc.code in (0, None):
+            name = stopping.signal_name()
+            try:
+                common.err_console.print(
+                    f"[yellow]interrupted[/]{f' ({name})' if name else ''}: the stop came as the command "
+                    "ended; its work was complete",
+                    soft_wrap=True,
+                )
+            except OSError:
+                pass
+            raise SystemExit(stopping.exit_code()) from None
+        raise
+    finally:
+        stopping.ignore()  # the exit code is decided: a stop while the interpreter shuts down changes nothing

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..cache import cache_dir
 from ..engine import attack_cache
 from ..errors import TracekitError
-from .common import console, handle_errors
+from .common import console, escape, handle_errors
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         entries = attack_cache.list_entries()
         total_mb = sum(e["bytes"] for e in entries) / 1e6
         table = Table(
-            title=f"attack cache: {cache_dir() / 'attacks'}",
+            title=f"attack cache: {escape(str(cache_dir() / 'attacks'))}",
             caption=f"{len(entries)} cached attack(s), {total_mb:.1f} MB; an entry is a batch, or one image "
             "for per-image attacks (pixel, boundary)",
         )
@@ -55,11 +55,11 @@ def register(app: typer.Typer) -> None:
             table.add_column(column, justify="right" if column in ("seed", "entries", "MB", "age") else "left")
         for e in sorted(entries, key=lambda e: e["modified"], reverse=True):
             table.add_row(
-                e["key"][:12],
-                e["attack"],
-                _parameters(e["params"]),
-                e["model"][:12],
-                str(e["seed"]),
+                escape(str(e["key"])[:12]),
+                escape(str(e["attack"])),
+                escape(_parameters(e["params"])),
+                escape(str(e["model"])[:12]),
+                escape(str(e["seed"])),
                 str(e["batches"]),
                 f"{e['bytes'] / 1e6:.1f}",
                 _age(time.time() - e["modified"]),
@@ -77,7 +77,8 @@ def register(app: typer.Typer) -> None:
         cleared = attack_cache.clear(None if older_than is None else parse_age(older_than))
         console.print(f"removed {cleared.removed} cached attack(s)")
         if cleared.failed:
+            busy = "in use by a running tracekit process" in cleared.failed[0]  # says itself what to do
             raise TracekitError(
-                f"could not remove {len(cleared.failed)} cached attack(s), the first {cleared.failed[0]}; "
-                "check the cache directory's permissions (TRACEKIT_CACHE)"
+                f"could not remove {len(cleared.failed)} cached attack(s), the first {cleared.failed[0]}"
+                + ("" if busy else "; check the cache directory's permissions (TRACEKIT_CACHE)")
             )

@@ -7,30 +7,34 @@ from typing import Any
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from .. import compare, progress
 from ..errors import TracekitError
 from ..layout import RunLayout
 from ..spec import load_spec
-from .common import console, err_console, fmt, handle_errors
-from .run import DeviceOpt, SetOpt, ThreadsOpt
+from .common import console, err_console, escape, fmt, handle_errors
+from .run import FEW_MARK, DeviceOpt, SetOpt, ThreadsOpt
 
 DETECTOR_WIDTH, ATTACK_WIDTH = 28, 12  # at most, before a label or an attack name wraps
 
 
 def compare_tables(detectors: dict[str, dict[str, Any]], title: str, level: float, width: int = 80) -> list[Table]:
     """Detectors x attacks: a table of AUCs, then one of TPRs at the FPR `level`, each split into
-    several tables of fewer attacks where all would not fit `width` columns."""
+    several tables of fewer attacks where all would not fit `width` columns; a number that rests on
+    too few images to conclude from (`verdicts.small_sample`) is marked `*`."""
+    from ..report.verdicts import small_sample
+
     attacks: list[str] = []
     for per_attack in detectors.values():
         attacks += [a for a in per_attack if a not in attacks]
     first = min(max((len(label) for label in detectors), default=8), DETECTOR_WIDTH) + 2
+    few = {(label, a) for label, per_attack in detectors.items() for a, m in per_attack.items() if small_sample(m)}
+    narrowest = 6 if few else 5  # "0.912", or "0.912*"
     chunks: list[list[str]] = [[]]
     used = first
     for attack in attacks:
-        need = max(min(len(attack), ATTACK_WIDTH), 5) + 2
+        need = max(min(len(attack), ATTACK_WIDTH), narrowest) + 2
         if chunks[-1] and used + need > width:
             chunks.append([])
             used = first
@@ -52,15 +56,33 @@ def compare_tables(detectors: dict[str, dict[str, Any]], title: str, level: floa
             )
             table.add_column("detector", overflow="fold", max_width=DETECTOR_WIDTH)
             for attack in chunk:
-                table.add_column(escape(attack), justify="right", overflow="fold", min_width=5)
+                table.add_column(escape(attack), justify="right", overflow="fold", min_width=narrowest)
             for label, per_attack in detectors.items():
                 cells = []
                 for attack in chunk:
                     m = per_attack.get(attack)
-                    cells.append("n/a" if not m else fmt(m["auc"] if key == "auc" else m["tpr_at_fpr"][key]))
+                    value = None if not m else m["auc"] if key == "auc" else m["tpr_at_fpr"][key]
+                    mark = FEW_MARK if (label, attack) in few and value is not None else ""
+                    cells.append("n/a" if not m else fmt(value) + mark)
                 table.add_row(escape(label), *cells)
             tables.append(table)
     return tables
+
+
+def few_line(detectors: dict[str, dict[str, Any]]) -> str | None:
+    """What the tables' `*` means, naming the detectors and attacks it marks; None where none is marked."""
+    from ..engine.metrics import MIN_PER_CLASS
+    from ..report.verdicts import small_sample
+
+    marked = [f"{label} on {attack}" for label, per_attack in detectors.items()
+              for attack, m in per_attack.items() if small_sample(m)]  # fmt: skip
+    if not marked:
+        return None
+    shown = ", ".join(marked[:6]) + (f" and {len(marked) - 6} more" if len(marked) > 6 else "")
+    return (
+        f"{FEW_MARK} fewer than {MIN_PER_CLASS} successful adversarials or clean test images, too few to conclude: "
+        + escape(shown)
+    )
 
 
 def calibration_lines(
@@ -80,11 +102,14 @@ def calibration_lines(
 def print_comparison(
     detectors: dict[str, dict[str, Any]], title: str, target_fpr: float, targets: dict[str, float] | None = None
 ) -> None:
-    """The AUC and TPR tables, then the calibration problems."""
+    """The AUC and TPR tables (and what their `*` means), then the calibration problems."""
     from ..engine.metrics import headline_level
 
     for table in compare_tables(detectors, title, headline_level(target_fpr), console.width):
         console.print(table)
+    line = few_line(detectors)
+    if line:
+        console.print(line)
     for line in calibration_lines(detectors, target_fpr, targets):
         console.print(line)
 
@@ -111,7 +136,7 @@ def register(app: typer.Typer) -> None:
         no_cache: bool = typer.Option(False, "--no-cache", help="Recompute every attack; leave the cache alone."),
     ) -> None:
         """Compare detectors on identical images (a spec), or finished runs side by side."""
-        from ..engine.compare import compare_runs, write_runs_comparison
+        from ..engine.compare import compare_runs, open_runs_comparison, write_runs_comparison
 
         if len(targets) == 1 and not targets[0].is_dir():
             spec = load_spec(targets[0], set_)
@@ -130,11 +155,13 @@ def register(app: typer.Typer) -> None:
             )
         from ..report import write_report
 
-        comparison = compare_runs(list(targets))
-        for warning in comparison.warnings:
-            err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-        targets = {label: run["target_fpr"] for label, run in comparison.runs.items()}
-        print_comparison(comparison.detectors, "finished runs", comparison.target_fpr, targets)
-        directory = write_runs_comparison(comparison, out=out, finish=write_report)
+        # --out is checked and locked before any run is read: `compare X Y --out X` stops here
+        with open_runs_comparison(targets, out) as into:
+            comparison = compare_runs(list(targets))
+            for warning in comparison.warnings:
+                err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+            fprs = {label: run["target_fpr"] for label, run in comparison.runs.items()}
+            print_comparison(comparison.detectors, "finished runs", comparison.target_fpr, fprs)
+            directory = write_runs_comparison(comparison, finish=write_report, into=into)
         console.print(f"comparison directory: [bold]{escape(str(directory))}[/]")
         console.print(f"report: {escape(str(RunLayout(directory).report))}")

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from .. import progress
-from .common import console, err_console, fmt, handle_errors
+from .common import console, err_console, escape, fmt, handle_errors
 
 ImagesArg = typer.Argument(..., metavar="IMAGE", help="Image files (PNG, JPEG; any size or mode).", show_default=False)
 DeviceOpt = typer.Option(
@@ -58,7 +57,7 @@ def results_table(results: list[dict[str, Any]], title: str) -> Table:
         *(["threshold", "verdict"] if verdicts else []),
         *(["panel"] if panels else []),
     ]
-    table = Table(title=title)
+    table = Table(title=escape(title))  # it names a user's run directory or spec
     for column in columns:
         table.add_column(column, justify="right" if column in ("score", "threshold") else "left", overflow="fold")
     for r in results:

@@ -9,13 +9,12 @@ import typing
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from ..errors import TracekitError, did_you_mean
 from ..plugins import plugins, registry, selection_note
 from ..registry import KINDS, Entry
-from .common import console, err_console, handle_errors
+from .common import console, err_console, escape, handle_errors
 
 
 def type_name(annotation: Any) -> str:
@@ -96,13 +95,13 @@ def show_component(kind: str, name: str, as_json: bool) -> None:
         typer.echo(json.dumps({**document, "doc": entry.doc}, indent=2, default=str))
         return
     console.print(f"[bold]{kind} {escape(entry.name)}[/] ({escape(entry.source)})")
-    console.print(escape(entry.doc))
+    console.print(escape(entry.doc, newlines=True))
     table = Table()
     for column in ("parameter", "type", "default"):
         table.add_column(column, overflow="fold")
     for p in params:
         default = "required" if p["required"] else "null" if p["default"] is None else repr(p["default"])
-        table.add_row(p["name"], escape(p["type"]), escape(default))
+        table.add_row(escape(p["name"]), escape(p["type"]), escape(default))
     console.print(table)
 
 
@@ -135,7 +134,13 @@ def register(app: typer.Typer) -> None:
         table.add_column("summary", overflow="fold", ratio=1)
         for kind, entries in data["components"].items():
             for e in entries:
-                table.add_row(kind, e["name"], e["distribution"], ", ".join(e["parameters"]), escape(e["summary"]))
+                table.add_row(
+                    kind,
+                    escape(e["name"]),
+                    escape(e["distribution"]),
+                    escape(", ".join(e["parameters"])),
+                    escape(e["summary"]),
+                )
         console.print(table)
         for p in data["plugins"]:
             if p["error"]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from .. import progress
-from .common import console, handle_errors
+from .common import console, escape, handle_errors
 
 
 def register(app: typer.Typer) -> None:

@@ -8,14 +8,13 @@ from typing import Any
 import typer
 from rich import box
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
 
 from .. import progress
 from .. import run as run_engine
 from ..layout import RunLayout
 from ..spec import load_spec
-from .common import console, fmt, handle_errors
+from .common import console, escape, fmt, handle_errors
 
 SpecArg = typer.Argument(..., metavar="SPEC", help="YAML spec file (see examples/quickstart.yaml).", show_default=False)
 SetOpt = typer.Option(
@@ -31,8 +30,12 @@ ThreadsOpt = typer.Option(None, "--threads", metavar="N", help=THREADS_HELP, sho
 
 def summary_table(metrics: dict[str, Any], title: str) -> Table:
     """Per attack: successful adversarials, AUC and TPR at 1/5/10% FPR (intervals on a second, dim
-    line), realized FPR and evasion rate, in 80 columns. The full table (confidences, perturbation
+    line), realized FPR and evasion rate, in 80 columns; the numbers of an attack with too few images
+    to conclude from (`verdicts.small_sample`) marked `*`. The full table (confidences, perturbation
     sizes, precision, recall, seconds) is in metrics.json and the report."""
+    from ..engine.metrics import MIN_PER_CLASS
+    from ..report.verdicts import small_sample
+
     intervals = any(m.get("auc_ci") for m in metrics["attacks"].values())
     caption = (
         "successful: n_attacked successful adversarials (share of the attacked), the positives scored against "
@@ -40,17 +43,21 @@ def summary_table(metrics: dict[str, Any], title: str) -> Table:
     )
     if intervals:
         caption += "; second line: bootstrap confidence interval"
+    if any(small_sample(m) for m in metrics["attacks"].values()):
+        caption += f"; {FEW_MARK}: fewer than {MIN_PER_CLASS} successful adversarials or clean test images, "
+        caption += "too few to conclude"
     table = compact_table(title, caption)
     table.add_column("attack", overflow="fold", min_width=8)
     for column in ("successful", "AUC", "TPR@1%", "TPR@5%", "TPR@10%", "FPR", "evades"):
         table.add_column(column, justify="right", no_wrap=True)
     for name, m in metrics["attacks"].items():
         tpr, tpr_ci = m["tpr_at_fpr"], m.get("tpr_at_fpr_ci") or {}
+        few = small_sample(m)
         table.add_row(
             escape(name),
             f"{m['n_attacked']} ({percent(m['success_rate'])})",
-            with_ci(m["auc"], m.get("auc_ci")),
-            *(with_ci(tpr[level], tpr_ci.get(level)) for level in ("0.01", "0.05", "0.1")),
+            with_ci(m["auc"], m.get("auc_ci"), few),
+            *(with_ci(tpr[level], tpr_ci.get(level), few) for level in ("0.01", "0.05", "0.1")),
             fmt(m["fpr"]),
             percent(m.get("evasion_rate")),
         )
@@ -126,9 +133,13 @@ def verdict_lines(metrics: dict[str, Any]) -> Group:
     return Group(heading, grid)
 
 
-def with_ci(value: Any, ci: list[float] | None) -> str:
-    """`0.912` and, on a second dim line, its interval as `.88-.94`."""
-    return fmt(value) if not ci else f"{fmt(value)}\n[dim]{short_ci(ci)}[/]"
+FEW_MARK = "[yellow]*[/]"  # after a number that rests on too few images to conclude from
+
+
+def with_ci(value: Any, ci: list[float] | None, few: bool = False) -> str:
+    """`0.912` and, on a second dim line, its interval as `.88-.94`; `few`: marked `*` (too few images)."""
+    number = fmt(value) + (FEW_MARK if few and value is not None else "")
+    return number if not ci else f"{number}\n[dim]{short_ci(ci)}[/]"
 
 
 def short_ci(ci: list[float]) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..spec import dump_spec, load_spec
-from .common import console, handle_errors
+from .common import console, escape, handle_errors
 from .run import SetOpt, SpecArg
 
 
@@ -23,4 +23,4 @@ def register(app: typer.Typer) -> None:
         resolved = load_spec(spec, set_)
         if show:
             console.print(dump_spec(resolved), markup=False, highlight=False)
-        console.print(f"[green]ok[/]: {spec} is a valid spec ({len(resolved.attacks)} attack(s))")
+        console.print(f"[green]ok[/]: {escape(str(spec))} is a valid spec ({len(resolved.attacks)} attack(s))")

@@ -10,6 +10,17 @@ edited in place) is never served another image's adversarial. A second identical
 nothing; an interrupted run resumes at the first missing batch. Each batch is seeded from the run seed and its ids, so a
 resumed run produces exactly what an uninterrupted one would. A corrupt entry is reported
 once, recomputed and overwritten.
+
+Every entry read back is checked against what the attack promises (`_check_entry`): shapes,
+dtypes, finite values in [0, 1], predictions and probabilities for every image, and, for an
+attack with a norm budget (`norm_budget`), adversarials within it of the clean images, where the
+reader has them (the attack stage does; later stages read back entries it checked).
+
+Two processes (two runs, or two workers of one) that miss the same entry never both write it:
+the writer holds the entry's lock (`writing`, a `.<hash>.lock` file beside it) from the second
+look into the cache until the entry is saved, and the other waits for it (in the kernel: a
+blocking `flock`, which a Ctrl-C interrupts), then reads the finished entry instead of computing
+its own. Readers of finished entries take no lock: a file is only ever replaced whole (rename).
 """
 
 from __future__ import annotations
@@ -20,13 +31,16 @@ import math
 import re
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..bounded import read_json
-from ..cache import atomic_torch_save, cache_dir, ensure_dir
+from ..cache import atomic_torch_save, atomic_write_text, cache_dir, ensure_dir
 from ..errors import TracekitError
+from ..locks import Lock, holder
 
 if TYPE_CHECKING:  # torch is imported where it is used: `tracekit cache ls/clear` must not need it
     import torch
@@ -35,6 +49,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: `tracekit cache ls/clea
 
 KEY = re.compile(r"[0-9a-f]{32}")  # an entry's directory name: `AttackCache.key`
 META = "meta.json"
+LOCK_SUFFIX = ".lock"  # `.<batch hash>.lock`: held while that batch is computed and saved (`writing`)
+BUDGET_RELATIVE = 1e-5  # slack of a norm budget, relative to eps (the attack's own float32 sums)
+FLOAT32_ROUNDING = 2.0**-23  # per pixel: storing `clean + delta` in float32 moves each pixel up to this
 
 
 def model_fingerprint(module: nn.Module) -> str:
@@ -89,6 +106,62 @@ def batch_seed(seed: int, ids: list[str]) -> int:
     return int(hashlib.sha256(f"{seed}:{ids_hash(ids)}".encode()).hexdigest()[:8], 16)
 
 
+class Budget(NamedTuple):
+    """The ball an attack's adversarials stay in around their clean images: L-`order` norm at most `eps`."""
+
+    order: float  # math.inf, 2.0 or 1.0
+    eps: float
+
+    def __str__(self) -> str:
+        return f"L{'-inf' if self.order == math.inf else int(self.order)} eps {self.eps:g}"
+
+
+_UNDECLARED = object()
+
+
+def norm_budget(attack: object, params: Mapping[str, Any] | None = None) -> Budget | None:
+    """The norm budget `attack` promises its adversarials stay within, or None (no budget, or none
+    tracekit can tell). Declared, in order of precedence, by:
+
+    - a `norm_budget` attribute of the attack: `(order, eps)`, or None for "no budget" (a component
+      whose `norm` and `eps` mean something else says so this way);
+    - its `norm` and `eps` attributes (`fgsm`, `gradient`, native `pgd`, `autoattack`,
+      `adaptive-entropy`: the norm as `inf`/"inf", 2 or 1);
+    - its resolved parameters `params` (the cache key's), where they hold both `norm` and `eps`
+      (ART's `pgd`, which keeps them inside the ART attack it builds).
+    """
+    declared = _attribute(attack, "norm_budget", _UNDECLARED)
+    if declared is not _UNDECLARED:
+        try:
+            return None if declared is None else _budget(*declared)  # type: ignore[misc]
+        except TypeError:
+            return None
+    found = _budget(_attribute(attack, "norm", None), _attribute(attack, "eps", None))
+    if found is None and params is not None:
+        found = _budget(params.get("norm"), params.get("eps"))
+    return found
+
+
+def _attribute(obj: object, name: str, default: object) -> object:
+    try:
+        return getattr(obj, name, default)
+    except Exception:  # a plugin's property that raises declares nothing
+        return default
+
+
+def _budget(norm: object, eps: object) -> Budget | None:
+    """A `Budget` from a norm (`inf`, "inf", 2, 1) and a positive finite eps, else None."""
+    if isinstance(norm, bool) or isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        return None
+    try:
+        order = math.inf if isinstance(norm, str) and norm.strip().lower() == "inf" else float(norm)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if order not in (math.inf, 2.0, 1.0) or not (math.isfinite(eps) and eps > 0):
+        return None
+    return Budget(order, float(eps))
+
+
 @dataclass
 class CacheEntry:
     adversarial: torch.Tensor
@@ -100,16 +173,19 @@ class CacheEntry:
 class AttackCache:
     """Batches of one attack on one model; `enabled=False` bypasses reading and writing."""
 
+    params: dict[str, Any]  # the attack's resolved parameters (part of the key; {} when `opened`)
+
     def __init__(
         self, model_fp: str, attack: dict[str, Any], seed: int, root: Path | None = None, enabled: bool = True
     ):
         meta = {"attack": attack, "seed": seed, "model": model_fp}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:32]
         self._start((root or cache_dir() / "attacks") / key, enabled)
+        self.params = attack
         if enabled:
             ensure_dir(self.dir)
-            if not (self.dir / META).exists():
-                (self.dir / META).write_text(json.dumps({**meta, "created": time.time()}, default=str, indent=1))
+            if not (self.dir / META).exists():  # written whole: a second run may be reading it
+                atomic_write_text(self.dir / META, json.dumps({**meta, "created": time.time()}, default=str, indent=1))
 
     @classmethod
     def opened(cls, directory: Path) -> AttackCache:
@@ -122,16 +198,29 @@ class AttackCache:
     def _start(self, directory: Path, enabled: bool) -> None:
         """The cache of `directory` (named by its key), with no entry read yet."""
         self.enabled, self.key, self.dir = enabled, directory.name, directory
+        self.params = {}
         self.hits = self.corrupt = 0
         self.first_problem = ""
 
     def _path(self, keys: list[str]) -> Path:
         return self.dir / f"{ids_hash(keys)}.pt"
 
-    def load(self, keys: list[str], image_shape: tuple[int, ...] | None = None) -> CacheEntry | None:
+    def _lock_path(self, keys: list[str]) -> Path:
+        return self.dir / f".{ids_hash(keys)}{LOCK_SUFFIX}"
+
+    def load(
+        self,
+        keys: list[str],
+        image_shape: tuple[int, ...] | None = None,
+        *,
+        clean: torch.Tensor | None = None,
+        budget: Budget | None = None,
+    ) -> CacheEntry | None:
         """The cached batch, or None: missing, or unusable (then counted in `corrupt`, the first
         one's path and reason kept in `first_problem`, the file deleted, and never trusted).
-        `image_shape` (C, H, W): what its adversarials must be, where the caller knows it."""
+        `image_shape` (C, H, W): what its adversarials must be, where the caller knows it;
+        `clean`: the batch's clean images, where the caller has them, against which the
+        adversarials must keep to the attack's `budget` (`norm_budget`)."""
         if not self.enabled:
             return None
         path = self._path(keys)
@@ -139,6 +228,8 @@ class AttackCache:
             return None
         import torch
 
+        if clean is not None and image_shape is None:
+            image_shape = tuple(clean.shape[1:])
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(data, dict) or data.get("key") != self.key:
@@ -146,7 +237,7 @@ class AttackCache:
             if data["ids"] != keys:
                 raise ValueError("its images do not match")
             entry = CacheEntry(data["adversarial"], data["preds"], data["probs"], data["seconds"])
-            _check_entry(entry, len(keys), image_shape)
+            _check_entry(entry, len(keys), image_shape, clean, budget)
         except Exception as exc:  # any unreadable entry is recomputed, never trusted
             if not self.corrupt:  # our own checks say what is wrong; anything else names its type
                 reason = str(exc) if isinstance(exc, ValueError) and str(exc) else f"{type(exc).__name__}: {exc}"
@@ -169,11 +260,36 @@ class AttackCache:
             }
             atomic_torch_save(payload, self._path(keys))
 
+    @contextmanager
+    def writing(self, entries: Sequence[list[str]]) -> Iterator[None]:
+        """Hold the write lock of each of `entries` (each the content keys of one entry, as `load`
+        and `save` take them) for the block: look into the cache again inside it, and compute and
+        save only what is still missing. A process holding one of the locks (another run, or
+        another worker of this one, computing the same entry) is waited for until it has saved
+        its entry, which the look then finds. The locks are taken in one fixed order (by file
+        name), so that processes locking overlapping entries never wait for each other in a
+        cycle; each is released (its file removed) at the block's end, and by the kernel when
+        its process dies. Nothing is locked when the cache is disabled."""
+        if not self.enabled:
+            yield
+            return
+        with ExitStack() as stack:
+            for path in sorted({self._lock_path(keys) for keys in entries}):
+                stack.enter_context(Lock(path))
+            yield
 
-def _check_entry(entry: CacheEntry, n: int, image_shape: tuple[int, ...] | None) -> None:
+
+def _check_entry(
+    entry: CacheEntry,
+    n: int,
+    image_shape: tuple[int, ...] | None,
+    clean: torch.Tensor | None = None,
+    budget: Budget | None = None,
+) -> None:
     """What a stored batch must be (`save` writes nothing else): `n` float adversarials in [0, 1]
-    (of `image_shape` where given), `n` integer predictions, `n` rows of probabilities in [0, 1]
-    over the classes the predictions index, and a finite, non-negative time; `ValueError` if not."""
+    (of `image_shape` where given) within `budget` of the `clean` images (where both are given),
+    `n` integer predictions, `n` rows of probabilities in [0, 1] over the classes the predictions
+    index, and a finite, non-negative time; `ValueError` if not."""
     import torch
 
     adversarial, preds, probs, seconds = entry.adversarial, entry.preds, entry.probs, entry.seconds
@@ -187,6 +303,8 @@ def _check_entry(entry: CacheEntry, n: int, image_shape: tuple[int, ...] | None)
         torch.isfinite(adversarial).all() and 0 <= adversarial.min() <= adversarial.max() <= 1
     ):
         raise ValueError("its adversarials hold values that are not finite or outside [0, 1]")
+    if budget is not None and clean is not None and adversarial.numel():
+        _check_budget(adversarial, clean, budget)
     if preds.dtype != torch.long or preds.shape != (n,) or probs.dim() != 2 or len(probs) != n:
         raise ValueError(
             f"its predictions {list(preds.shape)} or probabilities {list(probs.shape)} are not for {n} images"
@@ -199,6 +317,26 @@ def _check_entry(entry: CacheEntry, n: int, image_shape: tuple[int, ...] | None)
         raise ValueError(f"its time is {seconds!r}, not a finite number of seconds")
 
 
+def _check_budget(adversarial: torch.Tensor, clean: torch.Tensor, budget: Budget) -> None:
+    """`ValueError` when an adversarial is farther from its clean image than the attack's budget
+    allows: eps, plus `BUDGET_RELATIVE` of it, plus float32 rounding of every pixel (measured in
+    the budget's norm: `FLOAT32_ROUNDING * pixels ** (1 / order)`). One vectorized pass over the batch."""
+    if tuple(clean.shape) != tuple(adversarial.shape):
+        raise ValueError(f"its adversarials are {list(adversarial.shape)}, the clean images {list(clean.shape)}")
+    delta = (adversarial.double() - clean.detach().to("cpu").double()).flatten(1)
+    if budget.order == math.inf:
+        size, rounding = delta.abs().amax(dim=1), FLOAT32_ROUNDING
+    else:
+        size, rounding = delta.norm(p=budget.order, dim=1), FLOAT32_ROUNDING * delta.shape[1] ** (1 / budget.order)
+    allowed = budget.eps * (1 + BUDGET_RELATIVE) + rounding
+    worst = float(size.max())
+    if not worst <= allowed:
+        over = int((size > allowed).sum())
+        raise ValueError(
+            f"{over} of its {len(size)} adversarials lie outside the attack's budget ({budget}; up to {worst:.6g})"
+        )
+
+
 def _entry_dirs(root: Path) -> list[Path]:
     """The directories under `root` that `AttackCache` made: named by a key, holding its meta.json.
     Anything else a user put there is not the cache's to list or remove."""
@@ -208,9 +346,20 @@ def _entry_dirs(root: Path) -> list[Path]:
 
 
 def _ours(path: Path) -> bool:
-    """A file `AttackCache` writes: a batch (`<hash>.pt`), its meta.json, or a save's temporary file."""
+    """A file `AttackCache` writes: a batch (`<hash>.pt`), its meta.json, a save's temporary file,
+    or a writer's lock file (`.<hash>.lock`, left behind only by a killed writer)."""
     name = path.name
-    return path.is_file() and (name.endswith(".pt") or name == META or (name.startswith(".") and name.endswith(".tmp")))
+    hidden = name.startswith(".") and (name.endswith(".tmp") or name.endswith(LOCK_SUFFIX))
+    return path.is_file() and not path.is_symlink() and (name.endswith(".pt") or name == META or hidden)
+
+
+def _writer(directory: Path) -> dict[str, Any] | None:
+    """The record of a process writing into the entry `directory` now (holding a batch's lock), or None."""
+    for path in directory.glob(f".*{LOCK_SUFFIX}"):
+        record = holder(path)
+        if record is not None:
+            return record
+    return None
 
 
 def list_entries(root: Path | None = None) -> list[dict[str, Any]]:
@@ -260,6 +409,13 @@ def clear(older_than_s: float | None = None, root: Path | None = None) -> Cleare
         if older_than_s is not None and now - entry["modified"] <= older_than_s:
             continue
         directory, problem = Path(entry["path"]), ""
+        writer = _writer(directory)
+        if writer is not None:  # its run would only write the batch again, into no entry
+            pid = writer.get("pid") if isinstance(writer.get("pid"), int) else "unknown"
+            cleared.failed.append(
+                f"{directory}: in use by a running tracekit process (pid {pid}); clear it when that run has finished"
+            )
+            continue
         # meta.json goes last, and only when every batch went: it is what makes the entry an entry
         for path in [*sorted(p for p in directory.iterdir() if _ours(p) and p.name != META), directory / META]:
             if problem and path.name == META:

@@ -28,7 +28,7 @@ from ..checks import checked, component
 from ..errors import TracekitError
 from ..executing import Chunk, Executor
 from ..protocols import Attack, DetectorBound, SeededAttack
-from .attack_cache import AttackCache, CacheEntry, batch_seed, content_hashes, content_keys
+from .attack_cache import AttackCache, CacheEntry, batch_seed, content_hashes, content_keys, norm_budget
 from .context import DetectorHandle, RunContext
 from .dispatch import execute
 from .predicting import probabilities
@@ -188,35 +188,57 @@ def _attack_chunk(
     hashes = content_hashes(images)
     keys = content_keys(ids, hashes)
     seeds = [batch_seed(seed, [i]) for i in ids]
+    budget = norm_budget(attack, run.cache.params)  # a cached adversarial outside it is recomputed
+
+    def load(i: int | None) -> CacheEntry | None:  # the chunk's entry (None), or image i's
+        if i is None:
+            return run.cache.load(keys, clean=images, budget=budget)
+        return run.cache.load([keys[i]], clean=images[i : i + 1], budget=budget)
+
     if not run.per_image:
-        entry = run.cache.load(keys, tuple(images.shape[1:]))
+        entry = load(None)
         if entry is None:
-            entry = _attack_batch(attack, module, images, labels, device, batch_seed(seed, ids), who, seeds)
-            run.cache.save(keys, entry)
-            return entry, np.zeros(len(ids), dtype=bool), hashes
+            with run.cache.writing([keys]):  # another process computing it: wait, then take its entry
+                entry = load(None)
+                if entry is None:
+                    entry = _attack_batch(attack, module, images, labels, device, batch_seed(seed, ids), who, seeds)
+                    run.cache.save(keys, entry)
+                    return entry, np.zeros(len(ids), dtype=bool), hashes
         return entry, np.ones(len(ids), dtype=bool), hashes
-    found = [run.cache.load([k], tuple(images.shape[1:])) for k in keys]
+    found = [load(i) for i in range(len(keys))]
     missing = [i for i, entry in enumerate(found) if entry is None]
     groups = [[i] for i in missing] if not isinstance(attack, SeededAttack) else ([missing] if missing else [])
+    computed: list[int] = []
     for group in groups:
-        pick = torch.tensor(group)
-        entry = _attack_batch(
-            attack,
-            module,
-            images[pick],
-            labels[pick],
-            device,
-            batch_seed(seed, [ids[i] for i in group]),
-            who,
-            [seeds[i] for i in group],
-        )
-        for k, i in enumerate(group):
-            found[i] = CacheEntry(
-                entry.adversarial[k : k + 1], entry.preds[k : k + 1], entry.probs[k : k + 1], entry.seconds / len(group)
+        with run.cache.writing([[keys[i]] for i in group]):  # as for a chunk, image by image
+            for i in group:
+                found[i] = load(i)
+            group = [i for i in group if found[i] is None]
+            if not group:
+                continue
+            pick = torch.tensor(group)
+            entry = _attack_batch(
+                attack,
+                module,
+                images[pick],
+                labels[pick],
+                device,
+                batch_seed(seed, [ids[i] for i in group]),
+                who,
+                [seeds[i] for i in group],
             )
-            run.cache.save([keys[i]], found[i])
+            for k, i in enumerate(group):
+                one = CacheEntry(
+                    entry.adversarial[k : k + 1],
+                    entry.preds[k : k + 1],
+                    entry.probs[k : k + 1],
+                    entry.seconds / len(group),
+                )
+                run.cache.save([keys[i]], one)
+                found[i] = one
+            computed += group
     cached = np.ones(len(ids), dtype=bool)
-    cached[missing] = False
+    cached[computed] = False
     return _joined(found), cached, hashes  # type: ignore[arg-type]
 
 

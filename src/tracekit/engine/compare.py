@@ -8,25 +8,24 @@ Each fitted detector is kept under `detectors/<NN>-<label>/` (as a run keeps its
 
 from __future__ import annotations
 
-import csv
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 
-from ..bounded import load_yaml, read_json, read_text
 from ..errors import SpecError, TracekitError
-from ..layout import METRICS, RESOLVED_SPEC, RUNS_COMPARISON, SCRATCH, RunLayout, TableNames
+from ..layout import RUNS_COMPARISON, SCRATCH, RunLayout, TableNames
+from ..readback import read_document, read_spec, score_rows
 from ..spec import Calibration, Spec, component_label
 from ..threads import applied
 from . import rundir
 from .context import build
 from .driver import prepare
 from .evaluating import evaluate
+from .rundir import RunDir
 from .run import Finish, as_spec, data_summary, record_provenance, start
 from .summary import SCORE_COLUMNS, write_scores
 
@@ -61,15 +60,16 @@ def compare(
     spec = as_spec(spec)
     if not spec.detectors:
         raise SpecError("`tracekit compare` needs a spec with `detectors:` (a list); this one has a single `detector:`")
-    spec, dev, executor, final, work = start(spec, out, device, threads)
-    with applied(int(spec.threads)):
-        return _compare(spec, dev, executor, final, work, use_cache, finish)
+    spec, dev, executor, target = start(spec, out, device, threads)
+    with target, applied(int(spec.threads)):  # the run directory stays locked until the comparison has ended
+        return _compare(spec, dev, executor, target, use_cache, finish)
 
 
 def _compare(
-    spec: Spec, dev: torch.device, executor: Executor, final: Path, work: Path, use_cache: bool, finish: Finish | None
+    spec: Spec, dev: torch.device, executor: Executor, target: RunDir, use_cache: bool, finish: Finish | None
 ) -> CompareResult:
     assert spec.detectors is not None
+    work = target.work
     started = time.perf_counter()
     labels = [spec.detector_key(i) for i in range(len(spec.detectors))]
     per_detector: dict[str, Any] = {}
@@ -110,8 +110,8 @@ def _compare(
     rundir.write_attacks(layout, spec, runs)
     if finish is not None:
         finish(work)
-    rundir.finish(work, final, SCRATCH)
-    return CompareResult(final, metrics, spec)
+    target.finish(SCRATCH)
+    return CompareResult(target.final, metrics, spec)
 
 
 @dataclass
@@ -125,6 +125,10 @@ class RunsComparison:
     target_fpr: float  # the first run's calibration target
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     rows: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    def runs_dirs(self) -> list[str]:
+        """The compared run directories, each once, in order."""
+        return list(dict.fromkeys(str(run["run_dir"]) for run in self.runs.values()))
 
 
 def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
@@ -206,21 +210,45 @@ def compare_runs(run_dirs: list[str | Path]) -> RunsComparison:
     return RunsComparison(detectors, warnings, targets[keys[0]] if keys else DEFAULT_TARGET_FPR, info, score_rows)
 
 
+def open_runs_comparison(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> RunDir:
+    """The directory a comparison of `run_dirs` will be written to (`out`, else
+    `runs/compare-runs-<timestamp>/`), checked and locked before any run is read
+    (`rundir.open_run_dir`; close it when done): `--out` may be neither one of the compared runs
+    nor a directory that holds one, which the comparison would replace (exit 2, one line)."""
+    if out is not None:
+        target = Path(out).resolve()
+        for raw in run_dirs:
+            run_dir = Path(raw).resolve()
+            if run_dir == target or target in run_dir.parents:
+                what = "is" if run_dir == target else "holds"
+                raise TracekitError(
+                    f"--out {out} {what} the run directory {raw} being compared, which the comparison would "
+                    "replace; choose another --out"
+                )
+    return rundir.open_run_dir(out, "compare-runs", marker=RUNS_COMPARISON)
+
+
 def write_runs_comparison(
-    comparison: RunsComparison, out: str | Path | None = None, finish: Finish | None = None
+    comparison: RunsComparison,
+    out: str | Path | None = None,
+    finish: Finish | None = None,
+    into: RunDir | None = None,
 ) -> Path:
-    """Write a comparison of finished runs into its own directory (`out`, else
+    """Write a comparison of finished runs into its own directory (`into`, from
+    `open_runs_comparison`, which the caller closes; else `out`, else
     `runs/compare-runs-<timestamp>/`): `comparison.json` (the side-by-side metrics, the runs and the
     warnings) and `scores.csv` (every compared detector's rows, labelled as in the comparison), then
     `finish(directory)` (the report); returns the directory."""
-    final, work = rundir.make_run_dir(out, "compare-runs", marker=RUNS_COMPARISON)
+    if into is None:
+        with open_runs_comparison(list(comparison.runs_dirs()), out) as target:
+            return write_runs_comparison(comparison, finish=finish, into=target)
     document = {
         "detectors": comparison.detectors,
         "runs": comparison.runs,
         "warnings": comparison.warnings,
         "target_fpr": comparison.target_fpr,
     }
-    layout = RunLayout(work)
+    layout = RunLayout(into.work)
     layout.runs_comparison.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     rows = (
         (key, *(row.get(column, "") for column in SCORE_COLUMNS))
@@ -229,9 +257,9 @@ def write_runs_comparison(
     )
     write_scores(layout.scores, rows, COMPARE_COLUMNS)
     if finish is not None:
-        finish(work)
-    rundir.finish(work, final, ())
-    return final
+        finish(into.work)
+    into.finish()
+    return into.final
 
 
 def _parameter_changes(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
@@ -265,16 +293,12 @@ def _read_run(
         raise TracekitError(f"run directory {path} does not exist")
     try:
         layout = RunLayout(path)
-        metrics = read_json(layout.metrics, METRICS)
-        spec = load_yaml(read_text(layout.spec, RESOLVED_SPEC), yaml.SafeLoader, str(layout.spec))
-        with open(layout.scores, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        metrics = read_document(layout.metrics)
+        spec = read_spec(path).model_dump(exclude_none=True)
+        columns = COMPARE_COLUMNS if "detectors" in metrics else SCORE_COLUMNS
+        rows = list(score_rows(layout.scores, columns))
     except FileNotFoundError as exc:
         raise TracekitError(f"{path} is not a finished tracekit run: {Path(exc.filename).name} is missing") from None
-    except (ValueError, yaml.YAMLError) as exc:
-        raise TracekitError(f"{path} holds a broken run file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(metrics, dict) or not ("attacks" in metrics or "detectors" in metrics):
-        raise TracekitError(f"{path}/metrics.json has neither 'attacks' nor 'detectors'; is it a tracekit run?")
     clean_ids: dict[str, set[str]] = {}
     outcomes: dict[str, Outcomes] = {}
     by_label: dict[str, list[dict[str, str]]] = {}

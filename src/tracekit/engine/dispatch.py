@@ -1,7 +1,8 @@
 """Running one per-image stage through the run's executor, from the driver: the chunks its table
 does not hold yet go to the executor, one progress bar (images/s, ETA) follows the finished
 ones whichever worker finished them, workers' warnings are re-issued here, and Ctrl-C says what
-was kept and how to resume.
+was kept and how to resume (also when the stop was swallowed where it landed and only recorded:
+`tracekit.stopping`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from ..errors import Interrupted
 from ..executing import Chunk, Executor
 from ..progress import progress
+from ..stopping import check
 from .context import TableStage
 
 
@@ -39,6 +41,7 @@ def execute(
                     warnings.warn(message, stacklevel=2)
                 done += part.images
                 advance(part.images)
+            check()  # a stop swallowed where it landed (a worker's shutdown, a fork hook) ends the stage
         except Interrupted:
             raise
         except KeyboardInterrupt:

@@ -14,6 +14,14 @@ from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 FPR_LEVELS: tuple[float, ...] = (0.01, 0.05, 0.1)
 
+MIN_PER_CLASS = 20
+"""The fewest images of each class (clean test images; an attack's successful adversarials) that
+an attack's AUC, TPRs and their bootstrap intervals are read from without a warning. Below it
+the numbers are still computed, but `metrics.json` flags the attack (`small_sample`), and the
+terminal and the report say that they are too few to conclude anything from: a percentile
+bootstrap of three adversarials gives intervals such as [1.00, 1.00], which look certain and are
+not (the resamples can only repeat the same three scores)."""
+
 
 def headline_level(target_fpr: float) -> float:
     """The reported FPR level closest to the calibration's target (the lower one on a tie): the
@@ -77,6 +85,18 @@ def bootstrap_ci(
     out["auc_ci"] = interval(_auc(c, a))
     out["tpr_at_fpr_ci"] = {str(level): interval(_tpr_at(c, a, level)) for level in FPR_LEVELS}
     return out
+
+
+def small_sample(n_clean: int, n_adversarial: int) -> bool:
+    """Fewer than `MIN_PER_CLASS` clean or adversarial images: too few to conclude from."""
+    return min(n_clean, n_adversarial) < MIN_PER_CLASS
+
+
+def sample_size(n_clean: int, n_adversarial: int) -> dict[str, object]:
+    """The `metrics.json` keys that say whether an attack's numbers rest on a small sample:
+    `small_sample` (see `small_sample`) and the `min_per_class` it was judged against (the counts
+    themselves are `n_clean` and `n_attacked`)."""
+    return {"small_sample": small_sample(n_clean, n_adversarial), "min_per_class": MIN_PER_CLASS}
 
 
 def roc_auc(clean: np.ndarray, adversarial: np.ndarray) -> float | None:

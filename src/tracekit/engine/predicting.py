@@ -102,7 +102,12 @@ class PredictClean:
             yield len(batch.chunk.index)
 
     def write(self, batch: Batch, context: RunContext) -> None:
-        probs = probabilities(context.model.module, batch.images, context.device, context.model_who)
+        """One chunk's rows; a chunk none of whose images could be read (`Batch.empty`) is written
+        without rows (the chunk is done: a resumed run passes over it) and never reaches the model."""
+        if batch.empty:
+            probs = torch.zeros(0, context.model.num_classes)
+        else:
+            probs = probabilities(context.model.module, batch.images, context.device, context.model_who)
         preds = probs.argmax(1)
         labels = preds if self.predicted_labels else batch.labels
         correct = (preds == labels).numpy()
@@ -113,7 +118,7 @@ class PredictClean:
             )
         self.table.write(batch.chunk.name, {
             "index": batch.index,
-            "sample_id": batch.ids,
+            "sample_id": batch.ids or np.zeros(0, dtype=str),  # typed, even without rows
             "label": labels.numpy(),
             "pred": preds.numpy(),
             "confidence": probs.gather(1, preds[:, None])[:, 0].double().numpy(),

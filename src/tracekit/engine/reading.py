@@ -10,7 +10,10 @@ pass, keeping the images of the chunk being filled.
 
 Items are checked as they arrive: image size against the model's input, labels against its
 classes; unreadable items (`Unreadable`) are reported once, skipped and listed in their batch
-(`Batch.skipped`, which the clean stage keeps in the `skipped` table).
+(`Batch.skipped`, which the clean stage keeps in the `skipped` table). Every chunk asked for
+gives one batch, in order, even when none of its items could be read: such a batch is `empty`
+(no images, its tensors shaped for the model all the same), so a stage records the chunk as done
+and what was skipped, and never hands the model an empty batch.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ class Batch:
     images: torch.Tensor  # [B,C,H,W] float32 in [0, 1]
     labels: torch.Tensor  # [B] long: the dataset's labels
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # unreadable items: id -> reason
+
+    @property
+    def empty(self) -> bool:
+        """None of the chunk's items could be read (`skipped` says why): nothing to compute on."""
+        return not self.ids
 
 
 def chunks(index: np.ndarray, size: int, prefix: str = "") -> list[Chunk]:
@@ -120,7 +128,7 @@ class Reader:
             pin_memory=self.pin,
             prefetch_factor=4 if workers else None,
             persistent_workers=False,
-            worker_init_fn=_quiet_fd_sharing if workers else None,
+            worker_init_fn=_worker_init if workers else None,
         )
         for chunk, (positions, ids, images, labels, unreadable) in zip(todo, loader):
             yield self._checked(chunk, np.asarray(positions, dtype=np.int64), ids, images, labels, unreadable)
@@ -174,6 +182,10 @@ class Reader:
             if item.sample_id not in self.reported:
                 self.reported.add(item.sample_id)
                 warnings.warn(f"{self.where}: skipping unreadable image {item.sample_id} ({item.reason})", stacklevel=4)
+        if not ids:  # every item unreadable: an empty batch of the model's shape
+            images = torch.zeros(0, *self.model.input_size)
+            labels = torch.zeros(0, dtype=torch.long)
+            positions = np.zeros(0, dtype=np.int64)
         bad = labels[(labels < 0) | (labels >= self.model.num_classes)]
         if len(bad):
             raise TracekitError(
@@ -240,12 +252,18 @@ def _collate(
     return [i for i, _ in good], [it[0] for _, it in good], images, labels, unreadable
 
 
-def _quiet_fd_sharing(worker_id: int) -> None:
-    """In a decoding worker: no traceback when the run stops (Ctrl-C, SIGTERM) while the worker's
-    multiprocessing thread hands a batch's file descriptors to the main process, whose end of
-    the connection is gone; other threads' errors are reported as usual."""
+def _worker_init(worker_id: int) -> None:
+    """In a decoding worker: nothing printed when the run stops. Ctrl-C at a terminal (and SIGHUP)
+    reaches the whole process group: the worker ignores it, the main process records it and ends
+    its workers; SIGTERM ends the worker at once, quietly (`tracekit.stopping.worker_ignores_stops`).
+    And no traceback when the worker's multiprocessing thread hands a batch's file descriptors to
+    the main process, whose end of the connection is gone; other threads' errors are reported as
+    usual."""
     import threading
 
+    from ..stopping import worker_ignores_stops
+
+    worker_ignores_stops()
     default = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:

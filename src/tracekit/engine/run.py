@@ -55,19 +55,24 @@ def as_spec(spec: Spec | str | Path | Mapping[str, Any]) -> Spec:
 
 def start(
     spec: Spec | str | Path | Mapping[str, Any], out: str | Path | None, device: str | None, threads: int | None = None
-) -> tuple[Spec, torch.device, Executor, Path, Path]:
+) -> tuple[Spec, torch.device, Executor, rundir.RunDir]:
     """Validate the spec (with a `--device` override), check the device, choose the CPU threads
-    (`threads` overrides the spec's; applied by the caller), build the executor, make the run's
-    final and work directories."""
+    (`threads` overrides the spec's; applied by the caller), lock and make the run's directory
+    (`rundir.open_run_dir`: the caller closes it when the run has ended, however it ended),
+    build the executor."""
     spec = as_spec(spec)
     if device is not None:
         spec = validate_spec({**spec.model_dump(exclude_none=True), "device": device}, source="--device")
     spec.choose_threads(threads)
     dev = resolve_device(spec.device)
-    final, work = rundir.make_run_dir(out, spec.name)
-    executor: Executor = build("executor", spec.executor)
-    executor.open()  # an unreachable cluster fails here, before any work
-    return spec, dev, executor, final, work
+    target = rundir.open_run_dir(out, spec.name)
+    try:
+        executor: Executor = build("executor", spec.executor)
+        executor.open()  # an unreachable cluster fails here, before any work
+    except BaseException:
+        target.close()
+        raise
+    return spec, dev, executor, target
 
 
 def data_summary(driver: Driver) -> dict[str, Any]:
@@ -122,15 +127,16 @@ def run(
     spec = as_spec(spec)
     if spec.detector is None:
         raise SpecError("this spec lists `detectors:`; run it with `tracekit compare`, or give one `detector:`")
-    spec, dev, executor, final, work = start(spec, out, device, threads)
-    with applied(int(spec.threads)):
-        return _run(spec, dev, executor, final, work, use_cache, finish)
+    spec, dev, executor, target = start(spec, out, device, threads)
+    with target, applied(int(spec.threads)):  # the run directory stays locked until the run has ended
+        return _run(spec, dev, executor, target, use_cache, finish)
 
 
 def _run(
-    spec: Spec, dev: torch.device, executor: Executor, final: Path, work: Path, use_cache: bool, finish: Finish | None
+    spec: Spec, dev: torch.device, executor: Executor, target: rundir.RunDir, use_cache: bool, finish: Finish | None
 ) -> RunResult:
     started = time.perf_counter()
+    work = target.work
     try:
         detector: Detector = build("detector", spec.detector)
         driver = prepare(spec, dev, work, use_cache, [detector], executor)
@@ -155,8 +161,8 @@ def _run(
     rundir.write_attacks(layout, spec, {TableNames.detector(0): ev.runs})
     if finish is not None:
         finish(work)
-    rundir.finish(work, final, SCRATCH)
-    return RunResult(final, metrics, spec)
+    target.finish(SCRATCH)
+    return RunResult(target.final, metrics, spec)
 
 
 def _components(spec: Spec) -> list[tuple[str, Mapping[str, Any]]]:

@@ -4,22 +4,28 @@ resolved spec with provenance, metrics.json, the fitted detector."""
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import itertools
 import json
 import os
 import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
+from .. import stopping
 from ..cache import ensure_dir
 from ..errors import TracekitError
 from ..images import Preparation
-from ..layout import DETECTOR_STATE, RESOLVED_SPEC, RunLayout
+from ..layout import ATTACKS_FORMAT, DETECTOR_FORMAT, DETECTOR_STATE, RESOLVED_SPEC, RunLayout
+from ..locks import Lock, try_lock
 from ..protocols import Detector, StatefulDetector
 from ..spec import Spec, component_label
 from ..version import __version__
@@ -27,9 +33,6 @@ from ..version import __version__
 if TYPE_CHECKING:
     from .attacking import AttackRun
     from .context import RunContext
-
-DETECTOR_FORMAT = 1  # bump when detector.json changes incompatibly
-ATTACKS_FORMAT = 1  # bump when attacks.json changes incompatibly
 
 
 def make_run_dir(out: str | Path | None, name: str, marker: str = RESOLVED_SPEC) -> tuple[Path, Path]:
@@ -40,25 +43,32 @@ def make_run_dir(out: str | Path | None, name: str, marker: str = RESOLVED_SPEC)
     given the same `--out` resumes from its tables. `finish` swaps it in on success; an earlier
     run in `--out` stays untouched until then. A non-empty `--out` that is not a tracekit run
     directory (one without `marker`) is refused rather than replaced.
+
+    This takes no lock: a run holds its directory with `open_run_dir`, which calls this.
     """
-    if out is not None:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise TracekitError(f"--out {path} exists and is not a directory")
-        if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
-            left = ", ".join(sorted(p.name for p in path.iterdir())[:5])
-            raise TracekitError(
-                f"--out {path} holds files that are not a tracekit run ({left}); a run replaces its --out "
-                "directory as a whole, so choose a new or empty directory"
-            )
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{name}-{stamp}"
-        suffix = 1
-        while path.exists():
-            suffix += 1
-            path = Path("runs") / f"{name}-{stamp}-{suffix}"
-    work = path.parent / f".{path.name}.partial"
+    return _prepare(Path(out) if out is not None else next(_default_paths(name)), marker)
+
+
+def _default_paths(name: str) -> Iterator[Path]:
+    """`runs/<name>-<timestamp>`, then `...-2`, `...-3`, ...: those that do not exist (yet)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in itertools.count(1):
+        path = Path("runs") / (f"{name}-{stamp}" if suffix == 1 else f"{name}-{stamp}-{suffix}")
+        if not path.exists():
+            yield path
+
+
+def _prepare(path: Path, marker: str) -> tuple[Path, Path]:
+    """Check that `path` may be replaced by a run (`make_run_dir`) and make its work directory."""
+    if path.exists() and not path.is_dir():
+        raise TracekitError(f"--out {path} exists and is not a directory")
+    if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
+        left = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+        raise TracekitError(
+            f"--out {path} holds files that are not a tracekit run ({left}); a run replaces its --out "
+            "directory as a whole, so choose a new or empty directory"
+        )
+    work = work_dir(path)
     try:
         work.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -66,8 +76,90 @@ def make_run_dir(out: str | Path | None, name: str, marker: str = RESOLVED_SPEC)
     return path, ensure_dir(work)
 
 
+def work_dir(final: Path) -> Path:
+    """`.<name>.partial` beside the run directory `final`: where its run writes until it succeeds."""
+    return final.parent / f".{final.name}.partial"
+
+
+def lock_path(final: Path) -> Path:
+    """`.<name>.lock` beside the run directory `final` (in its parent, so that it outlives the swap
+    in `finish` and is never part of the run directory's contents)."""
+    return final.parent / f".{final.name}.lock"
+
+
+@dataclass
+class RunDir:
+    """A run directory being written, held by this process: `final` (the run directory) and `work`
+    (its `.<name>.partial`), locked against every other tracekit process from `open_run_dir` to
+    `close` (use it as a context manager): a second run into the same `--out` stops at once
+    with one line naming this process, instead of sharing `work` with it.
+
+    `finish` swaps `work` in while the lock is still held. `close` gives the lock up and removes
+    its file (a file left by a killed process is harmless: its lock died with it); an empty
+    `work` (the run failed before writing anything) is removed too, one with finished tables
+    stays for the same command to resume from."""
+
+    final: Path
+    work: Path
+    lock: Lock
+    finished: bool = False
+
+    def finish(self, scratch: tuple[str, ...] = ()) -> None:
+        """Replace `final` with the finished `work` directory (`finish`)."""
+        finish(self.work, self.final, scratch)
+        self.finished = True
+
+    def close(self) -> None:
+        if not self.finished:
+            try:
+                self.work.rmdir()  # only when empty
+            except OSError:
+                pass
+        self.lock.release()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def open_run_dir(out: str | Path | None, name: str, marker: str = RESOLVED_SPEC) -> RunDir:
+    """Lock the run directory (`--out`, else a new `runs/<name>-<timestamp>/`), then check it and
+    make its work directory as `make_run_dir` does; the lock comes first, so that no other
+    tracekit process is between the checks and the work. `TracekitError` (exit 2) at once when
+    another process is writing into `--out`, naming it."""
+    if out is not None:
+        path = Path(out)
+        _make_parent(path)
+        lock = try_lock(lock_path(path), f"--out {path}")
+    else:
+        for path in _default_paths(name):
+            _make_parent(path)
+            lock = Lock(lock_path(path))
+            if lock.acquire() is None and not path.exists():
+                break
+            lock.release()  # another run started in the same second took this name: the next one
+    try:
+        final, work = _prepare(path, marker)
+    except BaseException:
+        lock.release()
+        raise
+    return RunDir(final, work, lock)
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TracekitError(f"cannot create run directory {path}: {exc.strerror}") from None
+
+
 def finish(work: Path, final: Path, scratch: tuple[str, ...]) -> None:
-    """Replace `final` with the finished `work` directory (its `scratch` entries removed first)."""
+    """Replace `final` with the finished `work` directory (its `scratch` entries removed first),
+    unless a stop was asked for (a stop swallowed anywhere is raised here: no run is published
+    after Ctrl-C or SIGTERM, and the same command resumes)."""
+    stopping.check()
     for name in scratch:
         target = work / name
         if target.is_dir():

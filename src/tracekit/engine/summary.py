@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..spec import Spec
-from .metrics import bootstrap_ci, detection_metrics
+from .metrics import bootstrap_ci, detection_metrics, sample_size
 from .reading import chunks
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def attack_metrics(
     out.update(
         bootstrap_ci(clean_scores, adv_scores[ok], spec.evaluation.bootstrap, spec.evaluation.confidence, spec.seed)
     )
+    out.update(sample_size(out["n_clean"], out["n_attacked"]))  # too few images to conclude from?
     out["perturbation"] = {"l2": _mean(outcomes["l2"][ok]), "linf": _mean(outcomes["linf"][ok])}
     # prediction changed AND not flagged: success against model and detector together
     out["evasion_rate"] = float(np.mean(ok & (adv_scores <= threshold))) if n_attacked else None

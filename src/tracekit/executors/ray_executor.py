@@ -22,16 +22,20 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from ..cache import cache_dir
-from ..errors import TracekitError
+from ..containment import describe
+from ..errors import PluginFault, TracekitError
 from ..executing import Chunk, Done, Job, Stage
+from ..stopping import STOPS
 
 RETRIES = 3  # restarts of a dead worker process, and retries of the shard it held
 EXTRA = "pip install 'tracekit[ray]'"
@@ -71,7 +75,12 @@ class ShardWorker:
         context = self._context()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            images = sum(stage.run(context, shard))
+            try:
+                images = sum(stage.run(context, shard))
+            except (Exception, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # a plugin's sys.exit would end this worker, and read as a crash
+                raise PluginFault(describe(exc) or f"a worker's stage raised {exc!r}, which is a bug") from None
         return images, list(dict.fromkeys(str(w.message) for w in caught))
 
 
@@ -188,7 +197,7 @@ class RayExecutor:
             return ray.get(refs)
         except RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, BaseException) else None
-            if isinstance(cause, TracekitError):
+            if isinstance(cause, (TracekitError, PluginFault)):
                 raise cause from None
             raise WorkerError(f"{what}: a worker failed:\n{exc}") from None
         except RayActorError as exc:
@@ -219,7 +228,7 @@ def _connect(address: str | None, timeout: float) -> None:
     # Ray retries a silent or wrong address about once a second, 20 times by default; bound it.
     wait = {"RAY_gcs_server_port_wait_time_s": str(max(1, math.ceil(timeout)))}
     try:
-        with _env(wait), _held_stderr():
+        with _env(wait), _held_stderr(), _own_stops():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError ...
         where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address}"
@@ -240,6 +249,20 @@ def _env(values: dict[str, str]) -> Iterator[None]:
     finally:
         for key in added:
             os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _own_stops() -> Iterator[None]:
+    """Keep this process's handlers of SIGINT, SIGTERM and SIGHUP (`ray.init` makes SIGTERM a
+    `sys.exit`, which would skip the `interrupted` line and its exit code, `tracekit.stopping`)."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = {signum: signal.getsignal(signum) for signum in STOPS} if main else {}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None and signal.getsignal(signum) is not handler:
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TracekitError
 from ..layout import TableNames
-from .rundata import Examples, RunData, RunsData
+from .distributions import Distribution, roc
+from .rundata import ExampleRows, Examples, RunData, RunsData
 
 DPI = 110
 # Image figures: a row (image and its title), the room for titles above and colorbars below.
@@ -179,23 +181,21 @@ def _legend_inches(labels: list[str], ncols: int) -> float:
 
 def roc_figure(
     path: Path,
-    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    curves: dict[str, tuple[Distribution, Distribution]],
     aucs: dict[str, float | None],
     title: str,
     width: float = 5.6,
 ) -> Any:
-    """ROC curves in one plot, one per `name: (clean scores, successful adversarials' scores)`,
-    each in its own color and dash pattern; the legend (AUC and number of adversarials) below the
-    axes, where it hides no curve. Returns the (saved) figure."""
-    from sklearn.metrics import roc_curve
-
-    sizes = {len(adv) for clean, adv in curves.values() if len(adv) and len(clean)}
+    """ROC curves in one plot, one per `name: (clean scores, successful adversarials' scores)`
+    (their distributions), each in its own color and dash pattern; the legend (AUC and number of
+    adversarials) below the axes, where it hides no curve. Returns the (saved) figure."""
+    sizes = {adv.n for clean, adv in curves.values() if adv.n and clean.n}
     shared = len(sizes) == 1 and len(curves) > 1  # every curve on as many adversarials: said once, in the title
     if shared:
         title += f"\n{sizes.pop()} successful adversarials each"
     labels = {
-        name: (f"{name} (AUC {aucs[name]:.3f})" if shared else f"{name} (AUC {aucs[name]:.3f}, n={len(adv)})")
-        if len(adv) and len(clean) else f"{name}: no successful adversarials"
+        name: (f"{name} (AUC {aucs[name]:.3f})" if shared else f"{name} (AUC {aucs[name]:.3f}, n={adv.n})")
+        if adv.n and clean.n else f"{name}: no successful adversarials"
         for name, (clean, adv) in curves.items()
     }  # fmt: skip
     # The legend below the axes, in two columns where they fit, else in one; the figure widens for
@@ -207,11 +207,10 @@ def roc_figure(
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], ls=":", lw=1, color="0.6", label="chance (AUC 0.5)")
         for (name, (clean, adv)), (color, dashes) in zip(curves.items(), curve_styles(len(curves))):
-            if len(adv) == 0 or len(clean) == 0:
+            if adv.n == 0 or clean.n == 0:
                 ax.plot([], [], color=color, ls=dashes, lw=2, label=labels[name])
                 continue
-            y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
-            fpr, tpr, _ = roc_curve(y, np.r_[clean, adv])
+            fpr, tpr = roc(clean, adv)
             ax.plot(fpr, tpr, color=color, ls=dashes, lw=2, label=labels[name])
         ax.set(
             xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal", title=title,
@@ -253,32 +252,32 @@ def hist_grid(n: int) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
-def score_hist_figure(path: Path, clean: np.ndarray, adversarial: dict[str, np.ndarray], threshold: float) -> Any:
+def score_hist_figure(path: Path, clean: Distribution, adversarial: dict[str, Distribution], threshold: float) -> Any:
     """Histograms of the score, clean vs each attack (one panel per attack, all on the same bins
-    and each with its own tick labels), with the threshold; one legend below the panels. Returns
-    the (saved) figure."""
+    spanning the scores and the threshold, each with its own tick labels), with the threshold;
+    one legend below the panels. Returns the (saved) figure."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     names = list(adversarial)
     nrows, ncols = hist_grid(len(names))
-    values = np.concatenate([clean, *adversarial.values(), [threshold]])
-    bins = np.histogram_bin_edges(values, bins=30)
+    clean_counts, bins = clean.hist()
     with _figure(path, figsize=(0.4 + 3.5 * ncols, 0.7 + 2.9 * nrows)) as fig:
         axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
         for ax, name in zip(axes, names):
-            ax.hist(clean, bins, density=True, alpha=0.55, color=CLEAN_COLOR)
-            if len(adversarial[name]):
-                ax.hist(adversarial[name], bins, density=True, alpha=0.55, color=ADV_COLOR)
+            ax.hist(bins[:-1], bins, weights=clean_counts, density=True, alpha=0.55, color=CLEAN_COLOR)
+            if adversarial[name].n:
+                counts = adversarial[name].hist()[0]
+                ax.hist(bins[:-1], bins, weights=counts, density=True, alpha=0.55, color=ADV_COLOR)
             else:
                 ax.text(0.5, 0.5, "no successful adversarials", transform=ax.transAxes, ha="center", color=ADV_COLOR)
             ax.axvline(threshold, color="black", ls="--", lw=1)
-            ax.set(title=f"{name}: {len(adversarial[name])} adversarials", xlabel="score", ylabel="density")
+            ax.set(title=f"{name}: {adversarial[name].n} adversarials", xlabel="score", ylabel="density")
             ax.tick_params(labelbottom=True)  # shared bins, but every panel keeps its tick values
         for ax in axes[len(names) :]:
             ax.set_visible(False)
         handles = [
-            Patch(color=CLEAN_COLOR, alpha=0.55, label=f"clean test images (n={len(clean)})"),
+            Patch(color=CLEAN_COLOR, alpha=0.55, label=f"clean test images (n={clean.n})"),
             Patch(color=ADV_COLOR, alpha=0.55, label="successful adversarials"),
             Line2D([], [], color="black", ls="--", lw=1, label=f"threshold {threshold:.4g}"),
         ]
@@ -384,67 +383,88 @@ def explain_panel(path: Path, image: np.ndarray, pictures: Pictures | None, resu
 
 def write_figures(run: RunData, examples: int = 4) -> dict[str, Any]:
     """Every figure of a finished run into its directory, from the run directory alone (the
-    example panels from the images and maps the run stored).
+    example panels from the images and maps the run stored). Everything is read (and checked)
+    before the first figure is written: a broken run directory changes none of its figures.
 
     Returns `{"roc": file, "score_hist": file, "examples": [{"attack", "file", "examples"}]}`;
     file names are relative to the run directory.
     """
     from ..progress import progress
 
-    clean, attacks = run.test_scores(TableNames.detector(0))
-    adversarial = {key: rows["score"][rows["success"]] for key, rows in attacks.items()}
+    tag = TableNames.detector(0)
+    clean, adversarial = run.distributions(tag)
+    saved, names, map_title = run.examples()
+    positions = np.unique(np.concatenate([e.index for e in saved.values()])) if saved else np.zeros(0, np.int64)
+    rows = run.example_rows(tag, positions)
+    panels = {key: _panel(names, key, saved[key], rows, examples) for key in adversarial if key in saved}
     aucs = {key: m["auc"] for key, m in run.metrics["attacks"].items()}
-    threshold = float(run.metrics["threshold"])
+    threshold = run.threshold(tag)
     out: dict[str, Any] = {"roc": "roc.png", "score_hist": "score_hist.png", "examples": []}
     taken = {"roc", "score_hist"}
-    with progress("figures", total=2 + len(attacks), unit="fig") as advance:
-        curves = {attack: (clean["score"], adv) for attack, adv in adversarial.items()}
-        roc_figure(
-            run.dir / out["roc"], curves, aucs, f"ROC, test part ({len(clean['score'])} clean images)", width=4.8
-        )
+    with progress("figures", total=2 + len(adversarial), unit="fig") as advance:
+        curves = {attack: (clean, adv) for attack, adv in adversarial.items()}
+        roc_figure(run.dir / out["roc"], curves, aucs, f"ROC, test part ({clean.n} clean images)", width=4.8)
         advance(1)
-        score_hist_figure(run.dir / out["score_hist"], clean["score"], adversarial, threshold)
+        score_hist_figure(run.dir / out["score_hist"], clean, adversarial, threshold)
         advance(1)
-        saved, names, map_title = run.examples()
-        clean_rows = run.clean() if saved else {}
-        for key, rows in attacks.items():
-            if key in saved:
-                drawn = _attack_examples(
-                    run, names, map_title, key, saved[key], clean, clean_rows, rows, examples, taken
-                )
-                out["examples"].append(drawn)
+        for key in adversarial:
+            if key in panels:
+                out["examples"].append(_draw_panel(run.dir, map_title, key, saved[key], *panels[key], threshold, taken))
             advance(1)
     return out
 
 
-def _attack_examples(
-    run: RunData,
-    names: list[str],
+def _panel(names: list[str], key: str, saved: Examples, rows: ExampleRows, n: int) -> tuple[list[int], list[Example]]:
+    """The example panel of one attack: which of its saved test images it shows (successful
+    adversarials first, at most `n`) and what it says of each; `names`: the model's classes."""
+
+    def at(table: dict[str, np.ndarray], what: str) -> dict[int, int]:
+        found = {int(p): i for i, p in enumerate(table["index"])}
+        missing = [int(p) for p in saved.index if int(p) not in found]
+        if missing:
+            raise TracekitError(
+                f"the example image at index {missing[0]} of '{key}' has no row in the {what}; "
+                "the run directory is broken: run its spec again"
+            )
+        return found
+
+    attack = rows.attacks[key]
+    row, clean, score = (
+        at(attack, f"'{key}' tables"),
+        at(rows.clean, "clean table"),
+        at(rows.clean_scores, "clean scores"),
+    )
+    try:
+        order = sorted(range(len(saved.ids)), key=lambda k: not bool(attack["success"][row[int(saved.index[k])]]))[:n]
+        examples = []
+        for k in order:
+            position = int(saved.index[k])
+            r, c = row[position], clean[position]
+            examples.append(Example(
+                saved.ids[k], names[int(attack["label"][r])],
+                names[int(rows.clean["pred"][c])], float(rows.clean["confidence"][c]),
+                float(rows.clean_scores["score"][score[position]]),
+                names[int(attack["pred"][r])], float(attack["target_confidence"][r]), float(attack["score"][r]),
+                bool(attack["success"][r]),
+            ))  # fmt: skip
+    except IndexError:
+        raise TracekitError(
+            f"the examples of '{key}' name a class beyond the run's {len(names)} classes; "
+            "the run directory is broken: run its spec again"
+        ) from None
+    return order, examples
+
+
+def _draw_panel(
+    directory: Path,
     map_title: str,
     key: str,
     saved: Examples,
-    clean: dict[str, np.ndarray],
-    clean_rows: dict[str, np.ndarray],
-    rows: dict[str, np.ndarray],
-    n: int,
+    order: list[int],
+    examples: list[Example],
+    threshold: float,
     taken: set[str],
 ) -> dict[str, Any]:
-    """The example panel of one attack: its saved test images (`clean`: the clean test scores,
-    `clean_rows`: the clean table), successful adversarials first; `names`: the model's classes."""
-    at = {int(p): i for i, p in enumerate(rows["index"])}
-    clean_at = {int(p): i for i, p in enumerate(clean_rows["index"])}
-    score_at = {int(p): float(s) for p, s in zip(clean["index"], clean["score"])}
-    order = sorted(range(len(saved.ids)), key=lambda k: not bool(rows["success"][at[int(saved.index[k])]]))[:n]
-    examples = []
-    for k in order:
-        position = int(saved.index[k])
-        r, c = at[position], clean_at[position]
-        examples.append(Example(
-            saved.ids[k], names[int(rows["label"][r])],
-            names[int(clean_rows["pred"][c])], float(clean_rows["confidence"][c]), score_at[position],
-            names[int(rows["pred"][r])], float(rows["target_confidence"][r]), float(rows["score"][r]),
-            bool(rows["success"][r]),
-        ))  # fmt: skip
     originals, adversarials = saved.original[order], saved.adversarial[order]
     pictures = None
     if saved.gray is not None:
@@ -452,7 +472,7 @@ def _attack_examples(
         pictures = (drawn.part(np.asarray(order)), drawn.part(np.asarray(order) + m))
     file = f"examples_{file_stem(key, taken)}.png"
     title = f"{key}: {len(examples)} test image(s), successful adversarials first"
-    example_figure(run.dir / file, title, originals, adversarials, examples, float(run.metrics["threshold"]), pictures)
+    example_figure(directory / file, title, originals, adversarials, examples, threshold, pictures)
     return {"attack": key, "file": file, "examples": examples}
 
 
@@ -463,10 +483,7 @@ def write_compare_figures(run: RunData) -> dict[str, Any]:
     Returns `{"heatmap": file, "rocs": [{"attack", "file"}]}`; file names relative to the directory.
     """
     detectors = run.metrics["detectors"]
-    per_detector = {}
-    for index, label in enumerate(detectors):
-        clean, rows = run.test_scores(TableNames.detector(index))
-        per_detector[label] = (clean["score"], {key: r["score"][r["success"]] for key, r in rows.items()})
+    per_detector = {label: run.distributions(TableNames.detector(index)) for index, label in enumerate(detectors)}
     return _comparison_figures(run.dir, {label: entry["attacks"] for label, entry in detectors.items()}, per_detector)
 
 
@@ -477,7 +494,9 @@ def write_runs_figures(runs: RunsData) -> dict[str, Any]:
 
 
 def _comparison_figures(
-    directory: Path, detectors: dict[str, dict[str, Any]], scores: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]
+    directory: Path,
+    detectors: dict[str, dict[str, Any]],
+    scores: dict[str, tuple[Distribution, dict[str, Distribution]]],
 ) -> dict[str, Any]:
     """The AUC heatmap of `detectors` (`{label: {attack: metrics}}`) and per attack the ROC curves
     of every detector from `scores` (`{label: (clean test scores, {attack: successful adversarials'
@@ -496,7 +515,7 @@ def _comparison_figures(
         for attack in attacks:
             curves = {label: (clean, adv[attack]) for label, (clean, adv) in scores.items() if attack in adv}
             aucs = {label: detectors[label][attack]["auc"] for label in curves}
-            n_clean = max((len(clean) for clean, _ in curves.values()), default=0)
+            n_clean = max((clean.n for clean, _ in curves.values()), default=0)
             file = f"roc_{file_stem(attack, taken)}.png"
             roc_figure(
                 directory / file,

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engine.metrics import FPR_LEVELS, headline_level
+from ..engine.metrics import FPR_LEVELS, MIN_PER_CLASS, headline_level
 from ..layout import RunLayout
 from . import verdicts
 
@@ -114,6 +114,13 @@ def controls(per_attack: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[st
     return out if out["noise"] or out["randomized"] or out["transfer"] else None
 
 
+def few(entries: Mapping[str, Mapping[str, Any]], most: int = 8) -> list[str]:
+    """The names of the entries (`{name: metrics}`) whose numbers rest on too few images to conclude
+    from (`verdicts.small_sample`), at most `most` and then how many more."""
+    marked = [name for name, m in entries.items() if verdicts.small_sample(m)]
+    return marked if len(marked) <= most else [*marked[:most], f"{len(marked) - most} more"]
+
+
 def _environment(headline: float) -> Environment:
     """Jinja with autoescaping; `headline`: the FPR level of the comparison table and the controls."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -133,6 +140,12 @@ def _environment(headline: float) -> Environment:
         noise_titles=NOISE_TITLES,
         headline=str(headline),  # its key in `tpr_at_fpr`
         headline_pct=f"{headline:.0%}",
+        small_sample=verdicts.small_sample,
+        min_per_class=MIN_PER_CLASS,
+        few_title=(
+            f"fewer than {MIN_PER_CLASS} successful adversarials or clean test images: too few to conclude, "
+            "whatever the interval"
+        ),
     )
     return env
 
@@ -181,6 +194,7 @@ def render_report(run: RunData, figures: dict[str, Any]) -> str:
         overall=verdicts.overall(found),
         problems=verdicts.calibration_problems(run.metrics["attacks"], target),
         metrics=run.metrics,
+        few=few(run.metrics["attacks"]),
         attack_groups=ATTACK_GROUPS,
         detection_groups=DETECTION_GROUPS,
         controls=controls(run.metrics["attacks"], run.metrics),
@@ -208,6 +222,7 @@ def render_compare_report(run: RunData, figures: dict[str, Any]) -> str:
         summary=verdicts.compare_summary(by_attack),
         problems={label: found for label, found in problems.items() if found},
         metrics=run.metrics,
+        few=few({f"{label} on {a}": m for label, entry in detectors.items() for a, m in entry["attacks"].items()}),
         detectors=detectors,
         attacks=attacks,
         by_attack=by_attack,
@@ -249,6 +264,7 @@ def render_runs_report(runs: RunsData, figures: dict[str, Any]) -> str:
         by_attack=by_attack,
         summary=verdicts.compare_summary(by_attack),
         problems={label: found for label, found in problems.items() if found},
+        few=few({f"{label} on {a}": m for label, per_attack in detectors.items() for a, m in per_attack.items()}),
         detail_groups=COMPARE_DETAIL_GROUPS,
         heatmap=figure(runs.dir / figures["heatmap"]),
         rocs=[{**entry, **figure(runs.dir / entry["file"])} for entry in figures["rocs"]],

@@ -4,14 +4,18 @@ the report and the terminal so that both say the same thing.
 
 The rules (also in docs/method.md, "What the report and the terminal say"):
 
-- The verdict reads the ROC AUC of the successful adversarials against the clean test images,
-  rounded to two decimals as it is shown. With a bootstrap interval: "below chance" when the whole
-  interval lies below 0.5, "no better than chance" when it contains 0.5; without one: below 0.45,
-  and 0.45 to 0.55. Otherwise "separates them well" from 0.90, "partly" from 0.75, "weakly" below.
-- Controls, said only of an attack separated better than chance: random noise of the attack's
-  size whose AUC is within 0.05 of the attack's (or higher) means the detector "flags perturbations
-  of any kind, not specifically attacks"; a randomized model within 0.05 means the score does not
-  depend on what the model learned.
+- Small samples first: with fewer than `MIN_PER_CLASS` (20) successful adversarials or clean test
+  images the verdict is "too few images to conclude", whatever the AUC and its interval say (a
+  bootstrap of three adversarials can give [1.00, 1.00]). `metrics.json` flags such an attack
+  (`small_sample`); for runs written before the flag it is derived from `n_clean` and `n_attacked`.
+- Otherwise the verdict reads the ROC AUC of the successful adversarials against the clean test
+  images, rounded to two decimals as it is shown. With a bootstrap interval: "below chance" when the
+  whole interval lies below 0.5, "no better than chance" when it contains 0.5; without one: below
+  0.45, and 0.45 to 0.55. Otherwise "separates them well" from 0.90, "partly" from 0.75, "weakly" below.
+- Controls, said only of an attack with enough images separated better than chance: random noise of
+  the attack's size whose AUC is within 0.05 of the attack's (or higher) means the detector "flags
+  perturbations of any kind, not specifically attacks"; a randomized model within 0.05 means the
+  score does not depend on what the model learned.
 - Calibration: the realized FPR on the clean test images below 0.5x or above 1.5x the target,
   when it is also more than two binomial standard deviations away from it (enough clean images to
   tell); a threshold that flags under 2% of an attack's successful adversarials while their AUC is
@@ -26,13 +30,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.metrics import MIN_PER_CLASS
+
 STRONG, MODERATE = 0.90, 0.75  # AUC from which a detector separates "well", "partly"
 CHANCE, CHANCE_BAND = 0.5, 0.05  # without an interval, |AUC - 0.5| <= 0.05 is chance
 CONTROL_MARGIN = 0.05  # a control within this much of the attack's AUC detects it "about as well"
 FPR_LOW, FPR_HIGH, FPR_SIGMAS = 0.5, 1.5, 2.0
 SILENT_RECALL, SILENT_AUC = 0.02, 0.6
 
-LEVELS = ("strong", "moderate", "weak", "chance", "below", "none")  # best first
+LEVELS = ("strong", "moderate", "weak", "chance", "below", "few", "none")  # best first
 DETECTED = ("strong", "moderate", "weak")
 PHRASES = {
     "strong": "separates them well",
@@ -40,6 +46,7 @@ PHRASES = {
     "weak": "separates them weakly",
     "chance": "no better than chance",
     "below": "adversarial images score lower than clean ones",
+    "few": "too few images to conclude",
     "none": "no successful adversarials to detect",
 }
 GROUP_PHRASES = {  # a comparison: which detectors ...
@@ -48,6 +55,7 @@ GROUP_PHRASES = {  # a comparison: which detectors ...
     "weak": "weakly",
     "chance": "no better than chance",
     "below": "below chance (adversarials score lower)",
+    "few": "too few images to conclude",
     "none": "no successful adversarials",
 }
 NOISE_NAMES = {"sign": "sign noise", "gaussian": "Gaussian noise"}
@@ -113,6 +121,45 @@ def level(auc: float | None, ci: list[float] | None = None) -> str:
     return "strong" if shown >= STRONG else "moderate" if shown >= MODERATE else "weak"
 
 
+def _count(value: Any) -> int:
+    """A count from `metrics.json` (missing or malformed: 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def min_per_class(m: Mapping[str, Any]) -> int:
+    """The fewest images per class an entry's numbers may rest on (as the run recorded it)."""
+    recorded = m.get("min_per_class")
+    return recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else MIN_PER_CLASS
+
+
+def small_sample(m: Mapping[str, Any]) -> bool:
+    """Whether an attack's numbers rest on too few images to conclude from: its `small_sample`
+    flag, or for a run written without one, fewer than `MIN_PER_CLASS` clean test images
+    (`n_clean`) or successful adversarials (`n_attacked`)."""
+    flag = m.get("small_sample")
+    if isinstance(flag, bool):
+        return flag
+    return min(_count(m.get("n_clean")), _count(m.get("n_attacked"))) < MIN_PER_CLASS
+
+
+def few_text(m: Mapping[str, Any]) -> str:
+    """What a small sample is short of: `only 3 successful adversarials (fewer than 20)`."""
+    n_adv, n_clean, least = _count(m.get("n_attacked")), _count(m.get("n_clean")), min_per_class(m)
+    short = []
+    if n_adv < least:
+        short.append(f"{n_adv} successful adversarial{'s' if n_adv != 1 else ''}")
+    if n_clean < least:
+        short.append(f"{n_clean} clean test image{'s' if n_clean != 1 else ''}")
+    return f"only {' and '.join(short)} (fewer than {least})" if short else f"fewer than {least} images per class"
+
+
+def verdict_level(m: Mapping[str, Any]) -> str:
+    """The verdict level of one `metrics.json` entry: `level` of its AUC and interval, "none"
+    without successful adversarials, and "few" where the AUC rests on a small sample."""
+    lvl = level(m.get("auc") if m.get("n_attacked") else None, m.get("auc_ci"))
+    return "few" if lvl != "none" and small_sample(m) else lvl
+
+
 def headline_key(m: Mapping[str, Any], target_fpr: float) -> str | None:
     """The `tpr_at_fpr` key closest to the target FPR (the lower one on a tie)."""
     keys = list(m.get("tpr_at_fpr") or {})
@@ -122,11 +169,13 @@ def headline_key(m: Mapping[str, Any], target_fpr: float) -> str | None:
 def verdict(attack: str, m: Mapping[str, Any], target_fpr: float) -> Verdict:
     """The verdict on one attack from its `metrics.json` entry."""
     auc, n_adv, n_clean = m.get("auc"), m.get("n_attacked") or 0, m.get("n_clean") or 0
-    lvl = level(auc if n_adv else None, m.get("auc_ci"))
+    lvl = verdict_level(m)
     counts = f"{n_adv} successful adversarial{'s' if n_adv != 1 else ''}, {n_clean} clean test images"
     if lvl == "none":
         return Verdict(attack, lvl, PHRASES[lvl], counts)
     text = f"{PHRASES[lvl]}: {auc_text(auc, m.get('auc_ci'))}"
+    if lvl == "few":
+        return Verdict(attack, lvl, f"{text}, {few_text(m)}", counts)  # no control or TPR claims either
     if lvl == "below":
         text += ", below chance"
     key = headline_key(m, target_fpr)
@@ -146,7 +195,7 @@ def control_notes(m: Mapping[str, Any], lvl: str) -> list[tuple[str, str]]:
     """What the noise and randomized-model controls say about an attack: `(sentence, the same in a
     few words)` each. Separated above chance: whether noise of its size, or a randomized model,
     does about as well. Not separated: whether noise of its size is separated better."""
-    if lvl == "none":
+    if lvl in ("none", "few"):
         return []
     auc = m["auc"]
     noise = [
@@ -256,7 +305,7 @@ def compare_summary(by_attack: Mapping[str, Mapping[str, Mapping[str, Any]]]) ->
         grouped: dict[str, list[tuple[float, str, str]]] = {}
         noise_alike = []
         for label, m in entries.items():
-            lvl = level(m.get("auc") if m.get("n_attacked") else None, m.get("auc_ci"))
+            lvl = verdict_level(m)
             auc = m.get("auc") if lvl != "none" else None
             grouped.setdefault(lvl, []).append(
                 (-1.0 if auc is None else auc, label, "–" if auc is None else f"{auc:.2f}")
@@ -285,7 +334,10 @@ def rules_text() -> str:
         f'and {CHANCE - CHANCE_BAND:.2f} to {CHANCE + CHANCE_BAND:.2f}); otherwise "well" from {STRONG:.2f}, '
         f'"partly" from {MODERATE:.2f}, "weakly" below. A control is mentioned when random noise of the '
         f"attack's size, or the detector on a randomized model, reaches an AUC within {CONTROL_MARGIN} of the "
-        "attack's or higher. Calibration is called out when the realized FPR on the clean test images is below "
+        f"attack's or higher. With fewer than {MIN_PER_CLASS} successful adversarials or clean test images the "
+        'verdict is "too few images to conclude", whatever the AUC and its interval (a bootstrap of a handful '
+        "of images can give an interval such as [1.00, 1.00]); such numbers are marked in the tables. "
+        "Calibration is called out when the realized FPR on the clean test images is below "
         f"{FPR_LOW}x or above {FPR_HIGH}x the target and more than {FPR_SIGMAS:g} binomial standard deviations "
         f"from it, or when the threshold flags under {pct(SILENT_RECALL)} of an attack's successful adversarials "
         f"although their AUC is above {SILENT_AUC} and the test part's ROC catches at least {pct(2 * SILENT_RECALL)} "
@@ -296,13 +348,18 @@ def rules_text() -> str:
 def overall(found: list[Verdict]) -> str | None:
     """One sentence over a run's verdicts: on which attacks the hypothesis (adversarials score
     higher) is borne out, on which not; None where no attack had successful adversarials."""
-    measured = [v for v in found if v.level != "none"]
+    few = [v.attack for v in found if v.level == "few"]
+    measured = [v for v in found if v.level not in ("none", "few")]
     if not measured:
-        return None
+        return f"Too few images to conclude anything on {', '.join(few)}." if few else None
     higher = [v.attack for v in measured if v.level in DETECTED]
     lower = [v.attack for v in measured if v.level == "below"]
-    if len(higher) == len(measured):
+    if len(higher) == len(measured) and not few:
         sentence = "The hypothesis is borne out on every attack here: the adversarials score higher than clean images"
+    elif len(higher) == len(measured):
+        sentence = (
+            f"The hypothesis is borne out on {', '.join(higher)}: the adversarials score higher than clean images"
+        )
     elif not higher:
         sentence = (
             "The hypothesis is not borne out here: "
@@ -316,4 +373,6 @@ def overall(found: list[Verdict]) -> str | None:
     caveats = [v.attack for v in measured if v.notes and v.level in DETECTED]
     if caveats:
         sentence += f" (but see the controls' caveats on {', '.join(caveats)})"
+    if few:
+        sentence += f"; too few images to conclude on {', '.join(few)}"
     return sentence + "."
