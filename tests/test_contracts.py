@@ -26,7 +26,7 @@ from tracekit.testing import MeanAbs, TinyCNN, tiny_model
 
 
 def test_members_are_the_protocols_own_annotations_and_functions() -> None:
-    assert members(DetectorBound) == {"generate": True, "needs_detector": False, "bind": True}
+    assert members(DetectorBound) == {"generate": True, "needs_detector": False, "accepts": True, "bind": True}
     assert members(RandomAccessDataset) == {"info": False, "samples": True, "__len__": True, "item": True}
     assert members(ScoreMap) == {"score": True, "map": True}
     assert members(Executor) == {"info": False, "open": True, "start": True, "share": True, "map": True, "close": True}
@@ -119,7 +119,7 @@ class NoLength(NoInfo):
             HalfBound(),
             (
                 r"built a HalfBound, which claims the optional capability DetectorBound half-way "
-                r"\(it has needs_detector\): it lacks bind\(\)"
+                r"\(it has needs_detector\): it lacks accepts\(\) and bind\(\)"
             ),
         ),
         ("score", InertMap(), r"capability ScoreMap half-way \(it has map\): its map is not callable"),
@@ -134,6 +134,8 @@ def test_a_capability_claimed_half_way_is_refused(kind: str, obj: Any, message: 
 
 
 class Bound(HalfBound):
+    def accepts(self, detector) -> None: ...
+
     def bind(self, detector, threshold) -> None: ...
 
 

@@ -24,7 +24,8 @@ CAPABILITIES = {
         ({"name": "pixel", "backend": "native"}, {"seeded", "input-checked"}),
         ({"name": "boundary"}, {"per-image"}),
         ({"name": "boundary", "backend": "native"}, {"seeded"}),
-        ({"name": "adaptive-entropy"}, {"detector-bound"}),
+        ({"name": "adaptive-entropy"}, {"detector-bound", "seeded"}),
+        ({"name": "adaptive"}, {"detector-bound", "seeded"}),
     ],
     ids=lambda value: "-".join(map(str, value.values())) if isinstance(value, dict) else None,
 )

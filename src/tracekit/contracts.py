@@ -43,7 +43,7 @@ CONTRACTS: dict[str, tuple[type, tuple[type, ...]]] = {
     "score": (protocols.Score, (protocols.ScoreMap,)),
     "detector": (
         protocols.Detector,
-        (protocols.MapsDetector, protocols.StatefulDetector, protocols.ModelChecked),
+        (protocols.MapsDetector, protocols.StatefulDetector, protocols.ModelChecked, protocols.DifferentiableScore),
     ),
     "executor": (Executor, ()),
 }

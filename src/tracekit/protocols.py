@@ -101,10 +101,14 @@ class InputChecked(Protocol):
 @runtime_checkable
 class DetectorBound(Attack, Protocol):
     """Optional capability of an attack: with `needs_detector = True` it attacks the run's own
-    fitted detector (an adaptive attack). The engine runs it after the detector is fitted and
-    calibrated, calling `bind(detector, threshold)` before `generate`."""
+    fitted detector (an adaptive attack). The engine asks `accepts(detector)` of every detector
+    it will be bound to before any work (it raises `TracekitError` saying why it cannot attack
+    one), and runs it after the detector is fitted and calibrated, calling `bind(detector,
+    threshold)` before `generate`."""
 
     needs_detector: bool
+
+    def accepts(self, detector: Any) -> None: ...
 
     def bind(self, detector: Any, threshold: float) -> None: ...
 
@@ -191,6 +195,21 @@ class MapsDetector(Detector, Protocol):
     def maps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor: ...
 
     def score_map(self, maps: torch.Tensor) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
+class DifferentiableScore(Detector, Protocol):
+    """Optional capability of a detector: a differentiable stand-in of its score, for adaptive
+    attacks (`adaptive`) that descend it. `score_for_attack(model, images)` returns one value per
+    image, with autograd through `images`, that follows the real `score` (higher = more likely
+    adversarial): equal to it where the score is differentiable, otherwise the score with its
+    non-differentiable steps replaced (a straight-through gradient for quantization or a median,
+    BPDA; an expectation over random masks, EOT; a smooth surrogate). Attacks use it for gradients
+    only: every decision (success, evasion, the kept candidate) uses the real `score` and the
+    calibrated threshold. A detector without it is never attacked adaptively through a weaker
+    stand-in: tables say "no adaptive attack available"."""
+
+    def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable

@@ -50,6 +50,7 @@ def install() -> None:
             signal.signal(signum, _handler)
     if not getattr(sys.unraisablehook, "_tracekit_stops", False):
         sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+    quiet_threads()
 
 
 def reset() -> None:
@@ -144,6 +145,27 @@ def _quiet_unraisable(default: Any) -> Any:
 
     hook._tracekit_stops = True  # type: ignore[attr-defined]
     return hook
+
+
+def quiet_threads() -> None:
+    """Keep threads from printing what a stop (or a peer gone away) caused: an error in
+    multiprocessing's file-descriptor server thread (`(_serve)`: it hands a batch's tensors to the
+    other process, whose end of the connection a stop has closed) is dropped when it is an
+    `OSError` or `EOFError`, and any thread's error once a stop was asked for (the `interrupted`
+    line says it all); other threads' errors are reported as usual. Called in the main process
+    (`install`) and in every DataLoader worker."""
+    if getattr(threading.excepthook, "_tracekit_stops", False):
+        return
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        serving = args.thread is not None and args.thread.name.endswith("(_serve)")
+        if _requested is not None or (serving and issubclass(args.exc_type, (OSError, EOFError))):
+            return
+        default(args)
+
+    hook._tracekit_stops = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def is_program() -> bool:

@@ -34,6 +34,9 @@ class _BoundNoise:
     needs_detector = True
     bound = []
 
+    def accepts(self, detector):
+        """Any detector."""
+
     def bind(self, detector, threshold):
         _BoundNoise.bound.append((type(detector).__name__, threshold))
 

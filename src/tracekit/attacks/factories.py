@@ -3,8 +3,8 @@
 module stays light: a factory imports its attack (torch, ART) in its body, so that
 `tracekit validate` and `tracekit plugins` never import torch.
 
-Also home of `Norm` and `Eps`, the perturbation-norm parameters shared by `pgd`, `autoattack` and
-`adaptive-entropy`.
+Also home of `Norm` and `Eps`, the perturbation-norm parameters shared by `pgd`, `autoattack`,
+`adaptive` and `adaptive-entropy`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..hookspecs import Components
 from ..scores.factories import DEFAULT_BETA, DEFAULT_SIGMA
 
 if TYPE_CHECKING:
+    from .adaptive import Adaptive
     from .adaptive_entropy import AdaptiveEntropy
     from .autoattack import AutoAttack
     from .boundary import Boundary
@@ -287,3 +288,24 @@ def adaptive_entropy(
     from .adaptive_entropy import AdaptiveEntropy
 
     return AdaptiveEntropy(norm, eps, eps_step, max_iter, lambdas, beta, sigma, confidence, random_init, batch_size)
+
+
+ADAPTIVE_LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0)  # weights of the unit-norm score gradient (`adaptive`'s docstring)
+
+
+@attacks.register("adaptive")
+def adaptive(
+    norm: Norm = "inf",
+    eps: Eps = 0.1,
+    eps_step: Annotated[float, Field(gt=0)] = 0.01,
+    max_iter: Annotated[int, Field(gt=0)] = 50,
+    lambdas: Lambdas = list(ADAPTIVE_LAMBDAS),  # noqa: B006 (validated copy)
+    confidence: Annotated[float, Field(ge=0)] = 1.0,
+    restarts: Annotated[int, Field(gt=0, le=20)] = 1,
+    random_init: bool = False,
+    batch_size: Annotated[int, Field(gt=0)] = 64,
+) -> Adaptive:
+    """Adaptive PGD against the detector it is bound to, through the detector's differentiable stand-in."""
+    from .adaptive import Adaptive
+
+    return Adaptive(norm, eps, eps_step, max_iter, lambdas, confidence, restarts, random_init, batch_size)

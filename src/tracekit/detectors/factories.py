@@ -34,13 +34,17 @@ def feature_response(
 ) -> FeatureResponse:
     """The paper's detector: saliency map -> score -> calibrated threshold."""
     from ..plugins import registry
-    from .feature_response import FeatureResponse
+    from ..saliency.guided_backprop import GuidedBackprop
+    from ..scores.entropy import LocalEntropy
+    from .feature_response import EntropyFeatureResponse, FeatureResponse
 
     def build(kind: str, cfg: dict[str, Any]) -> Any:
         params = {k: v for k, v in cfg.items() if k not in ("name", "label")}
         return registry(kind).create(cfg["name"], **params)
 
-    return FeatureResponse(build("saliency", saliency), build("score", score), (saliency["name"], score["name"]))
+    parts = build("saliency", saliency), build("score", score)
+    paper = isinstance(parts[0], GuidedBackprop) and isinstance(parts[1], LocalEntropy)  # has a stand-in
+    return (EntropyFeatureResponse if paper else FeatureResponse)(*parts, (saliency["name"], score["name"]))
 
 
 @detectors.register("feature-squeezing")

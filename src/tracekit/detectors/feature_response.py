@@ -61,3 +61,17 @@ class FeatureResponse:
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         scores = self.scorer.score(self.maps(model, images))
         return checked(scores, self._who[1], (len(images),), "scores")
+
+
+class EntropyFeatureResponse(FeatureResponse):
+    """The paper's detector proper (guided backprop scored by local entropy), with a differentiable
+    stand-in of its score (`DifferentiableScore`) for adaptive attacks: the surrogate of
+    `tracekit.scores.entropy_surrogate` (softplus-smoothed guided backprop, soft gray conversion,
+    kernel estimate of the window entropy) at its default smoothing, for the predicted class. Other
+    saliency methods and scores have no stand-in yet: their real scores pass through 8-bit
+    quantization and ReLU masks with no useful gradient, and a weak stand-in would certify them."""
+
+    def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        from ..scores.entropy_surrogate import surrogate_score
+
+        return surrogate_score(model, images, None, self.scorer.size)

@@ -12,6 +12,15 @@ of a squeezed input. Unsupervised: nothing is learned; the engine calibrates the
 Defaults follow the paper's joint detectors: 2x2 median smoothing with 1-bit depth for MNIST
 (1 channel) and 5-bit for CIFAR-10 and ImageNet (colour). The paper's third squeezer for colour
 images, non-local means, is not implemented.
+
+Stand-in for adaptive attacks (`DifferentiableScore.score_for_attack`): the same score with BPDA
+(Athalye, Carlini and Wagner, 2018) through the squeezers. Bit-depth reduction has zero gradient
+almost everywhere, so each squeezed image is passed as a straight-through estimate,
+`squeeze(x) + (x - x.detach())`: its forward is exactly the squeezed image (`x - x.detach()` is
+exactly zero), its backward the identity. The median is also taken straight-through (its own
+gradient reaches one pixel per window). The model's two softmax outputs keep their real gradients,
+and the max over squeezers is kept as it is (its gradient flows through the arg-max squeezer), so
+the stand-in's forward is the real score, the same operations on the same values.
 """
 
 from __future__ import annotations
@@ -73,8 +82,22 @@ class FeatureSqueezing:
         return [reduce_bit_depth(images, bits)] + [median_filter(images, s) for s in self.median_sizes]
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(model_device(model))
         with torch.no_grad():
-            probs = model(images).softmax(1)
-            distances = [(model(s).softmax(1) - probs).abs().sum(1) for s in self.squeezed(images)]
+            return self._score(model, images, straight_through=False)
+
+    def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The score with autograd through `images`, the squeezers straight-through (BPDA): the
+        same value as `score`, the gradient of the softmax changes with each squeezer taken as the
+        identity (`DifferentiableScore`)."""
+        return self._score(model, images, straight_through=True)
+
+    def _score(self, model: nn.Module, images: torch.Tensor, straight_through: bool) -> torch.Tensor:
+        """The score under the caller's grad mode; `straight_through`: squeezers' backward is the identity."""
+        images = images.to(model_device(model))
+        squeezed = self.squeezed(images.detach())
+        if straight_through:
+            passed = images - images.detach()  # exactly zero, the identity's gradient
+            squeezed = [s + passed for s in squeezed]
+        probs = model(images).softmax(1)
+        distances = [(model(s).softmax(1) - probs).abs().sum(1) for s in squeezed]
         return torch.stack(distances).amax(0)

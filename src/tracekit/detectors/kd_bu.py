@@ -20,6 +20,17 @@ warning says so once per fit). The masks are drawn per image from its content an
 reproduces the run's scores; the model is left as it was (eval mode, no hooks) and torch's
 random state untouched.
 
+Adaptive attacks (`DifferentiableScore.score_for_attack`): the stand-in is the score itself, with
+autograd through the input (equal forward: the same passes on the same batch). KD is
+differentiable in the features; the predicted class that picks the estimate is a discrete choice,
+held at the current prediction (the argmax is detached; its gradient is zero anyway). BU is an
+expectation over dropout masks, differentiated as such (EOT) with the same `n_samples` passes and
+the very masks `score` uses (`tracekit.detectors.mc_dropout.bayesian_uncertainty`, keyed by the
+image's content at 8-bit precision and `seed`): the stand-in is the real Monte Carlo estimate,
+not a fresh draw of it. As the attack moves the image, its masks change with its content, as the
+real score's do. Every pass keeps its graph until the backward pass, so a call holds about
+`n_samples + 1` forward passes' activations.
+
 A logistic regression on (KD, BU), trained on clean vs adversarial fit images, gives the score
 (`tracekit.detectors.logistic`). Not implemented: the paper's noisy samples (extra negatives).
 """
@@ -37,7 +48,7 @@ from torch import nn
 from ..protocols import LoadedModel
 from .layers import batches, check_hookable, flatten, layer_features, map_batches, model_device, resolve_layers
 from .logistic import LogisticCombiner, require_adversarial
-from .mc_dropout import PerImageDropout, dropout_modules
+from .mc_dropout import bayesian_uncertainty, dropout_modules
 
 WHERE = "detector 'kd-bu'"
 
@@ -75,11 +86,15 @@ class KernelDensityUncertainty:
         self.support_labels = torch.zeros(0, dtype=torch.long)
         self.combiner = LogisticCombiner()
 
-    def _features(self, model: nn.Module, images: torch.Tensor, offset: int | None) -> torch.Tensor:
-        """`[N, 2]` (KD, BU) of one device batch; `offset`: its position among the support images."""
-        with torch.no_grad():
+    def _features(
+        self, model: nn.Module, images: torch.Tensor, offset: int | None, differentiable: bool = False
+    ) -> torch.Tensor:
+        """`[N, 2]` (KD, BU) of one device batch; `offset`: its position among the support images;
+        `differentiable`: with autograd through `images` (the predicted class and the dropout masks
+        are constants of the graph)."""
+        with torch.set_grad_enabled(differentiable):
             (hidden,), logits = layer_features(model, images, [self.layer_], flatten, WHERE)
-            preds = logits.argmax(1)
+            preds = logits.detach().argmax(1)
             others = torch.ones(len(images), len(self.support), dtype=torch.bool, device=images.device)
             if offset is not None:
                 rows = torch.arange(len(images), device=images.device)
@@ -87,17 +102,8 @@ class KernelDensityUncertainty:
             mask = others & (self.support_labels[None, :] == preds[:, None])
             mask = torch.where(mask.any(1, keepdim=True), mask, others)  # a class without fit images: all
             density = log_kde(hidden, self.support, self.bandwidth, mask)
-            total = torch.zeros_like(logits, dtype=torch.float64)
-            squares = torch.zeros(len(images), dtype=torch.float64, device=images.device)
-            dropout = PerImageDropout(model, self.layer_, self.rate, images, self.seed, WHERE)
-            with dropout.hooked():
-                for draw in range(self.n_samples):
-                    dropout.draw = draw
-                    probs = model(images).softmax(1).double()
-                    total += probs
-                    squares += probs.square().sum(1)
-            uncertainty = squares / self.n_samples - (total / self.n_samples).square().sum(1)
-        return torch.stack([density, uncertainty], 1)
+            uncertainty = bayesian_uncertainty(model, images, self.layer_, self.rate, self.seed, self.n_samples, WHERE)
+            return torch.stack([density, uncertainty], 1)
 
     def features(self, model: nn.Module, images: torch.Tensor, support: bool = False) -> np.ndarray:
         """`[N, 2]` (KD, BU); `support`: `images` are the KDE's own images (each leaves itself out)."""
@@ -142,6 +148,12 @@ class KernelDensityUncertainty:
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return self.combiner.score(self.features(model, images))
+
+    def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """`score` itself, with autograd through `images` (`DifferentiableScore`; see the module
+        docstring), computed on the whole batch at once on the model's device."""
+        features = self._features(model, images.to(model_device(model)), None, differentiable=True)
+        return self.combiner.decision_torch(features)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,14 @@ LIDs within minibatches mixing clean and adversarial images, which lets each sco
 other images of its batch (and so on their labels); a fixed clean reference is the standard
 honest variant, and makes an image's score independent of the batch it is scored in.
 
+Adaptive attacks (`DifferentiableScore.score_for_attack`): the stand-in is the score itself, with
+autograd through the input (equal forward): the image's activations, their distances to the fixed
+reference activations (constants of the graph), the `k` smallest of them (`topk`: the gradient
+flows through the distances that are the nearest at the current point, the choice of neighbours
+being piecewise constant), the MLE and the logistic log-odds, all in torch. Since test LIDs use the
+fixed reference, never the other images of the batch, an attacker cannot move an image's score by
+choosing its batch-mates, and the stand-in needs none.
+
 Not implemented: the paper's noisy samples (negatives with random noise added to the training set
 of the logistic regression).
 """
@@ -42,7 +50,7 @@ def lid_mle(points: torch.Tensor, reference: torch.Tensor, k: int, exclude: torc
     distances = torch.cdist(points.double(), reference.double())
     if exclude is not None:
         rows = torch.nonzero(exclude >= 0).flatten()
-        distances[rows, exclude[rows]] = torch.inf
+        distances = distances.index_put((rows, exclude[rows]), distances.new_tensor(torch.inf))  # not in place
     nearest = distances.topk(k, dim=1, largest=False).values.clamp_min(1e-12)  # ascending
     log_ratios = torch.log(nearest / nearest[:, -1:]).sum(1)
     return -k / log_ratios.clamp_max(-1e-12)
@@ -59,17 +67,24 @@ class LocalIntrinsicDimensionality:
         self.reference: list[torch.Tensor] = []
         self.combiner = LogisticCombiner()
 
-    def _activations(self, model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-        with torch.no_grad():
+    def _activations(self, model: nn.Module, images: torch.Tensor, differentiable: bool = False) -> list[torch.Tensor]:
+        with torch.set_grad_enabled(differentiable):
             return layer_features(model, images, self.layers_, flatten, WHERE)[0]
+
+    def _lids(
+        self, model: nn.Module, batch: torch.Tensor, exclude: torch.Tensor | None = None, differentiable: bool = False
+    ) -> torch.Tensor:
+        """`[N, layers]` LIDs of one device batch against the reference (with autograd through
+        `batch` where `differentiable`)."""
+        acts = self._activations(model, batch, differentiable)
+        return torch.stack([lid_mle(a, r, self.k, exclude) for a, r in zip(acts, self.reference)], 1)
 
     def lids(self, model: nn.Module, images: torch.Tensor, slot: torch.Tensor | None = None) -> np.ndarray:
         """`[N, layers]` LIDs of `images` against the reference (`slot`: index in it, or -1)."""
 
         def batch_lids(batch: torch.Tensor, start: int) -> torch.Tensor:
             exclude = None if slot is None else slot[start : start + len(batch)].to(batch.device)
-            acts = self._activations(model, batch)
-            return torch.stack([lid_mle(a, r, self.k, exclude) for a, r in zip(acts, self.reference)], 1)
+            return self._lids(model, batch, exclude)
 
         return map_batches(batch_lids, images, self.batch_size, model_device(model))
 
@@ -102,6 +117,12 @@ class LocalIntrinsicDimensionality:
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return self.combiner.score(self.lids(model, images))
+
+    def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """`score` itself, with autograd through `images` (`DifferentiableScore`; see the module
+        docstring), computed on the whole batch at once on the model's device."""
+        lids = self._lids(model, images.to(model_device(model)), differentiable=True)
+        return self.combiner.decision_torch(lids)
 
     def state_dict(self) -> dict[str, Any]:
         return {"layers": list(self.layers_), "reference": list(self.reference), "combiner": self.combiner.state_dict()}

@@ -9,7 +9,8 @@ Classes are weighted to balance (the papers train on pairs of clean and adversar
 the adversarials of several attacks may outnumber the clean ones). The score is the decision
 function (log-odds of adversarial), which ranks like the probability but never saturates; it is
 computed from the fitted scaler's and regression's arrays (equal to the pipeline's
-`decision_function`), which are all a fitted combiner holds, so its state is four arrays.
+`decision_function`), which are all a fitted combiner holds, so its state is four arrays. It is
+computed in torch (`decision_torch`), so the same function is differentiable for adaptive attacks.
 """
 
 from __future__ import annotations
@@ -59,8 +60,18 @@ class LogisticCombiner:
 
     def score(self, features: np.ndarray) -> torch.Tensor:
         """Log-odds of adversarial for `[N,F]` feature rows."""
-        standardized = (features.astype(np.float64) - self.mean) / self.scale
-        return torch.from_numpy(standardized @ self.coef + self.intercept)
+        return self.decision_torch(torch.from_numpy(np.asarray(features)))
+
+    def decision_torch(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-odds of adversarial for `[N,F]` feature rows, in float64 on their device, with
+        autograd through `features` (the detectors' `score_for_attack` ends here; `score` too, so
+        both compute the same numbers)."""
+
+        def array(values: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=torch.float64, device=features.device)
+
+        standardized = (features.double() - array(self.mean)) / array(self.scale)
+        return standardized @ array(self.coef) + self.intercept
 
     def state_dict(self) -> dict[str, Any]:
         return {name: torch.from_numpy(np.asarray(getattr(self, name), dtype=np.float64).copy())

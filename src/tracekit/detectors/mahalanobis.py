@@ -11,6 +11,15 @@ adversarial fit images combines the layers (`tracekit.detectors.logistic`); its 
 score. The paper tunes `noise` on validation data over {0, 0.0005, 0.001, 0.0014, 0.002, 0.005,
 0.01}; here it is a parameter.
 
+Adaptive attacks (`DifferentiableScore.score_for_attack`): the stand-in is the score itself, the
+same confidences and the same logistic log-odds computed in torch with autograd through the input
+(equal forward). The pre-processing step is kept: `x' = x + noise * sign(g(x))` with `g(x)` the
+input gradient of `M_l`, so `dx'/dx = I + noise * d sign(g(x))/dx`, and the derivative of `sign` is
+zero wherever it exists; differentiating through the step (`create_graph=True`, a second-order
+pass) would add exactly zero, so the stand-in takes the step's direction as a constant and its
+gradient is `M_l`'s gradient at `x'`, the exact gradient of the score (no BPDA approximation). Only
+the score's jumps where a component of `g(x)` changes sign are invisible to it, as to any gradient.
+
 Caveat: the Gaussians and the logistic regression are both fitted on the clean fit images (the
 paper uses the training set for one and validation data for the other), so the regression sees
 clean confidences slightly higher than clean test images get (in-sample Mahalanobis distances are
@@ -71,19 +80,21 @@ class Mahalanobis:
         self.gaussians: list[TiedGaussian] = []
         self.combiner = LogisticCombiner()
 
-    def _confidences(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """`[N, layers]` confidences of one device batch after each layer's pre-processing."""
-        x = images.detach().requires_grad_(self.noise > 0)
-        with torch.enable_grad():
+    def _confidences(self, model: nn.Module, images: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """`[N, layers]` confidences of one device batch after each layer's pre-processing; with
+        `differentiable`, with autograd through `images` (the pre-processing step's sign is a
+        constant of the graph: its derivative is zero wherever it has one)."""
+        x = images if differentiable else images.detach()
+        if self.noise > 0:
+            probe = images.detach().requires_grad_()
+            with torch.enable_grad():
+                features = layer_features(model, probe, self.layers_, spatial_mean, WHERE)[0]
+                scores = [g.confidence(f) for g, f in zip(self.gaussians, features)]
+                steps = [torch.autograd.grad(s.sum(), probe, retain_graph=True)[0].sign() for s in scores]
+            x = torch.cat([x + self.noise * step for step in steps])  # layer l's own step in chunk l
+        with torch.set_grad_enabled(differentiable):
             features = layer_features(model, x, self.layers_, spatial_mean, WHERE)[0]
-            scores = [g.confidence(f) for g, f in zip(self.gaussians, features)]
-            if self.noise == 0:
-                return torch.stack(scores, 1).detach()
-            steps = [torch.autograd.grad(s.sum(), x, retain_graph=True)[0].sign() for s in scores]
-        shifted = torch.cat([images + self.noise * step for step in steps])
-        with torch.no_grad():
-            features = layer_features(model, shifted, self.layers_, spatial_mean, WHERE)[0]
-            chunks = [f.split(len(images))[i] for i, f in enumerate(features)]
+            chunks = [f.split(len(images))[i if self.noise > 0 else 0] for i, f in enumerate(features)]
             return torch.stack([g.confidence(c) for g, c in zip(self.gaussians, chunks)], 1)
 
     def confidences(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
@@ -120,6 +131,12 @@ class Mahalanobis:
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return self.combiner.score(self.confidences(model, images))
+
+    def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """`score` itself, with autograd through `images` (`DifferentiableScore`; see the module
+        docstring), computed on the whole batch at once on the model's device."""
+        confidences = self._confidences(model, images.to(model_device(model)), differentiable=True)
+        return self.combiner.decision_torch(confidences)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,16 @@ the same masks alone or in any batch, on CPU and GPU alike, and torch's random s
 The masks are applied by forward hooks while the model stays in eval mode: on the model's own
 `nn.Dropout` / `Dropout1d/2d/3d` modules of rate > 0 (identity in eval mode, so the hook sees the
 input), or, for a model without them, on the output of one named layer. Alpha dropout (SELU
-networks) is not emulated; such modules stay off.
+networks) is not emulated; such modules stay off. The hooks are removed when the block ends, also
+on an exception; the model's modes are never touched.
+
+`bayesian_uncertainty` is the Monte Carlo estimate built on these masks (Feinman et al.'s Bayesian
+uncertainty, used by KD+BU), computed under the caller's grad mode. With autograd on it is the
+score's differentiable stand-in for adaptive attacks (`DifferentiableScore`), an expectation over
+transformation (EOT, Athalye et al. 2018): the same `n_samples` masks as the real score, so its
+forward equals the real estimate exactly, and its gradient is the exact gradient of that estimate
+with the masks held fixed. The masks are a function of the image's 8-bit content (`image_keys`,
+no gradient), so an attack's next iterate meets the fresh masks the real score would draw for it.
 """
 
 from __future__ import annotations
@@ -73,3 +82,23 @@ class PerImageDropout:
         hooks = {name: self._hook(i, name, rate) for i, (name, rate) in enumerate(self.sites.items())}
         with forward_hooks(self.model, hooks):
             yield self
+
+
+def bayesian_uncertainty(
+    model: nn.Module, images: torch.Tensor, layer: str, rate: float, seed: int, n_samples: int, where: str
+) -> torch.Tensor:
+    """`[N]` float64 Bayesian uncertainty, `mean_t |p_t|^2 - |mean_t p_t|^2` over `n_samples`
+    passes with `PerImageDropout` masks (`p_t` the softmax output; `layer`, `rate`: the site for a
+    model without dropout modules). Runs under the caller's grad mode: with autograd on, the
+    gradient reaches `images` through every pass, the masks held fixed (EOT over the same masks)."""
+    if n_samples < 1:
+        raise TracekitError(f"{where}: n_samples must be at least 1, got {n_samples}")
+    dropout = PerImageDropout(model, layer, rate, images, seed, where)
+    total, squares = torch.zeros(()), torch.zeros(())  # 0 + x is x exactly: the sums start at the first pass
+    with dropout.hooked():
+        for draw in range(n_samples):  # one whole-batch pass per mask draw
+            dropout.draw = draw
+            probs = model(images).softmax(1).double()
+            total = total.to(probs) + probs
+            squares = squares.to(probs) + probs.square().sum(1)
+    return squares / n_samples - (total / n_samples).square().sum(1)

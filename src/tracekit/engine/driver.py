@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -133,6 +133,23 @@ def screen_attacks(spec: Spec, attacks: list[Attack], input_size: tuple[int, ...
     return bound
 
 
+def check_bound_attacks(spec: Spec, detectors: list[Detector], attacks: list[Attack], bound: list[int]) -> None:
+    """Each detector-bound (adaptive) attack can attack every detector it will be bound to (its
+    `accepts`), checked before any work: an adaptive attack is never run through a weaker stand-in."""
+    labels = (
+        [spec.detector_key(i) for i in range(len(detectors))] if spec.detectors else [component_label(spec.detector)]
+    )
+    for i in bound:
+        attack = cast(DetectorBound, attacks[i])
+        for label, detector in zip(labels, detectors):
+            try:
+                attack.accepts(detector)
+            except TracekitError as exc:
+                raise TracekitError(
+                    f"{spec.source}: attacks.{i} ('{spec.attack_key(i)}') cannot attack detector '{label}': {exc}"
+                ) from None
+
+
 def check_model_needs(spec: Spec, detectors: list[Detector], attacks: list[Attack], model: LoadedModel) -> None:
     """What each component needs of the model (`ModelChecked`: forward hooks, an eager module,
     named layers), checked as soon as the model is loaded: an impossible combination stops the run
@@ -177,6 +194,7 @@ def prepare(
     if spec.batch_size == "auto":  # resolved once, here; workers get the number with the spec
         spec.batch_size = auto_batch_size(context.model.module, tuple(context.model.input_size), device)
     bound = screen_attacks(spec, context.attacks, tuple(context.model.input_size))
+    check_bound_attacks(spec, detectors, context.attacks, bound)
     check_model_needs(spec, detectors, context.attacks, context.model)
     context.reader  # noqa: B018 - built now: a dataset that does not fit the model fails before any work
     key = stage_key(spec, context.fingerprint)

@@ -257,18 +257,8 @@ def _worker_init(worker_id: int) -> None:
     reaches the whole process group: the worker ignores it, the main process records it and ends
     its workers; SIGTERM ends the worker at once, quietly (`tracekit.stopping.worker_ignores_stops`).
     And no traceback when the worker's multiprocessing thread hands a batch's file descriptors to
-    the main process, whose end of the connection is gone; other threads' errors are reported as
-    usual."""
-    import threading
-
-    from ..stopping import worker_ignores_stops
+    the main process, whose end of the connection is gone (`tracekit.stopping.quiet_threads`)."""
+    from ..stopping import quiet_threads, worker_ignores_stops
 
     worker_ignores_stops()
-    default = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        serving = args.thread is not None and args.thread.name.endswith("(_serve)")
-        if not (serving and issubclass(args.exc_type, (OSError, EOFError))):
-            default(args)
-
-    threading.excepthook = hook
+    quiet_threads()
