@@ -439,3 +439,20 @@ def test_concurrent_writers_of_an_entry_take_turns_and_the_second_serves_the_fir
     )
     assert (tmp_path / "a" / "scores.csv").read_text() == (tmp_path / "b" / "scores.csv").read_text()
     assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".lock")]  # no lock file left
+
+
+def test_a_detector_bound_attack_is_keyed_by_what_the_detector_learned():
+    """Two fits of one detector spec with other states key different cache entries; the same
+    state, however its dict is ordered, the same entry."""
+    import numpy as np
+    import torch
+
+    from tracekit.engine.attack_cache import state_fingerprint
+
+    state = {"means": torch.arange(6.0).view(2, 3), "combiner": {"coef": np.ones(3), "intercept": 0.5}, "k": 20}
+    same = {"k": 20, "combiner": {"intercept": 0.5, "coef": np.ones(3)}, "means": torch.arange(6.0).view(2, 3)}
+    assert state_fingerprint(state) == state_fingerprint(same)
+    refitted = {**state, "means": state["means"] + 1e-6}
+    assert state_fingerprint(refitted) != state_fingerprint(state)
+    assert state_fingerprint({**state, "k": 21}) != state_fingerprint(state)
+    assert state_fingerprint({**state, "means": state["means"].double()}) != state_fingerprint(state)  # dtype counts

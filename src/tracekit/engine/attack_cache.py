@@ -56,15 +56,42 @@ FLOAT32_ROUNDING = 2.0**-23  # per pixel: storing `clean + delta` in float32 mov
 
 def model_fingerprint(module: nn.Module) -> str:
     """sha256 of the module's class and every parameter and buffer (names, shapes, values)."""
-    import torch
-
     digest = hashlib.sha256(type(module).__qualname__.encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(str((t.dtype, tuple(t.shape))).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d buffers (BatchNorm's) too
+        _update(digest, tensor)
     return digest.hexdigest()
+
+
+def state_fingerprint(state: Any) -> str:
+    """sha256 of a fitted detector's `state_dict()` (tensors, arrays, numbers, strings, lists and
+    dicts, by value): what a detector-bound attack's cached adversarials are keyed by, beside the
+    detector's spec and threshold, so that a refitted detector is never served another's."""
+    digest = hashlib.sha256()
+    stack = [state]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            digest.update(f"dict{len(item)}".encode())
+            for key in sorted(item, key=str, reverse=True):
+                stack += [item[key], str(key)]
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"list{len(item)}".encode())
+            stack += reversed(item)
+        elif hasattr(item, "detach") or hasattr(item, "__array__"):
+            _update(digest, item)
+        else:
+            digest.update(repr(item).encode())
+    return digest.hexdigest()
+
+
+def _update(digest: Any, tensor: Any) -> None:
+    """A tensor's (or array's) dtype, shape and bytes into `digest`."""
+    import torch
+
+    t = torch.as_tensor(tensor.detach() if hasattr(tensor, "detach") else tensor).to("cpu").contiguous()
+    digest.update(str((t.dtype, tuple(t.shape))).encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d buffers (BatchNorm's) too
 
 
 def code_version(obj: object) -> str:

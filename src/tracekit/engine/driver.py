@@ -36,9 +36,10 @@ from ..protocols import (
     ModelChecked,
     PerImageAttack,
     SeededAttack,
+    StatefulDetector,
 )
 from ..spec import Spec, component_label
-from .attack_cache import AttackCache, code_version
+from .attack_cache import AttackCache, code_version, state_fingerprint
 from .attacking import AttackRun, AttackStage, attack_stage, seed_everything
 from .context import TRAINED, DetectorHandle, RunContext, build_context, worker_context
 from .predicting import FIT, TEST, Clean, clean_stage, fit_score
@@ -102,6 +103,9 @@ class Driver:
         if bind is not None:
             handle, detector_cfg, threshold = bind
             cache_key.update(detector=detector_cfg, threshold=threshold)
+            fitted = context.detector(handle)
+            if isinstance(fitted, StatefulDetector):  # what it learned, not only how it was configured
+                cache_key["detector_state"] = state_fingerprint(fitted.state_dict())
         assert context.cache_root is not None  # the driver's context has one
         cache = AttackCache(context.fingerprint, cache_key, spec.seed, root=context.cache_root)
         run = AttackRun(
