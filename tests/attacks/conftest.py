@@ -47,3 +47,34 @@ def digits() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         right = model.module(x).argmax(1) == y
     return model.module.eval(), x[right][:30], y[right][:30]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the adaptive attacks' tests: a step is hundreds of small ops, and with
+    two threads each waits for the second core (many times slower on a shared 2-core machine)."""
+    from tracekit.threads import applied
+
+    with applied(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def paper_detector():
+    import tracekit
+
+    return tracekit.create("detector", "feature-response")
+
+
+@pytest.fixture(scope="module")
+def attacked_digits():
+    """digits-cnn, 24 correctly classified test images to attack and 48 other clean images."""
+    import tracekit
+    from tracekit.datasets.digits import digits_arrays
+
+    model = tracekit.create("model", "digits-cnn").module
+    _, images, labels = digits_arrays("test")
+    with torch.no_grad():
+        right = model(images).argmax(1) == labels
+    images, labels = images[right], labels[right]
+    return model, images[:24], labels[:24], images[24:72]

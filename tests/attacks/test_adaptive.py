@@ -15,34 +15,23 @@ from typer.testing import CliRunner
 import tracekit
 from tracekit.attacks.native import NativePGD
 from tracekit.cli import build_app
-from tracekit.datasets.digits import digits_arrays
 from tracekit.errors import TracekitError
 from tracekit.protocols import DetectorBound, DifferentiableScore, SeededAttack
-from tracekit.threads import applied
 
 EPS, STEP, ITERS = 0.1, 0.02, 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with applied(1):  # hundreds of small ops a step: one thread is faster on a shared 2-core machine
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return tracekit.create("detector", "feature-response")
+def detector(paper_detector):
+    return paper_detector
 
 
 @pytest.fixture(scope="module")
-def digits():
-    """digits-cnn, 24 correctly classified test images to attack and 48 other clean images."""
-    model = tracekit.create("model", "digits-cnn").module
-    _, images, labels = digits_arrays("test")
-    with torch.no_grad():
-        right = model(images).argmax(1) == labels
-    images, labels = images[right], labels[right]
-    return model, images[:24], labels[:24], images[24:72]
+def digits(attacked_digits):
+    return attacked_digits
 
 
 def bound(detector, threshold: float, **params):

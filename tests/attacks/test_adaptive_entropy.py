@@ -12,35 +12,22 @@ import torch
 import tracekit
 from tracekit.attacks.adaptive_entropy import AdaptiveEntropy
 from tracekit.attacks.native import NativePGD
-from tracekit.datasets.digits import digits_arrays
 from tracekit.errors import TracekitError
-from tracekit.threads import applied
 
 EPS, STEP, ITERS = 0.1, 0.02, 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread: a step is hundreds of small ops, and with two threads each waits for the
-    second core (many times slower while other work shares a 2-core machine)."""
-    with applied(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return tracekit.create("detector", "feature-response")
+def detector(paper_detector):
+    return paper_detector
 
 
 @pytest.fixture(scope="module")
-def digits():
-    """digits-cnn, 24 correctly classified test images to attack and 48 other clean images."""
-    model = tracekit.create("model", "digits-cnn").module
-    _, images, labels = digits_arrays("test")
-    with torch.no_grad():
-        right = model(images).argmax(1) == labels
-    images, labels = images[right], labels[right]
-    return model, images[:24], labels[:24], images[24:72]
+def digits(attacked_digits):
+    return attacked_digits
 
 
 def real_scores(model, detector, adversarial, labels) -> tuple[torch.Tensor, torch.Tensor]:

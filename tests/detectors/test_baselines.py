@@ -5,7 +5,6 @@ leave the model exactly as they found it."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,6 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 import tracekit
-from tracekit.datasets.digits import digits_arrays
 from tracekit.detectors.feature_squeezing import median_filter, reduce_bit_depth
 from tracekit.detectors.kd_bu import log_kde
 from tracekit.detectors.lid import lid_mle
@@ -25,29 +23,17 @@ from tracekit.detectors.mc_dropout import image_keys, uniforms
 from tracekit.errors import SpecError, TracekitError
 from tracekit.protocols import Detector, StatefulDetector
 from tracekit.testing import tiny_model
-from tracekit.threads import applied
 
 BASELINES = ["feature-squeezing", "lid", "mahalanobis", "kd-bu"]
 FAST = {"kd-bu": {"n_samples": 10}}  # fewer MC passes than the paper's 50 keep the test fast
 N_FIT, N_TEST = 100, 100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small convolutions on a shared 2-core machine run fastest on one thread."""
-    with applied(1):
-        yield
-
-
 @pytest.fixture(scope="module")
-def digits() -> dict[str, Any]:
+def digits(correct_digits) -> dict[str, Any]:
     """digits-cnn, disjoint fit and test images (correctly classified), and the successful FGSM
     adversarials of each part: eps 0.3 (large) and eps 0.1 (near the decision boundary)."""
-    model = tracekit.create("model", "digits-cnn").module
-    _, images, labels = digits_arrays("test")
-    with torch.no_grad():
-        right = model(images).argmax(1) == labels
-    images, labels = images[right], labels[right]
+    model, images, labels = correct_digits
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     parts = {"fit": order[:N_FIT], "test": order[N_FIT : N_FIT + N_TEST]}
     data: dict[str, Any] = {"model": model}

@@ -6,7 +6,6 @@ gradient reaches every image, and a step against that gradient lowers the real s
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,9 +13,7 @@ import torch
 from torch import nn
 
 import tracekit
-from tracekit.datasets.digits import digits_arrays
 from tracekit.protocols import DifferentiableScore
-from tracekit.threads import applied
 
 N_FIT, N_TEST = 100, 20
 DETECTORS = {
@@ -28,22 +25,11 @@ DETECTORS = {
 STEP = 0.01  # one L-inf step in [0, 1] pixels, a typical PGD step size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small convolutions on a shared 2-core machine run fastest on one thread."""
-    with applied(1):
-        yield
-
-
 @pytest.fixture(scope="module")
-def digits() -> dict[str, Any]:
+def digits(correct_digits) -> dict[str, Any]:
     """digits-cnn, correctly classified fit images with their successful FGSM (eps 0.3)
     adversarials, and test images: `N_TEST` clean ones and their FGSM adversarials."""
-    model = tracekit.create("model", "digits-cnn").module
-    _, images, labels = digits_arrays("test")
-    with torch.no_grad():
-        right = model(images).argmax(1) == labels
-    images, labels = images[right], labels[right]
+    model, images, labels = correct_digits
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     fit, test = order[:N_FIT], order[N_FIT : N_FIT + N_TEST]
     attack = tracekit.create("attack", "fgsm", eps=0.3, backend="native")

@@ -8,7 +8,6 @@ one small step down that gradient lowers the real score on average."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,13 +15,11 @@ import torch
 from torch import nn
 
 import tracekit
-from tracekit.datasets.digits import digits_arrays
 from tracekit.detectors.feature_squeezing import FeatureSqueezing
 from tracekit.detectors.kd_bu import WHERE as KD_BU
 from tracekit.detectors.mc_dropout import bayesian_uncertainty
 from tracekit.errors import TracekitError
 from tracekit.protocols import DifferentiableScore
-from tracekit.threads import applied
 
 N = 48  # clean and adversarial test images each
 # One L-inf signed-gradient step (PGD's eps_step at eps 0.1 is 0.01). MC dropout's step is larger:
@@ -32,22 +29,11 @@ N = 48  # clean and adversarial test images each
 STEP, DROPOUT_STEP = 0.01, 0.03
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small convolutions on a shared 2-core machine run fastest on one thread."""
-    with applied(1):
-        yield
-
-
 @pytest.fixture(scope="module")
-def digits() -> dict[str, Any]:
+def digits(correct_digits) -> dict[str, Any]:
     """digits-cnn, correctly classified test images and FGSM eps 0.1 adversarials of others (the
     images an adaptive attack starts from: detected, near the decision boundary)."""
-    model = tracekit.create("model", "digits-cnn").module
-    _, images, labels = digits_arrays("test")
-    with torch.no_grad():
-        right = model(images).argmax(1) == labels
-    images, labels = images[right], labels[right]
+    model, images, labels = correct_digits
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
     clean, fit, source = order[:N], order[N : 3 * N], order[3 * N : 6 * N]
     attack = tracekit.create("attack", "fgsm", eps=0.1, backend="native")
