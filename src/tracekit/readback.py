@@ -118,6 +118,7 @@ class DetectorMetrics(_Open):
     threshold: Finite
     needs_adversarial_fit: StrictBool = False
     transfer: Transfer | None = None
+    no_adaptive_attack: dict[str, StrictStr] | None = None  # attack label -> why it could not attack it
     seconds: Seconds | None = None
 
 

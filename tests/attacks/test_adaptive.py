@@ -140,3 +140,49 @@ def test_needs_a_bound_detector_and_a_finite_threshold(detector, digits):
         attack.bind(detector, math.nan)
     with pytest.raises(TracekitError, match="restarts"):
         tracekit.create("attack", "adaptive", restarts=0)
+
+
+def test_a_comparison_says_which_detector_has_no_adaptive_attack(tmp_path):
+    """In `compare`, a detector without a stand-in is not attacked adaptively and not refused:
+    its cell says n/a, metrics.json says why, and the report, its tables and a comparison of the
+    finished run read it back."""
+    import json
+
+    import yaml
+
+    spec = {
+        "name": "no-stand-in",
+        "device": "cpu",
+        "model": {"name": "digits-cnn"},
+        "data": {"name": "digits", "split": "test", "limit": 60},
+        "attacks": [
+            {"name": "fgsm", "eps": 0.1, "backend": "native"},
+            {"name": "adaptive", "max_iter": 2, "lambdas": [0, 1]},
+        ],
+        "detectors": [
+            {"label": "paper", "name": "feature-response"},
+            {"label": "gradient", "name": "feature-response", "saliency": {"name": "gradient"}},
+        ],
+        "evaluation": {"bootstrap": 0},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(build_app(), ["compare", str(tmp_path / "spec.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "n/a: gradient on adaptive: no adaptive attack available" in said
+    metrics = json.loads((out / "metrics.json").read_text())["detectors"]
+    assert set(metrics["paper"]["attacks"]) == {"fgsm", "adaptive"} and "no_adaptive_attack" not in metrics["paper"]
+    assert set(metrics["gradient"]["attacks"]) == {"fgsm"}
+    assert "no adaptive attack is available" in metrics["gradient"]["no_adaptive_attack"]["adaptive"]
+    attacks = json.loads((out / "attacks.json").read_text())["attacks"]
+    assert set(attacks[1]["detectors"]) == {"d00"}  # the adaptive attack's table: the paper's only
+    assert "no adaptive attack is available for gradient on adaptive" in " ".join(
+        (out / "report.html").read_text().split()
+    )
+    assert sorted(k for k in tracekit.read_tables(out) if "adaptive" in k) == [
+        "attack/adaptive@paper",
+        "scores/paper/adaptive@paper",
+    ]
+    side = CliRunner().invoke(build_app(), ["compare", str(out), str(out), "--out", str(tmp_path / "side")])
+    assert side.exit_code == 0, side.output

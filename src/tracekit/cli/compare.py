@@ -146,6 +146,12 @@ def register(app: typer.Typer) -> None:
             data = result.metrics["data"]
             title = f"{spec.name}: {data['n_fit']} fit / {data['n_test']} test images, same for every detector"
             print_comparison(detectors, title, spec.calibration.target_fpr)
+            for label, entry in result.metrics["detectors"].items():
+                for attack in entry.get("no_adaptive_attack") or {}:
+                    console.print(
+                        f"n/a: {escape(label)} on {escape(attack)}: no adaptive attack available "
+                        "(the detector has no differentiable stand-in of its score)"
+                    )
             console.print(f"run directory: [bold]{escape(str(result.out_dir))}[/] ({result.metrics['seconds']:.1f} s)")
             console.print(f"report: {escape(str(RunLayout(result.out_dir).report))}")
             return

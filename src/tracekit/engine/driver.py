@@ -55,6 +55,8 @@ class Plan:
     fit_subset: np.ndarray  # positions of the fit images a learning detector is fitted on
     bound: list[int]  # indices of the spec's detector-bound (adaptive) attacks
     runs: list[AttackRun] = field(default_factory=list)  # attacks that need no detector, in spec order
+    # (attack index, detector tag) -> why that bound attack cannot attack that detector (a comparison's)
+    unavailable: dict[tuple[int, str], str] = field(default_factory=dict)
 
     @property
     def test(self) -> np.ndarray:
@@ -137,21 +139,30 @@ def screen_attacks(spec: Spec, attacks: list[Attack], input_size: tuple[int, ...
     return bound
 
 
-def check_bound_attacks(spec: Spec, detectors: list[Detector], attacks: list[Attack], bound: list[int]) -> None:
-    """Each detector-bound (adaptive) attack can attack every detector it will be bound to (its
-    `accepts`), checked before any work: an adaptive attack is never run through a weaker stand-in."""
+def check_bound_attacks(
+    spec: Spec, detectors: list[Detector], attacks: list[Attack], bound: list[int]
+) -> dict[tuple[int, str], str]:
+    """Whether each detector-bound (adaptive) attack can attack every detector it will be bound to
+    (its `accepts`), before any work: an adaptive attack is never run through a weaker stand-in. A
+    run's detector that it cannot attack stops the run; a comparison's is reported instead (the
+    returned `(attack index, detector tag) -> reason`: "no adaptive attack available")."""
     labels = (
         [spec.detector_key(i) for i in range(len(detectors))] if spec.detectors else [component_label(spec.detector)]
     )
+    unavailable = {}
     for i in bound:
         attack = cast(DetectorBound, attacks[i])
-        for label, detector in zip(labels, detectors):
+        for index, (label, detector) in enumerate(zip(labels, detectors)):
             try:
                 attack.accepts(detector)
             except TracekitError as exc:
+                if spec.detectors:
+                    unavailable[(i, TableNames.detector(index))] = str(exc)
+                    continue
                 raise TracekitError(
                     f"{spec.source}: attacks.{i} ('{spec.attack_key(i)}') cannot attack detector '{label}': {exc}"
                 ) from None
+    return unavailable
 
 
 def check_model_needs(spec: Spec, detectors: list[Detector], attacks: list[Attack], model: LoadedModel) -> None:
@@ -198,7 +209,7 @@ def prepare(
     if spec.batch_size == "auto":  # resolved once, here; workers get the number with the spec
         spec.batch_size = auto_batch_size(context.model.module, tuple(context.model.input_size), device)
     bound = screen_attacks(spec, context.attacks, tuple(context.model.input_size))
-    check_bound_attacks(spec, detectors, context.attacks, bound)
+    unavailable = check_bound_attacks(spec, detectors, context.attacks, bound)
     check_model_needs(spec, detectors, context.attacks, context.model)
     context.reader  # noqa: B018 - built now: a dataset that does not fit the model fails before any work
     key = stage_key(spec, context.fingerprint)
@@ -212,7 +223,9 @@ def prepare(
     )
     fit = clean.positions(FIT)
     ranked = fit[np.argsort(fit_score(clean.ids[clean.part == FIT].tolist(), f"{spec.seed}:fit-subset"), kind="stable")]
-    driver = Driver(context, executor, Plan(clean, np.sort(ranked[: spec.calibration.fit_images]), bound))
+    driver = Driver(
+        context, executor, Plan(clean, np.sort(ranked[: spec.calibration.fit_images]), bound, [], unavailable)
+    )
     plan = driver.plan
     adversarial_fit = any(d.needs_adversarial_fit for d in detectors)
     attacked = np.union1d(plan.test, plan.fit_subset) if adversarial_fit else plan.test

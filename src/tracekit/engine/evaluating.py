@@ -41,7 +41,7 @@ class Evaluation:
     detector: Detector
     threshold: float
     per_attack: dict[str, Any]
-    runs: list[AttackRun]  # every attack, detector-bound (adaptive) ones included, in spec order
+    runs: list[AttackRun]  # every attack it faced, detector-bound (adaptive) ones included, in spec order
     clean_scores: np.ndarray  # of the test part, in position order
     attack_rows: list[tuple[str, dict[str, np.ndarray], np.ndarray]]  # (key, test outcomes, their scores)
     extra: dict[str, Any] = field(default_factory=dict)  # controls beyond per-attack numbers
@@ -64,9 +64,14 @@ def evaluate(
     adaptive = {
         i: driver.attack(i, plan.test, TableNames.attack(i, tag), (handle, dict(detector_cfg), threshold))
         for i in plan.bound
+        if (i, tag) not in plan.unavailable  # a comparison's detector it cannot attack: said, not run
     }
     unbound = iter(plan.runs)
-    runs = [adaptive[i] if i in adaptive else next(unbound) for i in range(len(spec.attacks))]
+    runs = [
+        adaptive[i] if i in adaptive else next(unbound)
+        for i in range(len(spec.attacks))
+        if i in adaptive or i not in plan.bound
+    ]
     per_attack: dict[str, Any] = {}
     attack_rows = []
     for run in runs:
@@ -82,6 +87,9 @@ def evaluate(
         extra["randomized_model"] = _randomized_model(driver, detector_cfg, runs, per_attack, tag, prefix)
     if detector.needs_adversarial_fit and spec.evaluation.transfer and len(plan.runs) > 1:
         extra["transfer"] = _transfer(driver, detector_cfg, tag, prefix)
+    missing = {spec.attack_key(i): why for (i, of), why in plan.unavailable.items() if of == tag}
+    if missing:  # metrics.json: `no_adaptive_attack`, attack label -> why (tables and report say so)
+        extra["no_adaptive_attack"] = missing
     return Evaluation(detector, threshold, per_attack, runs, clean, attack_rows, extra)
 
 

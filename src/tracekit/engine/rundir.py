@@ -233,16 +233,17 @@ def write_metrics(layout: RunLayout, metrics: dict[str, Any]) -> None:
 
 def write_attacks(layout: RunLayout, spec: Spec, runs: dict[str, list[AttackRun]]) -> None:
     """`attacks.json`: for each attack of the spec, its label and name and, per detector tag (`runs`:
-    each detector's attack runs in spec order), its outcomes table and the attack-cache directory
-    of its adversarials (null when the run kept them in its own folder, removed at its end)."""
+    each detector's attack runs in spec order; a comparison's detector that an adaptive attack
+    cannot attack has none of it), its outcomes table and the attack-cache directory of its
+    adversarials (null when the run kept them in its own folder, removed at its end)."""
     attacks = []
     for i, cfg in enumerate(spec.attacks):
-        by_tag = {}
+        by_tag, per_image = {}, False
         for tag, attack_runs in runs.items():
-            run = attack_runs[i]
-            kept = not run.cache.dir.resolve().is_relative_to(layout.root.resolve())
-            by_tag[tag] = {"table": run.table.name, "cache": str(run.cache.dir) if kept else None}
-        per_image = next(iter(runs.values()))[i].per_image
+            for run in (r for r in attack_runs if r.key == spec.attack_key(i)):
+                kept = not run.cache.dir.resolve().is_relative_to(layout.root.resolve())
+                by_tag[tag] = {"table": run.table.name, "cache": str(run.cache.dir) if kept else None}
+                per_image = run.per_image
         attacks.append({"label": spec.attack_key(i), "name": cfg["name"], "per_image": per_image, "detectors": by_tag})
     document = {"format": ATTACKS_FORMAT, "attacks": attacks}
     layout.attacks.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -223,6 +223,7 @@ def render_compare_report(run: RunData, figures: dict[str, Any]) -> str:
         problems={label: found for label, found in problems.items() if found},
         metrics=run.metrics,
         few=few({f"{label} on {a}": m for label, entry in detectors.items() for a, m in entry["attacks"].items()}),
+        no_adaptive=[(label, a) for label, entry in detectors.items() for a in entry.get("no_adaptive_attack") or {}],
         detectors=detectors,
         attacks=attacks,
         by_attack=by_attack,

@@ -76,17 +76,27 @@ class RunData:
             raise TracekitError(f"{path}: unreadable ({type(exc).__name__}: {exc}); run the spec again") from None
 
     def distributions(self, tag: str) -> tuple[Distribution, dict[str, Distribution]]:
-        """Detector `tag`'s clean test scores and each attack's successful adversarials' scores,
-        as distributions on bins shared with its threshold, streamed from the tables."""
+        """Detector `tag`'s clean test scores and the successful adversarials' scores of each
+        attack it faced, as distributions on bins shared with its threshold, streamed from the
+        tables."""
         threshold = self.threshold(tag)
+        faced = self.faced(tag)
         sources: list[Batches] = [_scores(Table(self.dir, TableNames.scores(tag, "clean")))]
-        for i in range(len(self.spec.attacks)):
+        for i in faced:
             table = attack_table(self.dir, i, tag)
             sources.append(_successful_scores(Table(self.dir, TableNames.scores(tag, table.name)), table))
         clean, *found = gather(sources, [threshold])
-        attacks = {self.spec.attack_key(i): d for i, d in enumerate(found)}
+        attacks = {self.spec.attack_key(i): d for i, d in zip(faced, found)}
         self._check_counts(tag, clean, attacks)
         return clean, attacks
+
+    def faced(self, tag: str) -> list[int]:
+        """The indices of the spec's attacks detector `tag` faced: all, but in a comparison not an
+        adaptive attack that has no stand-in of that detector to descend (`no_adaptive_attack`)."""
+        if not self.is_comparison:
+            return list(range(len(self.spec.attacks)))
+        measured = self._detector(tag)["attacks"]
+        return [i for i in range(len(self.spec.attacks)) if self.spec.attack_key(i) in measured]
 
     def _check_counts(self, tag: str, clean: Distribution, attacks: dict[str, Distribution]) -> None:
         """The tables hold as many clean test scores and successful adversarials as `metrics.json`
@@ -124,7 +134,7 @@ class RunData:
         clean = rows_at(Table(self.dir, TableNames.CLEAN), ["index", "pred", "confidence"], positions)
         clean_scores = rows_at(Table(self.dir, TableNames.scores(tag, "clean")), ["index", "score"], positions)
         attacks = {}
-        for i in range(len(self.spec.attacks)):
+        for i in self.faced(tag):
             table = attack_table(self.dir, i, tag)
             outcomes = rows_at(table, ["index", "label", "pred", "target_confidence", "success"], positions)
             scores = rows_at(Table(self.dir, TableNames.scores(tag, table.name)), ["index", "score"], positions)
@@ -207,7 +217,7 @@ def read_attacks(run_dir: Path) -> list[AttackTable]:
     out = []
     for attack in document["attacks"]:
         by_tag = attack["detectors"]
-        bound = len({entry["table"] for entry in by_tag.values()}) > 1
+        bound = any(entry["table"].endswith(f"-{tag}") for tag, entry in by_tag.items())  # one table per detector
         for tag, entry in by_tag.items():
             out.append(AttackTable(attack["label"], tag, entry["table"], entry["cache"], attack["per_image"], bound))
             if not bound:
