@@ -102,19 +102,19 @@ def test_verdict_lines_and_calibration_problems():
 def test_comparison_tables_fit_80_columns():
     per_detector = {label: metrics()["attacks"] for label in DETECTORS}
     tables = compare_tables(per_detector, "compare: 148 fit / 149 test images, same for every detector", 0.05)
-    assert len(tables) == 2  # AUC, then TPR: five attacks fit beside the longest label
+    assert len(tables) == 3  # AUC, TPR, evasion: five attacks fit beside the longest label
     text = render(*tables)
     assert_fits(text)
-    assert "ROC AUC" in text and "TPR at 5% FPR" in text
+    assert "ROC AUC" in text and "TPR at 5% FPR" in text and "evasion rate" in text
     rows = [line for line in text.splitlines() if line.startswith("integrated-gradients")]
-    assert len(rows) == 2 and all(len(re.findall(r"\d\.\d{3}", row)) == 5 for row in rows)
+    assert len(rows) == 3 and all(len(re.findall(r"\d\.\d{3}", row)) == 5 for row in rows)
 
 
 def test_comparison_tables_split_attacks_that_do_not_fit():
     many = [f"attack-number-{i}" for i in range(9)]
     per_detector = {f"run-20250101-120000: {label}": metrics(many, False)["attacks"] for label in DETECTORS[:3]}
     tables = compare_tables(per_detector, "finished runs", 0.05)
-    assert len(tables) > 2
+    assert len(tables) > 3
     text = render(*tables)
     assert_fits(text)
     assert all(name in text for name in many)

@@ -20,7 +20,8 @@ DETECTOR_WIDTH, ATTACK_WIDTH = 28, 12  # at most, before a label or an attack na
 
 
 def compare_tables(detectors: dict[str, dict[str, Any]], title: str, level: float, width: int = 80) -> list[Table]:
-    """Detectors x attacks: a table of AUCs, then one of TPRs at the FPR `level`, each split into
+    """Detectors x attacks: a table of AUCs, one of TPRs at the FPR `level` and one of evasion
+    rates (what an adaptive attack is judged by, beside the plain attacks'), each split into
     several tables of fewer attacks where all would not fit `width` columns; a number that rests on
     too few images to conclude from (`verdicts.small_sample`) is marked `*`."""
     from ..report.verdicts import small_sample
@@ -44,6 +45,7 @@ def compare_tables(detectors: dict[str, dict[str, Any]], title: str, level: floa
     for what, key in (
         ("ROC AUC (0.5: chance)", "auc"),
         (f"TPR at {level:.0%} FPR (share of adversarials flagged)", str(level)),
+        ("evasion rate (attacked images misclassified and not flagged at the threshold)", "evasion_rate"),
     ):
         for i, chunk in enumerate(chunks):
             part = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
@@ -61,7 +63,7 @@ def compare_tables(detectors: dict[str, dict[str, Any]], title: str, level: floa
                 cells = []
                 for attack in chunk:
                     m = per_attack.get(attack)
-                    value = None if not m else m["auc"] if key == "auc" else m["tpr_at_fpr"][key]
+                    value = None if not m else m.get(key) if key in ("auc", "evasion_rate") else m["tpr_at_fpr"][key]
                     mark = FEW_MARK if (label, attack) in few and value is not None else ""
                     cells.append("n/a" if not m else fmt(value) + mark)
                 table.add_row(escape(label), *cells)
