@@ -159,9 +159,9 @@ def test_a_comparison_says_which_detector_has_no_adaptive_attack(tmp_path):
             {"name": "fgsm", "eps": 0.1, "backend": "native"},
             {"name": "adaptive", "max_iter": 2, "lambdas": [0, 1]},
         ],
-        "detectors": [
-            {"label": "paper", "name": "feature-response"},
+        "detectors": [  # the one without a stand-in first: the report puts it last
             {"label": "gradient", "name": "feature-response", "saliency": {"name": "gradient"}},
+            {"label": "paper", "name": "feature-response"},
         ],
         "evaluation": {"bootstrap": 0},
     }
@@ -176,10 +176,12 @@ def test_a_comparison_says_which_detector_has_no_adaptive_attack(tmp_path):
     assert set(metrics["gradient"]["attacks"]) == {"fgsm"}
     assert "no adaptive attack is available" in metrics["gradient"]["no_adaptive_attack"]["adaptive"]
     attacks = json.loads((out / "attacks.json").read_text())["attacks"]
-    assert set(attacks[1]["detectors"]) == {"d00"}  # the adaptive attack's table: the paper's only
-    assert "no adaptive attack is available for gradient on adaptive" in " ".join(
-        (out / "report.html").read_text().split()
-    )
+    assert set(attacks[1]["detectors"]) == {"d01"}  # the adaptive attack's table: the paper's only
+    page = " ".join((out / "report.html").read_text().split())
+    assert "no adaptive attack is available for gradient on adaptive" in page
+    assert "ordered by how often the adaptive attack adaptive" in page
+    rows = [page.index(f'<tr><td class="label sticky">{label}</td>') for label in ("paper", "gradient")]
+    assert rows[0] < rows[1]  # ordered by evasion under the adaptive attack, n/a last
     assert sorted(k for k in tracekit.read_tables(out) if "adaptive" in k) == [
         "attack/adaptive@paper",
         "scores/paper/adaptive@paper",

@@ -132,6 +132,7 @@ def test_compare_table_matches_metrics_json(result, page):
             m = entry["attacks"][attack]
             for value, (lo, hi) in [(m["auc"], m["auc_ci"]), (m["tpr_at_fpr"]["0.05"], m["tpr_at_fpr_ci"]["0.05"])]:
                 expected += [f"{value:.3f}", f"[{lo:.3f}, {hi:.3f}]"]
+            expected.append(f"{m['evasion_rate']:.1%}")
         assert rows[label] == expected
     assert metrics["detectors"]["test-distance"]["needs_adversarial_fit"]
 

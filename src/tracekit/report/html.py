@@ -204,10 +204,30 @@ def render_report(run: RunData, figures: dict[str, Any]) -> str:
     )
 
 
+def adaptive_attack(run: RunData) -> str | None:
+    """The label of a comparison's first detector-bound (adaptive) attack, as `attacks.json` says
+    (None without one, or for a run directory written before attacks.json)."""
+    from .rundata import read_attacks
+
+    if not RunLayout(run.dir).attacks.is_file():
+        return None
+    return next((table.label for table in read_attacks(run.dir) if table.bound), None)
+
+
+def _evasion_order(entry: dict[str, Any], attack: str) -> tuple[bool, float]:
+    """Sort key: a detector's evasion rate under `attack`, those it could not attack (or without a
+    rate) last, in their given order."""
+    rate = (entry["attacks"].get(attack) or {}).get("evasion_rate")
+    return (rate is None, rate if rate is not None else 0.0)
+
+
 def render_compare_report(run: RunData, figures: dict[str, Any]) -> str:
     """The report page of a comparison, with the PNGs of `figures` (from `write_compare_figures`) inlined."""
     detectors = run.metrics["detectors"]
     attacks = list(dict.fromkeys(a for entry in detectors.values() for a in entry["attacks"]))
+    adaptive = adaptive_attack(run)
+    if adaptive is not None:  # the strongest defence first: the lowest evasion under the attacker who knows it
+        detectors = dict(sorted(detectors.items(), key=lambda item: _evasion_order(item[1], adaptive)))
     by_attack = {
         attack: {label: entry["attacks"][attack] for label, entry in detectors.items() if attack in entry["attacks"]}
         for attack in attacks
@@ -224,6 +244,7 @@ def render_compare_report(run: RunData, figures: dict[str, Any]) -> str:
         metrics=run.metrics,
         few=few({f"{label} on {a}": m for label, entry in detectors.items() for a, m in entry["attacks"].items()}),
         no_adaptive=[(label, a) for label, entry in detectors.items() for a in entry.get("no_adaptive_attack") or {}],
+        adaptive=adaptive,
         detectors=detectors,
         attacks=attacks,
         by_attack=by_attack,
