@@ -26,13 +26,21 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 
 
+def check_file(path: Path, what: str, limit: int, fix: str = "") -> None:
+    """`TracekitError` unless `path` is a regular file (a pipe would block a reader, a link to a
+    device feed it without end) of at most `limit` bytes; `what` names it in the message, `fix`
+    ends the message (`FileNotFoundError` passes)."""
+    info = os.stat(path)
+    subject = f"{what} " if what else ""
+    if not stat.S_ISREG(info.st_mode):
+        raise TracekitError(f"{path}: {subject}must be a regular file (not a directory, pipe or device){fix}")
+    if info.st_size > limit:
+        raise TracekitError(f"{path}: {subject}is {info.st_size:,} bytes, more than the {limit:,} tracekit reads{fix}")
+
+
 def read_text(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     """The UTF-8 text of the regular file `path`, at most `limit` bytes (`FileNotFoundError` passes)."""
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise TracekitError(f"{path}: {what} must be a regular file (not a directory, pipe or device)")
-    if info.st_size > limit:
-        raise TracekitError(f"{path}: {what} is {info.st_size:,} bytes, more than the {limit:,} tracekit reads")
+    check_file(path, what, limit)
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read(limit + 1)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any
 
+from .bounded import short
+
 OWN = "tracekit"  # the distribution of the built-ins
 RUNTIME = "<runtime>"  # the distribution of plugins registered at run time (`plugins.register_plugin`)
 
@@ -87,14 +89,9 @@ def describe(exc: BaseException) -> str | None:
     if found is None:
         return None
     return (
-        f"{found.who()} raised {_shown(exc)}{found.where()}; a component must raise an exception, never "
+        f"{found.who()} raised {short(exc, 200)}{found.where()}; a component must raise an exception, never "
         "exit or stop the program: this is a bug in the plugin, report it to its authors"
     )
-
-
-def _shown(exc: BaseException) -> str:
-    text = repr(exc)
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _frames(tb: TracebackType | None) -> Iterator[FrameType]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +30,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from .bounded import load_yaml, loads_json, read_text, short
+from .bounded import check_file, load_yaml, loads_json, read_text, short
 from .errors import TracekitError
 from .layout import RESOLVED_SPEC
 from .spec import Spec, validate_spec
@@ -250,7 +248,7 @@ def score_rows(path: Path, columns: tuple[str, ...]) -> Iterator[dict[str, str]]
     and `pred` whole numbers, `success` 0/1 (empty for clean rows), `score` a finite number,
     each `(detector, attack, sample_id)` once (said after the last row: read them all before
     acting on them). `FileNotFoundError` passes."""
-    _check_regular(path)
+    check_file(path, "", MAX_SCORES_BYTES, f"; {HOW_TO_FIX}")
     seen = _Seen()
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -289,15 +287,6 @@ class _Seen:
 
     def repeated(self) -> bool:
         return len(np.unique(self.digests[: self.n])) != self.n
-
-
-def _check_regular(path: Path) -> None:
-    """A regular file (a pipe would block, a link to a device read without end) of bounded size."""
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise TracekitError(f"{path}: must be a regular file (not a directory, pipe or device); {HOW_TO_FIX}")
-    if info.st_size > MAX_SCORES_BYTES:
-        raise TracekitError(f"{path}: {info.st_size:,} bytes, more than the {MAX_SCORES_BYTES:,} tracekit reads")
 
 
 def _check_row(path: Path, number: int, row: dict[str, str]) -> None:

@@ -60,7 +60,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def paper_detector():
+def detector():
+    """The paper's detector (guided backprop, mean 3x3 local entropy)."""
     import tracekit
 
     return tracekit.create("detector", "feature-response")

@@ -24,16 +24,6 @@ EPS, STEP, ITERS = 0.1, 0.02, 20
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def detector(paper_detector):
-    return paper_detector
-
-
-@pytest.fixture(scope="module")
-def digits(attacked_digits):
-    return attacked_digits
-
-
 def bound(detector, threshold: float, **params):
     attack = tracekit.create("attack", "adaptive", **{"eps": EPS, "eps_step": STEP, "max_iter": ITERS, **params})
     attack.bind(detector, threshold)
@@ -46,8 +36,8 @@ def evasion(model, detector, adversarial, labels, threshold) -> float:
     return (changed & (detector.score(model, adversarial) <= threshold)).float().mean().item()
 
 
-def test_the_papers_detector_offers_a_stand_in_that_tracks_its_score(digits, detector):
-    model, images, labels, clean = digits
+def test_the_papers_detector_offers_a_stand_in_that_tracks_its_score(attacked_digits, detector):
+    model, images, labels, clean = attacked_digits
     assert isinstance(detector, DifferentiableScore)
     x = torch.cat([images, clean[:8]]).requires_grad_(True)
     stand_in = detector.score_for_attack(model, x)
@@ -58,8 +48,8 @@ def test_the_papers_detector_offers_a_stand_in_that_tracks_its_score(digits, det
     assert torch.isfinite(grad).all() and (grad.flatten(1).norm(dim=1) > 0).all()
 
 
-def test_evades_the_papers_detector_more_than_plain_pgd(digits, detector):
-    model, images, labels, clean = digits
+def test_evades_the_papers_detector_more_than_plain_pgd(attacked_digits, detector):
+    model, images, labels, clean = attacked_digits
     threshold = detector.score(model, clean).median().item()  # strict: half the clean images flagged
     plain = NativePGD("inf", EPS, STEP, ITERS).generate(model, images, labels)
     ours = bound(detector, threshold).generate(model, images, labels)
@@ -67,8 +57,8 @@ def test_evades_the_papers_detector_more_than_plain_pgd(digits, detector):
     assert rates[1] >= rates[0] + 0.1, rates
 
 
-def test_restarts_are_seeded_per_image_not_per_batch(digits, detector):
-    model, images, labels, clean = digits
+def test_restarts_are_seeded_per_image_not_per_batch(attacked_digits, detector):
+    model, images, labels, clean = attacked_digits
     threshold = -1e9  # nothing ever evades: every restart and lambda runs on every image
     attack = bound(detector, threshold, max_iter=3, lambdas=[0.0, 1.0], restarts=2, random_init=True)
     assert isinstance(attack, SeededAttack) and isinstance(attack, DetectorBound)
@@ -83,8 +73,8 @@ def test_restarts_are_seeded_per_image_not_per_batch(digits, detector):
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("inf", 0.05), (2, 0.5)])
-def test_bounds_hold_and_the_model_is_untouched(digits, detector, norm, eps):
-    model, images, labels, clean = digits
+def test_bounds_hold_and_the_model_is_untouched(attacked_digits, detector, norm, eps):
+    model, images, labels, clean = attacked_digits
     model = copy.deepcopy(model).train()  # attacked in eval mode, then restored
     before = copy.deepcopy(model.state_dict())
     threshold = detector.score(model.eval(), clean).median().item()
@@ -131,8 +121,8 @@ def test_a_run_refuses_it_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial" / "tables").exists()
 
 
-def test_needs_a_bound_detector_and_a_finite_threshold(detector, digits):
-    model, images, labels, _ = digits
+def test_needs_a_bound_detector_and_a_finite_threshold(detector, attacked_digits):
+    model, images, labels, _ = attacked_digits
     attack = tracekit.create("attack", "adaptive")
     with pytest.raises(TracekitError, match="bind"):
         attack.generate(model, images[:2], labels[:2])

@@ -20,16 +20,6 @@ EPS, STEP, ITERS = 0.1, 0.02, 20
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def detector(paper_detector):
-    return paper_detector
-
-
-@pytest.fixture(scope="module")
-def digits(attacked_digits):
-    return attacked_digits
-
-
 def real_scores(model, detector, adversarial, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """Whether each prediction changed, and each image's real detector score."""
     with torch.no_grad():
@@ -44,8 +34,8 @@ def adaptive(detector, threshold: float, lambdas: list[float], **params) -> Adap
     return attack
 
 
-def test_lowers_the_real_score_relative_to_plain_pgd(digits, detector) -> None:
-    model, images, labels, _ = digits
+def test_lowers_the_real_score_relative_to_plain_pgd(attacked_digits, detector) -> None:
+    model, images, labels, _ = attacked_digits
     plain = NativePGD("inf", EPS, STEP, ITERS).generate(model, images, labels)
     # An unreachable threshold: no image is ever done, so every run keeps lowering the real score.
     blind = adaptive(detector, 0.0, [0.0]).generate(model, images, labels)  # same selection, no surrogate
@@ -58,8 +48,8 @@ def test_lowers_the_real_score_relative_to_plain_pgd(digits, detector) -> None:
     assert changed.float().mean() >= 0.75  # while still attacking the classifier
 
 
-def test_evades_more_than_plain_pgd_at_the_bound_threshold(digits, detector) -> None:
-    model, images, labels, clean = digits
+def test_evades_more_than_plain_pgd_at_the_bound_threshold(attacked_digits, detector) -> None:
+    model, images, labels, clean = attacked_digits
     threshold = detector.score(model, clean).median().item()  # strict: half the clean images flagged
     plain = NativePGD("inf", EPS, STEP, ITERS).generate(model, images, labels)
     ours = adaptive(detector, threshold, [0.0, 3.0, 10.0]).generate(model, images, labels)

@@ -146,22 +146,19 @@ def check_bound_attacks(
     (its `accepts`), before any work: an adaptive attack is never run through a weaker stand-in. A
     run's detector that it cannot attack stops the run; a comparison's is reported instead (the
     returned `(attack index, detector tag) -> reason`: "no adaptive attack available")."""
-    labels = (
-        [spec.detector_key(i) for i in range(len(detectors))] if spec.detectors else [component_label(spec.detector)]
-    )
     unavailable = {}
     for i in bound:
         attack = cast(DetectorBound, attacks[i])
-        for index, (label, detector) in enumerate(zip(labels, detectors)):
+        for index, detector in enumerate(detectors):
             try:
                 attack.accepts(detector)
             except TracekitError as exc:
-                if spec.detectors:
-                    unavailable[(i, TableNames.detector(index))] = str(exc)
-                    continue
-                raise TracekitError(
-                    f"{spec.source}: attacks.{i} ('{spec.attack_key(i)}') cannot attack detector '{label}': {exc}"
-                ) from None
+                if not spec.detectors:  # a run: its one detector
+                    raise TracekitError(
+                        f"{spec.source}: attacks.{i} ('{spec.attack_key(i)}') cannot attack detector "
+                        f"'{component_label(spec.detector)}': {exc}"
+                    ) from None
+                unavailable[(i, TableNames.detector(index))] = str(exc)
     return unavailable
 
 

@@ -17,7 +17,6 @@ clear error naming it rather than a wrong figure or a crash later.
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..bounded import check_file
 from ..errors import TracekitError
 from ..executing import Chunk
 from ..layout import RunLayout
@@ -74,11 +74,7 @@ class Table:
         """The chunk files, each checked to be a regular file of at most `MAX_CHUNK_BYTES`."""
         files = sorted(self.dir.glob("*.parquet"))
         for file in files:
-            info = os.stat(file)
-            if not stat.S_ISREG(info.st_mode):
-                raise TracekitError(f"{file}: a table chunk must be a regular file (not a pipe or device){TABLE_FIX}")
-            if info.st_size > MAX_CHUNK_BYTES:
-                raise TracekitError(f"{file}: {info.st_size:,} bytes, more than a table chunk can be{TABLE_FIX}")
+            check_file(file, "a table chunk", MAX_CHUNK_BYTES, TABLE_FIX)
         return files
 
     def exists(self) -> bool:
