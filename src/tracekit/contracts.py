@@ -39,8 +39,8 @@ CONTRACTS: dict[str, tuple[type, tuple[type, ...]]] = {
             protocols.ModelChecked,
         ),
     ),
-    "saliency": (protocols.Saliency, (protocols.ModelChecked,)),
-    "score": (protocols.Score, (protocols.ScoreMap,)),
+    "saliency": (protocols.Saliency, (protocols.ModelChecked, protocols.DifferentiableMaps)),
+    "score": (protocols.Score, (protocols.ScoreMap, protocols.DifferentiableMapScore)),
     "detector": (
         protocols.Detector,
         (protocols.MapsDetector, protocols.StatefulDetector, protocols.ModelChecked, protocols.DifferentiableScore),

@@ -153,6 +153,19 @@ class Saliency(Protocol):
 
 
 @runtime_checkable
+class DifferentiableMaps(Saliency, Protocol):
+    """Optional capability of a saliency method: `maps_for_attack(model, images, target=None)`,
+    maps that follow `maps` with autograd through `images` (for a ReLU network's gradient maps,
+    those of a smoothed network: the real maps' own derivative is zero almost everywhere). With a
+    score offering `DifferentiableMapScore`, the feature-response detector built of the two offers
+    `DifferentiableScore`, so adaptive attacks can attack it."""
+
+    def maps_for_attack(
+        self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Score(Protocol):
     """One number per map, higher = more likely adversarial. Optional capability: `ScoreMap`."""
 
@@ -166,6 +179,15 @@ class ScoreMap(Score, Protocol):
     draws it beside each example's feature response."""
 
     def map(self, maps: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class DifferentiableMapScore(Score, Protocol):
+    """Optional capability of a score: `score_for_attack(maps) -> Tensor[N]`, a differentiable
+    stand-in of `score` (a kernel or linear-binning estimate where the real score counts 8-bit
+    values), with autograd through `maps`. See `DifferentiableMaps`."""
+
+    def score_for_attack(self, maps: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
 
 from ..errors import TracekitError
 from ..hookspecs import Components
-from ..scores.factories import DEFAULT_BETA, DEFAULT_SIGMA
+from ..smoothing import DEFAULT_BETA, DEFAULT_SIGMA
 
 if TYPE_CHECKING:
     from .adaptive import Adaptive

@@ -34,17 +34,16 @@ def feature_response(
 ) -> FeatureResponse:
     """The paper's detector: saliency map -> score -> calibrated threshold."""
     from ..plugins import registry
-    from ..saliency.guided_backprop import GuidedBackprop
-    from ..scores.entropy import LocalEntropy
-    from .feature_response import EntropyFeatureResponse, FeatureResponse
+    from ..protocols import DifferentiableMapScore, DifferentiableMaps
+    from .feature_response import DifferentiableFeatureResponse, FeatureResponse
 
     def build(kind: str, cfg: dict[str, Any]) -> Any:
         params = {k: v for k, v in cfg.items() if k not in ("name", "label")}
         return registry(kind).create(cfg["name"], **params)
 
     parts = build("saliency", saliency), build("score", score)
-    paper = isinstance(parts[0], GuidedBackprop) and isinstance(parts[1], LocalEntropy)  # has a stand-in
-    return (EntropyFeatureResponse if paper else FeatureResponse)(*parts, (saliency["name"], score["name"]))
+    attackable = isinstance(parts[0], DifferentiableMaps) and isinstance(parts[1], DifferentiableMapScore)
+    return (DifferentiableFeatureResponse if attackable else FeatureResponse)(*parts, (saliency["name"], score["name"]))
 
 
 @detectors.register("feature-squeezing")

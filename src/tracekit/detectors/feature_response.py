@@ -12,7 +12,7 @@ from torch import nn
 
 from ..checks import checked, component
 from ..errors import TracekitError
-from ..protocols import LoadedModel, ModelChecked, ScoreMap
+from ..protocols import DifferentiableMapScore, DifferentiableMaps, LoadedModel, ModelChecked, ScoreMap
 
 
 class FeatureResponse:
@@ -63,15 +63,18 @@ class FeatureResponse:
         return checked(scores, self._who[1], (len(images),), "scores")
 
 
-class EntropyFeatureResponse(FeatureResponse):
-    """The paper's detector proper (guided backprop scored by local entropy), with a differentiable
-    stand-in of its score (`DifferentiableScore`) for adaptive attacks: the surrogate of
-    `tracekit.scores.entropy_surrogate` (softplus-smoothed guided backprop, soft gray conversion,
-    kernel estimate of the window entropy) at its default smoothing, for the predicted class. Other
-    saliency methods and scores have no stand-in yet: their real scores pass through 8-bit
-    quantization and ReLU masks with no useful gradient, and a weak stand-in would certify them."""
+class DifferentiableFeatureResponse(FeatureResponse):
+    """The detector built of a saliency method with differentiable maps (`DifferentiableMaps`) and
+    a score with a differentiable stand-in (`DifferentiableMapScore`), so with a differentiable
+    stand-in of its own score (`DifferentiableScore`) for adaptive attacks: the score's stand-in of
+    the method's maps. For the built-ins: the maps of a softplus-smoothed network
+    (`tracekit.saliency.smoothed`; second order through the saliency), then the entropy surrogates
+    (`tracekit.scores.entropy_surrogate`). The factory picks it when both parts offer theirs; a
+    third-party part without gives the plain detector, which adaptive attacks refuse rather than
+    attack through a weaker stand-in."""
+
+    saliency: DifferentiableMaps
+    scorer: DifferentiableMapScore
 
     def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        from ..scores.entropy_surrogate import surrogate_score
-
-        return surrogate_score(model, images, None, self.scorer.size)
+        return self.scorer.score_for_attack(self.saliency.maps_for_attack(model, images))

@@ -57,6 +57,10 @@ def smoothgrad(
 ) -> SmoothGrad:
     """SmoothGrad (Smilkov et al.): a base saliency averaged over noisy copies of the image."""
     from ..plugins import registry
-    from .smoothgrad import SmoothGrad
+    from ..protocols import DifferentiableMaps
+    from .smoothgrad import DifferentiableSmoothGrad, SmoothGrad
 
-    return SmoothGrad(registry("saliency").create(**base), n_samples, noise, seed)
+    parent = registry("saliency").create(**base)
+    return (DifferentiableSmoothGrad if isinstance(parent, DifferentiableMaps) else SmoothGrad)(
+        parent, n_samples, noise, seed
+    )

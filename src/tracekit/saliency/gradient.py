@@ -44,3 +44,12 @@ class Gradient:
     def maps(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Maps `[N,C,H,W]` (detached) for class `target[i]` of image i; None = predicted class."""
         return input_gradients(model, images, target, "gradient")
+
+    def maps_for_attack(
+        self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Gradient maps of the softplus-smoothed model, differentiable in `images`
+        (`DifferentiableMaps`, `tracekit.saliency.smoothed`)."""
+        from .smoothed import smooth_gradients
+
+        return smooth_gradients(model, images, target, method="gradient")

@@ -33,18 +33,13 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from .relu_calls import ReLUCalls
 from .targets import check_images, target_classes
-
-_OUT_OF_PLACE = frozenset({F.relu, torch.relu, torch.Tensor.relu})
-_IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})  # F.relu_ is torch.relu_
 
 
 def _clamp_input_gradient(grad_inputs: tuple, grad_outputs: tuple) -> None:
@@ -73,28 +68,11 @@ def _guided_relu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
     return out
 
 
-class GuidedReLUMode(TorchFunctionMode):
-    """While active (on this thread), every ReLU call gets the guided backward; `calls` counts them.
+class GuidedReLUMode(ReLUCalls):
+    """While active (on this thread), every ReLU call is the exact guided ReLU; `calls` counts them."""
 
-    `relu(x, inplace)` replaces each call (default: the exact guided ReLU); the entropy surrogate
-    passes a smoothed one.
-    """
-
-    def __init__(self, relu: Callable[[torch.Tensor, bool], torch.Tensor] = _guided_relu) -> None:
-        super().__init__()
-        self.relu = relu
-        self.calls = 0
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func not in _OUT_OF_PLACE and func not in _IN_PLACE:
-            return func(*args, **kwargs)
-        x = args[0] if args else kwargs["input"]
-        inplace = func in _IN_PLACE or (
-            func is F.relu and bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
-        )
-        self.calls += 1
-        return self.relu(x, inplace)
+    def __init__(self) -> None:
+        super().__init__(_guided_relu)
 
 
 # Models whose graphs hid ReLUs inside in-place ops on views: their maps are computed under the
@@ -168,3 +146,12 @@ class GuidedBackprop:
                 )
             (grad,) = torch.autograd.grad(selected, x)
         return grad.detach()
+
+    def maps_for_attack(
+        self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Guided-backprop maps of the softplus-smoothed model, differentiable in `images`
+        (`DifferentiableMaps`, `tracekit.saliency.smoothed`)."""
+        from .smoothed import smooth_gradients
+
+        return smooth_gradients(model, images, target, guided=True, method="guided-backprop")

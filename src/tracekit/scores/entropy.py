@@ -309,3 +309,10 @@ class LocalEntropy:
         with torch.inference_mode():
             entropy = self.map(maps)
         return entropy.mean(dim=(1, 2))
+
+    def score_for_attack(self, maps: torch.Tensor) -> torch.Tensor:
+        """The surrogate's mean local entropy (`tracekit.scores.entropy_surrogate`: soft gray
+        conversion, Gaussian-kernel window counts), differentiable in `maps` (`DifferentiableMapScore`)."""
+        from .entropy_surrogate import soft_gray, soft_local_entropy_map
+
+        return soft_local_entropy_map(soft_gray(maps), self.size).mean(dim=(1, 2))

@@ -4,12 +4,10 @@ The real score is piecewise constant in the input (guided backprop's ReLU masks,
 quantization and the histogram counts have no gradient), so an adaptive attacker differentiates
 this surrogate instead, three smoothings of the real pipeline:
 
-1. Map: guided backprop of a smoothed network. While the map is taken, every ReLU computes
-   `softplus(x; beta)` forward (the "softplus trick" of Dombrowski et al. 2019, "Explanations can
-   be manipulated and geometry is to blame") with a guided backward, `relu(grad) * sigmoid(beta x)`
-   (softplus's own derivative times the positive part of the incoming gradient). The map comes from
-   `torch.autograd.grad(..., create_graph=True)`, so it is differentiable in the input; as beta
-   grows it tends to the real guided-backprop map. The interception is `GuidedReLUMode`'s.
+1. Map: guided backprop of a softplus-smoothed network (`tracekit.saliency.smoothed`: every ReLU
+   computes `softplus(x; beta)`, the guided backward is `relu(grad) * sigmoid(beta x)`), taken with
+   `create_graph=True`, so it is differentiable in the input; as beta grows it tends to the real
+   guided-backprop map.
 2. Gray: `g = sum_c |map_c|`, then `255 * clip((g - min g) / (p99(g) - min g), 0, 1)`, the real
    conversion without the final floor. The normalizer (min and p99, the same linear-interpolation
    percentile as the real one) is NOT detached: making the map peaky (a few large values that
@@ -38,45 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TracekitError
-from ..saliency.guided_backprop import GuidedReLUMode
-from ..saliency.targets import check_images, target_classes
-from .factories import DEFAULT_BETA, DEFAULT_SIGMA
+from ..saliency.smoothed import smooth_gradients
+from ..smoothing import DEFAULT_BETA, DEFAULT_SIGMA
 from .gray import PERCENTILE, percentile_rows
-
-
-def smooth_guided_maps(
-    model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None, beta: float = DEFAULT_BETA
-) -> torch.Tensor:
-    """Guided-backprop maps `[N,C,H,W]` of the softplus-smoothed `model`, differentiable in `images`.
-
-    `target` None means the smoothed network's predicted class. The guided rule (only positive
-    gradients pass) is a gradient hook on each smoothed ReLU's output, removed once the map is
-    taken: differentiating the map then follows the true derivative of the forward pass (a custom
-    autograd function would apply the guided rule to the second-order pass too).
-    """
-    check_images(images, "entropy surrogate")
-    hooks: list[torch.utils.hooks.RemovableHandle] = []
-
-    def smooth_relu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-        out = F.softplus(x.clone() if inplace else x, beta=beta)
-        hooks.append(out.register_hook(_positive))  # on `out`: an in-place call may be on a view never used again
-        return x.copy_(out) if inplace else out
-
-    with torch.inference_mode(False), torch.enable_grad():
-        x = images if images.requires_grad else images.detach().clone().requires_grad_(True)
-        try:
-            with GuidedReLUMode(smooth_relu):
-                logits = model(x.clone())
-            target = target_classes(logits, target, "entropy surrogate", type(model).__name__)
-            (maps,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x, create_graph=True)
-        finally:
-            for hook in hooks:
-                hook.remove()
-    return maps
-
-
-def _positive(grad: torch.Tensor) -> torch.Tensor:
-    return grad.clamp(min=0)
 
 
 def soft_gray(maps: torch.Tensor) -> torch.Tensor:
@@ -122,6 +84,27 @@ def soft_local_entropy_map(gray: torch.Tensor, size: int = 3, sigma: float = DEF
     return entropy / n_inside
 
 
+def soft_histogram_entropy(gray: torch.Tensor) -> torch.Tensor:
+    """Differentiable estimate `Tensor[N]` (bits) of the entropy of each gray map's 256-bin
+    histogram, `gray[N,H,W]` in 8-bit units before the floor (`soft_gray`): the global-entropy
+    score's stand-in.
+
+    Linear binning: a pixel of value g between the bin centres v + 0.5 and v + 1.5 counts
+    `1 - t` in bin v and `t` in bin v + 1 (t = g - v - 0.5), so moving it moves mass between the
+    two bins, toward the fuller one when that lowers the entropy. Pixels at 0 or 255 (the conversion's
+    clips) count wholly in their bin, as in the real histogram.
+    """
+    n = gray.shape[0]
+    flat = gray.flatten(1)
+    t = torch.where(flat >= 255, 255.0, flat - 0.5).clamp(min=0)
+    lower = t.detach().floor().clamp(max=254)
+    upper_share = t - lower
+    counts = flat.new_zeros(n, 256).scatter_add(1, lower.long(), 1 - upper_share)
+    counts = counts.scatter_add(1, lower.long() + 1, upper_share)
+    p = counts / max(flat.shape[1], 1)
+    return -(p * torch.log2(torch.where(p > 0, p, 1.0))).sum(1)
+
+
 def surrogate_score(
     model: nn.Module,
     images: torch.Tensor,
@@ -131,5 +114,5 @@ def surrogate_score(
     sigma: float = DEFAULT_SIGMA,
 ) -> torch.Tensor:
     """Differentiable surrogate `Tensor[N]` of the mean `size` x `size` local entropy of the gray guided map."""
-    maps = smooth_guided_maps(model, images, target, beta)
+    maps = smooth_gradients(model, images, target, beta, guided=True, method="entropy surrogate")
     return soft_local_entropy_map(soft_gray(maps), size, sigma).mean(dim=(1, 2))

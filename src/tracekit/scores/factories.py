@@ -2,9 +2,6 @@
 (`@scores.register`): its parameters (its signature, checked when a spec loads) and summary. This
 module stays light: a factory imports its score (torch) in its body, so that `tracekit validate` and
 `tracekit plugins` never import torch.
-
-Also the defaults of the differentiable surrogate of the local-entropy score
-(`tracekit.scores.entropy_surrogate`), which the `adaptive-entropy` attack's parameters name.
 """
 
 from __future__ import annotations
@@ -20,9 +17,6 @@ if TYPE_CHECKING:
     from .global_entropy import GlobalEntropy
 
 scores = Components("score")
-
-DEFAULT_BETA = 10.0
-DEFAULT_SIGMA = 1.0
 
 
 def _odd(size: int) -> int:

@@ -46,3 +46,11 @@ class GlobalEntropy:
     def score(self, maps: torch.Tensor) -> torch.Tensor:
         """Histogram entropy per map, `Tensor[N]` (float64, bits, in [0, 8])."""
         return histogram_entropy(to_gray_u8(maps))
+
+    def score_for_attack(self, maps: torch.Tensor) -> torch.Tensor:
+        """The histogram entropy with linear binning of the soft gray map
+        (`tracekit.scores.entropy_surrogate.soft_histogram_entropy`), differentiable in `maps`
+        (`DifferentiableMapScore`)."""
+        from .entropy_surrogate import soft_gray, soft_histogram_entropy
+
+        return soft_histogram_entropy(soft_gray(maps))
