@@ -1,12 +1,12 @@
 """The README's result tables, regenerated: runs the example specs (or reads finished runs) and
 prints the tables as Markdown, with the versions of torch, ART and tracekit that produced them.
 
-    python benchmarks/readme_tables.py                      # runs the four specs into runs/readme/
+    python benchmarks/readme_tables.py                      # runs the five specs into runs/readme/
     python benchmarks/readme_tables.py --reuse              # only reads runs/readme/* (already run)
     python benchmarks/readme_tables.py --reuse --figures docs/figures   # and refreshes the README's figures
 
 The specs: examples/compare.yaml and examples/challenge.yaml (the embedded digits),
-examples/scenes.yaml and examples/scenes-compare.yaml (the digit scenes). Each run's wall time
+examples/scenes.yaml, examples/scenes-compare.yaml and examples/adaptive.yaml (the digit scenes). Each run's wall time
 (cold when the cache is empty, e.g. `TRACEKIT_CACHE=$(mktemp -d)`) is printed beside its table.
 Other library versions train slightly different embedded models, so other numbers; the
 versions printed are those of the runs read (their `spec.resolved.yaml`).
@@ -32,6 +32,7 @@ RUNS = {  # run directory name -> (command, spec)
     "challenge": ("run", "examples/challenge.yaml"),
     "scenes": ("run", "examples/scenes.yaml"),
     "scenes-compare": ("compare", "examples/scenes-compare.yaml"),
+    "adaptive": ("compare", "examples/adaptive.yaml"),
 }
 BASELINES = ["paper", "feature-squeezing", "kd-bu", "lid", "mahalanobis"]
 BASELINE_NAMES = ["paper's detector", "feature squeezing", "KD+BU", "LID", "Mahalanobis"]
@@ -72,6 +73,25 @@ def baselines_table(m: dict[str, Any]) -> list[str]:
         first = detectors["paper"]["attacks"][attack]
         aucs = [cell(detectors[d]["attacks"][attack].get("auc")) for d in BASELINES]
         lines.append(f"| {attack} | {cell(first['success_rate'])} | " + " | ".join(aucs) + " |")
+    return lines
+
+
+def adaptive_table(m: dict[str, Any]) -> list[str]:
+    """Per detector, plain PGD and the adaptive attack side by side: AUC, TPR at 5% FPR and the
+    evasion rate at the detector's calibrated threshold ("n/a" where no adaptive attack could run)."""
+    lines = [
+        "| detector | PGD AUC | PGD TPR@5% | PGD evades | adaptive AUC | adaptive TPR@5% | adaptive evades |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, name in zip(BASELINES, BASELINE_NAMES):
+        attacks = m["detectors"][key]["attacks"]
+        cells = []
+        for attack in ("pgd", "adaptive"):
+            a = attacks.get(attack)
+            cells += (
+                ["n/a"] * 3 if a is None else [cell(a["auc"]), cell(a["tpr_at_fpr"]["0.05"]), cell(a["evasion_rate"])]
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -162,6 +182,11 @@ def main() -> None:
         f"(`tracekit compare examples/scenes-compare.yaml`{took['scenes-compare']})\n"
     )
     print("\n".join(baselines_table(metrics(args.out, "scenes-compare"))))
+    print(
+        "\n### The digit scenes against an attacker who knows each detector "
+        f"(`tracekit compare examples/adaptive.yaml`{took['adaptive']})\n"
+    )
+    print("\n".join(adaptive_table(metrics(args.out, "adaptive"))))
 
 
 if __name__ == "__main__":

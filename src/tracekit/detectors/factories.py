@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from .feature_response import FeatureResponse
     from .feature_squeezing import FeatureSqueezing
     from .kd_bu import KernelDensityUncertainty
+    from .knn import DeepKNN
     from .lid import LocalIntrinsicDimensionality
+    from .logit_scores import Energy, MaxSoftmax, Odin
     from .mahalanobis import Mahalanobis
+    from .vim import VirtualLogit
 
 detectors = Components("detector")
 
@@ -97,3 +100,46 @@ def kd_bu(
     from .kd_bu import KernelDensityUncertainty
 
     return KernelDensityUncertainty(layer, bandwidth, n_samples, rate, batch_size, seed)
+
+
+@detectors.register("msp")
+def msp() -> MaxSoftmax:
+    """Maximum softmax probability (Hendrycks and Gimpel 2017), negated: the post-hoc baseline."""
+    from .logit_scores import MaxSoftmax
+
+    return MaxSoftmax()
+
+
+@detectors.register("energy")
+def energy(temperature: Annotated[float, Field(gt=0)] = 1.0) -> Energy:
+    """Free energy of the logits, -T logsumexp(f / T) (Liu et al. 2020)."""
+    from .logit_scores import Energy
+
+    return Energy(temperature)
+
+
+@detectors.register("odin")
+def odin(
+    temperature: Annotated[float, Field(gt=0)] = 1000.0,
+    noise: Annotated[float, Field(ge=0, le=1)] = 0.0014,
+) -> Odin:
+    """ODIN (Liang et al. 2018): temperature-scaled softmax of the input after a small step, negated."""
+    from .logit_scores import Odin
+
+    return Odin(temperature, noise)
+
+
+@detectors.register("knn")
+def knn(k: Annotated[int, Field(ge=1)] = 50, batch_size: Annotated[int, Field(gt=0)] = 128) -> DeepKNN:
+    """Deep k-nearest neighbours (Sun et al. 2022): distance to the k-th nearest normalized clean feature."""
+    from .knn import DeepKNN
+
+    return DeepKNN(k, batch_size)
+
+
+@detectors.register("vim")
+def vim(dim: Annotated[int, Field(ge=1)] | None = None, batch_size: Annotated[int, Field(gt=0)] = 128) -> VirtualLogit:
+    """ViM (Wang et al. 2022): virtual logit from the residual of the principal subspace, against the energy."""
+    from .vim import VirtualLogit
+
+    return VirtualLogit(dim, batch_size)
