@@ -23,7 +23,9 @@ NAMES = ["msp", "energy", "odin", "knn", "vim"]
 def digits(correct_digits):
     """digits-cnn, 120 clean fit digits, and 24 test inputs: 12 clean, 12 FGSM (0.1)."""
     model, images, labels = correct_digits
-    fgsm = tracekit.create("attack", "fgsm", eps=0.1, backend="native").generate(model, images[120:132], labels[120:132])
+    fgsm = tracekit.create("attack", "fgsm", eps=0.1, backend="native").generate(
+        model, images[120:132], labels[120:132]
+    )
     return model, images[:120], torch.cat([images[132:144], fgsm])
 
 
@@ -120,7 +122,9 @@ def test_bad_input_is_refused_with_one_clear_message(digits):
     model, fit, _ = digits
     with pytest.raises(TracekitError, match=r"k=50 needs more than 50 clean fit images, got 40"):
         fitted("knn", model, fit[:40])
-    with pytest.raises(TracekitError, match=r"dim=64 must be between 1 and the penultimate feature size minus one \(63\)"):
+    with pytest.raises(
+        TracekitError, match=r"dim=64 must be between 1 and the penultimate feature size minus one \(63\)"
+    ):
         fitted("vim", model, fit, dim=64)
     for name in ("energy", "odin"):
         with pytest.raises(SpecError, match="temperature"):
@@ -128,3 +132,42 @@ def test_bad_input_is_refused_with_one_clear_message(digits):
     wrapped = torch.nn.Sequential(model, torch.nn.Softmax(dim=1))  # the logits come after the last linear layer
     with pytest.raises(TracekitError, match="logits are not the output of a linear layer"):
         fitted("knn", wrapped, fit)
+
+
+@pytest.mark.slow
+def test_a_comparison_runs_them_with_their_adaptive_attacks(tmp_path):
+    """Through the engine: calibrated (the stateful ones cross-fitted), attacked adaptively each
+    through its own stand-in, and `detect` scores a file with a fitted one."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from tracekit.cli import build_app
+
+    spec = {
+        "name": "post-hoc",
+        "device": "cpu",
+        "model": {"name": "digits-cnn"},
+        "data": {"name": "digits", "split": "test", "limit": 80},
+        "attacks": [
+            {"name": "fgsm", "eps": 0.1, "backend": "native"},
+            {"name": "adaptive", "max_iter": 3, "lambdas": [0, 1]},
+        ],
+        "detectors": [{"name": name, **({"k": 5} if name == "knn" else {})} for name in NAMES],
+        "evaluation": {"bootstrap": 0},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(build_app(), ["compare", str(tmp_path / "spec.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())["detectors"]
+    for name in NAMES:
+        assert set(metrics[name]["attacks"]) == {"fgsm", "adaptive"}, name
+        assert 0 <= metrics[name]["attacks"]["adaptive"]["evasion_rate"] <= 1
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(image)
+    said = CliRunner().invoke(build_app(), ["detect", "--run", str(out), "--detector", "knn", str(image)])
+    assert said.exit_code == 0, said.output

@@ -15,6 +15,7 @@ from ..hookspecs import Components
 from ..registry import component_spec
 
 if TYPE_CHECKING:
+    from .dnr import DeepNeuralRejection
     from .feature_response import FeatureResponse
     from .feature_squeezing import FeatureSqueezing
     from .kd_bu import KernelDensityUncertainty
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .lid import LocalIntrinsicDimensionality
     from .logit_scores import Energy, MaxSoftmax, Odin
     from .mahalanobis import Mahalanobis
+    from .multilid import MultiLID
+    from .nss import NaturalSceneStatistics
     from .vim import VirtualLogit
 
 detectors = Components("detector")
@@ -143,3 +146,53 @@ def vim(dim: Annotated[int, Field(ge=1)] | None = None, batch_size: Annotated[in
     from .vim import VirtualLogit
 
     return VirtualLogit(dim, batch_size)
+
+
+@detectors.register("multilid")
+def multilid(
+    layers: Annotated[list[str], Field(min_length=1, max_length=16)] | None = None,
+    k: Annotated[int, Field(ge=2, le=1000)] = 20,
+    batch_size: Annotated[int, Field(ge=3)] = 100,
+    trees: Annotated[int, Field(ge=1, le=2000)] = 100,
+    seed: int = 0,
+) -> MultiLID:
+    """multiLID (Lorenz et al. 2023): per-layer LID growth-rate terms against a fixed clean reference, random forest."""
+    from .multilid import MultiLID
+
+    if k >= batch_size:
+        raise TracekitError(f"detector 'multilid': k={k} must be smaller than batch_size={batch_size} (the reference)")
+    return MultiLID(None if layers is None else list(layers), k, batch_size, trees, seed)
+
+
+@detectors.register("nss")
+def nss(batch_size: Annotated[int, Field(gt=0)] = 128) -> NaturalSceneStatistics:
+    """Natural scene statistics (Kherchouche et al. 2020): BRISQUE features and an RBF SVM."""
+    from .nss import NaturalSceneStatistics
+
+    return NaturalSceneStatistics(batch_size)
+
+
+@detectors.register("dnr")
+def dnr(
+    layers: Annotated[list[str], Field(min_length=1, max_length=8)] | None = None,
+    batch_size: Annotated[int, Field(gt=0)] = 128,
+    seed: int = 0,
+) -> DeepNeuralRejection:
+    """Deep neural rejection (Sotgiu et al. 2020): layer-wise RBF SVMs, a combiner, reject on a low top score."""
+    from .dnr import DeepNeuralRejection
+
+    return DeepNeuralRejection(None if layers is None else list(layers), batch_size, seed)
+
+
+@detectors.register("magnet")
+def magnet(
+    temperatures: Annotated[list[Annotated[float, Field(gt=0)]], Field(max_length=4)] = [10.0, 40.0],  # noqa: B006
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 200,
+    noise: Annotated[float, Field(ge=0, le=1)] = 0.1,
+    batch_size: Annotated[int, Field(gt=0)] = 128,
+    seed: int = 0,
+) -> MagNet:
+    """MagNet's detectors (Meng and Chen 2017): auto-encoder reconstruction error and JSD at two temperatures."""
+    from .magnet import MagNet
+
+    return MagNet(list(temperatures), epochs, noise, batch_size, seed)
