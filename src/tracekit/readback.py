@@ -104,6 +104,14 @@ class DataSummary(_Open):
     n_test: Count
 
 
+class Cost(_Open):
+    """What a detector cost, attacks aside: fit and calibration, and scoring."""
+
+    fit_seconds: Seconds
+    score_seconds: Seconds
+    scored_images: Count
+
+
 Transfer = dict[str, dict[str, Probability | None]]
 TargetFpr = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
@@ -117,6 +125,7 @@ class DetectorMetrics(_Open):
     needs_adversarial_fit: StrictBool = False
     transfer: Transfer | None = None
     no_adaptive_attack: dict[str, StrictStr] | None = None  # attack label -> why it could not attack it
+    cost: Cost | None = None
     seconds: Seconds | None = None
 
 
@@ -128,6 +137,7 @@ class RunMetrics(_Open):
     threshold: Finite
     target_fpr: TargetFpr
     transfer: Transfer | None = None
+    cost: Cost | None = None
     seconds: Seconds | None = None
 
 

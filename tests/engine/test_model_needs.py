@@ -41,7 +41,7 @@ def spec(model, detector):
     }
 
 
-@pytest.mark.parametrize("detector", ["lid", "mahalanobis", "kd-bu", "knn", "vim", "multilid"])
+@pytest.mark.parametrize("detector", ["lid", "mahalanobis", "kd-bu", "knn", "vim", "multilid", "dnr", "nic"])
 def test_a_hooked_detector_on_a_torchscript_model_stops_before_any_work(with_testing, scripted, tmp_path, detector):
     model = {"name": "torchscript", "path": str(scripted), "input_size": [1, 16, 16]}
     with pytest.raises(TracekitError) as caught:

@@ -126,8 +126,11 @@ def test_compare_table_matches_metrics_json(result, page):
     rows = page.rows_by_label(page.table_with("detector", "component", *ATTACKS))
     assert list(rows) == list(metrics["detectors"]) == [EVIL_LABEL, "test-distance"]
     for label, entry in metrics["detectors"].items():
+        cost = entry["cost"]
         expected = [entry["name"] + (" (learned)" if entry["needs_adversarial_fit"] else ""),
-                    format(entry["threshold"], ".4g"), format(entry["seconds"], ".1f")]  # fmt: skip
+                    format(entry["threshold"], ".4g"), format(cost["fit_seconds"], ".1f"),
+                    format(1000 * cost["score_seconds"] / cost["scored_images"], ".2f"),
+                    format(entry["seconds"], ".1f")]  # fmt: skip
         for attack in ATTACKS:
             m = entry["attacks"][attack]
             for value, (lo, hi) in [(m["auc"], m["auc_ci"]), (m["tpr_at_fpr"]["0.05"], m["tpr_at_fpr_ci"]["0.05"])]:

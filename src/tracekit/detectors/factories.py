@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from .knn import DeepKNN
     from .lid import LocalIntrinsicDimensionality
     from .logit_scores import Energy, MaxSoftmax, Odin
+    from .magnet import MagNet
     from .mahalanobis import Mahalanobis
     from .multilid import MultiLID
+    from .nic import NeuralInvariants
     from .nss import NaturalSceneStatistics
     from .vim import VirtualLogit
 
@@ -196,3 +198,16 @@ def magnet(
     from .magnet import MagNet
 
     return MagNet(list(temperatures), epochs, noise, batch_size, seed)
+
+
+@detectors.register("nic")
+def nic(
+    layers: Annotated[list[str], Field(min_length=2, max_length=8)] | None = None,
+    nu: Annotated[float, Field(gt=0, le=1)] = 0.1,
+    batch_size: Annotated[int, Field(gt=0)] = 128,
+    seed: int = 0,
+) -> NeuralInvariants:
+    """NIC (Ma et al. 2019): value and provenance invariants per layer, one-class SVMs, a last one over them."""
+    from .nic import NeuralInvariants
+
+    return NeuralInvariants(None if layers is None else list(layers), nu, batch_size, seed)

@@ -6,6 +6,7 @@ Its tables are named by `tracekit.layout.TableNames`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,8 +60,12 @@ def evaluate(
     the test part and every attack, and run the spec's controls."""
     spec, plan = driver.context.spec, driver.plan
     prefix = f"{label}: " if label else ""
+    started = time.perf_counter()
     threshold, handle = fit_and_calibrate(driver, detector, detector_cfg, TRAINED, plan.runs, tag, prefix)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
     clean = _score_clean(driver, handle, prefix)
+    score_seconds = time.perf_counter() - started
     adaptive = {
         i: driver.attack(i, plan.test, TableNames.attack(i, tag), (handle, dict(detector_cfg), threshold))
         for i in plan.bound
@@ -76,13 +81,24 @@ def evaluate(
     attack_rows = []
     for run in runs:
         outcomes = run.outcomes(plan.test)
+        started = time.perf_counter()
         adversarial = _score_adversarials(driver, handle, run, plan.test, prefix)
+        score_seconds += time.perf_counter() - started
         m = attack_metrics(outcomes, clean, adversarial, threshold, spec)
         if "noise" in spec.controls:
             m["noise"] = _noise_control(driver, handle, run, outcomes, clean, threshold, prefix)
         per_attack[run.key] = m
         attack_rows.append((run.key, outcomes, adversarial))
-    extra: dict[str, Any] = {}
+    # What the detector itself costs, attacks aside: fit and calibration (cross-fitted copies
+    # included), and scoring the test part and its adversarials (chunks already in the tables of a
+    # resumed run cost nothing here).
+    extra: dict[str, Any] = {
+        "cost": {
+            "fit_seconds": fit_seconds,
+            "score_seconds": score_seconds,
+            "scored_images": len(clean) + sum(len(rows[2]) for rows in attack_rows),
+        }
+    }
     if "randomized-model" in spec.controls:
         extra["randomized_model"] = _randomized_model(driver, detector_cfg, runs, per_attack, tag, prefix)
     if detector.needs_adversarial_fit and spec.evaluation.transfer and len(plan.runs) > 1:
