@@ -140,6 +140,23 @@ def test_compare_table_matches_metrics_json(result, page):
     assert metrics["detectors"]["test-distance"]["needs_adversarial_fit"]
 
 
+def test_a_comparison_written_before_costs_were_recorded_still_reports(result, tmp_path, parse_page):
+    import shutil
+
+    from tracekit.report import write_report
+
+    old = tmp_path / "old"
+    shutil.copytree(result.out_dir, old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    for entry in metrics["detectors"].values():
+        del entry["cost"]
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    write_report(old)
+    rows = parse_page((old / "report.html").read_text(encoding="utf-8"))
+    table = rows.rows_by_label(rows.table_with("detector", "component", *ATTACKS))
+    assert all(row[2:4] == ["–", "–"] for row in table.values())
+
+
 def test_details_and_controls_per_detector(result, page):
     detectors = result.metrics["detectors"]
     details = [t for t in page.tables if "evasion rate" in t["head"]]
