@@ -1,12 +1,13 @@
 """The README's result tables, regenerated: runs the example specs (or reads finished runs) and
 prints the tables as Markdown, with the versions of torch, ART and tracekit that produced them.
 
-    python benchmarks/readme_tables.py                      # runs the five specs into runs/readme/
+    python benchmarks/readme_tables.py                      # runs the six specs into runs/readme/
     python benchmarks/readme_tables.py --reuse              # only reads runs/readme/* (already run)
     python benchmarks/readme_tables.py --reuse --figures docs/figures   # and refreshes the README's figures
 
 The specs: examples/compare.yaml and examples/challenge.yaml (the embedded digits),
-examples/scenes.yaml, examples/scenes-compare.yaml and examples/adaptive.yaml (the digit scenes). Each run's wall time
+examples/scenes.yaml, examples/scenes-compare.yaml, examples/adaptive.yaml and examples/field.yaml
+(the digit scenes). Each run's wall time
 (cold when the cache is empty, e.g. `TRACEKIT_CACHE=$(mktemp -d)`) is printed beside its table.
 Other library versions train slightly different embedded models, so other numbers; the
 versions printed are those of the runs read (their `spec.resolved.yaml`).
@@ -33,6 +34,7 @@ RUNS = {  # run directory name -> (command, spec)
     "scenes": ("run", "examples/scenes.yaml"),
     "scenes-compare": ("compare", "examples/scenes-compare.yaml"),
     "adaptive": ("compare", "examples/adaptive.yaml"),
+    "field": ("compare", "examples/field.yaml"),
 }
 BASELINES = ["paper", "feature-squeezing", "kd-bu", "lid", "mahalanobis"]
 BASELINE_NAMES = ["paper's detector", "feature squeezing", "KD+BU", "LID", "Mahalanobis"]
@@ -73,6 +75,20 @@ def baselines_table(m: dict[str, Any]) -> list[str]:
         first = detectors["paper"]["attacks"][attack]
         aucs = [cell(detectors[d]["attacks"][attack].get("auc")) for d in BASELINES]
         lines.append(f"| {attack} | {cell(first['success_rate'])} | " + " | ".join(aucs) + " |")
+    return lines
+
+
+def field_table(m: dict[str, Any]) -> list[str]:
+    """Every detector of the field: AUC per attack (the paper's five), fit seconds and scoring
+    milliseconds per image."""
+    lines = ["| detector | " + " | ".join(PAPERS) + " | fit s | score ms/image |", "|---" * (len(PAPERS) + 3) + "|"]
+    for label, entry in m["detectors"].items():
+        aucs = [cell(entry["attacks"][attack].get("auc")) for attack in PAPERS]
+        cost = entry.get("cost") or {}
+        per_image = 1000 * cost["score_seconds"] / cost["scored_images"] if cost.get("scored_images") else None
+        lines.append(
+            f"| {label} | " + " | ".join(aucs) + f" | {cell(cost.get('fit_seconds'), 1)} | {cell(per_image)} |"
+        )
     return lines
 
 
@@ -187,6 +203,8 @@ def main() -> None:
         f"(`tracekit compare examples/adaptive.yaml`{took['adaptive']})\n"
     )
     print("\n".join(adaptive_table(metrics(args.out, "adaptive"))))
+    print(f"\n### The digit scenes, every detector (`tracekit compare examples/field.yaml`{took['field']})\n")
+    print("\n".join(field_table(metrics(args.out, "field"))))
 
 
 if __name__ == "__main__":

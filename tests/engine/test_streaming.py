@@ -101,7 +101,7 @@ def spec(**extra):
 
 def _without_timings(metrics: dict) -> dict:
     out = json.loads(json.dumps(metrics))
-    out.pop("seconds")
+    out.pop("seconds"), out.pop("cost")
     for m in out["attacks"].values():
         m.pop("seconds"), m.pop("cached_images")
     return out

@@ -55,7 +55,7 @@ RAY2 = {"name": "ray", "workers": 2}
 def without_timings(value):
     """metrics.json without what says how long work took or how much of it a cache saved."""
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in ("seconds", "cached_images")}
+        return {k: without_timings(v) for k, v in value.items() if k not in ("seconds", "cached_images", "cost")}
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value

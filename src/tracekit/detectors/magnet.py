@@ -168,11 +168,6 @@ class MagNet:
         self.means: list[float] = []
         self.stds: list[float] = []
 
-    @property
-    def detector_names(self) -> list[str]:
-        """The detectors, in the order of `means` and `stds`."""
-        return [f"L{p} reconstruction error" for p in POWERS] + [f"JSD at T={t:g}" for t in self.temperatures]
-
     def fit(
         self,
         model: nn.Module,

@@ -9,12 +9,23 @@ store. Shards go out as actors become free, so a slow node does not hold the oth
 writes its results chunk by chunk, atomically, into the run directory and the attack cache,
 which must therefore be on storage every node sees; a worker that cannot see them says so.
 
-Faults: a worker process that dies is restarted by Ray and its shard retried
-(`max_restarts`/`max_task_retries`); the chunks it had finished are kept and skipped. Ctrl-C on
-the driver kills the actors (their finished chunks stay) and the same command resumes.
+Faults. A worker lost mid-shard (its process killed, or its whole node gone) fails its task at
+once (`max_task_retries=0`): the shard goes back to the queue and the next free living worker
+takes it, skipping the chunks already written; the run says once which worker and node was lost
+and Ray's reason, and goes on with the workers it has. Ray restarts a lost worker (`max_restarts`)
+wherever it can place it, on its own node or on one that joins later: each stage asks every
+worker whether it is there (`ready`), hands work to each as soon as it answers, and keeps a lost
+worker's question open until Ray has restarted it (then it takes work again) or given it up.
+When no worker is left, or none has finished a shard for `stall_timeout` seconds while work
+waits (a node that hangs rather than dies), the run stops with one line; the finished chunks are
+kept and the same command resumes. A shard that has lost its worker `RETRIES + 1` times stops the
+run too (a shard that kills its worker, out of memory for example, would otherwise go round the
+cluster). Ctrl-C on the driver kills the actors (their finished chunks stay) and the same command
+resumes.
 
-This is deliberately not a home-made scheduler: placement, restarts, retries and object
-transfer are Ray's; this module only cuts stages into shards and keeps every actor busy.
+This is deliberately not a home-made scheduler: placement, restarts and object transfer are
+Ray's; this module cuts stages into shards, hands them to the workers that are there and puts
+back the shards of those that are lost.
 """
 
 from __future__ import annotations
@@ -37,7 +48,9 @@ from ..errors import PluginFault, TracekitError
 from ..executing import Chunk, Done, Job, Stage
 from ..stopping import STOPS
 
-RETRIES = 3  # restarts of a dead worker process, and retries of the shard it held
+RETRIES = 3  # restarts of a lost worker, and workers a shard may lose before the run stops
+POLL = 1.0  # seconds between checks for a stalled cluster while waiting for shards
+RESUME = "the finished chunks are kept: run the same command (same --out) to resume"
 EXTRA = "pip install 'tracekit[ray]'"
 
 
@@ -67,8 +80,11 @@ class ShardWorker:
 
     def ready(self) -> dict[str, Any]:
         """Build the context now (so that a worker's set-up errors come before any work); say where it runs."""
+        import ray
+
         context = self._context()
-        return {"node": socket.gethostname(), "pid": os.getpid(), "device": str(context.device)}
+        node = ray.get_runtime_context().get_node_id()
+        return {"node": socket.gethostname(), "node_id": node, "pid": os.getpid(), "device": str(context.device)}
 
     def run(self, stage: Stage, shard: list[Chunk]) -> tuple[int, list[str]]:
         """Run `stage` on `shard`; return its images and the warnings it raised."""
@@ -95,10 +111,15 @@ class RayExecutor:
         cpus_per_worker: float,
         shard_chunks: int | None,
         connect_timeout: float,
+        stall_timeout: float = 1800.0,
     ) -> None:
         self.address, self.workers, self.gpus, self.cpus = address, workers, gpus_per_worker, cpus_per_worker
         self.shard_chunks, self.connect_timeout = shard_chunks, connect_timeout
+        self.stall_timeout = stall_timeout
         self.actors: list[Any] = []
+        self.pending: dict[Any, int] = {}  # open `ready` questions to workers -> worker number
+        self.lost: set[int] = set()  # workers lost and not back yet
+        self.where: dict[int, dict[str, Any]] = {}  # worker number -> where it last said it runs
         self.info: dict[str, Any] = {"name": "ray", "address": address}
         self._started_ray = False
 
@@ -128,11 +149,18 @@ class RayExecutor:
             num_cpus=self.cpus,
             num_gpus=gpus,
             max_restarts=RETRIES,
-            max_task_retries=RETRIES,
+            max_task_retries=0,  # a lost worker's shard goes back to the queue, to any living worker
             runtime_env={"env_vars": {"TRACEKIT_CACHE": str(cache_dir())}},
         )(ShardWorker)
         self.actors = [worker.remote(job, max(0, int(self.cpus) - 1)) for _ in range(count)]
-        where = self._gather([actor.ready.remote() for actor in self.actors], "starting the workers")
+        try:
+            where = self._gather([actor.ready.remote() for actor in self.actors], "starting the workers")
+        except _Lost as lost:
+            raise TracekitError(
+                f"starting the workers: a Ray worker died {RETRIES + 1} times ({lost.cause}); out of memory? "
+                "try fewer workers per node or a smaller batch_size"
+            ) from None
+        self.where = dict(enumerate(where))
         self.info = {
             "name": "ray",
             "address": self.address,
@@ -155,22 +183,77 @@ class RayExecutor:
             return
         shards = _shards(pieces, len(self.actors), self.shard_chunks)
         staged = ray.put(stage)  # once in the object store, not once per shard
-        waiting = list(reversed(shards))
-        running: dict[Any, Any] = {}  # task -> actor
+        what = f"a shard of {type(stage).__name__}"
+        queue = _Queue(len(shards))
+        # Every worker is asked whether it is there; each takes work as soon as it answers. A lost
+        # worker's question stays open (across stages) until Ray has restarted it or given it up.
+        asked = set(self.pending.values())
+        pings = {
+            **self.pending,
+            **{self.actors[i].ready.remote(): i for i in range(len(self.actors)) if i not in asked},
+        }
+        self.pending = pings
+        free: list[int] = []
+        running: dict[Any, tuple[int, int]] = {}  # task -> (worker, shard)
+        last = time.monotonic()
         try:
-            for actor in self.actors:
-                if waiting:
-                    running[actor.run.remote(staged, waiting.pop())] = actor
-            while running:
-                finished, _ = ray.wait(list(running), num_returns=1)
-                actor = running.pop(finished[0])
-                images, messages = self._gather(finished, f"a shard of {type(stage).__name__}")[0]
-                if waiting:
-                    running[actor.run.remote(staged, waiting.pop())] = actor
+            while queue.left:
+                while free and queue.waiting:
+                    worker, shard = free.pop(0), queue.take()
+                    running[self.actors[worker].run.remote(staged, shards[shard])] = (worker, shard)
+                if not running and not pings:
+                    raise TracekitError(f"{what}: no Ray worker is left ({len(self.actors)} lost); {RESUME}")
+                finished, _ = ray.wait([*running, *pings], num_returns=1, timeout=POLL)
+                if not finished:
+                    if time.monotonic() - last > self.stall_timeout:
+                        raise TracekitError(
+                            f"{what}: no shard finished for {self.stall_timeout:g} s while {queue.left} waited "
+                            f"(a Ray node that hangs?; executor.stall_timeout sets how long); {RESUME}"
+                        )
+                    continue
+                ref = finished[0]
+                if ref in pings:  # a worker answered: it is there (maybe restarted by Ray), or gone for good
+                    worker = pings.pop(ref)
+                    if self._answered(ref, worker):
+                        free.append(worker)
+                        if worker in self.lost:
+                            self.lost.discard(worker)
+                            yield Done(0, [f"Ray worker {worker} is back ({self._place(worker)}) and takes work again"])
+                    continue
+                worker, shard = running.pop(ref)
+                try:
+                    images, messages = self._gather([ref], what)[0]
+                except _Lost as lost:
+                    queue.put_back(shard, what, lost.cause)
+                    pings[self.actors[worker].ready.remote()] = worker  # answers once Ray has restarted it
+                    self.lost.add(worker)
+                    yield Done(0, [self._lost_message(worker, lost.cause, len(free) + len(running))])
+                    continue
+                last = time.monotonic()
+                queue.finish()
+                free.append(worker)
                 yield Done(images, messages)
         except BaseException:
             self._stop()  # Ctrl-C or a failed shard: no more work anywhere; finished chunks stay
             raise
+
+    def _answered(self, ping: Any, worker: int) -> bool:
+        """Whether worker `worker`'s finished `ping` says it is there (and where it now runs)."""
+        try:
+            self.where[worker] = self._gather([ping], "a worker's restart")[0]
+        except _Lost:
+            return False  # gone for good: Ray will not restart it again
+        return True
+
+    def _place(self, worker: int) -> str:
+        where = self.where.get(worker, {})
+        return f"node {where.get('node', '?')} {str(where.get('node_id', '?'))[:8]}, pid {where.get('pid', '?')}"
+
+    def _lost_message(self, worker: int, cause: str, left: int) -> str:
+        return (
+            f"Ray worker {worker} ({self._place(worker)}) was lost: {cause}; its shard went back to the queue, "
+            f"{left} worker(s) go on"
+        )
 
     def close(self) -> None:
         self._stop()
@@ -185,7 +268,7 @@ class RayExecutor:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.actors, self.pending, self.lost = [], {}, set()
 
     def _gather(self, refs: list[Any], what: str) -> list[Any]:
         """`ray.get`, with a worker's error re-raised as what it is (a `TracekitError` keeps its
@@ -201,10 +284,40 @@ class RayExecutor:
                 raise cause from None
             raise WorkerError(f"{what}: a worker failed:\n{exc}") from None
         except RayActorError as exc:
+            raise _Lost(_death(exc)) from None
+
+
+class _Lost(Exception):
+    """A worker's task failed because the worker is gone (its process or its node); `cause`: Ray's reason."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class _Queue:
+    """The shards of one stage: those waiting (in order; a lost worker's shard first again), and
+    how often each has lost its worker."""
+
+    def __init__(self, count: int) -> None:
+        self.waiting = list(range(count))
+        self.left = count
+        self.losses = [0] * count
+
+    def take(self) -> int:
+        return self.waiting.pop(0)
+
+    def put_back(self, shard: int, what: str, cause: str) -> None:
+        self.losses[shard] += 1
+        if self.losses[shard] > RETRIES:
             raise TracekitError(
-                f"{what}: a Ray worker died {RETRIES + 1} times ({_first_line(exc)}); out of memory? "
-                "try fewer workers per node or a smaller batch_size"
-            ) from None
+                f"{what}: the same shard lost its Ray worker {self.losses[shard]} times (last: {cause}); out of "
+                f"memory? try fewer workers per node or a smaller batch_size; {RESUME}"
+            )
+        self.waiting.insert(0, shard)
+
+    def finish(self) -> None:
+        self.left -= 1
 
 
 class WorkerError(RuntimeError):
@@ -312,6 +425,19 @@ def _shards(pieces: list[Chunk], workers: int, size: int | None) -> list[list[Ch
     16 chunks each), in order."""
     size = size or max(1, min(16, math.ceil(len(pieces) / (4 * workers))))
     return [pieces[i : i + size] for i in range(0, len(pieces), size)]
+
+
+def _death(exc: BaseException) -> str:
+    """Ray's reason a worker is gone, from its error: the sentence that says why ("The actor is
+    dead because ...", or what follows "is unavailable:"), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    why = next((line for line in lines if line.startswith("The actor is dead because")), None)
+    if why:
+        return why.removeprefix("The actor is dead because ").rstrip(".")
+    unavailable = next((line for line in lines if " is unavailable: " in line), None)
+    if unavailable:
+        return unavailable.split(" is unavailable: ", 1)[1].rstrip(".")
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
