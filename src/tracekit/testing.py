@@ -181,3 +181,16 @@ def install_fake_distribution(root: Path, name: str, source: str, entry_point: s
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[tracekit]\n{entry_point} = {module}\n")
     (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def shard_worker_pids() -> set[int]:
+    """The process ids of this machine's `ray` executor workers (`ray::ShardWorker` processes), for
+    tests that kill or stop them."""
+    pids = set()
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"ray::ShardWorker" in path.read_bytes():
+                pids.add(int(path.parent.name))
+        except OSError:
+            continue
+    return pids

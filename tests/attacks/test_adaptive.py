@@ -59,14 +59,14 @@ def test_evades_the_papers_detector_more_than_plain_pgd(attacked_digits, detecto
     assert rates[1] >= rates[0] + 0.1, rates
 
 
-@pytest.mark.parametrize(
-    ("saliency", "score"),
-    [({"name": "gradient"}, "global-entropy"), ({"name": "integrated-gradients", "steps": 8}, "local-entropy")],
-    ids=["gradient-global", "ig-local"],
-)
-def test_evades_the_papers_variants_at_least_as_often_as_plain_pgd(attacked_digits, saliency, score):
+def test_evades_a_variant_of_the_papers_detector_more_than_plain_pgd(attacked_digits):
+    # Another saliency method and score than the paper's (every combination's stand-in is tested
+    # in tests/detectors/test_differentiable_scores_feature_response.py; integrated gradients and
+    # local entropy, measured once: 0.29 evasion against 0.00, 33 s)
     model, images, labels, clean = attacked_digits
-    variant = tracekit.create("detector", "feature-response", saliency=saliency, score={"name": score})
+    variant = tracekit.create(
+        "detector", "feature-response", saliency={"name": "gradient"}, score={"name": "global-entropy"}
+    )
     threshold = variant.score(model, clean).median().item()
     plain = NativePGD("inf", EPS, STEP, ITERS).generate(model, images, labels)
     ours = bound(variant, threshold).generate(model, images, labels)

@@ -404,4 +404,6 @@ def test_explain_picks_a_detector_of_a_comparison_spec(tmp_path):
         load_setup(spec)
     with pytest.raises(TracekitError, match="no detector 'smoth' \\(did you mean 'smooth'"):
         load_setup(spec, detector="smoth")
-    assert type(load_setup(spec, detector="smooth").detector.saliency).__name__ == "SmoothGrad"
+    from tracekit.saliency.smoothgrad import SmoothGrad
+
+    assert isinstance(load_setup(spec, detector="smooth").detector.saliency, SmoothGrad)

@@ -19,6 +19,7 @@ import pytest
 from tracekit.engine.compare import compare
 from tracekit.engine.run import run
 from tracekit.errors import TracekitError
+from tracekit.testing import shard_worker_pids
 
 ray = pytest.importorskip("ray")
 
@@ -87,17 +88,6 @@ def test_a_comparison_with_a_learned_detector_on_ray_equals_the_local_one(cluste
     assert_same(local.out_dir, remote.out_dir)
 
 
-def _worker_pids() -> set[int]:
-    pids = set()
-    for path in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"ray::ShardWorker" in path.read_bytes():
-                pids.add(int(path.parent.name))
-        except OSError:
-            continue
-    return pids
-
-
 def _when_chunks(table: Path, count: int, action, timeout: float = 600) -> threading.Thread:
     """Call `action()` once `table` holds `count` chunk files (in a thread); the timeout is
     generous, for a loaded machine."""
@@ -123,7 +113,7 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_run_is_identical(cluster,
     attack_table = tmp_path / ".ray.partial" / "tables" / "attack-00"
 
     def kill_one():
-        pid = min(_worker_pids())
+        pid = min(shard_worker_pids())
         killed.append((pid, len(list(attack_table.glob("*.parquet")))))
         os.kill(pid, signal.SIGKILL)
 

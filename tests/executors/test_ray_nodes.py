@@ -19,6 +19,7 @@ import pytest
 
 from tracekit.engine.run import run
 from tracekit.errors import TracekitError
+from tracekit.testing import shard_worker_pids
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -50,16 +51,24 @@ def local(tmp_path_factory) -> Path:
     return run(spec(), out=tmp_path_factory.mktemp("local") / "run", use_cache=False).out_dir
 
 
-@pytest.fixture
-def cluster():
-    """A head node and a second node, one CPU each; this process connected as well (for `ray.kill`)."""
+@pytest.fixture(scope="module")
+def head():
+    """The cluster's head node, one CPU, for the module; this process connected (for `ray.kill`)."""
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    second = nodes.add_node(num_cpus=1)
-    nodes.wait_for_nodes()
     ray.init(address=nodes.address, configure_logging=False, log_to_driver=False)
-    yield nodes, second
+    yield nodes
     ray.shutdown()
     nodes.shutdown()
+
+
+@pytest.fixture
+def cluster(head):
+    """The head and exactly one other node, one CPU each (whatever the previous test left)."""
+    for node in list(head.worker_nodes):
+        head.remove_node(node)
+    second = head.add_node(num_cpus=1)
+    head.wait_for_nodes()
+    return head, second
 
 
 def start(nodes: Cluster, tmp_path: Path, **executor) -> tuple[subprocess.Popen, Path]:
@@ -126,24 +135,13 @@ def test_a_node_that_joins_takes_the_lost_workers_place(cluster, local, tmp_path
     same(local, tmp_path / "run")
 
 
-def _workers() -> set[int]:
-    pids = set()
-    for path in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"ray::ShardWorker" in path.read_bytes():
-                pids.add(int(path.parent.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_hung_workers_stop_the_run_resumably(cluster, tmp_path):
     nodes, _ = cluster
     proc, tables = start(nodes, tmp_path, stall_timeout=15)
     stopped = []
 
     def hang():  # nothing dies, nothing finishes
-        for pid in _workers():
+        for pid in shard_worker_pids():
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
 

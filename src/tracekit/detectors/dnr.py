@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import TracekitError
 from ..protocols import LoadedModel
-from .layers import batches, check_hookable, flatten, layer_features, model_device, resolve_layers
+from .layers import batches, check_hookable, flatten, layer_features, model_device, resolve_layers, scores_in_batches
 from .svm import RBFMachine
 
 WHERE = "detector 'dnr'"
@@ -107,8 +107,7 @@ class DeepNeuralRejection:
         return -torch.stack([m.decision_torch(combined) for m in self.combiner], 1).amax(1)
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([self._score(model, b) for b in batches(images, self.batch_size, model_device(model))])
+        return scores_in_batches(self._score, model, images, self.batch_size)
 
     def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """`score` with autograd through `images` (`DifferentiableScore`), the whole batch at once."""

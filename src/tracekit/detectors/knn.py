@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import TracekitError
 from ..protocols import LoadedModel
 from .head import find_head, penultimate
-from .layers import batches, check_hookable, model_device
+from .layers import batches, check_hookable, model_device, scores_in_batches
 
 WHERE = "detector 'knn'"
 
@@ -66,8 +66,7 @@ class DeepKNN:
         return nn.functional.normalize(features.double(), dim=1)
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([self._distance(model, b) for b in batches(images, self.batch_size, model_device(model))])
+        return scores_in_batches(self._distance, model, images, self.batch_size)
 
     def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """`score` with autograd through `images` (`DifferentiableScore`), the whole batch at once."""

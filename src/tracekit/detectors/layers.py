@@ -171,6 +171,15 @@ def batches(images: torch.Tensor, batch_size: int, device: torch.device) -> Iter
         yield images[start : start + batch_size].to(device)
 
 
+def scores_in_batches(
+    score: Callable[[nn.Module, torch.Tensor], torch.Tensor], model: nn.Module, images: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """`score(model, batch)` over device batches of `images`, without autograd, concatenated: a
+    detector's `score` where its `score_for_attack` is the same function on the whole batch."""
+    with torch.no_grad():
+        return torch.cat([score(model, b) for b in batches(images, batch_size, model_device(model))])
+
+
 def map_batches(
     fn: Callable[[torch.Tensor, int], torch.Tensor], images: torch.Tensor, batch_size: int, device: torch.device
 ) -> np.ndarray:

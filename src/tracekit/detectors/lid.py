@@ -56,6 +56,29 @@ def lid_mle(points: torch.Tensor, reference: torch.Tensor, k: int, exclude: torc
     return -k / log_ratios.clamp_max(-1e-12)
 
 
+def reference_batch(
+    model: nn.Module, images: torch.Tensor, layers: list[str] | None, size: int, k: int, seed: int, where: str
+) -> tuple[list[str], list[torch.Tensor], torch.Tensor]:
+    """The layers (the given ones checked, or the model's last four hidden outputs), the flattened
+    activations of a reference batch of `size` clean fit `images` drawn once by a seeded shuffle,
+    and each fit image's slot in it (-1 outside), which its own estimate leaves out."""
+    n = len(images)
+    size = min(size, n)
+    if size <= k:
+        raise TracekitError(
+            f"{where}: k={k} nearest neighbours need more than {k} clean fit images in the reference batch, got "
+            f"{size} (the engine fits on halves of the fit part to calibrate); lower k or give more images"
+        )
+    device = model_device(model)
+    resolved = resolve_layers(model, layers, images[:2].to(device), DEFAULT_LAYER_COUNT, where)
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+    with torch.no_grad():
+        reference = layer_features(model, images[chosen].to(device), resolved, flatten, where)[0]
+    slot = torch.full((n,), -1, dtype=torch.long)
+    slot[chosen] = torch.arange(size)
+    return resolved, reference, slot
+
+
 class LocalIntrinsicDimensionality:
     """Per-layer LID against a clean reference batch, combined by logistic regression."""
 
@@ -100,19 +123,9 @@ class LocalIntrinsicDimensionality:
     ) -> None:
         """Pick the reference batch, then learn clean vs adversarial from per-layer LIDs."""
         adversarial = require_adversarial(adversarial_fit_images, WHERE)
-        n = len(clean_fit_images)
-        size = min(self.batch_size, n)
-        if size <= self.k:
-            raise TracekitError(
-                f"{WHERE}: k={self.k} nearest neighbours need more than {self.k} clean fit images in the reference "
-                f"batch, got {size}; lower k or give more images"
-            )
-        device = model_device(model)
-        self.layers_ = resolve_layers(model, self.layers, clean_fit_images[:2].to(device), DEFAULT_LAYER_COUNT, WHERE)
-        chosen = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))[:size]
-        self.reference = self._activations(model, clean_fit_images[chosen].to(device))
-        slot = torch.full((n,), -1, dtype=torch.long)
-        slot[chosen] = torch.arange(size)
+        self.layers_, self.reference, slot = reference_batch(
+            model, clean_fit_images, self.layers, self.batch_size, self.k, self.seed, WHERE
+        )
         self.combiner.fit(self.lids(model, clean_fit_images, slot), self.lids(model, adversarial), WHERE)
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:

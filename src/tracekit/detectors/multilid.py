@@ -30,14 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import TracekitError
 from ..protocols import LoadedModel
 from .forest import ForestArrays
-from .layers import check_hookable, flatten, layer_features, map_batches, model_device, resolve_layers
+from .layers import check_hookable, flatten, layer_features, map_batches, model_device
+from .lid import reference_batch
 from .logistic import require_adversarial
 
 WHERE = "detector 'multilid'"
-DEFAULT_LAYER_COUNT = 4
 
 
 def growth_rates(points: torch.Tensor, reference: torch.Tensor, k: int, exclude: torch.Tensor | None) -> torch.Tensor:
@@ -85,21 +84,9 @@ class MultiLID:
     ) -> None:
         """Pick the reference batch, then the forest on clean vs adversarial growth rates."""
         adversarial = require_adversarial(adversarial_fit_images, WHERE)
-        n = len(clean_fit_images)
-        size = min(self.batch_size, n)
-        if size <= self.k:
-            raise TracekitError(
-                f"{WHERE}: k={self.k} nearest neighbours need more than {self.k} clean fit images in the reference "
-                f"batch, got {size} (the engine fits on halves of the fit part to calibrate); lower k or give more "
-                "images"
-            )
-        device = model_device(model)
-        self.layers_ = resolve_layers(model, self.layers, clean_fit_images[:2].to(device), DEFAULT_LAYER_COUNT, WHERE)
-        chosen = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))[:size]
-        with torch.no_grad():
-            self.reference = layer_features(model, clean_fit_images[chosen].to(device), self.layers_, flatten, WHERE)[0]
-        slot = torch.full((n,), -1, dtype=torch.long)
-        slot[chosen] = torch.arange(size)
+        self.layers_, self.reference, slot = reference_batch(
+            model, clean_fit_images, self.layers, self.batch_size, self.k, self.seed, WHERE
+        )
         clean, attacked = self.features(model, clean_fit_images, slot), self.features(model, adversarial)
         labels = np.repeat([0, 1], [len(clean), len(attacked)])
         self.forest.fit(np.concatenate([clean, attacked]), labels, WHERE, self.trees, self.seed)

@@ -31,7 +31,15 @@ from torch import nn
 
 from ..errors import TracekitError
 from ..protocols import LoadedModel
-from .layers import batches, check_hookable, layer_features, model_device, resolve_layers, spatial_mean
+from .layers import (
+    batches,
+    check_hookable,
+    layer_features,
+    model_device,
+    resolve_layers,
+    scores_in_batches,
+    spatial_mean,
+)
 from .svm import RBFMachine
 
 WHERE = "detector 'nic'"
@@ -146,8 +154,7 @@ class NeuralInvariants:
         return -self.last.decision_torch(self._decisions(features))
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([self._score(model, b) for b in batches(images, self.batch_size, model_device(model))])
+        return scores_in_batches(self._score, model, images, self.batch_size)
 
     def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """`score` with autograd through `images` (`DifferentiableScore`), the whole batch at once."""

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import TracekitError
 from ..protocols import LoadedModel
 from .head import find_head, head_weights, penultimate
-from .layers import batches, check_hookable, model_device
+from .layers import batches, check_hookable, model_device, scores_in_batches
 
 WHERE = "detector 'vim'"
 
@@ -90,8 +90,7 @@ class VirtualLogit:
         self.residual = torch.as_tensor(residual, device=device)
 
     def score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([self._score(model, b) for b in batches(images, self.batch_size, model_device(model))])
+        return scores_in_batches(self._score, model, images, self.batch_size)
 
     def score_for_attack(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """`score` with autograd through `images` (`DifferentiableScore`), the whole batch at once."""
