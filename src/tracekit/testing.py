@@ -194,3 +194,22 @@ def shard_worker_pids() -> set[int]:
         except OSError:
             continue
     return pids
+
+
+def check_stand_in(
+    detector: Any, model: nn.Module, images: torch.Tensor, rtol: float, atol: float, step: float = 0.01
+) -> torch.Tensor:
+    """Assert what a detector whose differentiable stand-in is its score must give adaptive attacks
+    (`DifferentiableScore`, docs/plugins.md): `score_for_attack` equals `score` (within `rtol`,
+    `atol`), its gradient is finite and non-zero for every image, and one L-inf step of `step`
+    against it lowers the mean real score. Returns the real scores."""
+    x = images.clone().requires_grad_(True)
+    stand_in = detector.score_for_attack(model, x)
+    real = detector.score(model, images)
+    torch.testing.assert_close(stand_in.detach(), real, rtol=rtol, atol=atol)
+    (grad,) = torch.autograd.grad(stand_in.sum(), x)
+    assert torch.isfinite(grad).all(), "a non-finite gradient"
+    assert (grad.flatten(1).abs().sum(1) > 0).all(), "an image without gradient"
+    stepped = (images - step * grad.sign()).clamp(0, 1)
+    assert detector.score(model, stepped).mean() < real.mean(), "a step against the stand-in raised the score"
+    return real

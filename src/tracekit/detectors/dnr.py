@@ -30,7 +30,15 @@ from torch import nn
 
 from ..errors import TracekitError
 from ..protocols import LoadedModel
-from .layers import batches, check_hookable, flatten, layer_features, model_device, resolve_layers, scores_in_batches
+from .layers import (
+    check_hookable,
+    features_in_batches,
+    flatten,
+    layer_features,
+    model_device,
+    resolve_layers,
+    scores_in_batches,
+)
 from .svm import RBFMachine
 
 WHERE = "detector 'dnr'"
@@ -54,15 +62,6 @@ class DeepNeuralRejection:
         """Its features come from forward hooks on the model's layers (`ModelChecked`)."""
         check_hookable(model.module, self.layers)
 
-    def _activations(self, model: nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        parts = [
-            layer_features(model, b, self.layers_, flatten, WHERE)
-            for b in batches(images, self.batch_size, model_device(model))
-        ]
-        return [torch.cat([p[0][i] for p in parts]).double() for i in range(len(self.layers_))], torch.cat(
-            [p[1] for p in parts]
-        )
-
     def _layer_scores(self, activations: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(
             [
@@ -83,8 +82,10 @@ class DeepNeuralRejection:
         self.layers_ = resolve_layers(model, self.layers, clean_fit_images[:2].to(device), DEFAULT_LAYER_COUNT, WHERE)
         order = torch.randperm(len(clean_fit_images), generator=torch.Generator().manual_seed(self.seed))
         halves = order[: len(order) // 2], order[len(order) // 2 :]
-        with torch.no_grad():
-            (first, logits_a), (second, logits_b) = (self._activations(model, clean_fit_images[h]) for h in halves)
+        (first, logits_a), (second, logits_b) = (
+            features_in_batches(model, clean_fit_images[h], self.layers_, flatten, self.batch_size, WHERE)
+            for h in halves
+        )
         labels = logits_a.argmax(1).cpu().numpy(), logits_b.argmax(1).cpu().numpy()
         self.classes = [c for c in np.unique(np.concatenate(labels)).tolist() if all(_enough(y == c) for y in labels)]
         if len(self.classes) < 2:

@@ -171,6 +171,18 @@ def batches(images: torch.Tensor, batch_size: int, device: torch.device) -> Iter
         yield images[start : start + batch_size].to(device)
 
 
+def features_in_batches(
+    model: nn.Module, images: torch.Tensor, layers: Sequence[str], reduce: Reduce, batch_size: int, where: str
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`layer_features` over device batches of `images`, without autograd: each layer's features
+    concatenated (float64) and the logits."""
+    with torch.no_grad():
+        parts = [
+            layer_features(model, b, layers, reduce, where) for b in batches(images, batch_size, model_device(model))
+        ]
+    return [torch.cat([p[0][i] for p in parts]).double() for i in range(len(layers))], torch.cat([p[1] for p in parts])
+
+
 def scores_in_batches(
     score: Callable[[nn.Module, torch.Tensor], torch.Tensor], model: nn.Module, images: torch.Tensor, batch_size: int
 ) -> torch.Tensor:

@@ -32,8 +32,8 @@ from torch import nn
 from ..errors import TracekitError
 from ..protocols import LoadedModel
 from .layers import (
-    batches,
     check_hookable,
+    features_in_batches,
     layer_features,
     model_device,
     resolve_layers,
@@ -99,16 +99,6 @@ class NeuralInvariants:
         """Its features come from forward hooks on the model's layers (`ModelChecked`)."""
         check_hookable(model.module, self.layers)
 
-    def _features(self, model: nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Pooled activations per layer and the logits, in batches, without autograd."""
-        with torch.no_grad():
-            parts = [
-                layer_features(model, b, self.layers_, spatial_mean, WHERE)
-                for b in batches(images, self.batch_size, model_device(model))
-            ]
-        layers = [torch.cat([p[0][i] for p in parts]).double() for i in range(len(self.layers_))]
-        return layers, torch.cat([p[1] for p in parts])
-
     def _pairs(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """The consecutive layers' probe probabilities side by side."""
         probabilities = [p.probabilities(f) for p, f in zip(self.probes, features)]
@@ -137,7 +127,10 @@ class NeuralInvariants:
         if len(self.layers_) < 2:
             raise TracekitError(f"{WHERE}: needs at least 2 layers for its provenance invariants, got {self.layers_}")
         order = torch.randperm(len(clean_fit_images), generator=torch.Generator().manual_seed(self.seed))
-        first, logits = self._features(model, clean_fit_images[order[: len(order) // 2]])
+        (first, logits), (second, _) = (
+            features_in_batches(model, clean_fit_images[h], self.layers_, spatial_mean, self.batch_size, WHERE)
+            for h in (order[: len(order) // 2], order[len(order) // 2 :])
+        )
         labels = logits.argmax(1).cpu().numpy()
         if len(np.unique(labels)) < 2:
             raise TracekitError(
@@ -146,7 +139,6 @@ class NeuralInvariants:
         self.values = [RBFMachine().fit(f.cpu().numpy(), None, WHERE, self.nu) for f in first]
         self.probes = [LinearProbe().fit(f.cpu().numpy(), labels) for f in first]
         self.provenance = [RBFMachine().fit(p.cpu().numpy(), None, WHERE, self.nu) for p in self._pairs(first)]
-        second, _ = self._features(model, clean_fit_images[order[len(order) // 2 :]])
         self.last = RBFMachine().fit(self._decisions(second).cpu().numpy(), None, WHERE, self.nu)
 
     def _score(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
