@@ -391,3 +391,39 @@ def test_a_plugin_exit_with_a_huge_hostile_message_is_one_bounded_line(hostile, 
     assert "plugin 'hostile-stops' raised SystemExit('line one\\nxxx" in text
     assert "\x1b" not in result.output
     assert "clean" in kept(tmp_path)
+
+
+PEER_GONE = """
+import os, socket, sys, threading, time
+from multiprocessing import resource_sharer
+from tracekit import stopping
+
+if sys.argv[1] == "quiet":
+    stopping.quiet_threads()
+fd = os.open(os.devnull, os.O_RDONLY)
+resource_sharer.DupFd(fd)  # starts multiprocessing's fd server thread, as a batch's tensors do
+peer = socket.socket(socket.AF_UNIX)
+peer.connect(resource_sharer._resource_sharer._address)
+peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00")
+peer.recv(1)  # the server's challenge has begun: the peer goes away in the middle (a reset)
+peer.close()
+time.sleep(1)
+def other():
+    raise OSError("another thread's error")
+threading.Thread(target=other).start()
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_fd_servers_error_when_its_peer_is_gone_is_not_printed(quiet):
+    """A DataLoader worker's multiprocessing thread that hands the main process a batch reports a
+    connection the stopped main process dropped through `sys.excepthook` itself; with
+    `quiet_threads` nothing of it is printed, while another thread's error still is."""
+    import subprocess
+
+    run = subprocess.run(
+        [sys.executable, "-c", PEER_GONE, "quiet" if quiet else "loud"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert ("resource_sharer" in run.stderr) is not quiet, run.stderr  # the control: printed without it
+    assert "another thread's error" in run.stderr

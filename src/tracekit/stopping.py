@@ -152,20 +152,33 @@ def quiet_threads() -> None:
     multiprocessing's file-descriptor server thread (`(_serve)`: it hands a batch's tensors to the
     other process, whose end of the connection a stop has closed) is dropped when it is an
     `OSError` or `EOFError`, and any thread's error once a stop was asked for (the `interrupted`
-    line says it all); other threads' errors are reported as usual. Called in the main process
-    (`install`) and in every DataLoader worker."""
+    line says it all); other threads' errors are reported as usual. That server thread reports
+    through `sys.excepthook` itself (`multiprocessing.resource_sharer`), other threads through
+    `threading.excepthook`: both are wrapped, `sys.excepthook` only for threads other than the
+    main one. Called in the main process (`install`) and in every DataLoader worker."""
     if getattr(threading.excepthook, "_tracekit_stops", False):
         return
-    default = threading.excepthook
 
-    def hook(args: threading.ExceptHookArgs) -> None:
-        serving = args.thread is not None and args.thread.name.endswith("(_serve)")
-        if _requested is not None or (serving and issubclass(args.exc_type, (OSError, EOFError))):
-            return
-        default(args)
+    def quiet(thread: threading.Thread | None, exc_type: type[BaseException]) -> bool:
+        serving = thread is not None and thread.name.endswith("(_serve)")
+        return _requested is not None or (serving and issubclass(exc_type, (OSError, EOFError)))
 
-    hook._tracekit_stops = True  # type: ignore[attr-defined]
-    threading.excepthook = hook
+    default_thread = threading.excepthook
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if not quiet(args.thread, args.exc_type):
+            default_thread(args)
+
+    default_sys = sys.excepthook
+
+    def sys_hook(exc_type: type[BaseException], value: BaseException, tb: Any) -> None:
+        thread = threading.current_thread()
+        if thread is threading.main_thread() or not quiet(thread, exc_type):
+            default_sys(exc_type, value, tb)
+
+    thread_hook._tracekit_stops = True  # type: ignore[attr-defined]
+    threading.excepthook = thread_hook
+    sys.excepthook = sys_hook
 
 
 def is_program() -> bool:
