@@ -65,6 +65,7 @@ class Calibration(BaseModel):
     fit_fraction: float = Field(0.5, gt=0, lt=1)  # expected share of the fit part (a seeded hash of each id)
     target_fpr: float = Field(0.05, gt=0, lt=1)
     fit_images: int = Field(1000, ge=2, le=1_000_000)  # most fit images a learning detector is fitted on
+    folds: int = Field(5, ge=2, le=20)  # cross-fitting folds: a learning detector's own fit images' scores
 
 
 class Evaluation(BaseModel):

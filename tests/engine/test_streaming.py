@@ -279,7 +279,10 @@ def test_predicted_labels_are_validated():
         validate_spec(spec(data={"name": "indexed-images", "labels": "guess"}))
 
 
-def test_a_learning_detector_is_fitted_on_a_bounded_subset(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("folds", "fold_sizes"), [(2, [3, 3]), (3, [4, 4, 4]), (20, [5] * 6)])
+def test_a_learning_detector_is_fitted_on_a_bounded_subset(tmp_path, monkeypatch, folds, fold_sizes):
+    """Its own fit images are scored by copies fitted on all but their fold (as many folds as
+    images at most: leave one out), then it is fitted on the whole subset."""
     from tracekit.detectors.mahalanobis import Mahalanobis
 
     seen = []
@@ -293,10 +296,12 @@ def test_a_learning_detector_is_fitted_on_a_bounded_subset(tmp_path, monkeypatch
     result = run(
         spec(
             detector={"name": "mahalanobis"},
-            calibration={"target_fpr": 0.1, "fit_images": 6},
+            calibration={"target_fpr": 0.1, "fit_images": 6, "folds": folds},
             evaluation={"bootstrap": 0, "transfer": False},
         ),
         out=tmp_path / "run",
     )
     assert result.metrics["data"]["n_fit"] > 6 and result.metrics["data"]["n_fit_subset"] == 6
-    assert seen == [3, 3, 6]  # two cross-fitting folds, then the whole subset
+    assert seen == [*fold_sizes, 6]
+    held = pd.read_parquet(result.out_dir / "tables" / "scores-d00-fit-subset")
+    assert len(held) == 6 and np.isfinite(held["score"]).all()

@@ -7,9 +7,10 @@ The threshold comes from the clean scores of the whole fit part, streamed.
 
 A detector that learns scores its own training images as cleaner than new ones, so a threshold
 taken on them misses the target FPR on the test part (0.43 instead of 0.05 for Mahalanobis on
-300 digits). The scores of its training subset are therefore cross-fitted: a copy fitted on
-each seeded half of the subset scores the other half; the rest of the fit part is scored by the
-detector fitted on the whole subset, for which it is unseen data too.
+300 digits). The scores of its training subset are therefore cross-fitted: the subset is cut
+into `calibration.folds` seeded folds and a copy fitted on all the others scores each fold; the
+rest of the fit part is scored by the detector fitted on the whole subset, for which it is
+unseen data too.
 """
 
 from __future__ import annotations
@@ -114,23 +115,26 @@ def _cross_fitted(
     driver: Driver, detector: Detector, model: LoadedModel, runs: list[AttackRun], tag: str, prefix: str
 ) -> np.ndarray:
     """Scores of the fit subset, each from a copy of the unfitted `detector` fitted on the other
-    seeded half (kept in a table, so a resumed run does not fit the folds again)."""
+    seeded folds (`calibration.folds` of them; kept in a table, so a resumed run does not fit the
+    folds again)."""
     context, subset = driver.context, driver.plan.fit_subset
     table = context.table(TableNames.scores(tag, "fit-subset"))
     if table.exists():
         return table.read()["score"]
     n = len(subset)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(context.spec.seed)).numpy()
-    first = np.zeros(n, dtype=bool)
-    first[order[: n // 2]] = True
-    if first.all() or not first.any():
+    if n < 2:
         raise TracekitError(f"{prefix}a detector that learns needs at least 2 fit images to cross-fit its threshold")
+    folds = min(context.spec.calibration.folds, n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(context.spec.seed)).numpy()
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[order] = np.arange(n) * folds // n
     scores = np.zeros(n)
-    for k, train in enumerate((first, ~first)):
-        fold = copy.deepcopy(detector)
-        fit(driver, fold, model, runs, f"{prefix}fold {k + 1}: ", train)
-        held = driver.fit_images()[torch.from_numpy(~train)]
-        description = f"{prefix}score fold {k + 1}"
-        scores[~train] = score_images(fold, model, held, context.spec.batch_size, context.device, description)
+    for k in range(folds):
+        held = fold_of == k
+        copy_k = copy.deepcopy(detector)
+        fit(driver, copy_k, model, runs, f"{prefix}fold {k + 1}/{folds}: ", ~held)
+        images = driver.fit_images()[torch.from_numpy(held)]
+        description = f"{prefix}score fold {k + 1}/{folds}"
+        scores[held] = score_images(copy_k, model, images, context.spec.batch_size, context.device, description)
     table.write("folds", {"index": subset, "score": scores})
     return scores
