@@ -9,8 +9,14 @@ class and stops pulling `confidence` past the boundary, so once an image is misc
 step spends itself on the detector (a loss that stopped at misclassification would not evade).
 The two gradients are combined per image after each is scaled to unit L2 norm, `g_margin / |g_margin|
 + lambda * g_score / |g_score|`, so `lambda` means the same for every detector whatever the units
-of its score (a stand-in with no gradient for an image leaves only the margin's). `lambda = 0` is
-plain PGD on the cross-entropy (as `pgd`), so the search always contains the detector-blind attack.
+of its score (a stand-in with no gradient for an image leaves only the margin's). The score's term
+applies to an image only while the model misclassifies it: before that a detector's gradient can
+point back to the true class (the confidence that MSP, energy and ODIN reward is the predicted
+class's, and a correctly classified image's predicted class is the true one; applied from the
+first step it kept every scene correctly classified against MSP), so the margin alone takes the
+image across the boundary and the score's term then lowers the score on the wrong side of it.
+`lambda = 0` is plain PGD on the cross-entropy (as `pgd`), so the search always contains the
+detector-blind attack.
 
 Decisions use the REAL detector (BPDA style: stand-in for gradients, real score for decisions).
 Every iterate is judged; an image's candidate is its misclassified iterate of lowest real score.
@@ -49,6 +55,7 @@ class Adaptive:
 
     needs_detector = True
     name = "adaptive"
+    gated = True  # the score's term only for misclassified images (see the module)
 
     def __init__(
         self,
@@ -182,13 +189,19 @@ class Adaptive:
         true = logits.gather(1, labels[:, None]).squeeze(1)
         other = logits.scatter(1, labels[:, None], -math.inf).amax(1)
         (margin,) = torch.autograd.grad((true - other).clamp(min=-self.confidence).sum(), images)
-        stand_in = self.stand_in(model, images, predicted)
-        (score,) = torch.autograd.grad(stand_in.sum(), images)
-        return self.combine(margin, score, lam)
+        wrong = predicted != labels
+        if not self.gated or wrong.any():
+            stand_in = self.stand_in(model, images, predicted)
+            (score,) = torch.autograd.grad(stand_in.sum(), images)
+        else:  # no image misclassified yet: the score's term would be zero for all
+            score = torch.zeros_like(margin)
+        return self.combine(margin, score, lam, wrong)
 
-    def combine(self, margin: torch.Tensor, score: torch.Tensor, lam: float) -> torch.Tensor:
-        """`margin / |margin| + lam * score / |score|`, per image (see the module)."""
-        return _unit(margin) + lam * _unit(score)
+    def combine(self, margin: torch.Tensor, score: torch.Tensor, lam: float, wrong: torch.Tensor) -> torch.Tensor:
+        """`margin / |margin| + lam * score / |score|` per image, the second term only where `wrong`
+        (the model misclassifies the image now; see the module)."""
+        weight = lam * wrong.to(margin.dtype).view(-1, *([1] * (margin.dim() - 1)))
+        return _unit(margin) + weight * _unit(score)
 
 
 def _unit(grad: torch.Tensor) -> torch.Tensor:
