@@ -18,6 +18,13 @@ image across the boundary and the score's term then lowers the score on the wron
 `lambda = 0` is plain PGD on the cross-entropy (as `pgd`), so the search always contains the
 detector-blind attack.
 
+The step (`eps_step` for L-inf, its L2 length otherwise) halves at each quarter of `max_iter`
+(`eps_step`, 1/2, 1/4, 1/8) for `lambda` > 0, as APGD (Croce and Hein 2020) halves its step when
+progress stalls, here on a fixed schedule so that an image's path never depends on its batch. A
+detector of the input's statistics needs the fine steps: on 32 digit scenes at NSS's 5%-FPR
+threshold, `adaptive` (L-inf 0.1, 50 steps of 0.01) evaded NSS on 6% with a fixed step and on 97%
+with the halving one (on feature squeezing 97% and 100%).
+
 Decisions use the REAL detector (BPDA style: stand-in for gradients, real score for decisions).
 Every iterate is judged; an image's candidate is its misclassified iterate of lowest real score.
 `lambdas` are tried in order, each a fresh PGD run (per restart) on the images whose candidate does
@@ -48,6 +55,7 @@ from ..protocols import DifferentiableScore
 from .native import evaluating, norm_order, project, to_model_device, unit_step
 
 GRAIN = 1e-12  # below this a gradient counts as none
+STEP_HALVINGS = 4  # a run's step: eps_step, then half, a quarter, an eighth, each for a quarter of max_iter
 
 
 class Adaptive:
@@ -166,9 +174,13 @@ class Adaptive:
             if step == self.max_iter:
                 break
             grad = self._direction(model, adversarial, labels, predicted, lam)
-            moved = (adversarial - self.eps_step * unit_step(grad, self.norm)).clamp(0, 1)
+            moved = (adversarial - self.step_size(step, lam) * unit_step(grad, self.norm)).clamp(0, 1)
             adversarial = clean + project(moved - clean, self.eps, self.norm)
         return found, lowest, adversarial
+
+    def step_size(self, step: int, lam: float) -> float:
+        """`eps_step`, halved at each quarter of `max_iter` when `lam` > 0 (see the module)."""
+        return self.eps_step if lam == 0 else self.eps_step * 0.5 ** (STEP_HALVINGS * step // self.max_iter)
 
     def _judge(self, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's predictions and the detector's real scores."""

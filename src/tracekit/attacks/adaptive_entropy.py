@@ -3,10 +3,10 @@ differentiable surrogate (`tracekit.scores.entropy_surrogate`: guided backprop o
 network, soft gray conversion, kernel estimate of the local entropy), with the surrogate's `beta`
 and `sigma` as parameters.
 
-It differs from `adaptive` (`tracekit.attacks.adaptive`, which it extends) in three ways kept from
+It differs from `adaptive` (`tracekit.attacks.adaptive`, which it extends) in four ways kept from
 its first version: it attacks only the feature-response detector with guided backprop and local
 entropy (what the surrogate models), its surrogate's term applies from the first step, not only
-to misclassified images, and its `lambdas` weigh the raw gradients, `g_margin +
+to misclassified images, its step is fixed, and its `lambdas` weigh the raw gradients, `g_margin +
 lambda * g_surrogate` (on digits-cnn the surrogate's input gradient is about 1/25 of the margin's,
 hence its default lambdas up to 30), where `adaptive` weighs unit-norm ones. The surrogate's map is
 taken for the model's current prediction. Its factory is in `tracekit.attacks.factories`.
@@ -64,6 +64,9 @@ class AdaptiveEntropy(Adaptive):
         return surrogate_score(model, images, predicted, self.detector.scorer.size, self.beta, self.sigma)
 
     gated = False  # its surrogate's term applies from the first step, as in its first version
+
+    def step_size(self, step: int, lam: float) -> float:
+        return self.eps_step  # a fixed step, as in its first version
 
     def combine(self, margin: torch.Tensor, score: torch.Tensor, lam: float, wrong: torch.Tensor) -> torch.Tensor:
         return margin + lam * score
