@@ -195,7 +195,7 @@ def _stale_spec(seed: int) -> dict:
         "model": {"name": "digits-cnn"},
         "device": "cpu",
         "batch_size": 16,
-        "data": {"name": "synthetic", "n": 48, "seed": seed, "labels": "predicted"},
+        "data": {"name": "synthetic", "n": 24, "seed": seed, "labels": "predicted"},
         "attacks": [{"name": "fgsm", "eps": 0.05}, {"name": "pixel", "max_iter": 3, "scale": 4}],
         "evaluation": {"bootstrap": 0},
     }

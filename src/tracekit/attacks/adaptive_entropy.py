@@ -64,9 +64,7 @@ class AdaptiveEntropy(Adaptive):
         return surrogate_score(model, images, predicted, self.detector.scorer.size, self.beta, self.sigma)
 
     gated = False  # its surrogate's term applies from the first step, as in its first version
-
-    def step_size(self, step: int, lam: float) -> float:
-        return self.eps_step  # a fixed step, as in its first version
+    schedules = (False,)  # a fixed step, as in its first version
 
     def combine(self, margin: torch.Tensor, score: torch.Tensor, lam: float, wrong: torch.Tensor) -> torch.Tensor:
         return margin + lam * score
