@@ -14,7 +14,7 @@ once per fold count. Printed: the realized FPR on the clean test images per dete
 with 274 images its standard error is 1.3 points) and the seconds each spent fitting and
 cross-fitting (`cost.fit_seconds` of metrics.json), side by side.
 
-    python benchmarks/calibration_folds.py                  # folds 2, 5, 10: about 12 minutes on 2 cores
+    python benchmarks/calibration_folds.py                  # folds 2, 5, 10: about 9 minutes on 2 cores
     python benchmarks/calibration_folds.py --folds 2 5
 """
 
