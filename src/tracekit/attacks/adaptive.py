@@ -214,18 +214,17 @@ class Adaptive:
         other = logits.scatter(1, labels[:, None], -math.inf).amax(1)
         (margin,) = torch.autograd.grad((true - other).clamp(min=-self.confidence).sum(), images)
         wrong = predicted != labels
-        if not self.gated or wrong.any():
-            stand_in = self.stand_in(model, images, predicted)
-            (score,) = torch.autograd.grad(stand_in.sum(), images)
-        else:  # no image misclassified yet: the score's term would be zero for all
-            score = torch.zeros_like(margin)
-        return self.combine(margin, score, lam, wrong)
+        if self.gated and not wrong.any():  # no image misclassified yet: no score term for any
+            return self.combine(margin, torch.zeros_like(margin), lam)
+        stand_in = self.stand_in(model, images, predicted)
+        (score,) = torch.autograd.grad(stand_in.sum(), images)
+        if self.gated:  # the score's term only for the images misclassified now (see the module)
+            score = score * wrong.to(score.dtype).view(-1, *([1] * (score.dim() - 1)))
+        return self.combine(margin, score, lam)
 
-    def combine(self, margin: torch.Tensor, score: torch.Tensor, lam: float, wrong: torch.Tensor) -> torch.Tensor:
-        """`margin / |margin| + lam * score / |score|` per image, the second term only where `wrong`
-        (the model misclassifies the image now; see the module)."""
-        weight = lam * wrong.to(margin.dtype).view(-1, *([1] * (margin.dim() - 1)))
-        return _unit(margin) + weight * _unit(score)
+    def combine(self, margin: torch.Tensor, score: torch.Tensor, lam: float) -> torch.Tensor:
+        """`margin / |margin| + lam * score / |score|`, per image (see the module)."""
+        return _unit(margin) + lam * _unit(score)
 
 
 def _unit(grad: torch.Tensor) -> torch.Tensor:

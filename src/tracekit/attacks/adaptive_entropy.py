@@ -66,5 +66,5 @@ class AdaptiveEntropy(Adaptive):
     gated = False  # its surrogate's term applies from the first step, as in its first version
     schedules = (False,)  # a fixed step, as in its first version
 
-    def combine(self, margin: torch.Tensor, score: torch.Tensor, lam: float, wrong: torch.Tensor) -> torch.Tensor:
+    def combine(self, margin: torch.Tensor, score: torch.Tensor, lam: float) -> torch.Tensor:
         return margin + lam * score

@@ -91,7 +91,8 @@ class DeepNeuralRejection:
         if len(self.classes) < 2:
             raise TracekitError(
                 f"{WHERE}: needs at least {MIN_PER_SIDE} clean fit images predicted as each of two classes in "
-                "each half of the fit images (the engine fits on halves of the fit part to calibrate), got "
+                "each half of the fit images (the engine's calibration fits copies on all but one of its "
+                "`calibration.folds` folds), got "
                 f"{len(clean_fit_images)} images; give more images"
             )
         self.per_layer = [

@@ -6,7 +6,7 @@ normalized penultimate feature to its `k`-th nearest neighbour among the clean f
 nearest normalized fit feature (higher = farther from the clean images = more likely
 adversarial). `k` defaults to the paper's 50 (its CIFAR-10 setting, with the whole training set as
 the bank); the bank here is the clean fit images, and each fit (the engine's cross-fitting fits
-on halves of the fit part) needs more than `k` of them. The paper's faiss search is exact
+copies on all but one of `calibration.folds` folds) needs more than `k` of them. The paper's faiss search is exact
 brute force here (`torch.cdist`): fit sets are thousands of images, not millions.
 
 Adaptive attacks (`DifferentiableScore.score_for_attack`): the score itself with autograd through
@@ -53,7 +53,8 @@ class DeepKNN:
         if len(clean_fit_images) <= self.k:
             raise TracekitError(
                 f"{WHERE}: k={self.k} needs more than {self.k} clean fit images, got {len(clean_fit_images)} "
-                "(the engine fits on halves of the fit part to calibrate); lower k or use more images"
+                "(the engine's calibration fits copies on all but one of its `calibration.folds` folds); "
+                "lower k or use more images"
             )
         device = model_device(model)
         self.head = find_head(model, clean_fit_images[:2].to(device), WHERE)

@@ -67,7 +67,8 @@ def reference_batch(
     if size <= k:
         raise TracekitError(
             f"{where}: k={k} nearest neighbours need more than {k} clean fit images in the reference batch, got "
-            f"{size} (the engine fits on halves of the fit part to calibrate); lower k or give more images"
+            f"{size} (the engine's calibration fits copies on all but one of its "
+            "`calibration.folds` folds); lower k or give more images"
         )
     device = model_device(model)
     resolved = resolve_layers(model, layers, images[:2].to(device), DEFAULT_LAYER_COUNT, where)
